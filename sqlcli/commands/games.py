@@ -1,0 +1,40 @@
+"""`sql games`: the game catalog (sets, action-set sizes, reference scores)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import games as catalog
+
+
+@handles_errors
+def games(
+    spec: str = typer.Argument(
+        "atari40", help="Game set (atari40, atari41, heldout5, dqn-replay60, atari57, online-variants) "
+        "or comma-separated game names in any case or as ALE ids."),
+    variants: bool = typer.Option(False, "--variants", help="Also list each game's ALE modes and difficulties."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """List games with their minimal action-set size and random/human reference scores."""
+    resolved = catalog.resolve_games(spec)
+    rows = []
+    for g in resolved:
+        ref = g.reference
+        row = {
+            "game": g.name, "ale_id": g.gym_id, "rom": g.rom, "num_actions": g.num_actions,
+            "random": ref[0] if ref else None, "human": ref[1] if ref else None,
+        }
+        if variants:
+            row["modes"] = list(catalog.available_modes(g.name))
+            row["difficulties"] = list(catalog.available_difficulties(g.name))
+        rows.append(row)
+    table = Table(title=f"{spec}: {len(rows)} games, {sum(r['num_actions'] for r in rows)} actions")
+    for col in rows[0]:
+        table.add_column(col, justify="right" if col in ("num_actions", "random", "human") else "left")
+    for r in rows:
+        table.add_row(*("-" if v is None else str(v) for v in r.values()))
+    console.print(table)
+    console.print(f"reference scores: {catalog.REFERENCE_SCORE_SOURCE}", style="dim")
+    emit_summary({"games": rows, "reference_source": catalog.REFERENCE_SCORE_SOURCE}, as_json)
