@@ -12,6 +12,7 @@ import typer
 
 from sqlcli_core import __version__
 from sqlcli.commands import games
+from sqlcli.commands.fetch_data import fetch_data
 
 app = typer.Typer(
     name="sql",
@@ -37,6 +38,7 @@ def _root(
 
 
 app.command("games")(games.games)
+app.command("fetch-data")(fetch_data)
 
 
 def main() -> None:

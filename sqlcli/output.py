@@ -14,7 +14,7 @@ from sqlcli_core.errors import SqlError
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
-err_console = Console(stderr=True, style="bold red")
+err_console = Console(stderr=True, style="bold red", soft_wrap=True)  # errors stay on one line
 
 JSON_OPTION = typer.Option(False, "--json", help="Print a final JSON summary object on stdout (for scripts).")
 

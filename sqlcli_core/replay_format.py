@@ -146,7 +146,8 @@ def save_npy_gz(path: str | os.PathLike, arr: np.ndarray, compresslevel: int = 1
     """Write `arr` as a gzip-wrapped .npy (as Dopamine does), atomically."""
     with atomic_output(path, "wb") as raw:
         with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
-            np.save(gz, np.ascontiguousarray(arr), allow_pickle=False)
+            # np.ascontiguousarray would turn the 0-d add_count into shape (1,).
+            np.save(gz, np.asarray(arr, order="C"), allow_pickle=False)
     return Path(path)
 
 

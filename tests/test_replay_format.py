@@ -81,3 +81,8 @@ def test_ring_reassembly_reproduces_the_stream():
         assert gap == 0
         rebuilt.extend(data[rows].tolist())
     assert rebuilt == stream.tolist()
+
+
+def test_scalar_files_keep_their_shape(tmp_path):
+    path = rf.save_npy_gz(tmp_path / rf.file_name("add_count", 3), np.array(3_999_999, dtype=np.int64))
+    assert rf.load_npy_gz(path, "add_count").shape == ()

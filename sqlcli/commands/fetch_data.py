@@ -1,0 +1,138 @@
+"""`sql fetch-data`: download DQN-Replay checkpoints into the bucket's layout, resumably and verified."""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import fetch as F
+from sqlcli_core.errors import DataError, SourceUnavailable, UsageError
+
+
+@handles_errors
+def fetch_data(
+    games: str = typer.Option(..., "--games", help="Game sets (e.g. dqn-replay60, atari40) or comma-separated "
+                              "names; only the 60 DQN-Replay games exist in the bucket."),
+    out: Path = typer.Option(..., "--out", help="Root directory; files land in OUT/{Game}/{run}/replay_logs/."),
+    runs: str = typer.Option("1-5", "--runs", help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3 (default: all five)."),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Checkpoint suffixes 0-50 as ranges, "
+                                              "e.g. 0-9 or 0-9,20, or 'all'. Give this or --subset."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%), "
+                                         "near-optimal (0-50) or last:N (the last N checkpoints)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
+                                           f"(needs: pip install 'scaled-ql\\[gcs]'). Default: {F.PUBLIC_BUCKET_URL}."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from a local directory with the same layout "
+                                            "instead of downloading."),
+    link: Optional[str] = typer.Option(None, "--link", help="With --from: 'hard' (hard links) or 'symlink' "
+                                       "instead of copying. Default: copy."),
+    jobs: int = typer.Option(4, "--jobs", min=1, max=64, help="Files transferred in parallel (threads). Default 4."),
+    retries: int = typer.Option(5, "--retries", min=0, help="Further tries per file after a failure (5xx, dropped "
+                                "connection, damaged bytes); a try that received bytes does not count. Default 5."),
+    backoff_base: float = typer.Option(1.0, "--backoff-base", min=0.0, help="Seconds before the first retry; "
+                                       "doubles per consecutive failure, capped at 60 s. Default 1.0."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds without any data before a connection "
+                                  "counts as dropped. Default 60."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be fetched, with sizes (HEAD "
+                                 "requests, or stat for --from); writes nothing."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Download DQN-Replay checkpoints (six files each) into OUT, verifying every file; re-runs resume."""
+    if (checkpoints is None) == (subset is None):
+        raise UsageError("give exactly one of --checkpoints and --subset",
+                         hint="e.g. --checkpoints 0-9 or --subset sub-optimal")
+    selection = F.Selection(
+        games=F.select_games(games),
+        runs=F.parse_runs(runs),
+        checkpoints=F.parse_checkpoints(checkpoints) if checkpoints is not None else F.subset_checkpoints(subset),
+    )
+    source = F.open_source(base_url, from_dir, link, timeout=timeout)
+    cfg = F.FetchConfig(jobs=jobs, retries=retries, backoff_base=backoff_base, dry_run=dry_run)
+    console.print(f"fetch-data: {len(selection.games)} games x {len(selection.runs)} runs x "
+                  f"{len(selection.checkpoints)} checkpoints = {selection.num_files} files from {source.description}",
+                  highlight=False)
+
+    if dry_run:
+        with console.status("asking the source for sizes..."):
+            report = F.fetch(selection, out, source, cfg)
+        _print_dry_run(report)
+    else:
+        report = _fetch_with_progress(selection, out, source, cfg)
+        _print_result(report)
+    summary = report.summary()
+    summary["selection"] = {"games": list(selection.games), "runs": list(selection.runs),
+                            "checkpoints": list(selection.checkpoints)}
+    emit_summary(summary, as_json)
+    failed = report.by_status("failed")
+    if failed:
+        first = failed[0]
+        cls = DataError if any(r.content_error for r in failed) else SourceUnavailable
+        raise cls(f"{len(failed)} of {len(report.results)} files failed; first: {first.task.rel}: {first.error}",
+                  hint="verified files are kept; re-run the same command to retry the rest")
+
+
+def _fetch_with_progress(selection, out, source, cfg) -> F.FetchReport:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    lock = threading.Lock()
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("checking", total=None)
+        files_done = [0]
+
+        def on_event(event: str, n: int) -> None:
+            with lock:
+                if event == "total":
+                    progress.update(bar, total=n, description="downloading" if n else "verifying")
+                elif event == "total_add":
+                    progress.update(bar, total=(progress.tasks[0].total or 0) + n)
+                elif event == "bytes":
+                    progress.advance(bar, n)
+                elif event == "file":
+                    files_done[0] += n
+                    progress.update(bar, description=f"{files_done[0]} files done")
+
+        return F.fetch(selection, out, source, cfg, progress=on_event)
+
+
+def _print_dry_run(report: F.FetchReport) -> None:
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in report.results:
+        groups[(r.task.game, r.task.run)].append(r)
+    table = Table(title=f"would fetch from {report.source}")
+    for col in ("game", "run", "files", "size", "already here", "to fetch", "missing", "failed"):
+        table.add_column(col, justify="left" if col == "game" else "right")
+    for (game, run), rs in groups.items():
+        size = sum(r.size or 0 for r in rs)
+        have = sum(r.have_bytes for r in rs)
+        table.add_row(game, str(run), str(len(rs)), F.format_bytes(size), F.format_bytes(have),
+                      F.format_bytes(size - have), str(sum(r.status == "missing" for r in rs)),
+                      str(sum(r.status == "failed" for r in rs)))
+    console.print(table)
+    console.print(f"total {F.format_bytes(report.total_bytes)}, to fetch {F.format_bytes(report.bytes_to_fetch)}",
+                  highlight=False)
+    _print_problems(report)
+
+
+def _print_result(report: F.FetchReport) -> None:
+    s = report.summary()
+    f = s["files"]
+    console.print(f"fetched {f['fetched']}, skipped {f['skipped']} (already verified), failed {f['failed']}, "
+                  f"missing {f['missing']}; {F.format_bytes(s['bytes_transferred'])} in {s['seconds']:.1f} s "
+                  f"({s['mb_per_s']:.1f} MB/s) -> {report.out}", highlight=False)
+    _print_problems(report)
+
+
+def _print_problems(report: F.FetchReport) -> None:
+    missing = report.missing_checkpoints
+    if missing:
+        console.print(f"missing at the source (skipped, not an error): {len(missing)} checkpoints: " +
+                      ", ".join(f"{g}/{r} ckpt {c}" for g, r, c in missing[:20]) +
+                      (" ..." if len(missing) > 20 else ""), style="yellow", highlight=False)
+    for r in report.by_status("failed")[:20]:
+        console.print(f"failed: {r.task.rel}: {r.error}", style="red", markup=False, highlight=False)
