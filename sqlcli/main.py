@@ -12,6 +12,7 @@ import typer
 
 from sqlcli_core import __version__
 from sqlcli.commands import games
+from sqlcli.commands.collect import collect
 from sqlcli.commands.fetch_data import fetch_data
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ def _root(
 
 
 app.command("games")(games.games)
+app.command("collect")(collect)
 app.command("fetch-data")(fetch_data)
 
 

@@ -130,6 +130,29 @@ class AtariGame:
                 self._ale.getScreenGrayscale(self._buffers[t - (skip - 2)])
         return self._observation(), float(reward), bool(game_over)
 
+    def save_state(self) -> bytes:
+        """The emulator's state (RAM, CPU, RNG) and the two screen buffers, as bytes.
+
+        ALE does not save the last applied action, which sticky actions repeat; `reset()` sets it to NOOP.
+        So `restore_state` continues exactly (in a fresh process too) from a state saved right after
+        `reset()`, or when the next call is `reset()`; from any other state, a frame that repeats the last
+        action may differ.
+        """
+        return self._buffers.tobytes() + self._ale.cloneState(include_rng=True).serialize()
+
+    def restore_state(self, state: bytes) -> None:
+        """Continue from `save_state`'s bytes (taken from an AtariGame of the same game, mode and difficulty).
+
+        Leaves the last applied action as it was here (NOOP right after `reset()`).
+        """
+        import ale_py
+
+        if not self._seeded:  # the first reset loads the ROM with this mode and difficulty
+            self.reset()
+        n = self._buffers.nbytes
+        self._buffers[...] = np.frombuffer(state[:n], dtype=np.uint8).reshape(self._buffers.shape)
+        self._ale.restoreState(ale_py.ALEState(state[n:]))
+
     def _observation(self) -> np.ndarray:
         return area_resize(np.maximum(self._buffers[0], self._buffers[1]))
 

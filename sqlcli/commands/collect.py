@@ -1,0 +1,84 @@
+"""`sql collect`: play ALE games with a behaviour policy and write DQN-Replay checkpoints."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import collect as core
+from sqlcli_core import games as catalog
+from sqlcli_core import replay_format as rf
+from sqlcli_core.atari_env import PROTOCOLS, get_protocol
+
+
+@handles_errors
+def collect(
+    games: str = typer.Option(..., "--games", help="Games to play: a set (atari40, heldout5, ...) or comma-separated names, e.g. pong,breakout."),
+    runs: int = typer.Option(1, "--runs", min=1, help="Number of runs per game, numbered 1..RUNS like the bucket. Default 1."),
+    transitions: int = typer.Option(1_000_000, "--transitions", help="Agent steps (logged transitions) per run; rows = transitions + 3 padding rows per episode. Default 1,000,000."),
+    capacity: int = typer.Option(rf.BUCKET_CAPACITY, "--capacity", help="Ring-buffer rows per checkpoint file. Default 1,000,000 (the bucket's; 7 GB of frames in memory per run)."),
+    mode: Optional[int] = typer.Option(None, "--mode", help="ALE game mode (default: the game's default); checked against ALE's list."),
+    difficulty: Optional[int] = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default); checked against ALE's list."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the emulators (sticky actions) and the policy; each game/run derives its own. Default 0."),
+    policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, sticky-random (epsilon-greedy around repeating the last action), pattern:A,B,... (epsilon-greedy around a fixed action cycle) or checkpoint:RUN_DIR (epsilon-greedy around a trained run's argmax Q). Default random."),
+    epsilon: float = typer.Option(0.1, "--epsilon", help="Probability of a uniform random action for sticky-random, pattern and checkpoint (unused by random). Default 0.1."),
+    out: str = typer.Option("collected", "--out", help="Output root; runs go to OUT/{Game}/{run}/replay_logs/. Default ./collected."),
+    protocol: str = typer.Option("dopamine", "--protocol", help=f"Emulator protocol: {', '.join(PROTOCOLS)} (dopamine = sticky actions 0.25, as DQN-Replay). Default dopamine."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Game/runs collected in parallel processes (each holds its own ring buffer). Default 1."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Play real ALE games and log every transition in the DQN-Replay checkpoint format (resumable)."""
+    resolved = catalog.resolve_games(games)
+    proto = get_protocol(protocol)
+    spec = core.parse_policy(policy, epsilon)
+    configs = [
+        core.RunConfig(game=g.name, run=r, transitions=transitions, capacity=capacity, protocol=proto, mode=mode,
+                       difficulty=difficulty, seed=seed, policy=spec)
+        for g in resolved for r in range(1, runs + 1)
+    ]
+    for c in configs:
+        core.validate(c)
+    core.check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
+
+    t0 = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
+        tasks = {(c.game, c.run): bar.add_task(f"{c.game}/{c.run}", total=c.transitions, rate="", start=False)
+                 for c in configs}
+        started: dict[tuple[str, int], tuple[float, int]] = {}
+
+        def progress(game: str, run: int, steps: int) -> None:
+            key, now = (game, run), time.perf_counter()
+            if key not in started:
+                started[key] = (now, steps)
+                bar.start_task(tasks[key])
+            t_first, s_first = started[key]
+            rate = (steps - s_first) / (now - t_first) if now > t_first and steps > s_first else None
+            bar.update(tasks[key], completed=steps, rate=f"{rate:,.0f} steps/s" if rate else "")
+
+        results = core.collect_all(configs, out, jobs=jobs, progress=progress)
+    wall = time.perf_counter() - t0
+
+    table = Table(title=f"collect -> {out}")
+    for col in ("game", "run", "status", "steps", "episodes", "add_count", "ckpts", "steps/s"):
+        table.add_column(col, justify="left" if col in ("game", "status") else "right", no_wrap=True)
+    for r in results:
+        rate = r["env_steps_per_s"]
+        table.add_row(r["game"], str(r["run"]), r["status"], f"{r['transitions']:,}", str(r["num_episodes"]),
+                      f"{r['add_count']:,}", str(r["checkpoints"]), f"{rate:,.0f}" if rate else "-")
+    console.print(table)
+    played = [r for r in results if r["status"] != "skipped"]
+    steps = sum(r["transitions"] for r in played)
+    overall = steps / wall if played and wall > 0 else None
+    if overall:
+        console.print(f"{steps:,} env steps in {wall:.1f} s: {overall:,.0f} env steps/s overall "
+                      f"({proto.frame_skip * overall:,.0f} emulator frames/s)")
+    emit_summary({
+        "out": out, "runs": results, "env_steps": steps, "wall_s": wall, "env_steps_per_s": overall,
+        "per_run_env_steps_per_s": [r["env_steps_per_s"] for r in results],
+    }, as_json)

@@ -1,0 +1,657 @@
+"""Play ALE games with a behaviour policy and log every transition as DQN-Replay checkpoints.
+
+The logging follows Dopamine's `OutOfGraphLoggedReplayBuffer` (the writer of the bucket): one ring buffer of
+`capacity` rows; before every episode 3 all-zero rows; row i = (frame o_i, action a_i, clipped reward r_i,
+terminal_i); checkpoint N is the whole ring buffer saved when add_count mod capacity reaches capacity - 1,
+plus a final partial checkpoint at the end. The layout is the bucket's: ROOT/{Game}/{run}/replay_logs/.
+
+A run is written into ROOT/{Game}/.{run}.partial/ and renamed to ROOT/{Game}/{run}/ when it is complete, so
+the final directory only ever holds a finished run. After each checkpoint the collector also saves what it
+needs to continue (emulator state with its RNG, policy RNG, current episode); an interrupted run resumes
+from its last checkpoint and produces the same files as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import gzip
+import json
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sqlcli_core import replay_format as rf
+from sqlcli_core.atari_env import PROTOCOLS, AtariGame, Protocol
+from sqlcli_core.atomic import atomic_output, write_json
+from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.games import Game, game_index, validate_variant
+from sqlcli_core.provenance import provenance
+
+LOG_NAME = "collect_log.json"
+RESUME_NAME = "resume.json"
+MIN_CAPACITY = rf.STACK_SIZE + 1  # Dopamine asserts capacity >= stack_size + update_horizon
+ROW_BYTES = 84 * 84 + 4 + 4 + 1  # observation + action + reward + terminal
+
+ProgressFn = Callable[[int], None]
+
+
+# --------------------------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """The behaviour policy.
+
+    - `random`: uniform over the game's minimal action set at every step (epsilon unused).
+    - `sticky-random`: epsilon-greedy around "repeat the previous action": with probability epsilon a fresh
+      uniform action, otherwise the previous one (uniform on an episode's first step). Actions are held for
+      1/epsilon steps on average, which explores further than `random` in games that need sustained moves.
+    - `pattern`: epsilon-greedy around a fixed cycle of actions (`pattern:1,1,3,0`), indexed by the step
+      within the episode.
+    - `checkpoint`: epsilon-greedy around the argmax of a trained run's Q-values
+      (`checkpoint:RUN` or `checkpoint:RUN/checkpoints/STEP`, read with checkpoint.load_policy) on the
+      agent's state: the last 4 frames, zero frames before the episode's first (Dopamine's stack).
+    """
+
+    kind: str = "random"
+    epsilon: float = 0.1
+    pattern: tuple[int, ...] = ()
+    run: str | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind != "random":
+            d["epsilon"] = self.epsilon
+        if self.kind == "pattern":
+            d["pattern"] = list(self.pattern)
+        if self.kind == "checkpoint":
+            d["run"] = self.run
+        return d
+
+
+def parse_policy(text: str, epsilon: float) -> PolicySpec:
+    """`random`, `sticky-random`, `pattern:A,B,...` (indices in the minimal action set) or `checkpoint:RUN`."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise UsageError(f"--epsilon {epsilon} is outside [0, 1]", hint="pass a probability such as 0.1")
+    kind, _, arg = text.strip().partition(":")
+    kind = kind.lower()
+    if kind == "pattern":
+        try:
+            pattern = tuple(int(x) for x in arg.split(",") if x.strip())
+        except ValueError:
+            pattern = ()
+        if not pattern or min(pattern) < 0:
+            raise UsageError(f"bad policy '{text}'", hint="write pattern:A,B,... with action indices >= 0, e.g. pattern:1,1,3")
+        return PolicySpec("pattern", epsilon, pattern)
+    if kind == "checkpoint":
+        if not arg.strip():
+            raise UsageError(f"bad policy '{text}'", hint="write checkpoint:RUN_DIR (a run of `sql pretrain`)")
+        return PolicySpec("checkpoint", epsilon, run=str(Path(arg.strip()).expanduser().absolute()))
+    if kind in ("random", "sticky-random") and not arg:
+        return PolicySpec(kind, epsilon)
+    raise UsageError(f"unknown policy '{text}'", hint="choose random, sticky-random, pattern:A,B,... or checkpoint:RUN_DIR")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one game/run's files (the output root does not)."""
+
+    game: str
+    run: int
+    transitions: int
+    capacity: int = rf.BUCKET_CAPACITY
+    protocol: Protocol = PROTOCOLS["dopamine"]
+    mode: int | None = None
+    difficulty: int | None = None
+    seed: int = 0
+    policy: PolicySpec = PolicySpec()
+
+    def to_dict(self) -> dict:
+        return {
+            "game": self.game, "run": self.run, "transitions": self.transitions, "capacity": self.capacity,
+            "protocol": self.protocol.to_dict(), "mode": self.mode, "difficulty": self.difficulty,
+            "seed": self.seed, "policy": self.policy.to_dict(),
+        }
+
+
+def validate(config: RunConfig) -> None:
+    """Raise UsageError for values the collector cannot honour (before any emulator starts)."""
+    if config.transitions < 1:
+        raise UsageError(f"--transitions {config.transitions} must be at least 1", hint="pass the agent steps per run, e.g. 100000")
+    if config.run < 1:
+        raise UsageError(f"run {config.run} must be at least 1", hint="runs are numbered from 1, like the bucket")
+    if config.capacity < MIN_CAPACITY:
+        raise UsageError(
+            f"--capacity {config.capacity} is below {MIN_CAPACITY} rows",
+            hint=f"use at least {MIN_CAPACITY} (Dopamine's stack size + update horizon); the bucket uses {rf.BUCKET_CAPACITY}",
+        )
+    game = Game(config.game)
+    validate_variant(game, config.mode, config.difficulty)
+    if config.policy.kind == "pattern" and max(config.policy.pattern) >= game.num_actions:
+        raise UsageError(
+            f"policy pattern uses action {max(config.policy.pattern)} but {game.name} has {game.num_actions} actions",
+            hint=f"use indices 0..{game.num_actions - 1} of its minimal action set (see `sql games {game.name}`)",
+        )
+    if config.policy.kind == "checkpoint":
+        _checkpoint_head(config.policy.run, game)
+
+
+@functools.lru_cache(maxsize=4)
+def load_q_policy(run: str):
+    """checkpoint.load_policy, once per process and run (restoring an Orbax checkpoint takes seconds)."""
+    from sqlcli_core.checkpoint import load_policy
+
+    return load_policy(run)
+
+
+def _checkpoint_head(run: str, game: Game) -> int:
+    """The head of `game` in the checkpoint's network; refuses heads over another action set."""
+    q = load_q_policy(run)
+    head = game_index(q.games, game.name)
+    if q.num_actions[head] != game.num_actions:
+        raise UsageError(
+            f"the checkpoint's {game.name} head has {q.num_actions[head]} actions, DQN-Replay logs the "
+            f"{game.num_actions} of its minimal action set",
+            hint="use a run trained on minimal action sets (not full_action_space)",
+        )
+    return head
+
+
+def check_memory(capacity: int, jobs: int = 1) -> None:
+    """Raise ResourceError when `jobs` ring buffers of `capacity` rows cannot fit in available memory."""
+    need = jobs * capacity * ROW_BYTES
+    available = _mem_available()
+    if available is not None and need > available:
+        raise ResourceError(
+            f"{jobs} ring buffer(s) of {capacity} rows need {need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available",
+            hint="lower --capacity or --jobs",
+        )
+
+
+def _mem_available() -> int | None:
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    return None
+
+
+def derive_seeds(seed: int, game: str, run: int) -> tuple[int, int]:
+    """(emulator seed, policy seed) for one game/run: independent streams from one user seed."""
+    state = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(game.encode()), run)).generate_state(2, np.uint32)
+    return int(state[0] >> 1), int(state[1])
+
+
+# --------------------------------------------------------------------------------------------- policy
+
+
+class BehaviourPolicy:
+    """Chooses actions (indices into the minimal action set) from the (4, 84, 84) uint8 frame stack.
+
+    Per step, epsilon-greedy kinds draw u ~ U[0, 1) and, when u < epsilon, a uniform action; `random`
+    draws only the uniform action. `greedy` maps a state to an action (given for `checkpoint`).
+    """
+
+    def __init__(self, spec: PolicySpec, num_actions: int, seed: int,
+                 greedy: Callable[[np.ndarray], int] | None = None):
+        self.spec = spec
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+        self._greedy = greedy
+        self._step = 0
+        self._previous: int | None = None
+
+    def begin_episode(self) -> None:
+        self._step = 0
+        self._previous = None
+
+    def act(self, state: np.ndarray) -> int:
+        """One action for `state` (4, 84, 84) uint8, the last four frames, oldest first."""
+        kind = self.spec.kind
+        if kind == "random":
+            action = int(self.rng.integers(self.num_actions))
+        elif self.rng.random() < self.spec.epsilon:
+            action = int(self.rng.integers(self.num_actions))
+        elif kind == "checkpoint":
+            action = self._greedy(state)
+        elif kind == "pattern":
+            action = self.spec.pattern[self._step % len(self.spec.pattern)]
+        elif self._previous is None:  # sticky-random, first step of an episode
+            action = int(self.rng.integers(self.num_actions))
+        else:
+            action = self._previous
+        self._step += 1
+        self._previous = action
+        return action
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "step": self._step, "previous": self._previous}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.rng.bit_generator.state = d["rng"]
+        self._step = d["step"]
+        self._previous = d["previous"]
+
+
+# ---------------------------------------------------------------------------------------- ring buffer
+
+
+class RingBuffer:
+    """Dopamine's circular store: row p of the stream lives at p % capacity; add_count counts every row."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        # np.zeros maps untouched pages lazily, so a mostly unwritten buffer costs little memory.
+        self.arrays = {
+            kind: np.zeros(rf.expected_shape(kind, capacity), dtype=rf.FILE_KINDS[kind].dtype)
+            for kind in rf.ROW_KINDS
+        }
+        self.add_count = 0
+
+    @property
+    def cursor(self) -> int:
+        """Next row to be written."""
+        return self.add_count % self.capacity
+
+    def add(self, frame: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
+        """Write one row at the cursor; `frame` None writes a zero frame (a padding row)."""
+        i = self.cursor
+        obs = self.arrays["observation"]
+        if frame is None:
+            obs[i] = 0
+        else:
+            obs[i] = frame
+        self.arrays["action"][i] = action
+        self.arrays["reward"][i] = reward
+        self.arrays["terminal"][i] = terminal
+        self.add_count += 1
+
+    def save(self, directory: Path, checkpoint: int) -> None:
+        """Write checkpoint N's six files (each atomically; the scalars last)."""
+        for kind in rf.ROW_KINDS:
+            rf.save_npy_gz(directory / rf.file_name(kind, checkpoint), self.arrays[kind])
+        rf.save_npy_gz(directory / rf.file_name("add_count", checkpoint), np.array(self.add_count, dtype=np.int64))
+        rf.save_npy_gz(directory / rf.file_name("invalid_range", checkpoint), rf.invalid_range(self.cursor, self.capacity))
+
+    def load(self, directory: Path, checkpoint: int) -> None:
+        """Restore the buffer from checkpoint N, reading each file straight into the existing arrays."""
+        for kind in rf.ROW_KINDS:
+            _read_into(directory / rf.file_name(kind, checkpoint), kind, self.arrays[kind])
+        self.add_count = int(rf.load_npy_gz(directory / rf.file_name("add_count", checkpoint), "add_count"))
+
+
+def _read_into(path: Path, kind: str, out: np.ndarray) -> None:
+    """Decompress a gz .npy into `out` without a second copy in memory (7 GB frames at capacity 1M)."""
+    try:
+        with gzip.open(path, "rb") as f:
+            dtype, shape = rf.read_npy_header(f)
+            if dtype != out.dtype or shape != out.shape:
+                raise DataError(f"{path}: {dtype}{shape}, expected {out.dtype}{out.shape} for {kind}",
+                                hint="delete the partial run directory to collect it again")
+            view = memoryview(out.reshape(-1)).cast("B")
+            done = 0
+            while done < len(view):
+                n = f.readinto(view[done:])
+                if not n:
+                    raise EOFError("payload ends early")
+                done += n
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        raise DataError(f"{path}: unreadable ({exc})", hint="delete the partial run directory to collect it again") from exc
+
+
+# ------------------------------------------------------------------------------------------ collector
+
+
+def run_dir(root: str | os.PathLike, game: str, run: int) -> Path:
+    """ROOT/{Game}/{run}: a finished run (its replay_logs/ and collect_log.json)."""
+    return rf.replay_dir(root, game, run).parent
+
+
+def partial_dir(root: str | os.PathLike, game: str, run: int) -> Path:
+    """ROOT/{Game}/.{run}.partial: a run being collected."""
+    return Path(root) / game / f".{run}.partial"
+
+
+def _normalised(d: dict) -> dict:
+    return json.loads(json.dumps(d))
+
+
+def finished_log(root: str | os.PathLike, config: RunConfig) -> dict | None:
+    """The collect_log of this game/run if it is finished with this config; None if there is none yet.
+
+    Raises UsageError if the directory holds a run collected with another config, or data that
+    `sql collect` did not write.
+    """
+    final = run_dir(root, config.game, config.run)
+    log_path = final / LOG_NAME
+    if not final.exists():
+        return None
+    if not log_path.exists():
+        raise UsageError(f"{final} exists but has no {LOG_NAME} (not written by sql collect)",
+                         hint="choose another --out; collect never overwrites other data")
+    try:
+        log = json.loads(log_path.read_text())
+        recorded = log["provenance"]["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{log_path}: unreadable ({exc})", hint="delete that run directory to collect it again") from exc
+    want = _normalised(config.to_dict())
+    if recorded != want:
+        diff = sorted(k for k in set(want) | set(recorded) if want.get(k) != recorded.get(k))
+        raise UsageError(f"{final} was collected with other settings ({', '.join(diff)})",
+                         hint="use another --out, or delete that directory to collect it again")
+    return log
+
+
+class _Run:
+    """The state of one game/run being collected; everything `resume.json` must hold lives here."""
+
+    def __init__(self, config: RunConfig, work: Path):
+        self.config = config
+        self.work = work
+        self.logs = work / "replay_logs"
+        self.game = Game(config.game)
+        self.env_seed, self.policy_seed = derive_seeds(config.seed, config.game, config.run)
+        self.env = AtariGame(self.game, protocol=config.protocol, mode=config.mode,
+                             difficulty=config.difficulty, seed=self.env_seed)
+        self.policy_info = config.policy.to_dict()
+        greedy = None
+        if config.policy.kind == "checkpoint":
+            greedy = self._checkpoint_greedy(config.policy.run)
+        self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy)
+        self.buffer = RingBuffer(config.capacity)
+        self.stack = np.zeros((rf.STACK_SIZE, *rf.FRAME_SHAPE), dtype=np.uint8)  # the agent's state
+        self.env_steps = 0
+        self.episodes: list[dict] = []
+        self.episode: dict | None = None  # the episode being played
+        self.padding_left = 0
+        # The emulator right after this episode's reset, and the actions since: ALE does not save the last
+        # applied action (sticky actions repeat it) but reset() sets it to NOOP, so replaying the episode's
+        # actions from here reproduces the emulator exactly.
+        self.episode_state: bytes = b""
+        self.episode_actions: list[int] = []
+        self.checkpoints: list[dict] = []
+        self.play_s = 0.0
+        self.save_s = 0.0
+        self._mark = time.perf_counter()
+
+    def _checkpoint_greedy(self, run: str) -> Callable[[np.ndarray], int]:
+        q, head = load_q_policy(run), _checkpoint_head(run, self.game)
+        self.policy_info.update(step=q.step, arch=q.network_config.arch, games=[g.name for g in q.games])
+        game_ids, n = np.array([head], dtype=np.int32), self.env.num_actions
+
+        def greedy(state: np.ndarray) -> int:
+            return int(np.argmax(q.q_values(state[None], game_ids)[0, :n]))
+
+        return greedy
+
+    # -- resumable state -------------------------------------------------------------------------
+
+    def save_resume(self) -> None:
+        n = len(self.checkpoints) - 1
+        state_path = self.work / f"resume_state.{n}.npz"
+        if self.episode is None:  # between episodes: the next call is reset(), which sets the last action
+            emulator, actions = self.env.save_state(), []
+        else:
+            emulator, actions = self.episode_state, self.episode_actions
+        with atomic_output(state_path, "wb") as f:
+            np.savez(f, emulator=np.frombuffer(emulator, dtype=np.uint8), stack=self.stack,
+                     actions=np.asarray(actions, dtype=np.int32))
+        write_json(self.work / RESUME_NAME, {
+            "config": _normalised(self.config.to_dict()), "checkpoint": n, "state_file": state_path.name,
+            "add_count": self.buffer.add_count, "env_steps": self.env_steps, "episodes": self.episodes,
+            "episode": self.episode, "padding_left": self.padding_left, "checkpoints": self.checkpoints,
+            "policy": self.policy.state_dict(), "play_s": self.play_s, "save_s": self.save_s,
+        })
+        for old in self.work.glob("resume_state.*.npz"):
+            if old != state_path:
+                old.unlink()
+
+    def load_resume(self, r: dict) -> None:
+        n = r["checkpoint"]
+        self.buffer.load(self.logs, n)
+        if self.buffer.add_count != r["add_count"]:
+            raise DataError(f"{self.logs}: checkpoint {n} has add_count {self.buffer.add_count}, resume.json says {r['add_count']}",
+                            hint=f"delete {self.work} to collect this run again")
+        with np.load(self.work / r["state_file"], allow_pickle=False) as z:
+            emulator, actions = z["emulator"].tobytes(), [int(a) for a in z["actions"]]
+            self.stack[...] = z["stack"]
+        self.env.restore_state(emulator)
+        if r["episode"] is not None:
+            self.episode_state, self.episode_actions = emulator, actions
+            frame = self.stack[-1] if not actions else None
+            for a in actions:
+                frame, _, _ = self.env.step(a)
+            if not np.array_equal(frame, self.stack[-1]):
+                raise DataError(f"{self.work}: replaying the current episode does not reach the saved frame",
+                                hint=f"delete {self.work} to collect this run again")
+        self.policy.load_state_dict(r["policy"])
+        self.env_steps, self.episodes, self.episode = r["env_steps"], r["episodes"], r["episode"]
+        self.padding_left, self.checkpoints = r["padding_left"], r["checkpoints"]
+        self.play_s, self.save_s = r["play_s"], r["save_s"]
+
+    # -- playing ---------------------------------------------------------------------------------
+
+    def _checkpoint(self) -> None:
+        t0 = time.perf_counter()
+        self.play_s += t0 - self._mark  # time spent playing since the last checkpoint (saving excluded)
+        n = len(self.checkpoints)
+        self.buffer.save(self.logs, n)
+        self.checkpoints.append({"checkpoint": n, "add_count": self.buffer.add_count, "cursor": self.buffer.cursor})
+        self.save_resume()
+        self._mark = time.perf_counter()
+        self.save_s += self._mark - t0
+
+    def _add(self, frame: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
+        self.buffer.add(frame, action, reward, terminal)
+        if self.buffer.cursor == self.config.capacity - 1:
+            self._checkpoint()
+
+    def play(self, progress: ProgressFn | None = None, report_every: int = 500) -> None:
+        """Play until `transitions` agent steps are logged, checkpointing as the ring buffer wraps."""
+        cfg, max_steps = self.config, self.config.protocol.max_episode_steps
+        self._mark = time.perf_counter()
+        frame = self.stack[-1].copy()
+        while self.env_steps < cfg.transitions:
+            if self.episode is None:
+                frame = self.env.reset()
+                self.episode_state, self.episode_actions = self.env.save_state(), []
+                self.policy.begin_episode()
+                self.stack[...] = 0
+                self.stack[-1] = frame
+                self.padding_left = rf.PADDING_ROWS
+                self.episode = {"start": None, "length": 0, "return": 0.0, "clipped_return": 0.0,
+                                "terminal": False, "capped": False}
+            if self.padding_left:  # Dopamine writes these zero rows before the episode's first real row
+                self.padding_left -= 1
+                if self.padding_left == 0:
+                    self.episode["start"] = self.buffer.add_count + 1
+                self._add(None, 0, 0.0, False)
+                continue
+            action = self.policy.act(self.stack)
+            next_frame, reward, game_over = self.env.step(action)
+            self.episode_actions.append(action)
+            self.env_steps += 1
+            ep = self.episode
+            ep["length"] += 1
+            capped = not game_over and ep["length"] >= max_steps
+            clipped = np.float32(np.clip(reward, -1.0, 1.0))
+            ep["return"] += reward
+            ep["clipped_return"] += float(clipped)
+            ended = game_over or capped
+            if ended:
+                ep["terminal"], ep["capped"] = True, capped
+                self.episodes.append(ep)
+                self.episode = None
+            elif self.env_steps == cfg.transitions:  # run ends mid-episode: no terminal row (documented)
+                self.episodes.append(ep)
+            row = (frame, action, clipped, ended)
+            frame = next_frame  # the stack moves on before _add, which may save it for a resume
+            self.stack[:-1] = self.stack[1:]
+            self.stack[-1] = frame
+            self._add(*row)
+            if progress is not None and self.env_steps % report_every == 0:
+                progress(self.env_steps)
+        if not self.checkpoints or self.checkpoints[-1]["add_count"] != self.buffer.add_count:
+            self._checkpoint()  # the final partial checkpoint
+        self.play_s += time.perf_counter() - self._mark
+        if progress is not None:
+            progress(self.env_steps)
+
+    def log(self, wall_s: float) -> dict:
+        cfg = self.config
+        return {
+            "provenance": provenance("collect", _normalised(cfg.to_dict()), cfg.seed),
+            "game": cfg.game, "run": cfg.run, "seed": cfg.seed, "env_seed": self.env_seed,
+            "policy_seed": self.policy_seed, "policy": self.policy_info, "protocol": cfg.protocol.to_dict(),
+            "mode": cfg.mode, "difficulty": cfg.difficulty, "capacity": cfg.capacity,
+            "transitions": self.env_steps, "add_count": self.buffer.add_count,
+            "padding_rows_per_episode": rf.PADDING_ROWS, "checkpoints": self.checkpoints,
+            "num_episodes": len(self.episodes), "episodes": self.episodes,
+            "env_steps_per_s": self.env_steps / self.play_s if self.play_s > 0 else None,
+            "play_s": self.play_s, "save_s": self.save_s, "wall_s": wall_s,
+        }
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager:
+    """Limit BLAS to one thread while playing.
+
+    The per-step 84x84 resize is two small matrix products; a multi-threaded BLAS turns them into thread
+    hand-offs that cost 10-40x more than the work on a busy machine. Collection parallelises over
+    processes (`--jobs`) instead. A no-op where threadpoolctl is not installed.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl is an optional dependency
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def collect_run(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None = None,
+                progress_every: int = 500) -> dict:
+    """Collect one game/run into ROOT/{Game}/{run}/ (resuming or skipping as its files allow).
+
+    Returns a summary: game, run, status ("collected", "resumed" or "skipped"), add_count, transitions,
+    num_episodes, checkpoints, env_steps_per_s, path. `progress(env_steps)` is called every
+    `progress_every` agent steps; an exception it raises (e.g. KeyboardInterrupt) leaves the run resumable.
+    """
+    validate(config)
+    final = run_dir(root, config.game, config.run)
+    log = finished_log(root, config)
+    status = "skipped"
+    if log is None:
+        with _run_lock(root, config.game, config.run):
+            log = finished_log(root, config)  # another process may have finished it meanwhile
+            if log is None:
+                log, resumed = _collect_unlocked(config, root, progress, progress_every)
+                status = "resumed" if resumed else "collected"
+    if status == "skipped" and progress is not None:
+        progress(log["transitions"])
+    return {
+        "game": config.game, "run": config.run, "status": status, "add_count": log["add_count"],
+        "transitions": log["transitions"], "num_episodes": log["num_episodes"],
+        "checkpoints": len(log["checkpoints"]), "env_steps_per_s": log["env_steps_per_s"], "path": str(final),
+    }
+
+
+def _collect_unlocked(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None,
+                      progress_every: int) -> tuple[dict, bool]:
+    t0 = time.perf_counter()
+    work = partial_dir(root, config.game, config.run)
+    resume = _read_resume(work, config)
+    if resume is None and work.exists():
+        shutil.rmtree(work)  # our own scratch directory, from other settings or from before any checkpoint
+    work.mkdir(parents=True, exist_ok=True)
+    state = _Run(config, work)
+    try:
+        with single_threaded_blas():
+            if resume is not None:
+                state.load_resume(resume)  # replays the current episode: BLAS-bound like playing
+            state.play(progress, progress_every)
+        log = state.log(time.perf_counter() - t0)
+    finally:
+        state.env.close()
+    write_json(work / LOG_NAME, log)
+    (work / RESUME_NAME).unlink()
+    for f in work.glob("resume_state.*.npz"):
+        f.unlink()
+    os.replace(work, run_dir(root, config.game, config.run))
+    return log, resume is not None
+
+
+@contextlib.contextmanager
+def _run_lock(root: str | os.PathLike, game: str, run: int):
+    """Hold ROOT/{Game}/.{run}.lock so that two processes never write the same partial run."""
+    path = Path(root) / game / f".{run}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{game}/{run} under {root} is being collected by another process",
+                             hint="wait for it to finish, or use another --out") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def _read_resume(work: Path, config: RunConfig) -> dict | None:
+    path = work / RESUME_NAME
+    with contextlib.suppress(OSError, ValueError):
+        r = json.loads(path.read_text())
+        if r.get("config") == _normalised(config.to_dict()):
+            return r
+    return None
+
+
+# ----------------------------------------------------------------------------------- many runs at once
+
+
+def _worker(config: RunConfig, root: str, queue: Any) -> dict:
+    def progress(steps: int) -> None:
+        queue.put((config.game, config.run, steps))
+
+    return collect_run(config, root, progress)
+
+
+def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int = 1,
+                progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
+    """Collect every game/run, `jobs` processes at a time; progress(game, run, env_steps) as they play.
+
+    Summaries come back in the order of `configs`.
+    """
+    for c in configs:
+        validate(c)
+    if configs:
+        check_memory(max(c.capacity for c in configs), min(jobs, len(configs)))
+    if jobs <= 1 or len(configs) <= 1:
+        return [collect_run(c, root, (lambda s, c=c: progress(c.game, c.run, s)) if progress else None)
+                for c in configs]
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")  # no forked emulator or BLAS thread state
+    with ctx.Manager() as manager:
+        q = manager.Queue()
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_worker, c, str(root), q) for c in configs]
+            pending = set(futures)
+            while pending:
+                _, pending = cf.wait(pending, timeout=0.2)
+                while True:
+                    try:
+                        game, run, steps = q.get_nowait()
+                    except queue_mod.Empty:
+                        break
+                    if progress:
+                        progress(game, run, steps)
+            return [f.result() for f in futures]
