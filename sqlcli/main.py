@@ -14,6 +14,7 @@ from sqlcli_core import __version__
 from sqlcli.commands import games
 from sqlcli.commands.collect import collect
 from sqlcli.commands.fetch_data import fetch_data
+from sqlcli.commands.shard import shard
 
 app = typer.Typer(
     name="sql",
@@ -41,6 +42,7 @@ def _root(
 app.command("games")(games.games)
 app.command("collect")(collect)
 app.command("fetch-data")(fetch_data)
+app.command("shard")(shard)
 
 
 def main() -> None:

@@ -145,7 +145,8 @@ def check_array(path: str | os.PathLike, kind: str, arr: np.ndarray, capacity: i
 def save_npy_gz(path: str | os.PathLike, arr: np.ndarray, compresslevel: int = 1) -> Path:
     """Write `arr` as a gzip-wrapped .npy (as Dopamine does), atomically."""
     with atomic_output(path, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
+        # filename="" and mtime=0 keep the bytes a function of the array alone (no temp name, no clock).
+        with gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=compresslevel, mtime=0) as gz:
             # np.ascontiguousarray would turn the 0-d add_count into shape (1,).
             np.save(gz, np.asarray(arr, order="C"), allow_pickle=False)
     return Path(path)

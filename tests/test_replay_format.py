@@ -86,3 +86,10 @@ def test_ring_reassembly_reproduces_the_stream():
 def test_scalar_files_keep_their_shape(tmp_path):
     path = rf.save_npy_gz(tmp_path / rf.file_name("add_count", 3), np.array(3_999_999, dtype=np.int64))
     assert rf.load_npy_gz(path, "add_count").shape == ()
+
+
+def test_saved_bytes_depend_on_the_array_only(tmp_path):
+    arr = np.arange(100, dtype=np.int32)
+    a = rf.save_npy_gz(tmp_path / "one.gz", arr).read_bytes()
+    b = rf.save_npy_gz(tmp_path / "other_name.gz", arr).read_bytes()
+    assert a == b

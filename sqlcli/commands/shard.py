@@ -1,0 +1,110 @@
+"""`sql shard`: DQN-Replay gz checkpoints -> the Zarr v3 replay store (and `--verify` of a store)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import store as st
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games import resolve_games
+from sqlcli_core.provenance import provenance
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
+                    TextColumn("[dim]{task.fields[rate]}"), TimeRemainingColumn(),
+                    console=console, transient=False)
+
+
+class _Bars:
+    """One rich progress bar per game/run, fed with row counts (speed shown in rows/s as 'B/s')."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.tasks: dict[str, int] = {}
+
+    def plan(self, totals: dict[str, int]) -> None:
+        for key, total in totals.items():
+            self.tasks[key] = self.progress.add_task(key, total=total, rate="")
+
+    def advance(self, key: str, rows: int) -> None:
+        if key in self.tasks:
+            task_id = self.tasks[key]
+            self.progress.advance(task_id, rows)
+            speed = self.progress.tasks[task_id].speed
+            self.progress.update(task_id, rate=f"{speed:,.0f} rows/s" if speed else "")
+
+
+@handles_errors
+def shard(
+    src: Path = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
+                               "with --verify: the store to check."),
+    dst: Optional[Path] = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
+    verify: bool = typer.Option(False, "--verify", help="Re-read the store SRC and check it against its recorded "
+                                "content hashes and counts; writes nothing."),
+    games: Optional[str] = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
+                                        "game directory under SRC)."),
+    runs: Optional[str] = typer.Option(None, "--runs", help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
+    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Checkpoint suffixes, e.g. 0-9 for the "
+                                              "sub-optimal 20% (default: all present)."),
+    jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", min=1, help="Game/runs sharded in parallel "
+                             "worker processes (default: min(4, CPUs))."),
+    frame_chunk: int = typer.Option(st.FRAME_CHUNK, "--frame-chunk", min=8, help=f"Frames per Zarr chunk of a new "
+                                    f"run's frames array (default {st.FRAME_CHUNK}; see docs/store-format.md)."),
+    n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", min=1, help="n of the 'sampleable transitions' count "
+                               f"in the summary (default {st.DEFAULT_N_STEP})."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Convert DQN-Replay checkpoints into a resumable, verified Zarr v3 store for the sampler."""
+    game_names = [g.name for g in resolve_games(games)] if games else None
+    run_set = st.parse_int_set(runs, "--runs")
+    if verify:
+        if dst is not None:
+            raise UsageError("--verify takes one path, the store", hint="sql shard --verify DST")
+        _verify(src, game_names, run_set, as_json)
+        return
+    if dst is None:
+        raise UsageError("missing DST", hint="sql shard SRC DST")
+    ckpt_set = st.parse_int_set(checkpoints, "--checkpoints")
+    config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step)
+    prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
+                                "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
+    with _progress() as progress:
+        bars = _Bars(progress)
+        result = st.shard(src, dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
+                          provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
+    for note in result["notes"]:
+        console.print(note, style="dim", markup=False, highlight=False)
+    table = Table(title=f"{dst}: {result['appended']} checkpoint(s) appended")
+    cols = {"game": "game", "run": "run", "rows": "rows", "sampleable_transitions": "sampleable", "episodes": "episodes",
+            "return_mean": "return", "return_min": "min", "return_max": "max", "segments": "segments",
+            "bytes_on_disk": "bytes", "compression_ratio": "ratio"}
+    for c, title in cols.items():
+        table.add_column(title, justify="left" if c == "game" else "right")
+    for r in result["runs"]:
+        table.add_row(*(("-" if r.get(c) is None else f"{r[c]:.2f}" if isinstance(r.get(c), float) else str(r[c])) for c in cols))
+    console.print(table)
+    emit_summary({"provenance": prov, **result}, as_json)
+
+
+def _verify(store: Path, game_names, run_set, as_json: bool) -> None:
+    with _progress() as progress:
+        bars = _Bars(progress)
+        result = st.verify(store, games=game_names, runs=run_set, on_plan=bars.plan, progress=bars.advance)
+    for r in result["runs"]:
+        status = "ok" if r["ok"] else "FAILED: " + "; ".join(r["problems"])
+        console.print(f"{r['game']}/{r['run']}: {r['rows']:,} rows, checkpoints {r['checkpoints']}: {status}",
+                      markup=False, highlight=False)
+    emit_summary({"provenance": provenance("shard --verify", {"store": str(store)}, seed=None), **result}, as_json)
+    if not result["ok"]:
+        bad = [f"{r['game']}/{r['run']}" for r in result["runs"] if not r["ok"]]
+        first = next(p for r in result["runs"] for p in r["problems"])
+        raise st.DataError(f"{store}: {', '.join(bad)} failed verification (first problem: {first})",
+                           hint="re-shard the failed runs into a new store")
