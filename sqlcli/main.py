@@ -7,14 +7,21 @@ import os
 # ALE prints its banner on stdout and JAX warns about missing accelerators; neither belongs in a
 # script's output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The 84x84 frame resize is a pair of small matrix products: multi-threaded OpenBLAS makes it 10-30x
+# slower on a busy machine, and nothing else here needs BLAS threads (XLA has its own pool).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
 from sqlcli_core import __version__
 from sqlcli.commands import games
+from sqlcli.commands.shard import shard
+from sqlcli.commands.pretrain import pretrain
 from sqlcli.commands.collect import collect
 from sqlcli.commands.fetch_data import fetch_data
-from sqlcli.commands.shard import shard
+from sqlcli.commands.eval import eval_command
+from sqlcli.commands.finetune_online import finetune_online
+from sqlcli.commands.finetune_offline import finetune_offline
 
 app = typer.Typer(
     name="sql",
@@ -40,9 +47,13 @@ def _root(
 
 
 app.command("games")(games.games)
+app.command("shard")(shard)
+app.command("pretrain")(pretrain)
 app.command("collect")(collect)
 app.command("fetch-data")(fetch_data)
-app.command("shard")(shard)
+app.command("eval")(eval_command)
+app.command("finetune-online")(finetune_online)
+app.command("finetune-offline")(finetune_offline)
 
 
 def main() -> None:

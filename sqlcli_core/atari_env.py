@@ -17,7 +17,7 @@ import numpy as np
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games import Game, minimal_action_set, validate_variant
 
-SCREEN_SHAPE = (210, 160)
+SCREEN_SHAPE = (210, 160)  # most games; a few (Carnival, Pooyan, AirRaid, JourneyEscape) are taller
 OBS_SHAPE = (84, 84)
 MAX_EPISODE_STEPS = 27_000  # agent steps = 108,000 frames
 
@@ -96,7 +96,8 @@ class AtariGame:
         self._actions = [ale_py.Action(a) for a in minimal_action_set(game.name)]
         if len(self._env.unwrapped._action_set) != len(self._actions):  # pragma: no cover - ALE invariant
             raise RuntimeError("gymnasium and ALE disagree on the minimal action set")
-        self._buffers = np.zeros((2, *SCREEN_SHAPE), dtype=np.uint8)
+        height, width = self._ale.getScreenDims()
+        self._buffers = np.zeros((2, height, width), dtype=np.uint8)
         self._seed = seed
         self._seeded = False
 

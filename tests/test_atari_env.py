@@ -45,3 +45,13 @@ def test_steps_are_the_max_of_the_last_two_frames_of_four():
 def test_bad_mode_is_refused_with_the_valid_list():
     with pytest.raises(UsageError, match=r"Pong has no mode 9 \(ALE offers modes \[0, 1\]\)"):
         AtariGame(Game("Pong"), mode=9)
+
+
+@pytest.mark.parametrize("name", ["Carnival", "Pooyan"])
+def test_games_with_taller_screens(name):
+    """Carnival (214 lines) and Pooyan (220) are atari40 games whose screens are not 210x160."""
+    env = AtariGame(Game(name), seed=0)
+    first = env.reset()
+    frame, _, _ = env.step(0)
+    assert first.shape == frame.shape == (84, 84)
+    assert frame.any()

@@ -1,0 +1,160 @@
+"""Learner throughput on this machine: train steps/s and samples/s, end to end and compute-only.
+
+For each (network, batch): the jitted train step is timed
+  * compute-only: the same device batch every step (no input pipeline), and
+  * end to end: batches from a real ReplaySampler over a real Zarr store, through the learner's prefetch
+    thread (the gap between the two is the input pipeline's cost);
+and its achieved FLOP/s (XLA's cost analysis of the compiled step x steps/s) is printed next to the
+baseline: this machine's measured f32 matmul peak (a large jnp.dot timed in the same process).
+
+    python benchmarks/bench_learner.py                 # DQN CNN at batch 32 and 256, resnet18 (width 0.25) at 32
+    python benchmarks/bench_learner.py --steps 20 --configs dqn:1.0:32,resnet18:0.5:16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a big float32 jnp.dot (2 n^3 per product), best of `repeats`."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dot(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def build_store(root: Path, rows: int) -> Path:
+    """A two-game store (Pong, Breakout) of `rows` rows each, sharded from DQN-Replay-format checkpoints."""
+    from replay_fixture import write_run
+
+    from sqlcli_core import store as st
+
+    src = root / "src"
+    write_run(src, "Pong", 1, capacity=rows // 2, total=rows, num_actions=6, seed=1, mean_episode=200)
+    write_run(src, "Breakout", 1, capacity=rows // 2, total=rows, num_actions=4, seed=2, mean_episode=200)
+    dst = root / "store"
+    st.shard(src, dst)
+    return dst
+
+
+def step_flops(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops else None
+
+
+def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_bytes: int) -> dict:
+    import jax
+
+    from sqlcli_core import learner, networks
+    from sqlcli_core.sampler import ReplaySampler
+
+    games = ["Pong", "Breakout"]
+    num_actions = (6, 4)
+    net = networks.NetworkConfig(arch=arch, width=width)
+    cfg = learner.LearnerConfig()
+    mesh = learner.make_mesh()
+    sharding = learner.batch_sharding(mesh)
+    state = learner.init_train_state(net, num_actions, cfg, 0, mesh)
+    step = learner.make_train_step(net, num_actions, cfg, mesh)
+    params = sum(networks.count_parameters(state.params).values())
+
+    with ReplaySampler(store, games=games, batch_size=batch, seed=0, cache_bytes=cache_bytes) as sampler:
+        fixed = learner.put_batch(sampler.next_batch(), sharding)
+        t = time.perf_counter()
+        compiled = step.lower(state, fixed).compile()
+        compile_s = time.perf_counter() - t
+        flops = step_flops(compiled)
+        for _ in range(2):  # warm-up
+            state, m = step(state, fixed)
+        jax.block_until_ready(m)
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, m = step(state, fixed)
+        jax.block_until_ready(m)
+        compute_s = (time.perf_counter() - t) / steps
+
+        with learner.Prefetcher(sampler, sharding, depth=2) as batches:
+            for _ in range(2):
+                b, _ = next(batches)
+                state, m = step(state, b)
+            jax.block_until_ready(m)
+            t = time.perf_counter()
+            for _ in range(steps):
+                b, _ = next(batches)
+                state, m = step(state, b)
+            jax.block_until_ready(m)
+            e2e_s = (time.perf_counter() - t) / steps
+        t = time.perf_counter()
+        for _ in range(steps):
+            sampler.next_batch()
+        sample_s = (time.perf_counter() - t) / steps
+
+    return {
+        "arch": arch, "width": width, "batch": batch, "parameters": params, "compile_s": compile_s,
+        "compute_steps_per_s": 1 / compute_s, "compute_samples_per_s": batch / compute_s,
+        "e2e_steps_per_s": 1 / e2e_s, "e2e_samples_per_s": batch / e2e_s,
+        "sampler_alone_samples_per_s": batch / sample_s,
+        "flops_per_step": flops, "achieved_flops_per_s": None if flops is None else flops / compute_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="dqn:1.0:32,dqn:1.0:256,resnet18:0.25:32",
+                        help="comma-separated ARCH:WIDTH:BATCH (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=6000, help="rows per game in the store (default: %(default)s)")
+    parser.add_argument("--cache-bytes", type=int, default=512 << 20, help="sampler cache (default: 512 MiB)")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = parser.parse_args()
+
+    import jax
+
+    from sqlcli_core.provenance import package_versions
+
+    peak = matmul_peak()
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = build_store(Path(tmp), args.rows)
+        for spec in args.configs.split(","):
+            arch, width, batch = spec.split(":")
+            r = bench(arch, float(width), int(batch), args.steps, store, args.cache_bytes)
+            results.append(r)
+            print(f"{arch:>9} w{float(width):<5} B={int(batch):<4} {r['parameters']:>10,} params | compute-only "
+                  f"{r['compute_steps_per_s']:7.2f} steps/s {r['compute_samples_per_s']:8.0f} samples/s | end to end "
+                  f"{r['e2e_steps_per_s']:7.2f} steps/s {r['e2e_samples_per_s']:8.0f} samples/s | sampler alone "
+                  f"{r['sampler_alone_samples_per_s']:8.0f} samples/s | "
+                  + (f"{r['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s achieved" if r["achieved_flops_per_s"] else "no FLOP count")
+                  + f" vs {peak / 1e9:.1f} GFLOP/s matmul peak", flush=True)
+    summary = {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
+               "matmul_peak_flops_per_s": peak, "results": results, "versions": package_versions(),
+               "load_average": os.getloadavg()}
+    if args.json:
+        print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

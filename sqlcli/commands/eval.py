@@ -1,0 +1,291 @@
+"""`sql eval`: play real ALE games with a trained multi-game policy (or a baseline) and score it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import evaluation as ev
+from sqlcli_core.atari_env import get_protocol
+from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.games import canonical_name, resolve_games
+from sqlcli_core.provenance import provenance
+
+POLICIES = ("checkpoint", "random")
+EPISODES_FORMAT = "sql-eval-episodes"
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """'0,1,2' or '0-4' or a mix ('0-2,7') -> (0, 1, 2, 7)."""
+    seeds: list[int] = []
+    try:
+        for part in (p.strip() for p in text.split(",")):
+            if not part:
+                continue
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1) if not part.startswith("-") else (None, None)
+                seeds.extend(range(int(lo), int(hi) + 1))
+            else:
+                seeds.append(int(part))
+    except (TypeError, ValueError):
+        raise UsageError(f"bad --seeds '{text}'", hint="pass non-negative integers like 0,1,2 or a range 0-4") from None
+    if not seeds or min(seeds) < 0:
+        raise UsageError(f"bad --seeds '{text}'", hint="pass non-negative integers like 0,1,2 or a range 0-4")
+    return tuple(seeds)
+
+
+def find_run_dir(path: Path) -> Path | None:
+    """The run directory holding `path` (RUN, RUN/checkpoints or RUN/checkpoints/STEP), if any."""
+    for candidate in (path, path.parent, path.parent.parent):
+        if (candidate / "run.json").is_file():
+            return candidate
+    return None
+
+
+def _policy_block(kind: str, policy, source: Path | None, run_dir: Path | None, epsilon: float) -> dict:
+    record = policy.run_config or {}
+    network = (record.get("identity") or {}).get("network") or {}
+    return {
+        "kind": kind,
+        "run": str(run_dir) if run_dir else None,
+        "checkpoint": str(source) if source else None,
+        "step": policy.step,
+        "arch": network.get("arch"),
+        "num_params": record.get("num_parameters"),
+        "games": [g.name for g in policy.games] if kind == "checkpoint" else None,
+        "epsilon": epsilon,
+    }
+
+
+def _header(settings: dict) -> str:
+    return json.dumps({"format": EPISODES_FORMAT, "settings": settings}) + "\n"
+
+
+def _episode_line(r: ev.EpisodeResult) -> dict:
+    return {"game": r.game, "seed": r.seed, "episode": r.episode, "score": r.score, "length": r.length,
+            "truncated": r.truncated}
+
+
+def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
+    """Episodes already played under the same settings (a new log is started when there is none).
+
+    A log of other settings is refused. A line cut by a crash is dropped and the log rewritten without
+    it (atomically), so the next append starts on a fresh line; that episode is simply played again.
+    """
+    if not path.exists():
+        with atomic_output(path, "w") as f:
+            f.write(_header(settings))
+        return []
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0]) if lines else {}
+    except json.JSONDecodeError:
+        header = {}
+    if header.get("format") != EPISODES_FORMAT:
+        raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
+    if header.get("settings") != settings:
+        raise UsageError(f"{path} holds episodes played with other settings",
+                         hint="pass another --out (or --name), or delete it to start over")
+    results = []
+    for line in lines[1:]:
+        try:
+            d = json.loads(line)
+            results.append(ev.EpisodeResult(d["game"], d["seed"], d["episode"], float(d["score"]),
+                                            int(d["length"]), bool(d["truncated"])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    if len(results) != len(lines) - 1:
+        with atomic_output(path, "w") as f:
+            f.write(_header(settings) + "".join(json.dumps(_episode_line(r)) + "\n" for r in results))
+    return results
+
+
+def _default_name(label: str, settings: dict, config: ev.EvalConfig) -> str:
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    games = config.games[0] if len(config.games) == 1 else f"{len(config.games)}games"
+    capped = f"_cap{config.max_steps}" if config.max_steps != config.protocol.max_episode_steps else ""
+    return f"{label}_{config.protocol.name}_{games}{capped}_{digest}"
+
+
+@handles_errors
+def eval_command(
+    checkpoint_or_run: Path = typer.Argument(
+        None, help="A run directory of `sql pretrain` (its newest checkpoint) or RUN/checkpoints/STEP. "
+        "Not used with --policy random."),
+    games: str = typer.Option(
+        None, "--games", help="Comma-separated games or sets (see `sql games`). Default: all games of the "
+        "checkpoint; required with --policy random."),
+    episodes: int = typer.Option(2, "--episodes", help="Episodes per game and seed. Default: 2."),
+    seeds: str = typer.Option(
+        "0-4", "--seeds", help="Evaluation seeds, e.g. 0,1,2 or 0-4; each seed is one run for the confidence "
+        "intervals. Default: 0-4."),
+    protocol_name: str = typer.Option(
+        "dopamine", "--protocol", help="dopamine (sticky actions 0.25, epsilon 0.001, 27,000-step cap: the "
+        "protocol that produced the data) or no-sticky (Multi-Game DT's variant). Default: dopamine."),
+    mode: int = typer.Option(
+        None, "--mode", help="ALE game mode (validated against ALE). Default: the game's default."),
+    difficulty: int = typer.Option(
+        None, "--difficulty", help="ALE difficulty (validated against ALE). Default: the game's default."),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Cap episodes at this many agent steps for a quick look; the result then says "
+        "it deviates from the protocol. Default: the protocol's 27,000."),
+    policy_kind: str = typer.Option(
+        "checkpoint", "--policy", help="checkpoint (the trained network) or random (uniform actions, the "
+        "baseline of the human-normalized scale). Default: checkpoint."),
+    num_envs: int = typer.Option(
+        32, "--num-envs", help="Emulators stepped together; one batched policy call per step. Default: 32."),
+    threads: int = typer.Option(
+        1, "--threads", help="Threads stepping the emulators (ALE's act holds the GIL, so the gain is small: "
+        "see docs/eval.md). Default: 1."),
+    record: str = typer.Option(
+        None, "--record", help="Save a GIF of this game's first episode (first seed) beside the result. "
+        "Default: none."),
+    record_steps: int = typer.Option(
+        3000, "--record-steps", help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
+    out: Path = typer.Option(
+        None, "--out", help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
+        "RUN/eval/NAME.json for a checkpoint, ./eval/NAME.json otherwise."),
+    name: str = typer.Option(
+        None, "--name", help="NAME of the default output path. Default: derived from step, protocol, games and "
+        "a hash of the settings."),
+    bootstrap_reps: int = typer.Option(
+        50_000, "--bootstrap-reps", help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
+        "(rliable's)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Play ALE episodes and report raw and human-normalized scores with IQM/median/mean and 95% CIs."""
+    protocol = get_protocol(protocol_name)
+    seed_list = parse_seeds(seeds)
+    if policy_kind not in POLICIES:
+        raise UsageError(f"unknown --policy '{policy_kind}'", hint=f"choose one of {', '.join(POLICIES)}")
+    if max_steps is None:
+        max_steps = protocol.max_episode_steps
+
+    source = run_dir = None
+    if policy_kind == "checkpoint":
+        if checkpoint_or_run is None:
+            raise UsageError("no checkpoint given", hint="pass a run directory, or use --policy random")
+        from sqlcli_core.checkpoint import load_policy
+
+        policy = load_policy(checkpoint_or_run)
+        source = Path(checkpoint_or_run).resolve()  # one name per checkpoint, whatever the working directory
+        run_dir = find_run_dir(source)
+        game_names = tuple(g.name for g in resolve_games(games)) if games else tuple(g.name for g in policy.games)
+        epsilon, label = protocol.epsilon, f"step{policy.step}"
+    else:
+        if checkpoint_or_run is not None:
+            raise UsageError(f"--policy {policy_kind} takes no checkpoint, got {checkpoint_or_run}",
+                             hint="drop the argument, or use --policy checkpoint")
+        if not games:
+            raise UsageError("--policy random needs --games", hint="e.g. --games pong,breakout")
+        game_list = resolve_games(games)
+        game_names = tuple(g.name for g in game_list)
+        policy = ev.RandomPolicy(game_list)
+        epsilon, label = 1.0, "random"
+
+    config = ev.EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
+                           epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
+    ev.validate_config(config)
+    heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
+    if epsilon < 1.0:
+        ev.check_action_sets(policy, heads)
+    record_item = None
+    if record_steps < 1:
+        raise UsageError(f"--record-steps must be >= 1, got {record_steps}", hint="e.g. --record-steps 3000")
+    if record is not None:
+        record_game = canonical_name(record)
+        if record_game not in config.games:
+            raise UsageError(f"--record {record_game} is not among the evaluated games",
+                             hint="add it to --games")
+        record_item = (record_game, seed_list[0])
+    policy_block = _policy_block(policy_kind, policy, source, run_dir, epsilon)
+    settings = {"policy": {k: policy_block[k] for k in ("kind", "run", "checkpoint", "step")},
+                **config.play_settings()}
+
+    if out is None:
+        folder = (run_dir / "eval") if run_dir else Path("eval")
+        out = folder / f"{name or _default_name(label, settings, config)}.json"
+    elif out.suffix != ".json":
+        raise UsageError(f"--out {out} must end in .json", hint="e.g. --out results/pong.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    episodes_path = out.with_name(out.stem + ".episodes.jsonl")
+    previous = resume_episodes(episodes_path, settings)
+    total = len(config.games) * len(config.seeds) * config.episodes
+    wanted = {w.key for w in ev.work_items(config)}
+    previous = list({r.key: r for r in previous if r.key in wanted}.values())
+    if previous:
+        console.print(f"resuming: {len(previous)} of {total} episodes already played ({episodes_path})")
+
+    gif_path = None
+
+    def save_gif(item: ev.WorkItem, frames) -> None:
+        nonlocal gif_path
+        gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
+        ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=not console.is_terminal) as progress:
+        task = progress.add_task(f"eval {len(config.games)} games", total=total, completed=len(previous))
+
+        def played(result: ev.EpisodeResult) -> None:
+            append_jsonl(episodes_path, _episode_line(result))
+            progress.update(task, advance=1, description=f"{result.game}: {result.score:g}")
+
+        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads,
+                                 done={r.key for r in previous}, record=record_item, record_frames=record_steps,
+                                 on_episode=played, on_record=save_gif)
+
+    summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
+    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "record": record,
+                  "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
+    result = {
+        "provenance": provenance("eval", cli_config, seed_list[0]),
+        "protocol": ev.protocol_block(config),
+        "policy": policy_block,
+        **summary,
+        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads,
+                       "episodes_reused": len(previous)},
+    }
+    write_json(out, result)
+    md_path = out.with_suffix(".md")
+    with atomic_output(md_path, "w") as f:
+        f.write(ev.markdown_report(result))
+
+    _print_tables(result)
+    console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
+                  f"({num_envs} emulators)", markup=False)
+    console.print(f"wrote {out}, {md_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
+    emit_summary({
+        "out": str(out), "markdown": str(md_path), "gif": str(gif_path) if gif_path else None,
+        "policy": policy_block, "protocol": config.protocol.name,
+        "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
+        "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),
+                      "human_normalized": b["human_normalized"]} for g, b in result["games"].items()},
+        "aggregates": result["aggregates"], "excluded_from_aggregates": result["excluded_from_aggregates"],
+        "episodes_played": stats.episodes, "episodes_reused": len(previous),
+        "env_steps": stats.env_steps, "env_steps_per_s": round(stats.env_steps_per_s, 1),
+        "notes": result["notes"],
+    }, as_json)
+
+
+def _print_tables(result: dict) -> None:
+    table = Table(title=f"{result['policy']['kind']} policy, protocol {result['protocol']['name']}")
+    for col in ("game", "episodes", "mean", "std", "human-normalized"):
+        table.add_column(col, justify="left" if col == "game" else "right")
+    for game, b in result["games"].items():
+        hns = b["human_normalized"]
+        table.add_row(game, str(len(b["scores"])), f"{b['mean']:.1f}", f"{b['std']:.1f}",
+                      "-" if hns is None else f"{100 * hns:.1f}%")
+    console.print(table)
+    for agg, a in result["aggregates"].items():
+        lo, hi = a["ci95"]
+        console.print(f"{agg}: {100 * a['value']:.1f}% (95% CI {100 * lo:.1f}% .. {100 * hi:.1f}%)", markup=False)
+    for note in result["notes"]:
+        console.print(f"note: {note}", style="yellow", markup=False)

@@ -1,0 +1,523 @@
+"""Play real ALE games with a multi-game Q-policy: many emulators stepped together, one batched call per step.
+
+The protocol is Dopamine's, which produced DQN-Replay (`sqlcli_core.atari_env.PROTOCOLS`): sticky actions,
+frame skip 4 with max-pool, 84x84 grayscale, 4 stacked frames (at reset the stack is [0, 0, 0, o0], as in
+the data), epsilon-greedy with the protocol's epsilon, episodes ended at game over or at the step cap.
+
+Each (game, seed) is a *stream*: one emulator, seeded once, and one epsilon generator, both derived from
+(seed, game) only, that plays the episodes 0, 1, ... of that seed one after the other (as Dopamine's
+evaluation does; loading a ROM costs about as much as a few hundred steps, so emulators are not re-created
+per episode). Scores therefore do not depend on how many emulators run at once or in which order. A resumed
+evaluation replays the streams it had not finished from their start and reports only the missing episodes,
+which come out exactly as an uninterrupted run would have had them. Parallelism is games x seeds streams.
+
+Per step, the frame stacks of all running emulators (whatever their games) go through ONE
+`policy.q_values(obs (N, 4, 84, 84) uint8, game (N,) int32)` call; the batch is padded to a fixed N so a
+jitted policy compiles once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, Protocol as TypingProtocol, Sequence, runtime_checkable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from sqlcli_core.atari_env import OBS_SHAPE, AtariGame, Protocol
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games import Game, game_index, validate_variant
+
+FRAME_STACK = 4
+
+
+@runtime_checkable
+class QPolicy(TypingProtocol):
+    """What `evaluate` needs of a policy (the contract of `sqlcli_core.checkpoint.load_policy`)."""
+
+    games: list[Game]
+    run_config: dict
+    step: int | None
+
+    def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
+        """obs (N, 4, 84, 84) uint8, game (N,) int32 -> (N, A_max) float32, -inf outside each game's actions."""
+        ...
+
+
+@dataclasses.dataclass
+class RandomPolicy:
+    """Uniformly random actions over each game's minimal action set (evaluate it with epsilon = 1).
+
+    Its q_values are 0 on real actions and -inf elsewhere, so it also satisfies the QPolicy contract.
+    """
+
+    games: list[Game]
+    run_config: dict = dataclasses.field(default_factory=dict)
+    step: int | None = None
+
+    def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
+        sizes = np.array([g.num_actions for g in self.games])
+        a_max = int(sizes.max())
+        real = np.arange(a_max)[None, :] < sizes[np.asarray(game)][:, None]
+        return np.where(real, 0.0, -np.inf).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to play. `max_steps` is the effective cap; the protocol's own cap is protocol.max_episode_steps."""
+
+    games: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    episodes: int = 2  # per game and seed
+    protocol: Protocol = Protocol()
+    epsilon: float = 0.001
+    max_steps: int = 27_000
+    mode: int | None = None
+    difficulty: int | None = None
+
+    def play_settings(self) -> dict:
+        """The settings that determine the scores (not how fast they are obtained)."""
+        return {
+            "games": list(self.games), "seeds": list(self.seeds), "episodes": self.episodes,
+            "protocol": self.protocol.to_dict(), "epsilon": self.epsilon, "max_steps": self.max_steps,
+            "mode": self.mode, "difficulty": self.difficulty,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkItem:
+    """One episode: the `episode`-th of the stream (game, seed)."""
+
+    game: str
+    seed: int
+    episode: int
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.game, self.seed, self.episode)
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeResult:
+    game: str
+    seed: int
+    episode: int
+    score: float  # raw (unclipped) return
+    length: int  # agent steps
+    truncated: bool  # ended by the step cap, not by game over
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        return (self.game, self.seed, self.episode)
+
+
+@dataclasses.dataclass
+class EvalStats:
+    env_steps: int = 0
+    seconds: float = 0.0
+    policy_seconds: float = 0.0
+    setup_seconds: float = 0.0  # creating emulators (loading ROMs)
+    episodes: int = 0
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.env_steps / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"env_steps": self.env_steps, "seconds": round(self.seconds, 3),
+                "policy_seconds": round(self.policy_seconds, 3), "setup_seconds": round(self.setup_seconds, 3),
+                "episodes": self.episodes, "env_steps_per_s": round(self.env_steps_per_s, 1)}
+
+
+def stream_seeds(game: str, seed: int) -> tuple[int, np.random.Generator]:
+    """(emulator seed, epsilon generator) of the stream (game, seed), derived from those two only."""
+    seq = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(game.encode()),))
+    env_seq, action_seq = seq.spawn(2)
+    return int(env_seq.generate_state(1)[0] & 0x7FFFFFFF), np.random.default_rng(action_seq)
+
+
+def work_items(config: EvalConfig) -> list[WorkItem]:
+    """All episodes, ordered seed, then game, then episode."""
+    return [WorkItem(g, s, e) for s in config.seeds for g in config.games for e in range(config.episodes)]
+
+
+def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
+    """{game: index of its head in policy.games}; a game the policy was not trained on is a UsageError."""
+    return {g: game_index(policy.games, g) for g in games}
+
+
+def check_action_sets(policy: QPolicy, heads: dict[str, int]) -> None:
+    """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
+    names = list(heads)
+    obs = np.zeros((len(names), FRAME_STACK, *OBS_SHAPE), np.uint8)
+    q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
+    for row, name in zip(q, names):
+        have, want = int(np.isfinite(row).sum()), Game(name).num_actions
+        if have != want:
+            raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
+                             f"has {want}", hint="evaluate with the ale-py version the checkpoint was trained with")
+
+
+def validate_config(config: EvalConfig) -> None:
+    """Cheap checks before any emulator starts: counts, epsilon, cap, and ALE's modes/difficulties."""
+    if config.episodes < 1:
+        raise UsageError(f"--episodes must be >= 1, got {config.episodes}", hint="pass --episodes 1 or more")
+    if not config.seeds:
+        raise UsageError("no seeds given", hint="pass --seeds 0,1,2")
+    if len(set(config.seeds)) != len(config.seeds):
+        raise UsageError(f"repeated seeds {list(config.seeds)}", hint="each seed must appear once")
+    if not 0.0 <= config.epsilon <= 1.0:
+        raise UsageError(f"epsilon must lie in [0, 1], got {config.epsilon}", hint="the protocol uses 0.001")
+    if not 1 <= config.max_steps <= config.protocol.max_episode_steps:
+        raise UsageError(f"--max-steps must lie in 1..{config.protocol.max_episode_steps}, got {config.max_steps}",
+                         hint=f"the protocol's cap is {config.protocol.max_episode_steps} agent steps")
+    for name in config.games:
+        validate_variant(Game(name), config.mode, config.difficulty)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StreamPlan:
+    game: str
+    seed: int
+    report: frozenset[int]  # episodes to report (the missing ones)
+    last: int  # the stream stops after this episode
+    record: bool  # hand episode 0's frames to on_record
+
+
+def plan_streams(config: EvalConfig, done: set[tuple[str, int, int]], record: tuple[str, int] | None
+                 ) -> list[_StreamPlan]:
+    """The streams that still have something to play, each up to its last needed episode."""
+    plans = []
+    for seed in config.seeds:
+        for game in config.games:
+            missing = frozenset(e for e in range(config.episodes) if (game, seed, e) not in done)
+            recording = record == (game, seed)
+            needed = set(missing) | ({0} if recording else set())
+            if needed:
+                plans.append(_StreamPlan(game, seed, missing, max(needed), recording))
+    return plans
+
+
+class _Stream:
+    """One running stream: its emulator, frame stack, epsilon generator and the current episode's totals."""
+
+    def __init__(self, plan: _StreamPlan, head: int, config: EvalConfig, record_frames: int):
+        env_seed, self.rng = stream_seeds(plan.game, plan.seed)
+        self.plan = plan
+        self.head = head
+        self.env = AtariGame(Game(plan.game), protocol=config.protocol, mode=config.mode,
+                             difficulty=config.difficulty, seed=env_seed)
+        self.num_actions = self.env.num_actions
+        self.record_frames = record_frames if plan.record else 0
+        self.stack = np.zeros((FRAME_STACK, *OBS_SHAPE), np.uint8)
+        self.episode = -1
+        self.start_episode()
+
+    def start_episode(self) -> None:
+        self.episode += 1
+        self.stack[:] = 0
+        self.stack[-1] = self.env.reset()
+        self.score, self.length, self.over = 0.0, 0, False
+        recording = self.record_frames and self.episode == 0
+        self.frames: list[np.ndarray] | None = [self.stack[-1].copy()] if recording else None
+
+    def step(self, action: int) -> None:
+        frame, reward, self.over = self.env.step(action)
+        self.stack[:-1] = self.stack[1:]
+        self.stack[-1] = frame
+        self.score += reward
+        self.length += 1
+        if self.frames is not None and len(self.frames) < self.record_frames:
+            self.frames.append(frame.copy())
+
+
+def _step_streams(streams: Sequence[_Stream], actions: Sequence[int]) -> None:
+    for stream, action in zip(streams, actions):
+        stream.step(int(action))
+
+
+def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
+             done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
+             record_frames: int = 3000,
+             on_episode: Callable[[EpisodeResult], None] | None = None,
+             on_record: Callable[[WorkItem, list[np.ndarray]], None] | None = None,
+             ) -> tuple[list[EpisodeResult], EvalStats]:
+    """Play every episode of `config` whose (game, seed, episode) key is not in `done`.
+
+    Returns the new results (in completion order) and stats. Up to num_envs streams run at once; each step
+    makes one policy call for all of them (none when epsilon is 1). threads > 1 steps the emulators in that
+    many threads. `record` = (game, seed) hands that stream's first episode's 84x84 frames (at most
+    `record_frames`, from its start) to `on_record`; it is played again if already in `done`, and then not
+    reported twice.
+    """
+    validate_config(config)
+    if num_envs < 1 or threads < 1:
+        raise UsageError(f"--num-envs and --threads must be >= 1, got {num_envs} and {threads}",
+                         hint="pass --num-envs 32 --threads 1")
+    heads = head_indices(policy, config.games)
+    greedy_needed = config.epsilon < 1.0
+    if greedy_needed:
+        check_action_sets(policy, heads)
+    plans = plan_streams(config, set(done), record)
+    results: list[EpisodeResult] = []
+    stats = EvalStats()
+    if not plans:
+        return results, stats
+
+    width = min(num_envs, len(plans))
+    obs_batch = np.zeros((width, FRAME_STACK, *OBS_SHAPE), np.uint8)
+    game_batch = np.zeros((width,), np.int32)
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    pending = iter(plans)
+    streams: list[_Stream] = []
+
+    def refill() -> None:
+        t = time.perf_counter()
+        while len(streams) < width and (plan := next(pending, None)) is not None:
+            streams.append(_Stream(plan, heads[plan.game], config, record_frames))
+        stats.setup_seconds += time.perf_counter() - t
+
+    def finish_episode(stream: _Stream) -> bool:
+        """Report the episode that just ended; start the next one. False when the stream is finished."""
+        plan = stream.plan
+        result = EpisodeResult(plan.game, plan.seed, stream.episode, float(stream.score), stream.length,
+                               truncated=not stream.over)
+        if stream.frames is not None and on_record is not None:
+            on_record(WorkItem(*result.key), stream.frames)
+        if stream.episode in plan.report:
+            results.append(result)
+            stats.episodes += 1
+            if on_episode is not None:
+                on_episode(result)
+        if stream.episode >= plan.last:
+            stream.env.close()
+            return False
+        stream.start_episode()
+        return True
+
+    # The 84x84 resize is a small matmul; OpenBLAS's own threads only fight the emulators (and each other)
+    # for cores, which made stepping 20-30x slower on a busy machine. Parallelism comes from the emulators.
+    blas_limit = threadpool_limits(limits=1, user_api="blas")
+    start = time.perf_counter()
+    try:
+        refill()
+        while streams:
+            n = len(streams)
+            if greedy_needed:
+                for i, stream in enumerate(streams):
+                    obs_batch[i] = stream.stack
+                    game_batch[i] = stream.head
+                game_batch[n:] = game_batch[0]  # padding rows: any valid game id, results ignored
+                t = time.perf_counter()
+                greedy = np.argmax(np.asarray(policy.q_values(obs_batch, game_batch))[:n], axis=1)
+                stats.policy_seconds += time.perf_counter() - t
+            else:
+                greedy = np.zeros(n, np.int64)
+            actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
+                       for s, g in zip(streams, greedy)]
+            if pool is None:
+                _step_streams(streams, actions)
+            else:
+                chunks = np.array_split(np.arange(n), min(threads, n))
+                list(pool.map(lambda idx: _step_streams([streams[i] for i in idx], [actions[i] for i in idx]),
+                              chunks))
+            stats.env_steps += n
+            if any(s.over or s.length >= config.max_steps for s in streams):
+                streams[:] = [s for s in streams
+                              if not (s.over or s.length >= config.max_steps) or finish_episode(s)]
+                refill()
+    finally:
+        for stream in streams:
+            stream.env.close()
+        if pool is not None:
+            pool.shutdown()
+        blas_limit.restore_original_limits()
+        stats.seconds = time.perf_counter() - start
+    return results, stats
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def per_game_scores(results: Iterable[EpisodeResult], games: Sequence[str]) -> dict[str, list[EpisodeResult]]:
+    """{game: its episodes sorted by (seed, episode)}, games in the given order."""
+    by_game: dict[str, list[EpisodeResult]] = {g: [] for g in games}
+    for r in results:
+        by_game[r.game].append(r)
+    return {g: sorted(rs, key=lambda r: (r.seed, r.episode)) for g, rs in by_game.items()}
+
+
+def run_matrix_unit(seeds: Sequence[int]) -> str:
+    """The bootstrap's unit of resampling: seeds when there are several, otherwise single episodes."""
+    return "seed" if len(seeds) >= 2 else "episode"
+
+
+def run_scores(episodes: Sequence[EpisodeResult], unit: str) -> np.ndarray:
+    """(runs,) raw score per run of one game: the mean over each seed's episodes, or each episode."""
+    if unit == "episode":
+        return np.array([e.score for e in episodes], np.float64)
+    seeds = sorted({e.seed for e in episodes})
+    return np.array([np.mean([e.score for e in episodes if e.seed == s]) for s in seeds], np.float64)
+
+
+def protocol_block(config: EvalConfig) -> dict:
+    """The protocol as played, with any deviation from the named protocol spelled out."""
+    deviations = []
+    if config.max_steps != config.protocol.max_episode_steps:
+        deviations.append(f"episodes capped at {config.max_steps} agent steps instead of "
+                          f"{config.protocol.max_episode_steps}")
+    block = config.protocol.to_dict()
+    block.update({
+        "protocol_max_episode_steps": config.protocol.max_episode_steps,
+        "max_episode_steps": config.max_steps,
+        "protocol_epsilon": config.protocol.epsilon,
+        "epsilon": config.epsilon,
+        "frame_stack": FRAME_STACK,
+        "initial_stack": "three zero frames then the first frame",
+        "observation": "84x84 grayscale, max of the last two of the skipped frames, area resize",
+        "life_loss_terminal": False,
+        "mode": config.mode,
+        "difficulty": config.difficulty,
+        "deviates_from_protocol": bool(deviations),
+        "deviations": deviations,
+    })
+    return block
+
+
+def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap_reps: int = 50_000,
+              bootstrap_seed: int = 0) -> dict:
+    """The `games`, `aggregates`, `excluded_from_aggregates`, `aggregate_method` and `notes` of a result file.
+
+    Per game: raw episode scores (ordered by seed, episode), their mean and std (population, ddof=0), and the
+    human-normalized mean. Aggregates (IQM, median, mean with 95% stratified bootstrap CIs) cover the games
+    with a reference score, played in the default mode and difficulty; the rest are reported raw and listed
+    as excluded, with a note.
+    """
+    from sqlcli_core import aggregates
+    from sqlcli_core.games import REFERENCE_SCORE_SOURCE
+
+    by_game = per_game_scores(results, config.games)
+    missing = [g for g, eps in by_game.items() if len(eps) != len(config.seeds) * config.episodes]
+    if missing:
+        raise UsageError(f"episodes missing for {', '.join(missing)}", hint="re-run the same command to finish them")
+    variant = config.mode is not None or config.difficulty is not None
+    unit = run_matrix_unit(config.seeds)
+    notes: list[str] = []
+    games_block: dict[str, dict] = {}
+    runs_for_aggregate: dict[str, np.ndarray] = {}
+    references: dict[str, tuple[float, float]] = {}
+    excluded: list[str] = []
+    for name, episodes in by_game.items():
+        game = Game(name)
+        scores = np.array([e.score for e in episodes], np.float64)
+        mean = float(scores.mean())
+        ref = None if variant else game.reference
+        games_block[name] = {
+            "scores": [e.score for e in episodes],
+            "seeds": [e.seed for e in episodes],
+            "episodes": [e.episode for e in episodes],
+            "lengths": [e.length for e in episodes],
+            "truncated": [e.truncated for e in episodes],
+            "mean": mean,
+            "std": float(scores.std()),
+            "human_normalized": game.human_normalized(mean) if ref else None,
+            "reference": {"random": ref[0], "human": ref[1]} if ref else None,
+        }
+        if ref is None:
+            excluded.append(name)
+        else:
+            runs_for_aggregate[name] = run_scores(episodes, unit)
+            references[name] = ref
+    if excluded:
+        why = ("a mode or difficulty was given, and the reference scores are for the default game" if variant
+               else "no standard random/human reference score")
+        notes.append(f"reported raw and left out of the aggregates ({why}): {', '.join(excluded)}")
+    matrix, kept = aggregates.human_normalized_matrix(runs_for_aggregate, references)
+    if kept:
+        aggregate_block = aggregates.aggregates_with_ci(matrix, reps=bootstrap_reps, seed=bootstrap_seed)
+    else:
+        aggregate_block = {}
+        notes.append("no game with a reference score: no aggregates")
+    runs = matrix.shape[0] if kept else 0
+    if kept and unit == "episode":
+        notes.append("one seed: the bootstrap resamples single episodes; pass several --seeds to resample runs")
+    if kept and runs < 3:
+        notes.append(f"only {runs} run(s) per game: the confidence intervals are very rough or degenerate")
+    truncated = sum(sum(b["truncated"]) for b in games_block.values())
+    if truncated:
+        notes.append(f"{truncated} episode(s) were cut at the {config.max_steps}-step cap")
+    if config.max_steps != config.protocol.max_episode_steps:
+        notes.append(f"DEVIATES FROM THE PROTOCOL: episodes capped at {config.max_steps} agent steps instead of "
+                     f"{config.protocol.max_episode_steps}; scores are not comparable with published ones")
+    if "VideoPinball" in kept:
+        notes.append("VideoPinball is normalized with random = 0.0 (Dopamine's table; DQN Zoo uses 16256.9)")
+    notes.append(f"reference scores: {REFERENCE_SCORE_SOURCE}")
+    return {
+        "games": games_block,
+        "aggregates": aggregate_block,
+        "excluded_from_aggregates": excluded,
+        "aggregate_method": {
+            "score": "human-normalized: (score - random) / (human - random)",
+            "unit": unit, "runs_per_game": runs, "games": kept,
+            "bootstrap": "stratified (runs resampled within each game), percentile interval",
+            "reps": bootstrap_reps, "seed": bootstrap_seed, "confidence": 0.95,
+            "iqm": "25% trimmed mean of all runs x games", "median": "median over games of the mean over runs",
+            "mean": "mean over games of the mean over runs",
+        },
+        "notes": notes,
+    }
+
+
+def markdown_report(result: dict) -> str:
+    """A Markdown table of one result file: per-game scores, then the aggregates and the notes."""
+    policy, protocol = result.get("policy", {}), result.get("protocol", {})
+    lines = [
+        f"# Evaluation: {policy.get('kind')}" + (f" {policy.get('run')} step {policy.get('step')}"
+                                                 if policy.get("run") else ""),
+        "",
+        f"Protocol `{protocol.get('name')}`: sticky actions {protocol.get('sticky_action_prob')}, "
+        f"epsilon {protocol.get('epsilon')}, cap {protocol.get('max_episode_steps')} agent steps, "
+        f"frame skip {protocol.get('frame_skip')}"
+        + (f", mode {protocol.get('mode')}" if protocol.get("mode") is not None else "")
+        + (f", difficulty {protocol.get('difficulty')}" if protocol.get("difficulty") is not None else "")
+        + (" **(deviates from the protocol)**" if protocol.get("deviates_from_protocol") else "") + ".",
+        "",
+        "| game | episodes | mean | std | random | human | human-normalized |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, g in result["games"].items():
+        ref = g.get("reference") or {}
+        hns = g.get("human_normalized")
+        lines.append(f"| {name} | {len(g['scores'])} | {g['mean']:.1f} | {g['std']:.1f} | "
+                     f"{_fmt(ref.get('random'))} | {_fmt(ref.get('human'))} | "
+                     f"{'-' if hns is None else f'{100 * hns:.1f}%'} |")
+    if result.get("aggregates"):
+        lines += ["", "| aggregate (human-normalized) | value | 95% CI |", "|---|---:|---:|"]
+        for name, a in result["aggregates"].items():
+            lo, hi = a["ci95"]
+            lines.append(f"| {name} | {100 * a['value']:.1f}% | [{100 * lo:.1f}%, {100 * hi:.1f}%] |")
+    if result.get("notes"):
+        lines += [""] + [f"- {n}" for n in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
+def write_gif(path, frames: Sequence[np.ndarray], *, scale: int = 2, frame_skip: int = 4) -> None:
+    """Save 84x84 uint8 frames as a looping grayscale GIF at the game's real speed (60 Hz / frame_skip), atomically."""
+    from PIL import Image
+
+    from sqlcli_core.atomic import atomic_output
+
+    if not frames:
+        raise UsageError("no frames to record", hint="record a game that is being evaluated")
+    images = [Image.fromarray(np.kron(f, np.ones((scale, scale), np.uint8))) for f in frames]
+    duration_ms = max(20, int(round(1000 * frame_skip / 60 / 10)) * 10)  # GIF delays are in 10 ms units
+    with atomic_output(path, "wb") as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

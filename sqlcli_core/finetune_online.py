@@ -1,0 +1,509 @@
+"""Online fine-tuning on a game variant (an ALE mode/difficulty): epsilon-greedy acting, a replay ring,
+C51 (+ optional CQL) updates, periodic evaluation, exact resume.
+
+One iteration of the loop, with E emulators stepped side by side (one batched Q-network call per step):
+
+    epsilon = schedule(agent steps)                  linear decay after a warm-up, Dopamine's shape
+    actions = epsilon-greedy(Q(stacks))              (E,) indices into the game's minimal action set
+    frames, rewards, over = emulators.step(actions)  AtariGame: Dopamine's preprocessing, real ALE
+    replay.add(...)                                  rows as in DQN-Replay (rewards clipped, 3 padding rows)
+    gradient steps until grad_steps == (agent steps - min_replay) // update_period
+
+Agent steps count transitions over all emulators (the paper's "20k online steps"). Every quantity the loop
+depends on (train state, replay, emulator states, frame stacks, epsilon generator, counters) goes into the
+checkpoint, so a run killed at any point and started again with the same command continues exactly as if it
+had not been interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import functools
+import io
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sqlcli_core.atari_env import AtariGame, get_protocol
+from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games import Game, canonical_name, validate_variant
+from sqlcli_core.online_replay import OnlineReplay, ReplayConfig
+
+COMMAND = "finetune-online"
+STACK = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonSchedule:
+    """Dopamine's linearly decaying epsilon: `start` during warm-up, then linear to `end` over `decay_steps`."""
+
+    start: float = 1.0
+    end: float = 0.01
+    decay_steps: int = 2500
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        if not (0.0 <= self.end <= 1.0 and 0.0 <= self.start <= 1.0):
+            raise UsageError(f"epsilons must lie in [0, 1], got {self.start} and {self.end}",
+                             hint="e.g. --epsilon-start 1.0 --epsilon-end 0.01")
+        if self.decay_steps < 1:
+            raise UsageError(f"--epsilon-decay-steps must be >= 1, got {self.decay_steps}", hint="e.g. 2500")
+
+    def __call__(self, step: int) -> float:
+        """Epsilon after `step` agent steps."""
+        left = (self.warmup_steps + self.decay_steps - step) / self.decay_steps
+        return float(self.end + (self.start - self.end) * np.clip(left, 0.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Everything `sql finetune-online` does; defaults tagged in docs/finetune.md (all ours unless noted)."""
+
+    game: str
+    mode: int | None = None
+    difficulty: int | None = None
+    init: str = "pretrained"
+    freeze: str = "none"
+    steps: int = 20_000  # agent steps over all emulators (paper: about 20k)
+    num_envs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    adam_eps: float = 3.125e-4
+    alpha: float = 0.0  # CQL weight; 0 = plain C51
+    gamma: float = 0.99
+    n_step: int = 3
+    target_update_period: int = 1000  # gradient steps
+    update_period: int = 1  # agent steps per gradient step
+    min_replay: int = 1600  # agent steps before the first update
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.01
+    epsilon_decay_steps: int = 2500
+    replay_capacity: int = 1_000_000
+    protocol: str = "dopamine"
+    eval_every: int = 5000
+    eval_episodes: int = 5
+    final_seeds: int = 5
+    final_episodes: int = 2
+    eval_max_steps: int = 27_000
+    checkpoint_every: int = 5000
+    log_every: int = 1000
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "num_envs", "batch_size", "update_period", "eval_every", "eval_episodes",
+                     "final_seeds", "final_episodes", "checkpoint_every", "log_every", "eval_max_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.min_replay < 0:
+            raise UsageError(f"--min-replay must be >= 0, got {self.min_replay}", hint="e.g. 1600")
+
+    def schedule(self) -> EpsilonSchedule:
+        return EpsilonSchedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, 0)
+
+    def replay_config(self) -> ReplayConfig:
+        return ReplayConfig(capacity=self.replay_capacity, num_envs=self.num_envs, n_step=self.n_step,
+                            gamma=self.gamma)
+
+    def learner_config(self):
+        from sqlcli_core.learner import LearnerConfig
+
+        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
+                             gamma=self.gamma, target_update_period=self.target_update_period)
+
+    def identity_fields(self) -> dict:
+        """Settings a resumed run must repeat (everything but how long and how often to log/evaluate)."""
+        d = dataclasses.asdict(self)
+        for k in ("steps", "eval_every", "checkpoint_every", "log_every", "final_seeds", "final_episodes"):
+            d.pop(k)
+        return d
+
+
+def grad_steps_due(agent_steps: int, config: OnlineConfig) -> int:
+    """Gradient steps that should have been taken after `agent_steps` agent steps."""
+    return max(0, (agent_steps - config.min_replay) // config.update_period)
+
+
+class Actors:
+    """E emulators of one game variant with their frame stacks and episode counters.
+
+    Episodes end at game over or at the protocol's step cap; both count as terminal, as in DQN-Replay.
+    """
+
+    def __init__(self, game: Game, config: OnlineConfig, protocol):
+        self.game = game
+        self.protocol = protocol
+        n = config.num_envs
+        seeds = np.random.SeedSequence(config.seed).spawn(n)
+        self.envs = [AtariGame(game, protocol=protocol, mode=config.mode, difficulty=config.difficulty,
+                               seed=int(s.generate_state(1)[0] & 0x7FFFFFFF)) for s in seeds]
+        self.stacks = np.zeros((n, STACK, 84, 84), np.uint8)
+        self.returns = np.zeros((n,), np.float64)
+        self.lengths = np.zeros((n,), np.int64)
+
+    def reset(self, replay: OnlineReplay) -> None:
+        for e in range(len(self.envs)):
+            self._new_episode(e, replay)
+
+    def _new_episode(self, e: int, replay: OnlineReplay) -> None:
+        self.stacks[e] = 0
+        self.stacks[e, -1] = self.envs[e].reset()
+        self.returns[e] = 0.0
+        self.lengths[e] = 0
+        replay.start_episodes([e])
+
+    def step(self, actions: np.ndarray, replay: OnlineReplay) -> list[dict]:
+        """Step every emulator, write the rows, start new episodes; returns the episodes that ended."""
+        n = len(self.envs)
+        frames = self.stacks[:, -1].copy()
+        rewards = np.zeros((n,), np.float32)
+        terminals = np.zeros((n,), bool)
+        new_frames = np.zeros((n, 84, 84), np.uint8)
+        for e, env in enumerate(self.envs):
+            new_frames[e], reward, over = env.step(int(actions[e]))
+            self.returns[e] += reward
+            self.lengths[e] += 1
+            rewards[e] = reward
+            terminals[e] = over or self.lengths[e] >= self.protocol.max_episode_steps
+        replay.add(frames, actions, rewards, terminals)
+        self.stacks[:, :-1] = self.stacks[:, 1:]
+        self.stacks[:, -1] = new_frames
+        ended = []
+        for e in np.flatnonzero(terminals):
+            ended.append({"return": float(self.returns[e]), "length": int(self.lengths[e])})
+            self._new_episode(int(e), replay)
+        return ended
+
+    def state_dict(self) -> dict:
+        return {"envs": [base64.b64encode(env.save_state()).decode() for env in self.envs],
+                "returns": self.returns.tolist(), "lengths": self.lengths.tolist()}
+
+    def load(self, state: dict, stacks: np.ndarray) -> None:
+        for env, blob in zip(self.envs, state["envs"]):
+            env.restore_state(base64.b64decode(blob))
+        self.returns[:] = state["returns"]
+        self.lengths[:] = state["lengths"]
+        self.stacks[:] = stacks
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class ParamsPolicy:
+    """evaluation.QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
+
+    def __init__(self, game: Game, q_fn: Callable, params: Any, step: int | None):
+        self.games = [game]
+        self.run_config: dict = {}
+        self.step = step
+        self._q_fn = q_fn
+        self.params = params
+
+    def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
+        return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game, jnp.int32)))
+
+
+@functools.lru_cache(maxsize=8)
+def make_q_fn(network_config, num_actions: tuple[int, ...]) -> Callable:
+    """Jitted (params, obs (N,4,84,84) uint8, game (N,)) -> (N, A_max) expected values, -inf off the game."""
+    from sqlcli_core import networks
+
+    network = networks.build_network(network_config, num_actions)
+    mask = jnp.asarray(networks.action_mask(num_actions))
+    support = jnp.asarray(network_config.support())
+
+    @jax.jit
+    def q_fn(params, obs, game):
+        q = jnp.sum(jax.nn.softmax(network.apply(params, obs, game), axis=-1) * support, axis=-1)
+        return jnp.where(mask[game], q, -jnp.inf)
+
+    return q_fn
+
+
+def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game:
+    """The game, with its mode and difficulty checked against ALE (the error lists the valid ones)."""
+    g = Game(canonical_name(game))
+    validate_variant(g, mode, difficulty)
+    return g
+
+
+def _check_resume_settings(run_dir: Path, config: OnlineConfig, source: str | None) -> None:
+    """Refuse to continue a run directory that was started with other settings."""
+    from sqlcli_core import checkpoint
+
+    if not (run_dir / checkpoint.RUN_FILE).exists():
+        return
+    previous = checkpoint.read_run(run_dir).get("config", {})
+    if previous.get("command") != COMMAND:
+        raise UsageError(f"run directory {run_dir} was not written by `sql {COMMAND}`",
+                         hint="pass a new --run-dir")
+    wanted = {"settings": config.identity_fields(), "from": source}
+    had = {"settings": previous.get("settings"), "from": previous.get("from")}
+    if had != wanted:
+        diff = sorted(k for k in wanted["settings"] if (had["settings"] or {}).get(k) != wanted["settings"][k])
+        if had["from"] != wanted["from"]:
+            diff.append("from")
+        raise UsageError(f"run directory {run_dir} was started with other settings ({', '.join(diff)})",
+                         hint="repeat that run's options to resume it, or pass a new --run-dir")
+
+
+def write_curve_csv(run_dir: Path) -> Path:
+    """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
+    from sqlcli_core.checkpoint import METRICS_FILE
+
+    rows = []
+    for line in (run_dir / METRICS_FILE).read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind") == "eval":
+            rows.append((rec["step"], rec["grad_steps"], rec["mean"], rec["std"], len(rec["scores"])))
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["agent_steps", "grad_steps", "eval_mean", "eval_std", "episodes"])
+    writer.writerows(rows)
+    path = run_dir / "learning_curve.csv"
+    with atomic_output(path, "w") as f:
+        f.write(buf.getvalue())
+    return path
+
+
+def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path | None,
+               on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune online; returns the summary (also written to RUN/eval/final.json with the final scores).
+
+    source: the pre-trained run (for init 'pretrained'; for 'scratch' it gives only the architecture).
+    Re-running with the same arguments resumes from the newest checkpoint, or does nothing when finished.
+    """
+    from sqlcli_core import checkpoint, evaluation, finetune, learner, networks
+    from sqlcli_core.provenance import provenance
+
+    run_dir = Path(run_dir)
+    game = resolve_variant(config.game, config.mode, config.difficulty)
+    config = dataclasses.replace(config, game=game.name)
+    protocol = get_protocol(config.protocol)
+    if config.eval_max_steps > protocol.max_episode_steps:
+        raise UsageError(f"--eval-max-steps must be <= {protocol.max_episode_steps}, got {config.eval_max_steps}",
+                         hint="the protocol's cap")
+    if source is None:
+        raise UsageError("--from is required",
+                         hint="pass the pre-trained run (with --init scratch it sets the architecture)")
+    finetune.trainable_labels({}, config.freeze)  # validates --freeze before anything loads
+    if config.init not in finetune.INITS:
+        raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
+    replay_config = config.replay_config()
+    learner_config = config.learner_config()
+    schedule = config.schedule()
+    source_str = str(Path(source).absolute())
+    _check_resume_settings(run_dir, config, source_str)
+
+    pretrained = finetune.load_pretrained(source)
+    net_config = pretrained.network_config
+    num_actions = finetune.finetune_num_actions(net_config, game)
+    mesh = learner.make_mesh(jax.local_devices()[:1])
+    params, origin = finetune.initial_params(net_config, num_actions, config.seed, init=config.init,
+                                             pretrained=pretrained, game=game, freeze=config.freeze)
+    optimizer, train_step = finetune.cached_finetune_step(net_config, tuple(num_actions), learner_config,
+                                                          config.freeze, tuple(mesh.devices.flat))
+    rng = jax.random.PRNGKey(config.seed + 1)
+    target = jax.tree.map(jnp.copy, params)  # a separate buffer: the update step donates both
+    state = learner.TrainState(params, target, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+    state = jax.device_put(state, learner.replicated(mesh))
+    q_fn = make_q_fn(net_config, tuple(num_actions))
+    batch_sharding = learner.batch_sharding(mesh)
+
+    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions)
+    run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
+                  "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every,
+                  "from": source_str, "origin": origin, "variant": {"mode": config.mode,
+                                                                    "difficulty": config.difficulty}}
+    counts = networks.count_parameters(params)
+    checkpoint.prepare_run_dir(run_dir, identity=identity, config=run_config, parameter_counts=counts,
+                               seed=config.seed, command=COMMAND)
+    ckpt = checkpoint.Checkpointer(run_dir, identity, every=config.checkpoint_every, keep=2)
+    metrics_path = run_dir / checkpoint.METRICS_FILE
+
+    replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
+    actors = Actors(game, config, protocol)
+    actor_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(config.num_envs + 1)[-1])
+    agent_steps = 0
+    resumed_from = None
+    try:
+        latest = ckpt.latest_step()
+        if latest is not None:
+            meta = ckpt.read_meta(latest)["sampler_states"][0]
+            train_shapes = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated(mesh)), state)
+            abstract = {"train": train_shapes, "replay": _abstract_replay(replay, meta["replay"]),
+                        "stacks": jax.ShapeDtypeStruct(actors.stacks.shape, np.uint8)}
+            restored, _ = ckpt.restore(_to_saved_layout(abstract), latest)
+            restored = _from_saved_layout(restored)
+            state = learner.TrainState(*restored["train"])
+            replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
+            actors.load(meta["actors"], np.asarray(restored["stacks"]))
+            actor_rng.bit_generator.state = meta["actor_rng"]
+            agent_steps = int(meta["agent_steps"])
+            checkpoint.truncate_metrics(run_dir, agent_steps)
+            resumed_from = agent_steps
+        else:
+            actors.reset(replay)
+            if metrics_path.exists():
+                metrics_path.unlink()  # lines of a run killed before its first checkpoint
+
+        def save(force: bool = False) -> None:
+            meta = {"replay": replay.state_dict(), "actors": actors.state_dict(),
+                    "actor_rng": actor_rng.bit_generator.state, "agent_steps": agent_steps,
+                    "grad_steps": int(jax.device_get(state.step))}
+            tree = {"train": state, "replay": replay.arrays(), "stacks": actors.stacks.copy()}
+            ckpt.save(agent_steps, _to_saved_layout(tree), meta, force=force)
+
+        def evaluate_now(seeds, episodes) -> tuple[list, Any]:
+            cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
+                                        protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps,
+                                        mode=config.mode, difficulty=config.difficulty)
+            policy = ParamsPolicy(game, q_fn, state.params, int(jax.device_get(state.step)))
+            width = min(config.num_envs * 2, _episode_count(seeds, episodes))
+            results, _ = evaluation.evaluate(policy, cfg, num_envs=width)
+            return results, cfg
+
+        window: list[dict] = []
+        episodes: list[dict] = []
+        tick, tick_steps = time.perf_counter(), agent_steps
+        num_a = game.num_actions
+        while agent_steps < config.steps:
+            eps = schedule(agent_steps)
+            greedy = np.argmax(np.asarray(q_fn(state.params, jnp.asarray(actors.stacks),
+                                               jnp.zeros((config.num_envs,), jnp.int32))), axis=1)
+            explore = actor_rng.random(config.num_envs) < eps
+            random_actions = actor_rng.integers(0, num_a, size=config.num_envs)
+            actions = np.where(explore, random_actions, greedy).astype(np.int32)
+            episodes += actors.step(actions, replay)
+            before = agent_steps
+            agent_steps += config.num_envs
+            due = grad_steps_due(agent_steps, config)
+            grad_steps = int(jax.device_get(state.step))
+            while grad_steps < due:
+                batch = learner.put_batch(replay.sample(config.batch_size), batch_sharding)
+                state, metrics = train_step(state, batch)
+                window.append(metrics)
+                grad_steps += 1
+            if _crossed(before, agent_steps, config.log_every) or agent_steps >= config.steps:
+                now = time.perf_counter()
+                record = {"step": agent_steps, "kind": "train", "grad_steps": grad_steps, "epsilon": eps,
+                          "agent_steps_per_s": (agent_steps - tick_steps) / max(now - tick, 1e-9),
+                          "episodes": len(episodes),
+                          "episode_returns": [e["return"] for e in episodes],
+                          "episode_lengths": [e["length"] for e in episodes]}
+                if window:
+                    fetched = jax.device_get(window)
+                    record.update({k: float(np.mean([m[k] for m in fetched])) for k in learner.SCALAR_METRICS})
+                append_jsonl(metrics_path, record)
+                if on_progress:
+                    on_progress(record)
+                window, episodes = [], []
+                tick, tick_steps = now, agent_steps
+            if _crossed(before, agent_steps, config.eval_every) and agent_steps < config.steps:
+                results, _ = evaluate_now((10_000 + config.seed,), config.eval_episodes)
+                _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress)
+            if _crossed(before, agent_steps, config.checkpoint_every):
+                save(force=True)
+        save(force=True)
+        ckpt.wait()
+
+        final_path = run_dir / "eval" / "final.json"
+        grad_steps = int(jax.device_get(state.step))
+        if not final_path.exists() or json.loads(final_path.read_text()).get("finetune", {}).get(
+                "agent_steps") != agent_steps:
+            _drop_final_eval_lines(metrics_path)
+            results, cfg = evaluate_now(range(config.final_seeds), config.final_episodes)
+            _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress, final=True)
+            scores = evaluation.summarize(results, cfg)
+            result = {
+                "provenance": provenance(COMMAND, {**run_config, "eval": cfg.play_settings()}, config.seed),
+                "protocol": evaluation.protocol_block(cfg),
+                "policy": {"kind": "checkpoint", "run": str(run_dir.absolute()), "step": grad_steps,
+                           "arch": net_config.arch, "num_params": int(sum(counts.values()))},
+                **scores,
+                "finetune": {"command": COMMAND, "init": config.init, "freeze": config.freeze,
+                             "origin": origin, "agent_steps": agent_steps, "grad_steps": grad_steps,
+                             "mode": config.mode, "difficulty": config.difficulty},
+            }
+            write_json(final_path, result)
+        curve = write_curve_csv(run_dir)
+        final = json.loads(final_path.read_text())
+        g = final["games"][game.name]
+        return {"run": str(run_dir), "game": game.name, "mode": config.mode, "difficulty": config.difficulty,
+                "init": config.init, "freeze": config.freeze, "agent_steps": agent_steps, "grad_steps": grad_steps,
+                "resumed_from": resumed_from, "final_mean": g["mean"], "final_std": g["std"],
+                "human_normalized": g["human_normalized"], "eval_file": str(final_path),
+                "learning_curve": str(curve), "metrics": str(metrics_path)}
+    finally:
+        actors.close()
+        ckpt.close()
+
+
+def _episode_count(seeds, episodes: int) -> int:
+    return max(1, len(tuple(seeds)) * episodes)
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, after]."""
+    return after // every > before // every
+
+
+def _log_eval(path: Path, agent_steps: int, grad_steps: int, results, on_progress, final: bool = False) -> None:
+    scores = [r.score for r in results]
+    record = {"step": agent_steps, "kind": "eval", "grad_steps": grad_steps, "final": final,
+              "mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
+              "lengths": [r.length for r in results], "truncated": [r.truncated for r in results]}
+    append_jsonl(path, record)
+    if on_progress:
+        on_progress(record)
+
+
+def _drop_final_eval_lines(path: Path) -> None:
+    """Remove the final-evaluation line of an earlier attempt that died before writing its result file."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [ln for ln in lines if ln.strip() and not _is_final_eval(ln)]
+    if len(kept) != len(lines):
+        with atomic_output(path, "w") as f:
+            f.write("".join(ln + "\n" for ln in kept))
+
+
+def _is_final_eval(line: str) -> bool:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return True  # a line cut by a crash
+    return rec.get("kind") == "eval" and bool(rec.get("final"))
+
+
+def _abstract_replay(replay: OnlineReplay, state: dict) -> dict:
+    rows = int(state["rows"])
+    e = replay.config.num_envs
+    return {"frames": jax.ShapeDtypeStruct((e, rows, 84, 84), np.uint8),
+            "actions": jax.ShapeDtypeStruct((e, rows), np.int32),
+            "rewards": jax.ShapeDtypeStruct((e, rows), np.float32),
+            "terminals": jax.ShapeDtypeStruct((e, rows), np.uint8)}
+
+
+def _to_saved_layout(tree: dict) -> dict:
+    """The checkpoint's `state` item: the train state's fields at the top (so load_policy finds `params`),
+    plus the replay and the frame stacks."""
+    train = tree["train"]
+    return {"params": train.params if hasattr(train, "params") else train[0],
+            "target_params": train[1], "opt_state": train[2], "step": train[3], "rng": train[4],
+            "replay": tree["replay"], "stacks": tree["stacks"]}
+
+
+def _from_saved_layout(saved: dict) -> dict:
+    return {"train": (saved["params"], saved["target_params"], saved["opt_state"], saved["step"], saved["rng"]),
+            "replay": saved["replay"], "stacks": saved["stacks"]}

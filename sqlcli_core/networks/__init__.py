@@ -1,0 +1,232 @@
+"""The Scaled QL network family: a torso, the shared neck, and per-game C51 heads.
+
+    obs (B, 4, 84, 84) uint8, game (B,) int32
+      -> channels-last float in [0, 1]                       (B, 84, 84, 4)
+      -> torso: dqn | impala | resnet{18,34,50,101,152}      (B, H, W, C)
+      -> learned spatial embedding                           (B, C * F)
+      -> dense projection + ReLU                             (B, D)
+      -> L2 feature normalization                            (B, D)
+      -> the sample's own game's linear C51 head             (B, A_max, num_atoms) float32 logits
+
+Every torso gets the same neck and heads, so a scaling comparison varies only the torso. Parameters are
+grouped in four top-level modules, `torso`, `spatial_embedding`, `projection`, `heads`, which is how
+`count_parameters` splits them and how fine-tuning can keep a torso and drop the heads.
+See docs/networks.md for the choices and which ones are the paper's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.networks.dqn_cnn import DqnCnn
+from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
+from sqlcli_core.networks.impala import ImpalaCnn
+from sqlcli_core.networks.resnet import RESNET_LAYOUTS, ResNet
+
+ARCHS = ("dqn", "impala") + tuple(f"resnet{d}" for d in sorted(RESNET_LAYOUTS))
+PARTS = ("torso", "spatial_embedding", "projection", "heads")
+FULL_ACTION_SPACE = 18
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+OBS_SHAPE = (4, 84, 84)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that defines the network's shape and numerics.
+
+    arch: one of ARCHS. width: channel multiplier of the torso (1.0 = the standard model).
+    num_atoms, v_min, v_max: the C51 support, num_atoms atoms evenly spaced in [v_min, v_max].
+    spatial_embedding_features: F of the learned spatial embedding (its output has C * F features).
+    projection_dim: D, units of the dense projection before feature normalization.
+    num_groups: group-norm groups of the ResNets (gcd(num_groups, channels) where channels is smaller).
+    normalize_features: divide the shared feature by its L2 norm before the heads.
+    full_action_space: heads of 18 actions for every game instead of the minimal action sets.
+    compute_dtype: "float32", or "bfloat16" for accelerators (params stay float32; logits come out float32).
+    """
+
+    arch: str = "resnet101"
+    width: float = 1.0
+    num_atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
+    spatial_embedding_features: int = 8
+    projection_dim: int = 1024
+    num_groups: int = 32
+    normalize_features: bool = True
+    full_action_space: bool = False
+    compute_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise UsageError(f"unknown network arch '{self.arch}'", hint="choose one of " + ", ".join(ARCHS))
+        if not self.width > 0:
+            raise UsageError(f"network width must be positive, got {self.width}", hint="e.g. --width 1.0")
+        if self.num_atoms < 2:
+            raise UsageError(f"num_atoms must be at least 2, got {self.num_atoms}", hint="the C51 default is 51")
+        if not self.v_min < self.v_max:
+            raise UsageError(f"support needs v_min < v_max, got [{self.v_min}, {self.v_max}]",
+                             hint="the C51 default is [-10, 10]")
+        for field in ("spatial_embedding_features", "projection_dim", "num_groups"):
+            if getattr(self, field) < 1:
+                raise UsageError(f"{field} must be at least 1, got {getattr(self, field)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise UsageError(f"unknown compute dtype '{self.compute_dtype}'",
+                             hint="choose one of " + ", ".join(COMPUTE_DTYPES))
+
+    def support(self) -> np.ndarray:
+        """The atoms z_j: (num_atoms,) float32, evenly spaced in [v_min, v_max]."""
+        return np.linspace(self.v_min, self.v_max, self.num_atoms, dtype=np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
+        """Inverse of to_dict; unknown keys are an error (a run made by a newer version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise DataError(f"network config has unknown fields {unknown}",
+                            hint="the run was written by a newer sql; upgrade it")
+        return cls(**dict(d))
+
+
+def num_actions_for(config: NetworkConfig, games: Sequence[Any]) -> tuple[int, ...]:
+    """Head sizes for `games` (Game objects or ints): their minimal action sets, or 18 each in full mode."""
+    if config.full_action_space:
+        return (FULL_ACTION_SPACE,) * len(games)
+    return tuple(int(g) if isinstance(g, (int, np.integer)) else int(g.num_actions) for g in games)
+
+
+def action_mask(num_actions: Sequence[int]) -> np.ndarray:
+    """(G, A_max) bool: mask[g, a] is True when a < num_actions[g], i.e. a is one of game g's actions."""
+    _check_num_actions(num_actions)
+    return padded_action_mask(num_actions)
+
+
+def _check_num_actions(num_actions: Sequence[int]) -> None:
+    if len(num_actions) == 0 or min(num_actions) < 1:
+        raise UsageError(f"every game needs at least one action, got {list(num_actions)}",
+                         hint="pass the games' minimal action-set sizes")
+
+
+def make_torso(config: NetworkConfig) -> hk.Module:
+    """The torso module of `config.arch` (call inside hk.transform). (B, 84, 84, 4) -> (B, H, W, C)."""
+    if config.arch == "dqn":
+        return DqnCnn(config.width)
+    if config.arch == "impala":
+        return ImpalaCnn(config.width)
+    return ResNet(int(config.arch.removeprefix("resnet")), config.width, config.num_groups)
+
+
+def shared_features(config: NetworkConfig, obs: jax.Array) -> jax.Array:
+    """obs (B, 4, 84, 84) uint8 -> the normalized shared feature (B, D) float32 (inside hk.transform)."""
+    if obs.ndim != 4 or tuple(obs.shape[1:]) != OBS_SHAPE:
+        raise DataError(f"network input must have shape (B, 4, 84, 84), got {tuple(obs.shape)}",
+                        hint="pass stacked 84x84 grayscale frames, frame-major")
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
+    x = jnp.transpose(obs, (0, 2, 3, 1)).astype(dtype) / jnp.asarray(255.0, dtype)
+    x = make_torso(config)(x)
+    x = SpatialEmbedding(config.spatial_embedding_features)(x)
+    x = jax.nn.relu(hk.Linear(config.projection_dim, name="projection")(x))
+    return l2_normalize(x) if config.normalize_features else x.astype(jnp.float32)
+
+
+def build_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Transformed:
+    """The multi-game C51 network as a pure (init, apply) pair.
+
+    init(rng, obs, game) -> params, always float32. apply(params, obs, game) -> (B, A_max, num_atoms) float32
+    logits of each sample's own game's head; obs (B, 4, 84, 84) uint8, game (B,) int32 in [0, G).
+    Logits of actions outside a sample's game (see action_mask) are 0 and carry no gradient.
+    With compute_dtype bfloat16, apply casts the params to bfloat16 and the logits back to float32.
+    """
+    num_actions = tuple(int(n) for n in num_actions)
+    _check_num_actions(num_actions)
+    if config.full_action_space and any(n != FULL_ACTION_SPACE for n in num_actions):
+        raise UsageError(f"full_action_space needs 18 actions per game, got {list(num_actions)}",
+                         hint="use networks.num_actions_for(config, games)")
+    dtype = COMPUTE_DTYPES[config.compute_dtype]
+
+    def transform(cfg: NetworkConfig) -> hk.Transformed:
+        def forward(obs: jax.Array, game: jax.Array) -> jax.Array:
+            features = shared_features(cfg, obs).astype(COMPUTE_DTYPES[cfg.compute_dtype])
+            logits = MultiGameHeads(num_actions, cfg.num_atoms)(features, game)
+            return logits.astype(jnp.float32)
+
+        return hk.without_apply_rng(hk.transform(forward))
+
+    transformed = transform(config)
+    # Haiku creates parameters in the dtype of the activations; initialise through the float32 network so
+    # that the master weights are float32 whatever the compute dtype (the parameter trees are identical).
+    transformed_f32 = transform(dataclasses.replace(config, compute_dtype="float32"))
+
+    def apply(params: hk.Params, obs: jax.Array, game: jax.Array) -> jax.Array:
+        if dtype != jnp.float32:
+            params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
+        return transformed.apply(params, obs, game)
+
+    def init(rng: jax.Array, obs: jax.Array, game: jax.Array) -> hk.Params:
+        # XLA:CPU compiles the partitionable threefry 3-4x slower (13 s vs 3 s for the tiny DQN, about 20 s
+        # for a ResNet-18); parameters are replicated across devices, so partitionable draws buy nothing.
+        with jax.threefry_partitionable(False):
+            return transformed_f32.init(rng, obs, game)
+
+    return hk.Transformed(init=init, apply=apply)
+
+
+def count_parameters(params: hk.Params) -> dict[str, int]:
+    """Number of scalars per part: {"torso", "spatial_embedding", "projection", "heads"} -> int.
+
+    Works on real arrays and on jax.ShapeDtypeStruct trees (from jax.eval_shape).
+    """
+    counts = {part: 0 for part in PARTS}
+    for module, leaves in params.items():
+        part = module.split("/", 1)[0]
+        if part not in counts:
+            raise DataError(f"parameter module '{module}' belongs to no known part",
+                            hint="the parameters were not built by sqlcli_core.networks")
+        counts[part] += sum(int(np.prod(v.shape)) for v in leaves.values())
+    return counts
+
+
+def abstract_params(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Params:
+    """The parameter tree as jax.ShapeDtypeStruct leaves, without allocating or computing any weight."""
+    network = build_network(config, num_actions)
+    obs = jax.ShapeDtypeStruct((1,) + OBS_SHAPE, jnp.uint8)
+    game = jax.ShapeDtypeStruct((1,), jnp.int32)
+    return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game)
+
+
+def parameter_table(config: NetworkConfig, games: Sequence[Any]) -> dict[str, Any]:
+    """Parameter counts of `config` for `games` (Game objects or action-set sizes), via jax.eval_shape.
+
+    Returns {"arch", "width", "num_games", "num_actions": [...], "parts": {part: int}, "total": int,
+    "torso_output": [H, W, C]}. Fast even for resnet152: nothing is allocated or initialised.
+    """
+    num_actions = num_actions_for(config, games)
+    params = abstract_params(config, num_actions)
+    parts = count_parameters(params)
+    kernel = params["spatial_embedding"]["kernel"].shape  # (H, W, C, F)
+    return {
+        "arch": config.arch,
+        "width": config.width,
+        "num_games": len(num_actions),
+        "num_actions": list(num_actions),
+        "parts": parts,
+        "total": sum(parts.values()),
+        "torso_output": [int(kernel[0]), int(kernel[1]), int(kernel[2])],
+    }
+
+
+__all__ = [
+    "ARCHS", "FULL_ACTION_SPACE", "NetworkConfig", "PARTS", "abstract_params", "action_mask",
+    "build_network", "count_parameters", "make_torso", "num_actions_for", "parameter_table",
+    "shared_features",
+]

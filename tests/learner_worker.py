@@ -1,0 +1,116 @@
+"""Shared pieces of the learner tests, also run as a script in subprocesses.
+
+    python tests/learner_worker.py devices OUT.npz CHECKPOINT_RUN_DIR
+        (under XLA_FLAGS=--xla_force_host_platform_device_count=4) trains STEPS steps on a 4-device mesh and
+        on a 1-device mesh from the same state and batches; writes both parameter sets and facts, and
+        checkpoints the 4-device state.
+    python tests/learner_worker.py distributed OUT.npz COORDINATOR NUM_PROCESSES PROCESS_ID
+        joins a jax.distributed job; each process feeds its own rows of the global batches; writes params.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from sqlcli_core.batch import TransitionBatch
+
+STEPS = 3
+BATCH = 8
+NUM_ACTIONS = (3, 2)
+
+
+def tiny_network():
+    """A DQN CNN at a quarter width, small neck and support: the shape every learner test uses."""
+    from sqlcli_core import networks
+
+    return networks.NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=11, v_min=-2.0, v_max=2.0)
+
+
+def tiny_learner():
+    from sqlcli_core import learner
+
+    return learner.LearnerConfig(learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
+
+
+def random_batch(seed: int, batch: int = BATCH, num_actions=NUM_ACTIONS) -> TransitionBatch:
+    """A batch of random frames and transitions (valid actions for each sample's game)."""
+    rng = np.random.default_rng(seed)
+    game = rng.integers(0, len(num_actions), batch).astype(np.int32)
+    action = np.array([rng.integers(0, num_actions[g]) for g in game], np.int32)
+    return TransitionBatch(
+        game=game,
+        state=rng.integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8),
+        action=action,
+        reward=rng.uniform(-1, 1, batch).astype(np.float32),
+        done=(rng.random(batch) < 0.3).astype(np.float32),
+        steps=rng.integers(1, 4, batch).astype(np.int32),
+        next_state=rng.integers(0, 256, (batch, 4, 84, 84), dtype=np.uint8),
+    )
+
+
+def train(mesh, batches, rows=slice(None)):
+    """STEPS updates from seed 0 on `mesh`, feeding `rows` of each batch from this process; host params."""
+    import jax
+
+    from sqlcli_core import learner
+
+    net, cfg = tiny_network(), tiny_learner()
+    state = learner.init_train_state(net, NUM_ACTIONS, cfg, 0, mesh)
+    step = learner.make_train_step(net, NUM_ACTIONS, cfg, mesh)
+    sharding = learner.batch_sharding(mesh)
+    losses = []
+    for b in batches:
+        local = TransitionBatch(*(x[rows] for x in b))
+        state, metrics = step(state, learner.put_batch(local, sharding))
+        losses.append(float(metrics["loss"]))
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(jax.device_get(v))
+            for path, v in jax.tree_util.tree_leaves_with_path(state.params)}
+    return flat, losses, state
+
+
+def _main(argv: list[str]) -> None:
+    mode, out = argv[0], argv[1]
+    batches = [random_batch(100 + i) for i in range(STEPS)]
+    if mode == "distributed":
+        from sqlcli_core import learner
+
+        coordinator, n, pid = argv[2], int(argv[3]), int(argv[4])
+        assert learner.init_distributed(coordinator, n, pid)
+    import jax
+
+    from sqlcli_core import learner
+
+    if mode == "devices":
+        mesh4 = learner.make_mesh()
+        params4, losses4, state4 = train(mesh4, batches)
+        from sqlcli_core import checkpoint
+
+        identity = checkpoint.run_identity(tiny_network().to_dict(), ["Breakout", "Pong"], NUM_ACTIONS)
+        ckpt = checkpoint.Checkpointer(argv[2], identity, every=1)
+        ckpt.save(STEPS, state4, {"position": 7})
+        ckpt.close()
+        facts = {"devices": len(jax.devices()),
+                 "shard_rows": [s.data.shape[0] for s in learner.put_batch(batches[0], learner.batch_sharding(mesh4))
+                                .state.addressable_shards]}
+        try:
+            learner.check_batch_size(6, mesh4)
+            facts["indivisible_error"] = None
+        except Exception as exc:  # the test checks the type and message
+            facts["indivisible_error"] = f"{type(exc).__name__}: {exc}"
+        params1, losses1, _ = train(learner.make_mesh(jax.devices()[:1]), batches)
+        np.savez(out, **{f"p4/{k}": v for k, v in params4.items()}, **{f"p1/{k}": v for k, v in params1.items()},
+                 losses4=losses4, losses1=losses1, facts=np.array(repr(facts)))
+    elif mode == "distributed":
+        per = BATCH // jax.process_count()
+        rows = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
+        params, losses, _ = train(learner.make_mesh(), batches, rows)
+        np.savez(out, **{f"p/{k}": v for k, v in params.items()}, losses=losses,
+                 facts=np.array(repr({"processes": jax.process_count(), "devices": len(jax.devices())})))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -1,0 +1,269 @@
+"""`sql eval` and sqlcli_core.evaluation on real ALE emulators.
+
+References: a plain one-emulator re-derivation of the batched loop (frame stack, epsilon-greedy, seeds),
+the published random scores of the Atari-57 table, and hand-made policies whose actions are known.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sqlcli.main import app
+from sqlcli_core import evaluation as ev
+from sqlcli_core.atari_env import PROTOCOLS, AtariGame
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games import Game
+
+runner = CliRunner()
+
+
+class PixelPolicy:
+    """A hand-made QPolicy whose greedy action depends on the newest AND the oldest frame of the stack.
+
+    greedy = (mean of newest frame + 3 * mean of oldest frame) rounded, mod the game's action count, so a
+    wrong stack order, a wrong initial stack or a wrong game id changes the actions.
+    """
+
+    def __init__(self, names, sizes=None):
+        self.games = [Game(n) for n in names]
+        self.sizes = list(sizes) if sizes is not None else [g.num_actions for g in self.games]
+        self.run_config, self.step = {}, 7
+        self.batches = []  # the first few obs batches seen
+
+    def greedy(self, stack, head):
+        return int(np.rint(stack[-1].mean() + 3 * stack[0].mean())) % self.sizes[head]
+
+    def q_values(self, obs, game):
+        assert obs.dtype == np.uint8 and obs.shape[1:] == (4, 84, 84) and game.dtype == np.int32
+        if len(self.batches) < 2:
+            self.batches.append(obs.copy())
+        q = np.full((len(obs), max(self.sizes)), -np.inf, np.float32)
+        for i, (stack, head) in enumerate(zip(obs, game)):
+            q[i, :self.sizes[head]] = 0.0
+            q[i, self.greedy(stack, head)] = 1.0
+        return q
+
+
+def reference_stream(policy, game, seed, head, episodes, epsilon, max_steps):
+    """The episodes of one (game, seed) stream in a plain loop: one emulator, its own stack, the same seeds."""
+    env_seed, rng = ev.stream_seeds(game, seed)
+    env = AtariGame(Game(game), seed=env_seed)
+    out = []
+    for _ in range(episodes):
+        stack = np.concatenate([np.zeros((3, 84, 84), np.uint8), env.reset()[None]])
+        score, length, over = 0.0, 0, False
+        while not over and length < max_steps:
+            if rng.random() < epsilon:
+                action = int(rng.integers(env.num_actions))
+            else:
+                action = policy.greedy(stack, head)
+            frame, reward, over = env.step(action)
+            stack = np.concatenate([stack[1:], frame[None]])
+            score += reward
+            length += 1
+        out.append((score, length, not over))
+    env.close()
+    return out
+
+
+@pytest.mark.slow
+def test_batched_loop_matches_a_plain_loop_and_does_not_depend_on_batching():
+    policy = PixelPolicy(["Boxing", "Breakout", "Pong"])  # heads in another order than the games evaluated
+    config = ev.EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
+    batched, stats = ev.evaluate(policy, config, num_envs=3)
+    assert stats.env_steps == sum(r.length for r in batched) and stats.episodes == 8
+    # call 0 checks the action sets; the first step's call sees [0, 0, 0, first frame] in every emulator
+    first_step = policy.batches[1]
+    assert first_step.shape[0] == 3 and not first_step[:, :3].any() and first_step[:, 3].all(axis=(1, 2)).any()
+    heads = {"Boxing": 0, "Breakout": 1, "Pong": 2}
+    by_key = {r.key: r for r in batched}
+    for seed in config.seeds:
+        for game in config.games:
+            reference = reference_stream(policy, game, seed, heads[game], 2, 0.3, 40)
+            got = [by_key[(game, seed, e)] for e in range(2)]
+            assert [(r.score, r.length, r.truncated) for r in got] == reference, (game, seed)
+    # resuming: with episode 1 of (Pong, 0) missing, the stream is replayed and only that episode reported
+    resumed, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config,
+                             done=set(by_key) - {("Pong", 0, 1)})
+    assert resumed == [by_key[("Pong", 0, 1)]]
+    # another batch width, another order of completion, emulators stepped in two threads: same episodes
+    threaded, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=2, threads=2)
+    assert {r.key: r for r in threaded} == by_key
+
+
+# Random-policy scores under the dopamine protocol, measured once with 30 (Breakout) and 12 (Pong) episodes
+# of seeds 100+: Breakout mean 1.13, std 1.11, lengths 130-292 steps; Pong mean -20.0, std 1.28, lengths
+# 800-1137. The tolerance is 3 standard errors of the test's own mean around the PUBLISHED random score.
+RANDOM_STD = {"Breakout": 1.11, "Pong": 1.28}
+
+
+@pytest.mark.slow
+def test_random_policy_reproduces_the_published_random_scores(tmp_path):
+    out = tmp_path / "random.json"
+    res = runner.invoke(app, ["eval", "--policy", "random", "--games", "pong,breakout", "--seeds", "0-3",
+                              "--episodes", "1", "--out", str(out), "--bootstrap-reps", "2000", "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(out.read_text())
+    assert result["policy"]["kind"] == "random" and result["policy"]["epsilon"] == 1.0
+    assert result["protocol"]["name"] == "dopamine" and result["protocol"]["sticky_action_prob"] == 0.25
+    assert result["protocol"]["max_episode_steps"] == 27_000 and not result["protocol"]["deviates_from_protocol"]
+    for name, std in RANDOM_STD.items():
+        g = result["games"][name]
+        n = len(g["scores"])
+        random_ref, human_ref = Game(name).reference
+        assert n == 4 and g["mean"] == pytest.approx(np.mean(g["scores"]))
+        assert abs(g["mean"] - random_ref) <= 3 * std / np.sqrt(n), (name, g["scores"])
+        assert abs(g["human_normalized"]) <= 3 * std / np.sqrt(n) / (human_ref - random_ref)
+        assert not any(g["truncated"])
+    # game over, not a lost life, ends an episode: random Breakout lasts ~180 steps (~40 per life), Pong
+    # loses 21 points of ~40 steps each
+    assert np.mean(result["games"]["Breakout"]["lengths"]) > 100
+    assert min(result["games"]["Pong"]["lengths"]) > 700
+    assert abs(result["aggregates"]["iqm"]["value"]) < 0.06
+    lo, hi = result["aggregates"]["mean"]["ci95"]
+    assert lo <= result["aggregates"]["mean"]["value"] <= hi
+    assert result["aggregate_method"]["unit"] == "seed" and result["aggregate_method"]["runs_per_game"] == 4
+    assert "provenance" in result and result["provenance"]["config"]["seeds"] == [0, 1, 2, 3]
+    assert (tmp_path / "random.md").read_text().count("| Pong |") == 1
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["out"] == str(out) and summary["env_steps"] == sum(
+        sum(result["games"][g]["lengths"]) for g in RANDOM_STD)
+
+
+def test_a_game_without_a_head_or_with_other_actions_is_refused():
+    policy = PixelPolicy(["Pong", "Breakout"])
+    config = ev.EvalConfig(games=("Pong", "Boxing"), seeds=(0,), episodes=1, max_steps=10)
+    with pytest.raises(UsageError, match=r"game 'Boxing' is not among 2 games of this checkpoint"
+                                         r" \(its games are Pong, Breakout\)"):
+        ev.evaluate(policy, config)
+    wrong = PixelPolicy(["Pong", "Breakout"], sizes=[6, 3])
+    config = ev.EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, max_steps=10)
+    with pytest.raises(UsageError, match="head for Breakout has 3 actions but ALE's minimal action set has 4"):
+        ev.evaluate(wrong, config)
+
+
+def test_bad_settings_are_refused_before_playing():
+    policy = PixelPolicy(["Breakout"])
+    for kwargs, message in [
+        ({"mode": 99}, r"Breakout has no mode 99 \(ALE offers modes \["),
+        ({"max_steps": 30_000}, r"--max-steps must lie in 1..27000"),
+        ({"episodes": 0}, "--episodes must be >= 1"),
+        ({"seeds": (1, 1)}, "repeated seeds"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            ev.evaluate(policy, ev.EvalConfig(games=("Breakout",), **{"seeds": (0,), "episodes": 1, **kwargs}))
+
+
+def test_cli_refuses_bad_input_with_one_line(tmp_path):
+    cases = [
+        (["eval", "--policy", "random"], "--policy random needs --games"),
+        (["eval", "--policy", "random", "--games", "pongg"], "unknown game 'pongg' (did you mean 'Pong'?)"),
+        (["eval", "--policy", "random", "--games", "pong", "--protocol", "x"], "unknown protocol 'x'"),
+        (["eval", "--policy", "random", "--games", "pong", "--seeds", "a"], "bad --seeds 'a'"),
+        (["eval", "--policy", "random", "--games", "pong", "--record", "breakout"],
+         "--record Breakout is not among the evaluated games"),
+        (["eval", str(tmp_path / "nope")], "does not exist"),
+        (["eval"], "no checkpoint given"),
+    ]
+    for args, message in cases:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2 or (res.exit_code == 3 and "does not exist" in message), (args, res.output)
+        assert message in " ".join(res.output.split()), (args, res.output)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_quick_look_is_marked_resumes_and_records(tmp_path):
+    out = tmp_path / "quick.json"
+    base = ["eval", "--policy", "random", "--games", "breakout,elevator_action", "--seeds", "0,1",
+            "--episodes", "2", "--out", str(out), "--bootstrap-reps", "500", "--json"]
+    args = base + ["--max-steps", "40"]
+    first = runner.invoke(app, args + ["--record", "breakout", "--record-steps", "25"])
+    assert first.exit_code == 0, first.output
+    result = json.loads(out.read_text())
+    assert result["protocol"]["deviates_from_protocol"] and result["protocol"]["max_episode_steps"] == 40
+    assert any("DEVIATES FROM THE PROTOCOL" in n for n in result["notes"])
+    assert result["excluded_from_aggregates"] == ["ElevatorAction"]
+    elevator = result["games"]["ElevatorAction"]  # no reference score (and a 210-line screen, unlike Pooyan)
+    assert elevator["human_normalized"] is None and len(elevator["scores"]) == 4
+    assert any("ElevatorAction" in n and "no standard random/human reference" in n for n in result["notes"])
+    assert result["games"]["Breakout"]["seeds"] == [0, 0, 1, 1]
+    from PIL import Image
+
+    gif = tmp_path / "quick.Breakout.gif"
+    with Image.open(gif) as im:
+        assert im.size == (168, 168) and 1 < im.n_frames <= 25
+
+    # lose the last two episodes, as a crash would; the re-run plays only those and gets the same file
+    log = tmp_path / "quick.episodes.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:-2]) + "\n" + lines[-1][:10])
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["episodes_played"] == 2 and summary["episodes_reused"] == 6
+    assert [json.loads(line)["seed"] for line in log.read_text().splitlines()[1:]].count(1) == 4  # log is whole
+    redone = json.loads(out.read_text())
+    assert redone["games"] == result["games"] and redone["aggregates"] == result["aggregates"]
+
+    other = runner.invoke(app, base + ["--max-steps", "41"])
+    assert other.exit_code == 2 and "holds episodes played with other settings" in other.output
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real run directory with a real Orbax checkpoint of a tiny DQN-torso network for Pong and Breakout."""
+    from sqlcli_core import checkpoint, learner, networks
+
+    run = tmp_path_factory.mktemp("run")
+    config = networks.NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
+                                    spatial_embedding_features=2)
+    games = [Game("Pong"), Game("Breakout")]
+    num_actions = networks.num_actions_for(config, games)
+    identity = checkpoint.run_identity(config.to_dict(), [g.name for g in games], num_actions)
+    state = learner.init_train_state(config, num_actions, learner.LearnerConfig(), 0, learner.make_mesh())
+    checkpoint.prepare_run_dir(run, identity=identity, config={}, seed=0,
+                               parameter_counts=networks.count_parameters(state.params))
+    saver = checkpoint.Checkpointer(run, identity)
+    saver.save(5, state, None, force=True)
+    saver.close()
+    return run
+
+
+class GreedyOf:
+    """Adapter: the greedy action of a QPolicy for one stack, for `reference_episode`."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def greedy(self, stack, head):
+        return int(np.argmax(self.policy.q_values(stack[None], np.array([head], np.int32))[0]))
+
+
+@pytest.mark.slow
+def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
+    from sqlcli_core.checkpoint import load_policy
+
+    refused = runner.invoke(app, ["eval", str(tiny_run), "--games", "pong,boxing"])
+    assert refused.exit_code == 2
+    assert ("game 'Boxing' is not among 2 games of this checkpoint (its games are Pong, Breakout)"
+            in " ".join(refused.output.split()))
+    assert not (tiny_run / "eval").exists()
+
+    res = runner.invoke(app, ["eval", str(tiny_run), "--seeds", "3", "--episodes", "1", "--max-steps", "60",
+                              "--num-envs", "2", "--bootstrap-reps", "200", "--json"])
+    assert res.exit_code == 0, res.output
+    (out,) = (tiny_run / "eval").glob("*.json")
+    result = json.loads(out.read_text())
+    assert out.name.startswith("step5_dopamine_2games_cap60_")
+    assert result["policy"]["kind"] == "checkpoint" and result["policy"]["step"] == 5
+    assert result["policy"]["arch"] == "dqn" and result["policy"]["num_params"] > 0
+    assert result["protocol"]["epsilon"] == PROTOCOLS["dopamine"].epsilon
+    assert result["aggregate_method"]["unit"] == "episode"
+    policy = GreedyOf(load_policy(tiny_run))
+    for head, name in enumerate(["Pong", "Breakout"]):
+        ((score, length, truncated),) = reference_stream(policy, name, 3, head, 1, 0.001, 60)
+        g = result["games"][name]
+        assert (g["scores"], g["lengths"], g["truncated"]) == ([score], [length], [truncated])

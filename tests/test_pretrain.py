@@ -1,0 +1,184 @@
+"""`sql pretrain` end to end: a real store, real subprocesses, SIGKILL and resume, refusals, --dry-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sqlcli.main import app
+from sqlcli_core import store as st
+
+sys.path.insert(0, str(Path(__file__).parent))
+from replay_fixture import write_run  # noqa: E402
+
+STEPS = 40
+RUN_ARGS = ["--games", "pong,breakout", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",
+            "--steps", str(STEPS), "--checkpoint-every", "4", "--keep", "2", "--log-every", "4", "--seed", "3",
+            "--lr", "1e-3", "--target-update-period", "6", "--cache-bytes", "8000000"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    src = tmp_path_factory.mktemp("src")
+    write_run(src, "Pong", 1, capacity=150, total=600, num_actions=6, seed=11, mean_episode=25)
+    write_run(src, "Breakout", 1, capacity=150, total=500, num_actions=4, seed=13, mean_episode=25)
+    dst = tmp_path_factory.mktemp("dst") / "store"
+    st.shard(src, dst, config=st.ShardConfig(frame_chunk=32, scalar_chunk=128))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment; the runs share a persistent compilation cache (they compile the same step)."""
+    e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    e["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+    return e
+
+
+def sql(args, env, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sqlcli.main", *args], env=env, capture_output=True, text=True,
+                          timeout=400, **kw)
+
+
+def committed_steps(run: Path) -> list[int]:
+    d = run / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+
+
+def final_params(run: Path) -> dict:
+    import jax
+
+    from sqlcli_core.checkpoint import load_policy
+
+    policy = load_policy(run)
+    return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path(policy.params)}, policy.step
+
+
+def metric_lines(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(store, env, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "a"
+    proc = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_uninterrupted_run_writes_the_run_directory(uninterrupted):
+    run, summary = uninterrupted
+    assert summary["steps"] == STEPS and summary["resumed_from"] is None and summary["checkpoint_step"] == STEPS
+    assert committed_steps(run) == [STEPS - 4, STEPS]  # every 4 steps, the newest 2 kept
+    record = json.loads((run / "run.json").read_text())
+    assert record["identity"]["games"] == ["Pong", "Breakout"] and record["identity"]["num_actions"] == [6, 4]
+    assert record["identity"]["network"]["arch"] == "dqn" and record["config"]["batch_size"] == 8
+    assert record["seed"] == 3 and "jax" in record["provenance"]["versions"]
+    # hand count: convs 8x8x4x8+8, 4x4x8x16+16, 3x3x16x16+16; embedding 7x7x16x8; 128->1024; 1024 -> 10 actions x 11
+    assert record["parameter_counts"] == {"torso": 2056 + 2064 + 2320, "spatial_embedding": 6272,
+                                          "projection": 128 * 1024 + 1024, "heads": 1024 * 110 + 110}
+    lines = metric_lines(run)
+    assert [m["step"] for m in lines] == list(range(4, STEPS + 1, 4))
+    for m in lines:
+        assert set(m["game_td_loss"]) <= {"Pong", "Breakout"} and sum(m["game_samples"].values()) == 4 * 8
+        assert np.isfinite(m["loss"]) and abs(m["loss"] - (m["td_loss"] + 0.05 * m["cql_loss"])) < 1e-4
+    assert lines[-1]["samples_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_ends_like_the_uninterrupted_run(store, env, uninterrupted, tmp_path):
+    reference_run, _ = uninterrupted
+    run = tmp_path / "b"
+    cmd = [sys.executable, "-m", "sqlcli.main", "pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not committed_steps(run) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGKILL, f"training ended before the kill: {stderr[-2000:]}"
+    at_kill = committed_steps(run)
+    assert at_kill and at_kill[-1] < STEPS, at_kill
+
+    rerun = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--json"], env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["resumed_from"] is not None and at_kill[-1] <= summary["resumed_from"] < STEPS
+    assert summary["start_step"] == summary["resumed_from"] and summary["steps"] == STEPS
+
+    params, step = final_params(run)
+    reference, ref_step = final_params(reference_run)
+    assert step == ref_step == STEPS
+    for name in reference:
+        np.testing.assert_array_equal(params[name], reference[name], err_msg=name)
+    # the metrics file reads as one run: no duplicated steps, the same losses as the uninterrupted run
+    a, b = metric_lines(reference_run), metric_lines(run)
+    assert [m["step"] for m in b] == [m["step"] for m in a]
+    np.testing.assert_array_equal([m["loss"] for m in b], [m["loss"] for m in a])
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_run_does_nothing_and_other_settings_are_refused(store, env, uninterrupted):
+    run, _ = uninterrupted
+    before = (run / "metrics.jsonl").read_text()
+    again = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--json"], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    assert summary["start_step"] == STEPS and summary["last_metrics"] is None
+    assert (run / "metrics.jsonl").read_text() == before
+
+    wider = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--width", "0.5"], env)
+    assert wider.returncode == 2
+    assert "holds a different run (network width 0.25 vs 0.5)" in wider.stderr
+    assert len(wider.stderr.strip().splitlines()) == 1
+
+
+runner = CliRunner()
+
+
+def test_dry_run_counts_parameters_per_part():
+    result = runner.invoke(app, ["pretrain", "--dry-run", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11",
+                                 "--games", "pong,breakout", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["parts"] == {"torso": 6440, "spatial_embedding": 6272, "projection": 132096, "heads": 112750}
+    assert summary["total"] == 6440 + 6272 + 132096 + 112750
+
+
+def test_config_file_sets_what_flags_do_not(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('arch = "dqn"\nwidth = 0.5\nnum-atoms = 11\nprojection_dim = 64\ngames = "pong"\n')
+    result = runner.invoke(app, ["pretrain", "--dry-run", "--config", str(cfg), "--width", "0.25", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["width"] == 0.25  # the flag wins over the file
+    assert summary["config"]["projection_dim"] == 64 and summary["config"]["num_atoms"] == 11
+    assert summary["parts"]["projection"] == 128 * 64 + 64  # TOML-only network setting took effect
+    assert summary["parts"]["heads"] == 64 * 6 * 11 + 6 * 11
+
+    cfg.write_text("widht = 2\n")
+    result = runner.invoke(app, ["pretrain", "--dry-run", "--config", str(cfg)])
+    assert result.exit_code == 2 and "unknown setting 'widht'" in result.output
+
+
+def test_missing_store_and_bad_weights_are_one_line_errors(tmp_path):
+    result = runner.invoke(app, ["pretrain", "--run-dir", str(tmp_path / "r"), "--arch", "dqn"])
+    assert result.exit_code == 2 and "no data store given" in result.output
+    from sqlcli.commands.pretrain import parse_game_weights
+    from sqlcli_core.errors import UsageError
+
+    assert parse_game_weights("pong=2, ALE/Breakout-v5=0.5") == {"Pong": 2.0, "Breakout": 0.5}
+    with pytest.raises(UsageError, match="GAME=WEIGHT"):
+        parse_game_weights("pong")
