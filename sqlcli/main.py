@@ -14,14 +14,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import typer
 
 from sqlcli_core import __version__
-from sqlcli.commands import games
-from sqlcli.commands.shard import shard
-from sqlcli.commands.pretrain import pretrain
-from sqlcli.commands.collect import collect
-from sqlcli.commands.fetch_data import fetch_data
-from sqlcli.commands.eval import eval_command
-from sqlcli.commands.finetune_online import finetune_online
-from sqlcli.commands.finetune_offline import finetune_offline
+from sqlcli.commands import (collect, demo, eval, fetch_data, finetune_offline, finetune_online, games, pretrain,
+                             scale_report, shard)
 
 app = typer.Typer(
     name="sql",
@@ -46,14 +40,17 @@ def _root(
     pass
 
 
+# In the order of the data flow, which is the order `sql --help` lists them.
+app.command("fetch-data")(fetch_data.fetch_data)
+app.command("collect")(collect.collect)
+app.command("shard")(shard.shard)
+app.command("pretrain")(pretrain.pretrain)
+app.command("eval")(eval.eval_command)
+app.command("finetune-offline")(finetune_offline.finetune_offline)
+app.command("finetune-online")(finetune_online.finetune_online)
+app.command("scale-report")(scale_report.scale_report)
+app.command("demo")(demo.demo)
 app.command("games")(games.games)
-app.command("shard")(shard)
-app.command("pretrain")(pretrain)
-app.command("collect")(collect)
-app.command("fetch-data")(fetch_data)
-app.command("eval")(eval_command)
-app.command("finetune-online")(finetune_online)
-app.command("finetune-offline")(finetune_offline)
 
 
 def main() -> None:

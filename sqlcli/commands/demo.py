@@ -1,0 +1,110 @@
+"""`sql demo`: the whole chain on a small built-in default, offline, in minutes on a laptop CPU.
+
+collect (real ALE play) -> shard -> pretrain at two network sizes -> eval each -> scale-report. Every
+step is the ordinary subcommand run as a user would run it (each is resumable, so a re-run of the demo
+continues where it stopped); the commands are printed as they run and saved to OUT/demo.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core.atomic import atomic_output, write_json
+from sqlcli_core.errors import SqlError, UsageError
+from sqlcli_core.games import resolve_games
+
+
+class StepFailed(SqlError):
+    exit_code = 1
+
+
+def _run(argv: list[str], script: list[str]) -> dict:
+    """Run `sql ARGV --json`, echoing the command; return its JSON summary."""
+    line = "sql " + shlex.join(argv)
+    script.append(line)
+    console.print(f"\n[bold cyan]$ {line}[/]")
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sqlcli.main", *argv, "--json"], stdout=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise StepFailed(f"step failed with exit code {proc.returncode}: {line}",
+                         hint="its error is printed above; fix it and re-run `sql demo` to continue")
+    console.print(f"[dim]  done in {time.perf_counter() - started:.0f} s[/]")
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
+@handles_errors
+def demo(
+    out: Path = typer.Option(Path("sql-demo"), "--out", help="Directory for everything the demo makes. Default: ./sql-demo."),
+    games: str = typer.Option("freeway,breakout", "--games", help="Games to collect, pre-train on and evaluate. Default: freeway,breakout."),
+    policy: str = typer.Option("pattern:1", "--policy", help="Behaviour policy of the collected data (see `sql collect --help`). "
+                               "Default: pattern:1, epsilon-greedy around action 1 (UP in Freeway, FIRE in Breakout)."),
+    epsilon: float = typer.Option(0.5, "--epsilon", min=0.0, max=1.0, help="Random-action probability of the behaviour policy. Default: 0.5."),
+    transitions: int = typer.Option(5000, "--transitions", min=500, help="Agent steps of data collected per game. Default: 5000."),
+    steps: int = typer.Option(400, "--steps", min=10, help="Gradient steps of each pre-training run. Default: 400."),
+    widths: str = typer.Option("0.5,1", "--widths", help="Torso width multipliers: one run each, for the scaling fit. Default: 0.5,1."),
+    arch: str = typer.Option("dqn", "--arch", help="Torso of the runs (dqn, impala, resnet18, ...). Default: dqn (fast on CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Batch size of pre-training. Default: 32."),
+    eval_seeds: str = typer.Option("0-2", "--eval-seeds", help="Evaluation seeds (runs of the confidence intervals). Default: 0-2."),
+    eval_max_steps: int = typer.Option(2500, "--eval-max-steps", min=100,
+                                       help="Cap on evaluation episodes, in agent steps (a quick look, marked as such "
+                                       "in the results; the full protocol caps at 27,000; a Freeway game lasts about 2,050). Default: 2500."),
+    seed: int = typer.Option(0, "--seed", help="Seed of collection and pre-training. Default: 0."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run collect -> shard -> pretrain (two sizes) -> eval -> scale-report on a small default, offline."""
+    game_list = ",".join(g.name for g in resolve_games(games))
+    try:
+        width_list = [float(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        raise UsageError(f"--widths '{widths}' is not a list of numbers", hint="e.g. --widths 0.5,1") from None
+    if len(width_list) < 2:
+        raise UsageError("--widths needs at least two sizes for the scaling fit", hint="e.g. --widths 0.5,1")
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    script: list[str] = []
+    started = time.perf_counter()
+
+    data, store = out / "data", out / "store"
+    _run(["collect", "--games", game_list, "--transitions", str(transitions), "--capacity", str(max(1000, transitions // 2)),
+          "--policy", policy, "--epsilon", str(epsilon), "--seed", str(seed), "--out", str(data), "--jobs", "2"], script)
+    shard = _run(["shard", str(data), str(store)], script)
+
+    runs = []
+    for width in width_list:
+        run_dir = out / "runs" / f"{arch}-w{width:g}"
+        _run(["pretrain", "--data", str(store), "--run-dir", str(run_dir), "--games", game_list, "--arch", arch,
+              "--width", f"{width:g}", "--batch-size", str(batch_size), "--steps", str(steps),
+              "--target-update-period", str(max(1, steps // 4)), "--checkpoint-every", str(max(1, steps // 2)),
+              "--log-every", str(max(1, steps // 20)), "--seed", str(seed)], script)
+        result = _run(["eval", str(run_dir), "--episodes", "1", "--seeds", eval_seeds, "--max-steps", str(eval_max_steps),
+                       "--name", "demo", "--bootstrap-reps", "5000"], script)
+        runs.append({"run_dir": str(run_dir), "width": width, "eval": result})
+    random_eval = _run(["eval", "--policy", "random", "--games", game_list, "--episodes", "1", "--seeds", eval_seeds,
+                        "--max-steps", str(eval_max_steps), "--out", str(out / "random-policy.json"),
+                        "--bootstrap-reps", "5000"], script)
+    report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script)
+
+    with atomic_output(out / "demo.sh", "w") as f:
+        f.write("#!/usr/bin/env bash\n# The commands `sql demo` ran, in order.\nset -euo pipefail\n" + "\n".join(script) + "\n")
+    summary = {
+        "out": str(out), "games": game_list.split(","), "wall_s": round(time.perf_counter() - started, 1),
+        "data": str(data), "store": str(store), "store_runs": shard.get("runs"), "runs": runs,
+        "random_policy": random_eval, "report": report, "commands": script,
+    }
+    write_json(out / "demo_summary.json", summary)
+    console.print(f"\n[bold green]demo finished in {summary['wall_s']:.0f} s[/]. Everything is under {out}:")
+    for label, path in [("data (DQN-Replay format)", data), ("Zarr store", store), ("pre-training runs", out / "runs"),
+                        ("eval results", out / "runs" / "*" / "eval" / "demo.json"),
+                        ("random-policy baseline", out / "random-policy.json"), ("scaling report", out / "report"),
+                        ("the commands, as a script", out / "demo.sh")]:
+        console.print(f"  {label:28s} {path}")
+    emit_summary(summary, as_json)

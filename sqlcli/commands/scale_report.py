@@ -1,0 +1,76 @@
+"""`sql scale-report`: score vs parameter count over run directories, with power-law fits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core import scale_report as sr
+from sqlcli_core.provenance import provenance
+
+
+@handles_errors
+def scale_report(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories made by `sql pretrain`, each with RUN/run.json and RUN/eval/*.json."),
+    out: Path = typer.Option(
+        Path("scale-report"), "--out",
+        help="Output directory for scale_report.{png,md,csv,json}; created if missing. Default: ./scale-report."),
+    metric: str = typer.Option(
+        "iqm", "--metric", help="Human-normalized aggregate to plot and fit: iqm, median or mean. Default: iqm."),
+    param_count: str = typer.Option(
+        "total", "--params",
+        help="Parameters on the x axis: total (as the paper counts its 80M model), shared (all but the "
+        "per-game heads, which are the same ~26M for every atari40 model) or torso. Default: total."),
+    eval_name: str = typer.Option(
+        None, "--eval-name",
+        help="Which RUN/eval/NAME.json to use in every run (file name with or without .json). "
+        "Default: each run's newest (by provenance.created, then file time)."),
+    group_by: str = typer.Option(
+        ",".join(sr.DEFAULT_GROUP_BY), "--group-by",
+        help=f"Comma-separated fields; one fit per distinct combination. Fields: {', '.join(sr.GROUP_FIELDS)}. "
+        f"Default: {','.join(sr.DEFAULT_GROUP_BY)}."),
+    n_bootstrap: int = typer.Option(
+        10_000, "--bootstrap", help="Bootstrap resamples for the 95% interval on the exponent b. Default: 10000."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling. Default: 0."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Fit score = a * params^b per method and data composition; write a plot, tables and a JSON."""
+    fields = sr.parse_group_by(group_by)
+    points = sr.gather(run_dirs, metric, eval_name, param_count)
+    fits = sr.fit_all(points, fields, n_bootstrap, seed)
+    config = {
+        "run_dirs": [str(d) for d in run_dirs], "out": str(out), "metric": metric, "params": param_count,
+        "eval_name": eval_name,
+        "group_by": list(fields), "n_bootstrap": n_bootstrap, "confidence": sr.CONFIDENCE,
+        "eval_files": [p.eval_file for p in points],
+    }
+    notes = sr.consistency_notes(points, fields)
+    paths = sr.write_report(out, points, fits, fields, metric, provenance("scale-report", config, seed), notes)
+
+    table = Table(title=f"human-normalized {metric} = a * ({param_count} params)^b")
+    for col in ("group", "status", "points", "a", "b", "b 95% CI", "R² (log)"):
+        table.add_column(col, justify="left" if col in ("group", "status") else "right", no_wrap=col != "group")
+    for f in fits:
+        ci = "-" if f.b_ci95 is None else f"[{f.b_ci95[0]:.3f}, {f.b_ci95[1]:.3f}]"
+        table.add_row(f.label, f.status, f"{len(f.used)}/{f.n_points}", sr._fmt(f.a), sr._fmt(f.b), ci,
+                      sr._fmt(f.r2_log, 3))
+    console.print(table)
+    for f in fits:
+        for run, why in f.left_out:
+            console.print(f"warning: {f.label}: left {run} out of the fit: {why}", style="yellow", markup=False)
+        if f.note:
+            console.print(f"note: {f.label}: {f.note}", style="yellow", markup=False)
+    for note in notes:
+        console.print(f"warning: {note}", style="yellow", markup=False)
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
+    emit_summary({
+        "metric": metric, "group_by": list(fields),
+        "fits": [sr.fit_to_dict(f) for f in fits],
+        "points": [{"run": p.name, "arch": p.arch, "params": p.params, "score": p.score,
+                    "eval_file": p.eval_file} for p in points],
+        "notes": notes, "files": {k: str(v) for k, v in paths.items()},
+    }, as_json)

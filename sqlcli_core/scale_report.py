@@ -1,0 +1,633 @@
+"""Scaling report: score against parameter count across run directories, with power-law fits.
+
+Each run directory (docs/architecture.md) gives one point: its parameter count (RUN/run.json) and one
+aggregate of one eval result file (RUN/eval/*.json). Points are grouped (by default by method and data
+composition) and each group is fitted with `score = a * params ** b` by least squares on
+`log(score) = log(a) + b * log(params)`, with a pairs-bootstrap percentile interval on `b` (and `a`).
+
+Decisions (documented in docs/scale-report.md):
+- Log-log needs positive scores. Points with a score <= 0 (tiny runs can score below random) are left
+  out of the fit, named in the result with the reason, and still plotted.
+- A fit needs at least 2 distinct parameter counts among the kept points. With exactly 2 points the line
+  passes through both and there is no scatter to resample: the fit is reported as `exact` with no
+  interval. From 3 points on, the interval comes from the bootstrap.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import functools
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from sqlcli_core.atomic import atomic_output, write_json
+from sqlcli_core.errors import DataError, SqlError, UsageError
+
+METRICS = ("iqm", "median", "mean")
+# Which parameters the x axis counts. The heads grow with the number of games, not with the model (about
+# 26M of every atari40 model), so `shared` and `torso` show the scaling of the part that is transferred.
+PARAM_COUNTS = {
+    "total": "all parameters (torso, spatial embedding, projection, heads)",
+    "shared": "all but the per-game heads (torso, spatial embedding, projection)",
+    "torso": "the torso alone",
+}
+GROUP_FIELDS = ("method", "composition", "family", "arch")
+DEFAULT_GROUP_BY = ("method", "composition")
+CONFIDENCE = 0.95
+OUTPUT_STEM = "scale_report"
+
+# Where run.json keeps each field: first the layout `sql pretrain` writes (checkpoint.prepare_run_dir with
+# learner.PretrainConfig.to_dict() as config), then the flatter names of docs/architecture.md's contract.
+_ARCH_KEYS = ("identity.network.arch", "config.network.arch", "config.arch")
+_WIDTH_KEYS = ("identity.network.width", "config.network.width", "config.width")
+_METHOD_KEYS = ("config.method",)
+_ALPHA_KEYS = ("config.learner.alpha", "config.alpha")
+_COMPOSITION_KEYS = ("config.data_composition", "config.composition", "config.data.composition")
+_STORE_KEYS = ("config.data", "config.data.store", "config.data_store")
+_GAMES_KEYS = ("identity.games", "config.games")
+_PARAM_KEYS = ("parameter_counts", "num_parameters")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPoint:
+    """One run's coordinates in the scaling plot."""
+
+    run: str                      # the run directory as given
+    name: str                     # its base name, the label in tables
+    arch: str
+    width: float | None
+    family: str                   # arch without its size digits: resnet101 -> resnet
+    method: str
+    composition: str              # sub-optimal, near-optimal, "checkpoints 0-4", ... or unknown
+    composition_source: str       # run.json, store (read from the Zarr store's checkpoint records) or none
+    data_store: str | None
+    num_games: int | None
+    params: int                   # the parameter count on the x axis (`param_count` of them)
+    param_count: str              # which: total, shared or torso (PARAM_COUNTS)
+    param_parts: dict[str, int]   # torso, spatial_embedding, projection, heads (when run.json has them)
+    eval_file: str
+    eval_created: str | None
+    eval_step: int | None
+    metric: str
+    score: float                  # aggregates[metric].value of the eval file (human-normalized)
+    ci_low: float | None
+    ci_high: float | None
+    eval_games: tuple[str, ...]   # the games inside the eval's aggregates
+    eval_deviates: bool           # the eval deviated from its protocol (e.g. capped episodes)
+
+    def group_key(self, group_by: Sequence[str]) -> tuple[str, ...]:
+        return tuple(str(getattr(self, f)) for f in group_by)
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerLawFit:
+    """The fit of one group. `status`: `fit` (with interval), `exact` (2 points, no interval), `none`."""
+
+    group: dict[str, str]
+    status: str
+    n_points: int                          # points in the group, kept or not
+    used: tuple[str, ...]                  # run names in the fit (empty when status is `none`)
+    left_out: tuple[tuple[str, str], ...]  # (run name, reason)
+    a: float | None = None
+    b: float | None = None
+    a_ci95: tuple[float, float] | None = None
+    b_ci95: tuple[float, float] | None = None
+    r2_log: float | None = None            # coefficient of determination in log-log space
+    n_bootstrap: int = 0                   # resamples that gave a slope (degenerate ones are dropped)
+    note: str = ""
+
+    @property
+    def label(self) -> str:
+        return ", ".join(self.group.values()) or "all runs"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading run directories
+
+
+def _lookup(tree: Mapping[str, Any], paths: Iterable[str]) -> Any:
+    """The value at the first dotted path that exists and is not None, else None."""
+    for path in paths:
+        node: Any = tree
+        for part in path.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                node = None
+                break
+            node = node[part]
+        if node is not None:
+            return node
+    return None
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: no {what}", hint=fix) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: {what} is not valid JSON ({exc})", hint=fix) from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: {what} is not a JSON object", hint=fix)
+    return obj
+
+
+def arch_family(arch: str) -> str:
+    """The architecture family: the name without its size suffix (resnet101 -> resnet, impala-cnn-4x -> impala-cnn)."""
+    family = re.sub(r"[-_]?(\d+x?|x\d+)$", "", arch.lower())
+    return family or arch.lower()
+
+
+def total_parameters(counts: Any) -> tuple[int, dict[str, int]] | None:
+    """(total, parts) from a run's parameter counts: an int, or a dict of parts with or without `total`."""
+    if isinstance(counts, bool):
+        return None
+    if isinstance(counts, (int, float)) and counts > 0:
+        return int(counts), {}
+    if isinstance(counts, Mapping):
+        parts = {k: int(v) for k, v in counts.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "total"}
+        total = counts.get("total")
+        if isinstance(total, (int, float)) and not isinstance(total, bool) and total > 0:
+            return int(total), parts
+        if parts and sum(parts.values()) > 0:
+            return sum(parts.values()), parts
+    return None
+
+
+def select_parameters(total: int, parts: Mapping[str, int], param_count: str, run_path: Path
+                      ) -> tuple[int, dict[str, int]]:
+    """(count on the x axis, parts) for `param_count` in PARAM_COUNTS."""
+    if param_count == "total":
+        return total, dict(parts)
+    need = "heads" if param_count == "shared" else "torso"
+    if need not in parts:
+        raise DataError(f"{run_path}: run.json has no per-part parameter counts (no '{need}')",
+                        hint="use --params total, or re-create the run with a current `sql pretrain`")
+    count = total - parts["heads"] if param_count == "shared" else parts["torso"]
+    return int(count), dict(parts)
+
+
+def _eval_sort_key(path: Path, created: str | None) -> tuple[float, float, str]:
+    """Newest first by provenance.created (survives copies), then file mtime, then name."""
+    stamp = -math.inf
+    if created:
+        try:
+            when = _dt.datetime.fromisoformat(created)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=_dt.timezone.utc)
+            stamp = when.timestamp()
+        except ValueError:
+            pass
+    return (stamp, path.stat().st_mtime, path.name)
+
+
+def eval_files(run_dir: Path) -> list[Path]:
+    """The run's eval result files, RUN/eval/*.json, sorted by name."""
+    folder = run_dir / "eval"
+    return sorted(p for p in folder.glob("*.json") if p.is_file()) if folder.is_dir() else []
+
+
+def choose_eval_file(run_dir: Path, eval_name: str | None) -> tuple[Path, dict[str, Any]]:
+    """The eval file of `run_dir` named `eval_name` (stem or file name), or the newest one."""
+    files = eval_files(run_dir)
+    if not files:
+        raise DataError(f"{run_dir}: no eval results (no {run_dir / 'eval'}/*.json)",
+                        hint=f"run `sql eval {run_dir}` first, or leave this run out")
+    if eval_name is not None:
+        wanted = eval_name if eval_name.endswith(".json") else f"{eval_name}.json"
+        match = [p for p in files if p.name == wanted]
+        if not match:
+            names = ", ".join(p.stem for p in files)
+            raise DataError(f"{run_dir}: no eval result named {eval_name!r}",
+                            hint=f"--eval-name takes one of: {names}")
+        path = match[0]
+        return path, _read_json(path, "eval result", f"re-run `sql eval {run_dir}`")
+    loaded = [(p, _read_json(p, "eval result", f"re-run `sql eval {run_dir}` or delete {p}")) for p in files]
+    return max(loaded, key=lambda pe: _eval_sort_key(pe[0], _lookup(pe[1], ("provenance.created",))))
+
+
+def _ranges(numbers: Sequence[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    out, start = [], None
+    for i, n in enumerate(numbers):
+        if start is None:
+            start = n
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            out.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ",".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def composition_from_store(store_path: str, games: tuple[str, ...] | None) -> str | None:
+    """The data composition of a Zarr store for `games`, from the checkpoints its runs hold.
+
+    All DQN-Replay checkpoints held for those games, pooled: exactly fetch's `sub-optimal` or `near-optimal`
+    set gives that name; any other set is named by its checkpoints ("checkpoints 0-4"). None when the
+    store cannot be read here (e.g. the runs were copied to another machine without it).
+    """
+    from sqlcli_core import fetch, store
+
+    try:
+        root = store.open_store(store_path)
+        held = {int(record["checkpoint"])
+                for _, _, group in store.iter_runs(root, set(games) if games else None)
+                for record in store.run_meta(group).get("checkpoints", [])}
+    except (SqlError, OSError, KeyError, TypeError, ValueError):
+        return None
+    if not held:
+        return None
+    for name, subset in fetch.SUBSETS.items():
+        if held == set(subset):
+            return name
+    return f"checkpoints {_ranges(sorted(held))}"
+
+
+def _method_of(run: Mapping[str, Any]) -> str:
+    method = _lookup(run, _METHOD_KEYS)
+    if method:
+        return str(method)
+    alpha = _lookup(run, _ALPHA_KEYS)
+    # Runs that differ in the CQL weight are different methods for the purpose of a scaling fit.
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        return f"scaled-ql(alpha={alpha:g})"
+    return "scaled-ql"
+
+
+def load_run_point(run_dir: str | Path, metric: str = "iqm", eval_name: str | None = None,
+                   param_count: str = "total") -> RunPoint:
+    """Read one run directory into a `RunPoint` (raises DataError naming the file and the fix)."""
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}", hint=f"--metric takes one of: {', '.join(METRICS)}")
+    run_path = Path(run_dir)
+    if not run_path.is_dir():
+        raise UsageError(f"{run_path}: not a directory", hint="pass run directories made by `sql pretrain`")
+    run = _read_json(run_path / "run.json", "run.json",
+                     "pass run directories made by `sql pretrain` (RUN/run.json)")
+    eval_path, ev = choose_eval_file(run_path, eval_name)
+
+    aggregate = _lookup(ev, (f"aggregates.{metric}",))
+    value = aggregate.get("value") if isinstance(aggregate, Mapping) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise DataError(f"{eval_path}: no finite human-normalized {metric} (aggregates.{metric}.value)",
+                        hint="evaluate on games with human reference scores, or pick another --eval-name")
+    ci = aggregate.get("ci95")
+    ci_low, ci_high = (float(ci[0]), float(ci[1])) if (
+        isinstance(ci, Sequence) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)) else (None, None)
+
+    counted = total_parameters(_lookup(run, _PARAM_KEYS)) or total_parameters(
+        _lookup(ev, ("policy.num_params",)))
+    if counted is None:
+        raise DataError(f"{run_path}: run.json has no parameter counts",
+                        hint="re-create the run with a current `sql pretrain`")
+    params, parts = select_parameters(*counted, param_count, run_path)
+
+    arch = _lookup(run, _ARCH_KEYS) or _lookup(ev, ("policy.arch",))
+    if not arch:
+        raise DataError(f"{run_path / 'run.json'}: no architecture (config.arch)",
+                        hint="re-create the run with a current `sql pretrain`")
+    width = _lookup(run, _WIDTH_KEYS)
+    games = _lookup(run, _GAMES_KEYS)
+    games = list(games) if isinstance(games, Sequence) and not isinstance(games, str) else None
+    step = _lookup(ev, ("policy.step",))
+    store_path = next((v for k in _STORE_KEYS if isinstance(v := _lookup(run, (k,)), str)), None)
+    composition, source = _lookup(run, _COMPOSITION_KEYS), "run.json"
+    if not composition and store_path:
+        composition, source = composition_from_store(store_path, tuple(games) if games else None), "store"
+    if not composition:
+        composition, source = "unknown", "none"
+    agg_games = _lookup(ev, ("aggregate_method.games",))
+    if not isinstance(agg_games, Sequence) or isinstance(agg_games, str):
+        agg_games = [g for g, b in (ev.get("games") or {}).items()
+                     if isinstance(b, Mapping) and b.get("human_normalized") is not None]
+    return RunPoint(
+        run=str(run_dir), name=run_path.resolve().name, arch=str(arch),
+        width=float(width) if isinstance(width, (int, float)) and not isinstance(width, bool) else None,
+        family=arch_family(str(arch)), method=_method_of(run),
+        composition=str(composition), composition_source=source, data_store=store_path,
+        num_games=len(games) if games is not None else None,
+        params=params, param_count=param_count, param_parts=parts, eval_file=str(eval_path),
+        eval_created=_lookup(ev, ("provenance.created",)),
+        eval_step=int(step) if isinstance(step, int) else None,
+        metric=metric, score=float(value), ci_low=ci_low, ci_high=ci_high,
+        eval_games=tuple(sorted(str(g) for g in agg_games)),
+        eval_deviates=bool(_lookup(ev, ("protocol.deviates_from_protocol",))),
+    )
+
+
+def _shorten(names: Sequence[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def gather(run_dirs: Sequence[str | Path], metric: str = "iqm", eval_name: str | None = None,
+           param_count: str = "total") -> list[RunPoint]:
+    """Load every run; runs without eval results are reported together in one error."""
+    if metric not in METRICS:
+        raise UsageError(f"unknown metric {metric!r}", hint=f"--metric takes one of: {', '.join(METRICS)}")
+    if param_count not in PARAM_COUNTS:
+        raise UsageError(f"unknown parameter count {param_count!r}",
+                         hint=f"--params takes one of: {', '.join(PARAM_COUNTS)}")
+    if not run_dirs:
+        raise UsageError("no run directories given", hint="pass the run directories of `sql pretrain`")
+    seen: set[Path] = set()
+    unique = []
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    for d in unique:
+        if not Path(d).is_dir():
+            raise UsageError(f"{d}: not a directory", hint="pass run directories made by `sql pretrain`")
+    not_runs = [str(d) for d in unique if not (Path(d) / "run.json").is_file()]
+    if not_runs:
+        raise DataError(f"not run directories (no run.json): {_shorten(not_runs)}",
+                        hint="pass run directories made by `sql pretrain`, e.g. runs/*/ without other folders")
+    missing = [str(d) for d in unique if not eval_files(Path(d))]
+    if missing:
+        raise DataError(f"no eval results in {_shorten(missing)}",
+                        hint="run `sql eval RUN` on each (writes RUN/eval/*.json), or leave them out")
+    points = [load_run_point(d, metric, eval_name, param_count) for d in unique]
+    # Base names label the runs; where two runs share one (sweep1/r18, sweep2/r18) use the path given.
+    clash = {p.name for p in points if sum(q.name == p.name for q in points) > 1}
+    return [dataclasses.replace(p, name=p.run) if p.name in clash else p for p in points]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def fit_log_log(params: np.ndarray, scores: np.ndarray) -> tuple[float, float, float | None]:
+    """Least squares on log(score) = log(a) + b log(params).
+
+    params, scores: (N,) positive. Returns (a, b, r2 in log space; None when all scores are equal, where
+    R² is undefined). Needs 2 distinct params.
+    """
+    x, y = np.log(np.asarray(params, float)), np.log(np.asarray(scores, float))
+    design = np.stack([np.ones_like(x), x], axis=1)            # (N, 2)
+    (log_a, b), *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - (log_a + b * x)
+    total = float(np.sum((y - y.mean()) ** 2))
+    # Equal scores leave only rounding noise in `total`; a ratio of two such noises means nothing.
+    flat = total <= 1e-20 * y.size * max(1.0, float(np.mean(y * y)))
+    r2 = None if flat else 1.0 - float(np.sum(residual ** 2)) / total
+    return float(np.exp(log_a)), float(b), r2
+
+
+def bootstrap_power_law(params: np.ndarray, scores: np.ndarray, n_resamples: int = 10_000, seed: int = 0,
+                        confidence: float = CONFIDENCE) -> tuple[tuple[float, float], tuple[float, float], int]:
+    """Pairs-bootstrap percentile intervals on (a, b) of the log-log fit.
+
+    Resamples the N points with replacement (n_resamples x N), refits each resample in closed form, and
+    drops resamples whose params are all equal (no slope). Returns (a_ci, b_ci, resamples used).
+    """
+    x, y = np.log(np.asarray(params, float)), np.log(np.asarray(scores, float))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_resamples, x.size))   # (R, N)
+    xs, ys = x[idx], y[idx]
+    xc = xs - xs.mean(axis=1, keepdims=True)
+    sxx = np.sum(xc * xc, axis=1)
+    ok = sxx > 1e-12 * max(1.0, float(np.max(x * x)))
+    slopes = np.sum(xc[ok] * ys[ok], axis=1) / sxx[ok]
+    log_a = ys[ok].mean(axis=1) - slopes * xs[ok].mean(axis=1)
+    tail = 100 * (1 - confidence) / 2
+    b_lo, b_hi = np.percentile(slopes, [tail, 100 - tail])
+    a_lo, a_hi = np.exp(np.percentile(log_a, [tail, 100 - tail]))
+    return (float(a_lo), float(a_hi)), (float(b_lo), float(b_hi)), int(ok.sum())
+
+
+def fit_group(group: dict[str, str], points: Sequence[RunPoint], n_bootstrap: int = 10_000,
+              seed: int = 0) -> PowerLawFit:
+    """Fit one group's points: leave out non-positive scores, then fit, then bootstrap when N >= 3."""
+    left_out = tuple((p.name, f"score {p.score:.4g} <= 0: log-log needs positive scores")
+                     for p in points if p.score <= 0)
+    kept = [p for p in points if p.score > 0]
+    base = dict(group=group, n_points=len(points), used=tuple(p.name for p in kept), left_out=left_out)
+    distinct = len({p.params for p in kept})
+    if distinct < 2:
+        why = ("no point with a positive score" if not kept else
+               f"{len(kept)} point(s) with a positive score but {distinct} distinct parameter count")
+        return PowerLawFit(status="none", note=f"no fit: {why}; a fit needs 2 distinct parameter counts",
+                           **{**base, "used": ()})
+    params = np.array([p.params for p in kept], float)
+    scores = np.array([p.score for p in kept], float)
+    a, b, r2 = fit_log_log(params, scores)
+    if len(kept) == 2:
+        return PowerLawFit(status="exact", a=a, b=b, r2_log=r2,
+                           note="2 points: the line passes through both; no interval (needs 3 or more)",
+                           **base)
+    a_ci, b_ci, used = bootstrap_power_law(params, scores, n_bootstrap, seed)
+    return PowerLawFit(status="fit", a=a, b=b, r2_log=r2, a_ci95=a_ci, b_ci95=b_ci, n_bootstrap=used, **base)
+
+
+def consistency_notes(points: Sequence[RunPoint], group_by: Sequence[str]) -> list[str]:
+    """Warnings about points that should not be compared as they stand: one line each."""
+    notes = []
+    groups: dict[tuple[str, ...], list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(p.group_key(group_by), []).append(p)
+    for key, members in groups.items():
+        game_sets = {p.eval_games for p in members}
+        if len(game_sets) > 1:
+            sizes = ", ".join(f"{p.name}: {len(p.eval_games)} games" for p in members)
+            notes.append(f"{', '.join(key)}: the evals aggregate different games ({sizes}); their scores are "
+                         f"not comparable: evaluate every run on the same --games")
+    for p in points:
+        if p.eval_deviates:
+            notes.append(f"{p.name}: {Path(p.eval_file).name} deviates from its eval protocol (see its notes)")
+        if p.composition_source == "none":
+            where = f"store {p.data_store} not readable here" if p.data_store else "no data store in run.json"
+            notes.append(f"{p.name}: data composition unknown ({where}); grouped as 'unknown'")
+    return notes
+
+
+def parse_group_by(text: str | Sequence[str]) -> tuple[str, ...]:
+    """`method,composition` -> ('method', 'composition'); checks the names against GROUP_FIELDS."""
+    fields = tuple(f.strip() for f in (text.split(",") if isinstance(text, str) else text) if f.strip())
+    bad = [f for f in fields if f not in GROUP_FIELDS]
+    if bad or len(set(fields)) != len(fields):
+        raise UsageError(f"bad --group-by {','.join(fields) or text!r}",
+                         hint=f"a comma-separated list of distinct names from: {', '.join(GROUP_FIELDS)}")
+    return fields
+
+
+def fit_all(points: Sequence[RunPoint], group_by: Sequence[str] = DEFAULT_GROUP_BY, n_bootstrap: int = 10_000,
+            seed: int = 0) -> list[PowerLawFit]:
+    """One fit per group (groups in order of first appearance). Raises UsageError if no group can be fit."""
+    if n_bootstrap < 100:
+        raise UsageError(f"--bootstrap {n_bootstrap} is too few resamples", hint="use 100 or more (default 10000)")
+    groups: dict[tuple[str, ...], list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(p.group_key(group_by), []).append(p)
+    fits = [fit_group(dict(zip(group_by, key)), members, n_bootstrap, seed) for key, members in groups.items()]
+    if all(f.status == "none" for f in fits):
+        detail = "; ".join(f"{f.label}: {f.note.removeprefix('no fit: ')}" for f in fits)
+        raise UsageError(f"too few points to fit a power law ({detail})",
+                         hint="give at least 2 runs of different sizes with positive scores in one group "
+                              "(3 or more for an interval on the exponent)")
+    return fits
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing the report
+
+POINT_COLUMNS = (
+    "run", "arch", "width", "family", "method", "composition", "num_games", "params", "param_count", "metric",
+    "score",
+    "ci95_low", "ci95_high", "in_fit", "eval_file", "eval_step", "data_store",
+)
+
+
+def _point_rows(points: Sequence[RunPoint], fits: Sequence[PowerLawFit]) -> list[dict[str, Any]]:
+    fitted = {name for f in fits if f.status != "none" for name in f.used}
+    return [{
+        "run": p.name, "arch": p.arch, "width": p.width, "family": p.family, "method": p.method,
+        "composition": p.composition, "num_games": p.num_games, "params": p.params,
+        "param_count": p.param_count, "metric": p.metric,
+        "score": p.score, "ci95_low": p.ci_low, "ci95_high": p.ci_high,
+        "in_fit": p.name in fitted, "eval_file": p.eval_file,
+        "eval_step": p.eval_step, "data_store": p.data_store,
+    } for p in points]
+
+
+def fit_to_dict(fit: PowerLawFit) -> dict[str, Any]:
+    d = dataclasses.asdict(fit)
+    d["left_out"] = [{"run": r, "reason": why} for r, why in fit.left_out]
+    d["used"] = list(fit.used)
+    return d
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+def render_markdown(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], metric: str,
+                    prov: Mapping[str, Any], notes: Sequence[str] = ()) -> str:
+    """The report as Markdown: one table of fits, one of points, and the provenance line."""
+    out = io.StringIO()
+    count = points[0].param_count if points else "total"
+    out.write(f"# Scaling report: human-normalized {metric.upper()} vs parameters ({count})\n\n")
+    out.write(f"x axis: {PARAM_COUNTS[count]}.\n")
+    out.write(f"Fit: score = a * params^b (least squares in log-log space); b interval: "
+              f"{CONFIDENCE:.0%} pairs-bootstrap percentile.\n\n")
+    out.write("| group | status | points used | a | b | b 95% CI | R² (log) | left out |\n")
+    out.write("|---|---|---|---|---|---|---|---|\n")
+    for f in fits:
+        ci = "-" if f.b_ci95 is None else f"[{f.b_ci95[0]:.4g}, {f.b_ci95[1]:.4g}]"
+        left = "; ".join(f"{r} ({why})" for r, why in f.left_out) or "-"
+        status = f.status if not f.note else f"{f.status}: {f.note}"
+        out.write(f"| {f.label} | {status} | {len(f.used)}/{f.n_points} | {_fmt(f.a)} | {_fmt(f.b)} | {ci} "
+                  f"| {_fmt(f.r2_log, 3)} | {left} |\n")
+    out.write("\n| run | arch | width | method | composition | params | "
+              f"{metric} | 95% CI | in fit | eval file |\n")
+    out.write("|---|---|---|---|---|---|---|---|---|---|\n")
+    for row in _point_rows(points, fits):
+        ci = "-" if row["ci95_low"] is None else f"[{row['ci95_low']:.3g}, {row['ci95_high']:.3g}]"
+        out.write(f"| {row['run']} | {row['arch']} | {_fmt(row['width'])} | {row['method']} | "
+                  f"{row['composition']} | {row['params']:,} | {row['score']:.4g} | {ci} | "
+                  f"{'yes' if row['in_fit'] else 'no'} | {Path(row['eval_file']).name} |\n")
+    if notes:
+        out.write("\nNotes:\n\n" + "".join(f"- {n}\n" for n in notes))
+    versions = prov.get("versions", {})
+    out.write(f"\nMade by `sql scale-report` (sql {versions.get('sql', '?')}, seed {prov.get('seed')}, "
+              f"{prov.get('created', '')}); full provenance in {OUTPUT_STEM}.json.\n")
+    return out.getvalue()
+
+
+def render_csv(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], prov: Mapping[str, Any]) -> str:
+    """One row per run. The first line is `# provenance: {json}` (read with pandas' comment='#')."""
+    out = io.StringIO()
+    out.write("# provenance: " + json.dumps(prov, default=str, separators=(",", ":")) + "\n")
+    writer = csv.DictWriter(out, fieldnames=POINT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in _point_rows(points, fits):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def render_plot(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], group_by: Sequence[str],
+                metric: str) -> bytes:
+    """PNG bytes: score vs parameters (log x), eval CIs as error bars, each group's fitted curve.
+
+    Uses the Agg canvas directly (no pyplot), so it never needs a display and sets no global backend.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
+    by_label = {f.label: f for f in fits}
+    groups: dict[str, list[RunPoint]] = {}
+    for p in points:
+        groups.setdefault(", ".join(p.group_key(group_by)) or "all runs", []).append(p)
+    for i, (label, members) in enumerate(groups.items()):
+        color = colors[i % len(colors)]
+        fit = by_label.get(label)
+        left = {name for name, _ in fit.left_out} if fit else set()
+        for kept in (True, False):
+            sel = [p for p in members if (p.name not in left) == kept]
+            if not sel:
+                continue
+            x = np.array([p.params for p in sel], float)
+            y = np.array([p.score for p in sel], float)
+            lo = np.array([p.score - p.ci_low if p.ci_low is not None else 0.0 for p in sel])
+            hi = np.array([p.ci_high - p.score if p.ci_high is not None else 0.0 for p in sel])
+            ax.errorbar(x, y, yerr=np.stack([np.maximum(lo, 0), np.maximum(hi, 0)]), fmt="o", color=color,
+                        mfc=color if kept else "none", capsize=3,
+                        label=None if kept else f"{label}: left out (score <= 0)")
+        if fit is not None and fit.b is not None:
+            used = [p.params for p in members if p.name in fit.used]
+            grid = np.geomspace(min(used) / 1.3, max(used) * 1.3, 200)
+            ci = "" if fit.b_ci95 is None else f" [{fit.b_ci95[0]:.3f}, {fit.b_ci95[1]:.3f}]"
+            ax.plot(grid, fit.a * grid ** fit.b, "-", color=color, label=f"{label}: b = {fit.b:.3f}{ci}")
+        elif fit is not None:
+            ax.plot([], [], "o", color=color, label=f"{label}: no fit")
+    ax.set_xscale("log")
+    ax.axhline(0.0, color="0.7", lw=0.8, zorder=0)
+    ax.set_xlabel(f"parameters ({points[0].param_count if points else 'total'}, log scale)")
+    ax.set_ylabel(f"human-normalized {metric.upper()}")
+    ax.set_title("score = a * params^b (error bars: eval 95% CIs)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def report_paths(out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    return {kind: out / f"{OUTPUT_STEM}.{kind}" for kind in ("png", "md", "csv", "json")}
+
+
+def write_report(out_dir: str | Path, points: Sequence[RunPoint], fits: Sequence[PowerLawFit],
+                 group_by: Sequence[str], metric: str, prov: Mapping[str, Any],
+                 notes: Sequence[str] = ()) -> dict[str, Path]:
+    """Write PNG, Markdown, CSV and JSON into `out_dir`, each atomically. Returns their paths."""
+    paths = report_paths(out_dir)
+    png = render_plot(points, fits, group_by, metric)   # render everything before writing anything
+    md = render_markdown(points, fits, metric, prov, notes)
+    table = render_csv(points, fits, prov)
+    with atomic_output(paths["png"], "wb") as f:
+        f.write(png)
+    with atomic_output(paths["md"], "w") as f:
+        f.write(md)
+    with atomic_output(paths["csv"], "w") as f:
+        f.write(table)
+    write_json(paths["json"], {
+        "provenance": dict(prov), "metric": metric, "group_by": list(group_by),
+        "confidence": CONFIDENCE, "fits": [fit_to_dict(f) for f in fits],
+        "points": [dataclasses.asdict(p) for p in points], "notes": list(notes),
+        "files": {k: str(v) for k, v in paths.items()},
+    })
+    return paths
