@@ -98,7 +98,9 @@ def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
         gamma=float(settings["gamma"]), target_update_period=int(settings["target_update_period"]),
         max_grad_norm=None if settings["max_grad_norm"] is None else float(settings["max_grad_norm"]))
     config = learner.PretrainConfig(
-        data=str(settings["data"]), run_dir=str(settings["run_dir"]), games=str(settings["games"]), network=network,
+        # Absolute, so that run.json still names the store when read from another directory (scale-report).
+        data=str(settings["data"]) if "://" in str(settings["data"]) else str(Path(settings["data"]).resolve()),
+        run_dir=str(settings["run_dir"]), games=str(settings["games"]), network=network,
         learner=learner_config, batch_size=int(settings["batch_size"]), n_step=int(settings["n_step"]),
         steps=int(settings["steps"]), seed=int(settings["seed"]), checkpoint_every=int(settings["checkpoint_every"]),
         keep=int(settings["keep"]), log_every=int(settings["log_every"]), game_weights=settings["game_weights"],
