@@ -54,6 +54,7 @@ class NetworkPolicy:
         import jax.numpy as jnp
 
         from sqlcli_core import networks
+        from sqlcli_core.checkpoint import make_q_fn
 
         self.games, self.run_config, self.step = list(games), {}, 0
         config = networks.NetworkConfig(arch=arch)
@@ -61,15 +62,7 @@ class NetworkPolicy:
         network = networks.build_network(config, num_actions)
         self.params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 84, 84), jnp.uint8),
                                    jnp.zeros((1,), jnp.int32))
-        mask = jnp.asarray(networks.action_mask(num_actions))
-        support = jnp.asarray(config.support())
-
-        @jax.jit
-        def q_fn(params, obs, game):
-            q = jnp.sum(jax.nn.softmax(network.apply(params, obs, game), axis=-1) * support, axis=-1)
-            return jnp.where(mask[game], q, -jnp.inf)
-
-        self._q_fn = q_fn
+        self._q_fn = make_q_fn(config, num_actions)
 
     def q_values(self, obs, game):
         return np.asarray(self._q_fn(self.params, obs, game))

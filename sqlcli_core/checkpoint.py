@@ -264,6 +264,23 @@ class QPolicy:
         return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game)))
 
 
+def make_q_fn(network_config, num_actions: Sequence[int]) -> Callable:
+    """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) expected returns, -inf off each game."""
+    from sqlcli_core import networks
+    from sqlcli_core.losses import categorical_mean
+
+    network = networks.build_network(network_config, tuple(num_actions))
+    mask = jnp.asarray(networks.action_mask(tuple(num_actions)))
+    support = jnp.asarray(network_config.support())
+
+    @jax.jit
+    def q_fn(params, obs, game):
+        q = categorical_mean(network.apply(params, obs, game), support)  # (N, A_max)
+        return jnp.where(mask[game], q, -jnp.inf)
+
+    return q_fn
+
+
 def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
     """(run directory, step or None for newest) from a run directory, its checkpoints/ or one step's folder."""
     if (path / RUN_FILE).exists():
@@ -307,15 +324,7 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> QPolicy:
     finally:
         checkpointer.close()
 
-    network = networks.build_network(network_config, num_actions)
-    mask = jnp.asarray(networks.action_mask(num_actions))
-    support = jnp.asarray(network_config.support())
-
-    @jax.jit
-    def q_fn(params, obs, game):
-        logits = network.apply(params, obs, game)  # (N, A_max, atoms)
-        q = jnp.sum(jax.nn.softmax(logits, axis=-1) * support, axis=-1)
-        return jnp.where(mask[game], q, -jnp.inf)
+    q_fn = make_q_fn(network_config, num_actions)
 
     return QPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
                    network_config=network_config, num_actions=num_actions, _q_fn=q_fn)

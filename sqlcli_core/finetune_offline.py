@@ -202,7 +202,8 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     training is complete and the result file is missing.
     """
     from sqlcli_core import checkpoint, evaluation, finetune, learner, networks
-    from sqlcli_core.finetune_online import ParamsPolicy, make_q_fn
+    from sqlcli_core.checkpoint import make_q_fn
+    from sqlcli_core.finetune_online import ParamsPolicy
     from sqlcli_core.provenance import provenance
     from sqlcli_core.sampler import ReplaySampler
 

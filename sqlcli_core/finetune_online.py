@@ -33,6 +33,7 @@ import numpy as np
 
 from sqlcli_core.atari_env import AtariGame, get_protocol
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli_core.checkpoint import make_q_fn
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games import Game, canonical_name, validate_variant
 from sqlcli_core.online_replay import OnlineReplay, ReplayConfig
@@ -212,22 +213,6 @@ class ParamsPolicy:
 
 
 @functools.lru_cache(maxsize=8)
-def make_q_fn(network_config, num_actions: tuple[int, ...]) -> Callable:
-    """Jitted (params, obs (N,4,84,84) uint8, game (N,)) -> (N, A_max) expected values, -inf off the game."""
-    from sqlcli_core import networks
-
-    network = networks.build_network(network_config, num_actions)
-    mask = jnp.asarray(networks.action_mask(num_actions))
-    support = jnp.asarray(network_config.support())
-
-    @jax.jit
-    def q_fn(params, obs, game):
-        q = jnp.sum(jax.nn.softmax(network.apply(params, obs, game), axis=-1) * support, axis=-1)
-        return jnp.where(mask[game], q, -jnp.inf)
-
-    return q_fn
-
-
 def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game:
     """The game, with its mode and difficulty checked against ALE (the error lists the valid ones)."""
     g = Game(canonical_name(game))

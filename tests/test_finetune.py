@@ -192,7 +192,7 @@ def test_transfer_keeps_the_torso_and_the_games_own_head(pretrained):
         params, origin = finetune.initial_params(source.network_config, na, 7, init="pretrained",
                                                  pretrained=source, game=game, freeze="none")
         assert origin["head"] == "pretrained"
-        from sqlcli_core.finetune_online import make_q_fn
+        from sqlcli_core.checkpoint import make_q_fn
 
         q = np.asarray(make_q_fn(source.network_config, tuple(na))(params, obs, np.zeros(3, np.int32)))
         np.testing.assert_allclose(q, policy.q_values(obs, np.full(3, g, np.int32))[:, :game.num_actions],
