@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from sqlcli_core import collect as core
-from sqlcli_core.atari_env import AtariGame
-from sqlcli_core.games import Game
+from sqlcli_core.atari.env import AtariGame
+from sqlcli_core.atari.games import Game
+from sqlcli_core.data import collect as core
 
 
 def bare_loop(game: str, steps: int, seed: int = 0) -> float:

@@ -4,7 +4,7 @@ Serves a few tens of MB of real DQN-Replay-format checkpoints from a local HTTP 
 tests/replay_http_server.py) and times, in the same process, alternately:
   baseline   : urllib.request.urlopen + read(1 MiB) in one loop, file after file, no verification
   baseline+v : the same, then the same checks fetch-data makes (verify_file), serially
-  fetch-data : sqlcli_core.fetch.fetch(jobs=N): HEAD for sizes, parallel GETs into part files,
+  fetch-data : sqlcli_core.data.fetch.fetch(jobs=N): HEAD for sizes, parallel GETs into part files,
                md5 + gzip + .npy verification, atomic rename, manifest
 
     python benchmarks/bench_download.py [--mb 48] [--jobs 4] [--repeats 3]
@@ -27,7 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from replay_http_server import ReplayServer, make_tree  # noqa: E402
-from sqlcli_core import fetch as F  # noqa: E402
+
+from sqlcli_core.data import fetch as F  # noqa: E402
 
 
 def baseline_copy(base_url: str, rels: list[str], out: Path) -> int:

@@ -4,7 +4,7 @@ Same machine, same process, run back to back:
 
 - baseline: `gymnasium.make('ALE/Pong-v5')` (frame skip 4, sticky actions 0.25, RGB observations, no
   preprocessing), one environment, random actions, resetting at game over;
-- ours: `sqlcli_core.evaluation.evaluate` on Pong with N emulators (Dopamine preprocessing, 4-frame stacks),
+- ours: `sqlcli_core.evaluation.evaluate.evaluate` on Pong with N emulators (Dopamine preprocessing, 4-frame stacks),
   with (a) the random policy (epsilon 1: no forward pass) and (b) a jitted, randomly initialised Nature-DQN
   multi-game network (`networks.build_network(NetworkConfig(arch="dqn"))`) with epsilon 0.001: one batched
   forward pass for all N observations per step; for N in --num-envs and threads in --threads.
@@ -54,7 +54,7 @@ class NetworkPolicy:
         import jax.numpy as jnp
 
         from sqlcli_core import networks
-        from sqlcli_core.checkpoint import make_q_fn
+        from sqlcli_core.training.checkpoint import make_q_fn
 
         self.games, self.run_config, self.step = list(games), {}, 0
         config = networks.NetworkConfig(arch=arch)
@@ -69,7 +69,7 @@ class NetworkPolicy:
 
 
 def ours(policy, num_envs: int, threads: int, steps: int, epsilon: float) -> dict:
-    from sqlcli_core import evaluation as ev
+    from sqlcli_core.evaluation import evaluate as ev
 
     config = ev.EvalConfig(games=("Pong",), seeds=tuple(range(num_envs)), episodes=1, epsilon=epsilon,
                            max_steps=steps)
@@ -87,8 +87,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     parser.add_argument("--no-network", action="store_true", help="skip the network-policy rows")
     args = parser.parse_args()
-    from sqlcli_core import evaluation as ev
-    from sqlcli_core.games import Game
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.evaluation import evaluate as ev
 
     games = [Game("Pong")]
     policies = [("random (epsilon 1)", ev.RandomPolicy(games), 1.0)]

@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -47,7 +45,7 @@ def build_store(root: Path, rows: int) -> Path:
     """A two-game store (Pong, Breakout) of `rows` rows each, sharded from DQN-Replay-format checkpoints."""
     from replay_fixture import write_run
 
-    from sqlcli_core import store as st
+    from sqlcli_core.data import store as st
 
     src = root / "src"
     write_run(src, "Pong", 1, capacity=rows // 2, total=rows, num_actions=6, seed=1, mean_episode=200)
@@ -68,8 +66,9 @@ def step_flops(compiled) -> float | None:
 def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_bytes: int) -> dict:
     import jax
 
-    from sqlcli_core import learner, networks
-    from sqlcli_core.sampler import ReplaySampler
+    from sqlcli_core import networks
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.training import learner
 
     games = ["Pong", "Breakout"]
     num_actions = (6, 4)

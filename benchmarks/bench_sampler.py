@@ -21,9 +21,9 @@ import time
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
-from sqlcli_core import store as st
-from sqlcli_core.sampler import STACK_OFFSETS, ReplaySampler
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data import store as st
+from sqlcli_core.data.sampler import STACK_OFFSETS, ReplaySampler
 
 
 def peak_rss_mb() -> float:

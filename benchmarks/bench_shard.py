@@ -3,7 +3,7 @@
 Builds a DQN-Replay source of real ALE frames (random play, Dopamine preprocessing; cached in
 --frames-cache) tiled into ring-buffer checkpoints, then in one process:
   floor:  rf.load_npy_gz of every observation file (1 process, and --jobs processes in parallel)
-  shard:  sqlcli_core.store.shard with jobs=1 and jobs=--jobs, into fresh stores
+  shard:  sqlcli_core.data.store.shard with jobs=1 and jobs=--jobs, into fresh stores
 and prints MB/s of raw frames (rows * 7056 bytes) for each, plus the store's compression ratio.
 
     python benchmarks/bench_shard.py [--capacity 20000] [--checkpoints 4] [--runs 2] [--jobs 2]
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
-from sqlcli_core import store as st
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data import store as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -58,7 +58,6 @@ def write_source(root: Path, frames: np.ndarray, capacity: int, checkpoints: int
             add_count = capacity * (n + 1) - 1
             lo = max(0, add_count - capacity)
             phys = np.arange(lo, add_count) % capacity
-            ring = {}
             for name, src in (("observation", stream_frames), ("action", actions), ("reward", rewards), ("terminal", terminals)):
                 arr = np.zeros((capacity, *src.shape[1:]), src.dtype)
                 arr[phys] = src[lo:add_count]

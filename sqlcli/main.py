@@ -13,9 +13,19 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import typer
 
+from sqlcli.commands import (
+    collect,
+    demo,
+    eval,
+    fetch_data,
+    finetune_offline,
+    finetune_online,
+    games,
+    pretrain,
+    scale_report,
+    shard,
+)
 from sqlcli_core import __version__
-from sqlcli.commands import (collect, demo, eval, fetch_data, finetune_offline, finetune_online, games, pretrain,
-                             scale_report, shard)
 
 app = typer.Typer(
     name="sql",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,6 +43,6 @@ def handles_errors(fn: Callable) -> Callable:
             fail(exc.one_line(), exc.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to resume", highlight=False)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
 
     return wrapper

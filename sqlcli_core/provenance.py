@@ -36,5 +36,5 @@ def provenance(command: str, config: dict[str, Any], seed: int | None) -> dict[s
         "versions": package_versions(),
         "host": platform.node(),
         "platform": platform.platform(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }

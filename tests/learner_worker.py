@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.data.batch import TransitionBatch
 
 STEPS = 3
 BATCH = 8
@@ -29,7 +29,7 @@ def tiny_network():
 
 
 def tiny_learner():
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     return learner.LearnerConfig(learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
 
@@ -54,7 +54,7 @@ def train(mesh, batches, rows=slice(None)):
     """STEPS updates from seed 0 on `mesh`, feeding `rows` of each batch from this process; host params."""
     import jax
 
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     net, cfg = tiny_network(), tiny_learner()
     state = learner.init_train_state(net, NUM_ACTIONS, cfg, 0, mesh)
@@ -74,18 +74,18 @@ def _main(argv: list[str]) -> None:
     mode, out = argv[0], argv[1]
     batches = [random_batch(100 + i) for i in range(STEPS)]
     if mode == "distributed":
-        from sqlcli_core import learner
+        from sqlcli_core.training import learner
 
         coordinator, n, pid = argv[2], int(argv[3]), int(argv[4])
         assert learner.init_distributed(coordinator, n, pid)
     import jax
 
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     if mode == "devices":
         mesh4 = learner.make_mesh()
         params4, losses4, state4 = train(mesh4, batches)
-        from sqlcli_core import checkpoint
+        from sqlcli_core.training import checkpoint
 
         identity = checkpoint.run_identity(tiny_network().to_dict(), ["Breakout", "Pong"], NUM_ACTIONS)
         ckpt = checkpoint.Checkpointer(argv[2], identity, every=1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
+from sqlcli_core.data import replay_format as rf
 
 
 @dataclasses.dataclass

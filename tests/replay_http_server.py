@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
 from sqlcli_core.atomic import atomic_output
+from sqlcli_core.data import replay_format as rf
 
 
 def make_tree(root: Path, games=("Pong",), runs=(1, 2), checkpoints=(0, 1, 2), capacity: int = 50,
@@ -160,7 +160,7 @@ class ReplayServer:
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    def __enter__(self) -> "ReplayServer":
+    def __enter__(self) -> ReplayServer:
         self._thread.start()
         return self
 

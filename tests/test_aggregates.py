@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from sqlcli_core import aggregates as agg
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation import aggregates as agg
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (5, 40), (7, 3), (10, 1)])

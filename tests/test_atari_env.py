@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from sqlcli_core.atari_env import AtariGame, area_resize
+from sqlcli_core.atari.env import AtariGame, area_resize
+from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game
 
 
 def test_area_resize_matches_opencv():

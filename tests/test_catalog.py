@@ -2,7 +2,7 @@
 
 import pytest
 
-from sqlcli_core import games as catalog
+from sqlcli_core.atari import games as catalog
 from sqlcli_core.errors import UsageError
 
 # ../shared/spec/atari_games.md, "Minimal action-set sizes (ale-py 0.12)": an independent table.

@@ -17,11 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import collect as core
-from sqlcli_core import replay_format as rf
-from sqlcli_core.atari_env import PROTOCOLS, AtariGame
+from sqlcli_core.atari.env import PROTOCOLS, AtariGame
+from sqlcli_core.atari.games import Game
+from sqlcli_core.data import collect as core
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game
 
 pytestmark = pytest.mark.slow
 
@@ -281,7 +281,8 @@ def make_tiny_run(run_dir, games):
     """A real run directory (run.json + Orbax checkpoint) of a narrow, randomly initialised network."""
     import jax
 
-    from sqlcli_core import checkpoint, networks
+    from sqlcli_core import networks
+    from sqlcli_core.training import checkpoint
 
     config = networks.NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
                                     spatial_embedding_features=2, num_groups=1)
@@ -299,8 +300,8 @@ def make_tiny_run(run_dir, games):
 
 
 def test_checkpoint_policy_acts_greedily_on_the_stacked_frames(tmp_path):
-    pytest.importorskip("sqlcli_core.checkpoint")
-    from sqlcli_core.checkpoint import load_policy
+    pytest.importorskip("sqlcli_core.training.checkpoint")
+    from sqlcli_core.training.checkpoint import load_policy
 
     run = tmp_path / "run"
     make_tiny_run(run, ["Pong", "Breakout"])

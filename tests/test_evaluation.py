@@ -1,4 +1,4 @@
-"""`sql eval` and sqlcli_core.evaluation on real ALE emulators.
+"""`sql eval` and sqlcli_core.evaluation.evaluate on real ALE emulators.
 
 References: a plain one-emulator re-derivation of the batched loop (frame stack, epsilon-greedy, seeds),
 the published random scores of the Atari-57 table, and hand-made policies whose actions are known.
@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import evaluation as ev
-from sqlcli_core.atari_env import PROTOCOLS, AtariGame
+from sqlcli_core.atari.env import PROTOCOLS, AtariGame
+from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game
+from sqlcli_core.evaluation import evaluate as ev
 
 runner = CliRunner()
 
@@ -215,7 +215,8 @@ def test_quick_look_is_marked_resumes_and_records(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real run directory with a real Orbax checkpoint of a tiny DQN-torso network for Pong and Breakout."""
-    from sqlcli_core import checkpoint, learner, networks
+    from sqlcli_core import networks
+    from sqlcli_core.training import checkpoint, learner
 
     run = tmp_path_factory.mktemp("run")
     config = networks.NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
@@ -244,7 +245,7 @@ class GreedyOf:
 
 @pytest.mark.slow
 def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
-    from sqlcli_core.checkpoint import load_policy
+    from sqlcli_core.training.checkpoint import load_policy
 
     refused = runner.invoke(app, ["eval", str(tiny_run), "--games", "pong,boxing"])
     assert refused.exit_code == 2

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_http_server import ReplayServer, make_tree
 from typer.testing import CliRunner
 
-from replay_http_server import ReplayServer, make_tree
 from sqlcli.main import app
-from sqlcli_core import fetch as F
-from sqlcli_core import replay_format as rf
+from sqlcli_core.data import fetch as F
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import ResourceError, SourceUnavailable, UsageError
 
 FAST = F.FetchConfig(jobs=3, retries=3, backoff_base=0.001, backoff_max=0.01)

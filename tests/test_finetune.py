@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import checkpoint, finetune, learner
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.atari.games import Game
+from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.finetune_online import EpsilonSchedule, OnlineConfig, grad_steps_due, run_online
-from sqlcli_core.games import Game
-from sqlcli_core.online_replay import OnlineReplay, ReplayConfig
+from sqlcli_core.training import checkpoint, finetune, learner
+from sqlcli_core.training.finetune_online import EpsilonSchedule, OnlineConfig, grad_steps_due, run_online
 
 runner = CliRunner()
 PRETRAIN_GAMES = "breakout,pong"
@@ -192,7 +192,7 @@ def test_transfer_keeps_the_torso_and_the_games_own_head(pretrained):
         params, origin = finetune.initial_params(source.network_config, na, 7, init="pretrained",
                                                  pretrained=source, game=game, freeze="none")
         assert origin["head"] == "pretrained"
-        from sqlcli_core.checkpoint import make_q_fn
+        from sqlcli_core.training.checkpoint import make_q_fn
 
         q = np.asarray(make_q_fn(source.network_config, tuple(na))(params, obs, np.zeros(3, np.int32)))
         np.testing.assert_allclose(q, policy.q_values(obs, np.full(3, g, np.int32))[:, :game.num_actions],
@@ -354,7 +354,7 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
 
 
 def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
-    from sqlcli_core.finetune_offline import select_segments
+    from sqlcli_core.training.finetune_offline import select_segments
 
     meta = {"rows": 1000, "segments": [[0, 600, 0], [600, 1000, 700]],  # 100 stream rows lost before row 600
             "checkpoints": [{"checkpoint": 0, "rows_start": 0, "rows_end": 300},
@@ -367,7 +367,7 @@ def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
 
 
 def _offline(data, steps, **kw):
-    from sqlcli_core.finetune_offline import OfflineConfig
+    from sqlcli_core.training.finetune_offline import OfflineConfig
 
     base = dict(game="alien", data=str(data), steps=steps, transitions=300, batch_size=8, checkpoint_every=2,
                 log_every=2, final_seeds=1, final_episodes=1, eval_max_steps=20, cache_bytes=16 << 20,
@@ -378,7 +378,7 @@ def _offline(data, steps, **kw):
 
 @pytest.mark.slow
 def test_offline_trains_on_the_slice_resumes_and_evaluates(pretrained, data_root, tmp_path):
-    from sqlcli_core.finetune_offline import run_offline
+    from sqlcli_core.training.finetune_offline import run_offline
 
     straight = run_offline(_offline(data_root, 4), run_dir=tmp_path / "a", source=pretrained)
     run_offline(_offline(data_root, 2), run_dir=tmp_path / "b", source=pretrained)

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import learner_worker as lw
 import numpy as np
 import pytest
 
-import learner_worker as lw
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.errors import UsageError
 
 HERE = Path(__file__).parent
@@ -67,7 +67,7 @@ def test_four_devices_match_one_device(four_devices):
 def test_checkpoint_from_four_devices_restores_on_one(four_devices, setup):
     import jax
 
-    from sqlcli_core import checkpoint, learner
+    from sqlcli_core.training import checkpoint, learner
 
     net, cfg, mesh, _ = setup
     run = Path(four_devices.fid.name).parent / "run"
@@ -108,7 +108,7 @@ def test_two_processes_train_in_lockstep(four_devices, tmp_path):
 
 
 def test_init_distributed_needs_all_three_settings(monkeypatch):
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     for name in ("SQL_COORDINATOR", "SQL_NUM_PROCESSES", "SQL_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
                  "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
@@ -127,7 +127,7 @@ def test_init_distributed_needs_all_three_settings(monkeypatch):
 
 @pytest.fixture(scope="module")
 def setup():
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     net, cfg = lw.tiny_network(), lw.tiny_learner()
     mesh = learner.make_mesh(learner.jax.devices()[:1])
@@ -144,7 +144,7 @@ def _tree_equal(a, b) -> bool:
 def test_target_network_is_a_hard_copy_every_period(setup):
     import jax
 
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     net, cfg, mesh, step = setup
     state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 3, mesh)
@@ -211,7 +211,7 @@ def _true_values(gamma: float):
 def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
     import jax
 
-    from sqlcli_core import checkpoint, learner
+    from sqlcli_core.training import checkpoint, learner
 
     net, cfg, mesh, step = setup
     state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
@@ -257,7 +257,7 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
 
 
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
-    from sqlcli_core import checkpoint, learner
+    from sqlcli_core.training import checkpoint, learner
 
     net, cfg, mesh, _ = setup
     state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
@@ -288,7 +288,7 @@ def test_bf16_compute_keeps_float32_master_weights(setup):
 
     import jax
 
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     net, cfg, mesh, step32 = setup
     net16 = dataclasses.replace(net, compute_dtype="bfloat16")

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sqlcli_core.batch import TransitionBatch
-from sqlcli_core.losses import make_loss_fn, projected_target, scaled_ql_loss
+from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.methods.losses import make_loss_fn, projected_target, scaled_ql_loss
 from sqlcli_core.networks import NetworkConfig, action_mask, build_network
 
 SUPPORT = np.linspace(-2.0, 2.0, 5).astype(np.float32)  # 5 atoms, spacing 1: easy to reason about

@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.methods.losses import scaled_ql_loss
 from sqlcli_core.networks import (
-    NetworkConfig, abstract_params, action_mask, build_network, count_parameters, parameter_table,
+    NetworkConfig,
+    abstract_params,
+    action_mask,
+    build_network,
+    count_parameters,
+    parameter_table,
     shared_features,
 )
 from sqlcli_core.networks.heads import SpatialEmbedding, head_offsets, l2_normalize
-from sqlcli_core.losses import scaled_ql_loss
 
 NUM_ACTIONS = (3, 6, 4)
 TINY_DQN = NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=7, spatial_embedding_features=2)
@@ -195,7 +200,7 @@ def test_bad_observation_shape_is_a_clear_error(tiny_dqn):
 
 
 def test_parameter_table_for_real_games():
-    from sqlcli_core.games import resolve_games
+    from sqlcli_core.atari.games import resolve_games
 
     table = parameter_table(NetworkConfig(arch="dqn"), resolve_games("pong,breakout"))
     assert table["num_actions"] == [6, 4]  # ALE minimal action sets

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import replay_format as rf
-from sqlcli_core.sampler import ReplaySampler
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data.sampler import ReplaySampler
 
 GAMES = ("Pong", "Breakout")
 CAPACITY = 400

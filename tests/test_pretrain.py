@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import store as st
+from sqlcli_core.data import store as st
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixture import write_run  # noqa: E402
@@ -57,7 +57,7 @@ def committed_steps(run: Path) -> list[int]:
 def final_params(run: Path) -> dict:
     import jax
 
-    from sqlcli_core.checkpoint import load_policy
+    from sqlcli_core.training.checkpoint import load_policy
 
     policy = load_policy(run)
     return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from sqlcli_core import replay_format as rf
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sqlcli_core import store as st
+from sqlcli_core.data import store as st
+from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler, reference_transition
 from sqlcli_core.errors import ResourceError, UsageError
-from sqlcli_core.sampler import ReferenceSampler, ReplaySampler, reference_transition
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixture import write_run  # noqa: E402

@@ -16,14 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core import scale_report as sr
+from sqlcli_core.analysis import scale_report as sr
 
 runner = CliRunner()
 
 
 def make_store(root: Path, composition: str) -> Path:
     """A Zarr store (the real store API) whose Pong and Breakout run 1 hold `composition`'s checkpoints."""
-    from sqlcli_core import fetch, store
+    from sqlcli_core.data import fetch, store
 
     path = root / "stores" / f"{composition.replace(':', '_')}.zarr"
     if not path.exists():
@@ -278,8 +278,8 @@ def test_arch_family_and_parameter_totals():
 
 def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
     """run.json from the real writer (checkpoint.prepare_run_dir) with real parameter counts."""
-    checkpoint = pytest.importorskip("sqlcli_core.checkpoint")
-    learner = pytest.importorskip("sqlcli_core.learner")
+    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
+    learner = pytest.importorskip("sqlcli_core.training.learner")
     from sqlcli_core import networks
 
     games = ["Pong", "Breakout"]

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sqlcli_core import replay_format as rf
-from sqlcli_core import store as st
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data import store as st
+from sqlcli_core.data.sampler import reference_is_valid
 from sqlcli_core.errors import DataError
-from sqlcli_core.sampler import reference_is_valid
 
 sys.path.insert(0, str(Path(__file__).parent))
 from replay_fixture import complete_episodes, covered_segments, stored_positions, write_run  # noqa: E402

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import collect as core
-from sqlcli_core import games as catalog
-from sqlcli_core import replay_format as rf
-from sqlcli_core.atari_env import PROTOCOLS, get_protocol
+from sqlcli_core.atari import games as catalog
+from sqlcli_core.atari.env import PROTOCOLS, get_protocol
+from sqlcli_core.data import collect as core
+from sqlcli_core.data import replay_format as rf
 
 
 @handles_errors
@@ -22,8 +21,8 @@ def collect(
     runs: int = typer.Option(1, "--runs", min=1, help="Number of runs per game, numbered 1..RUNS like the bucket. Default 1."),
     transitions: int = typer.Option(1_000_000, "--transitions", help="Agent steps (logged transitions) per run; rows = transitions + 3 padding rows per episode. Default 1,000,000."),
     capacity: int = typer.Option(rf.BUCKET_CAPACITY, "--capacity", help="Ring-buffer rows per checkpoint file. Default 1,000,000 (the bucket's; 7 GB of frames in memory per run)."),
-    mode: Optional[int] = typer.Option(None, "--mode", help="ALE game mode (default: the game's default); checked against ALE's list."),
-    difficulty: Optional[int] = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default); checked against ALE's list."),
+    mode: int | None = typer.Option(None, "--mode", help="ALE game mode (default: the game's default); checked against ALE's list."),
+    difficulty: int | None = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default); checked against ALE's list."),
     seed: int = typer.Option(0, "--seed", help="Seed of the emulators (sticky actions) and the policy; each game/run derives its own. Default 0."),
     policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, sticky-random (epsilon-greedy around repeating the last action), pattern:A,B,... (epsilon-greedy around a fixed action cycle) or checkpoint:RUN_DIR (epsilon-greedy around a trained run's argmax Q). Default random."),
     epsilon: float = typer.Option(0.1, "--epsilon", help="Probability of a uniform random action for sticky-random, pattern and checkpoint (unused by random). Default 0.1."),

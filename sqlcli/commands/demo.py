@@ -17,9 +17,9 @@ from pathlib import Path
 import typer
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
-from sqlcli_core.games import resolve_games
 
 
 class StepFailed(SqlError):

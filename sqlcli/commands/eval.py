@@ -11,11 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import evaluation as ev
-from sqlcli_core.atari_env import get_protocol
+from sqlcli_core.atari.env import get_protocol
+from sqlcli_core.atari.games import canonical_name, resolve_games
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.games import canonical_name, resolve_games
+from sqlcli_core.evaluation import evaluate as ev
 from sqlcli_core.provenance import provenance
 
 POLICIES = ("checkpoint", "random")
@@ -172,7 +172,7 @@ def eval_command(
     if policy_kind == "checkpoint":
         if checkpoint_or_run is None:
             raise UsageError("no checkpoint given", hint="pass a run directory, or use --policy random")
-        from sqlcli_core.checkpoint import load_policy
+        from sqlcli_core.training.checkpoint import load_policy
 
         policy = load_policy(checkpoint_or_run)
         source = Path(checkpoint_or_run).resolve()  # one name per checkpoint, whatever the working directory

@@ -5,14 +5,13 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import fetch as F
+from sqlcli_core.data import fetch as F
 from sqlcli_core.errors import DataError, SourceUnavailable, UsageError
 
 
@@ -22,15 +21,15 @@ def fetch_data(
                               "names; only the 60 DQN-Replay games exist in the bucket."),
     out: Path = typer.Option(..., "--out", help="Root directory; files land in OUT/{Game}/{run}/replay_logs/."),
     runs: str = typer.Option("1-5", "--runs", help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3 (default: all five)."),
-    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Checkpoint suffixes 0-50 as ranges, "
+    checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes 0-50 as ranges, "
                                               "e.g. 0-9 or 0-9,20, or 'all'. Give this or --subset."),
-    subset: Optional[str] = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%), "
+    subset: str | None = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%), "
                                          "near-optimal (0-50) or last:N (the last N checkpoints)."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
+    base_url: str | None = typer.Option(None, "--base-url", help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
                                            f"(needs: pip install 'scaled-ql\\[gcs]'). Default: {F.PUBLIC_BUCKET_URL}."),
-    from_dir: Optional[Path] = typer.Option(None, "--from", help="Copy from a local directory with the same layout "
+    from_dir: Path | None = typer.Option(None, "--from", help="Copy from a local directory with the same layout "
                                             "instead of downloading."),
-    link: Optional[str] = typer.Option(None, "--link", help="With --from: 'hard' (hard links) or 'symlink' "
+    link: str | None = typer.Option(None, "--link", help="With --from: 'hard' (hard links) or 'symlink' "
                                        "instead of copying. Default: copy."),
     jobs: int = typer.Option(4, "--jobs", min=1, max=64, help="Files transferred in parallel (threads). Default 4."),
     retries: int = typer.Option(5, "--retries", min=0, help="Further tries per file after a failure (5xx, dropped "

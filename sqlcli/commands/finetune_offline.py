@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,15 +11,15 @@ from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 
 @handles_errors
 def finetune_offline(
-    source: Optional[Path] = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
+    source: Path | None = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
                                           "With --init scratch it only sets the architecture."),
     game: str = typer.Option(..., "--game", help="The new game, e.g. Alien (any case, ALE ids accepted)."),
     data: Path = typer.Option(..., "--data", help="Zarr store written by `sql shard` that holds the game's data."),
     run_dir: Path = typer.Option(..., "--run-dir", help="Output run directory; re-running the same command resumes it."),
     transitions: int = typer.Option(2_000_000, "--transitions", help="Rows of the game's data to train on (first ones "
                                     "of the chosen runs/checkpoints, in stream order). Default 2,000,000 (paper)."),
-    runs: Optional[str] = typer.Option(None, "--runs", help="Run numbers of the store to use, e.g. 1 or 1-5. Default: all."),
-    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="DQN-Replay checkpoint numbers to use, e.g. 0-1. Default: all in the store."),
+    runs: str | None = typer.Option(None, "--runs", help="Run numbers of the store to use, e.g. 1 or 1-5. Default: all."),
+    checkpoints: str | None = typer.Option(None, "--checkpoints", help="DQN-Replay checkpoint numbers to use, e.g. 0-1. Default: all in the store."),
     init: str = typer.Option("pretrained", "--init", help="pretrained (torso from --from) or scratch (the baseline)."),
     freeze: str = typer.Option("none", "--freeze", help="none (train all), torso, or shared (torso + embedding + projection)."),
     steps: int = typer.Option(50_000, "--steps", help="Gradient steps. Default 50,000 (ours)."),
@@ -43,7 +42,7 @@ def finetune_offline(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
-    from sqlcli_core.finetune_offline import OfflineConfig, run_offline
+    from sqlcli_core.training.finetune_offline import OfflineConfig, run_offline
 
     config = OfflineConfig(
         game=game, data=str(data), init=init, freeze=freeze, transitions=transitions, runs=runs,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,12 +11,12 @@ from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 
 @handles_errors
 def finetune_online(
-    source: Optional[Path] = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
+    source: Path | None = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
                                           "With --init scratch it only sets the architecture."),
     game: str = typer.Option(..., "--game", help="Game, e.g. breakout (any case, ALE ids accepted)."),
-    mode: Optional[int] = typer.Option(None, "--mode", help="ALE game mode (default: the game's default). "
+    mode: int | None = typer.Option(None, "--mode", help="ALE game mode (default: the game's default). "
                                        "Invalid values are refused with ALE's list."),
-    difficulty: Optional[int] = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default)."),
+    difficulty: int | None = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default)."),
     run_dir: Path = typer.Option(..., "--run-dir", help="Output run directory; re-running the same command resumes it."),
     steps: int = typer.Option(20_000, "--steps", help="Agent steps (transitions over all environments). Default 20000 (paper)."),
     init: str = typer.Option("pretrained", "--init", help="pretrained (torso from --from) or scratch (the baseline)."),
@@ -48,7 +47,7 @@ def finetune_online(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
-    from sqlcli_core.finetune_online import OnlineConfig, run_online
+    from sqlcli_core.training.finetune_online import OnlineConfig, run_online
 
     config = OnlineConfig(
         game=game, mode=mode, difficulty=difficulty, init=init, freeze=freeze, steps=steps, num_envs=num_envs,

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import games as catalog
+from sqlcli_core.atari import games as catalog
 
 
 @handles_errors

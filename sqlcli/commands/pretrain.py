@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -51,7 +51,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def parse_game_weights(value: Any) -> dict[str, float] | None:
     """'Pong=2,Breakout=1' (or a TOML table) -> {"Pong": 2.0, "Breakout": 1.0}, names canonicalised."""
-    from sqlcli_core.games import canonical_name
+    from sqlcli_core.atari.games import canonical_name
 
     if value is None or value == "":
         return None
@@ -80,7 +80,8 @@ def parse_game_weights(value: Any) -> dict[str, float] | None:
 
 def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
     """Defaults <- TOML <- flags that were given (not None) -> (flat dict, learner.PretrainConfig)."""
-    from sqlcli_core import learner, networks
+    from sqlcli_core import networks
+    from sqlcli_core.training import learner
 
     settings = dict(DEFAULTS)
     if config_file is not None:
@@ -122,35 +123,35 @@ def _parts_table(table: dict) -> Table:
 
 @handles_errors
 def pretrain(
-    data: Optional[str] = typer.Option(None, "--data", help="Zarr store written by `sql shard` (path). Required."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory: created if missing, resumed from its newest checkpoint if present. Required."),
-    games: Optional[str] = typer.Option(None, "--games", help="Training games: a set (atari40, ...) or comma-separated names. Default: atari40."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="Torso: dqn, impala, resnet18/34/50/101/152. Default: resnet101."),
-    width: Optional[float] = typer.Option(None, "--width", help="Channel multiplier of the torso. Default: 1.0."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Global batch (samples per step, over all devices and processes). Default: 512."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate. Default: 2e-4."),
-    adam_eps: Optional[float] = typer.Option(None, "--adam-eps", help="Adam epsilon. Default: 3.125e-4."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="CQL weight (0 = plain C51). Default: 0.05."),
-    n_step: Optional[int] = typer.Option(None, "--n-step", help="n of the n-step returns (transitions). Default: 3."),
-    gamma: Optional[float] = typer.Option(None, "--gamma", help="Discount per agent step. Default: 0.99."),
-    num_atoms: Optional[int] = typer.Option(None, "--num-atoms", help="C51 atoms. Default: 51."),
-    v_min: Optional[float] = typer.Option(None, "--v-min", help="Lowest atom (return units, clipped rewards). Default: -10."),
-    v_max: Optional[float] = typer.Option(None, "--v-max", help="Highest atom (return units, clipped rewards). Default: 10."),
-    target_update_period: Optional[int] = typer.Option(None, "--target-update-period", help="Gradient steps between hard target copies. Default: 2000."),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="Clip gradients to this global L2 norm. Default: no clipping."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Total gradient steps of the run (a re-run continues up to it). Default: 10,000,000."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initial parameters and of the sampler. Default: 0."),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="Gradient steps between checkpoints (the last step is always saved). Default: 1000."),
-    keep: Optional[int] = typer.Option(None, "--keep", help="Checkpoints kept (newest). Default: 3."),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="Gradient steps per metrics line (averaged over them). Default: 100."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="Compute the network in bfloat16 (params and Adam stay float32). Default: off."),
-    game_weights: Optional[str] = typer.Option(None, "--game-weights", help="Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1). Default: the sampler's."),
-    cache_bytes: Optional[int] = typer.Option(None, "--cache-bytes", help="Sampler chunk cache per process, in bytes. Default: the sampler's."),
-    prefetch: Optional[int] = typer.Option(None, "--prefetch", help="Batches prepared ahead on the devices by a background thread. Default: 2."),
-    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="HOST:PORT of process 0 for a multi-process run (or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process."),
-    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Processes of a multi-process run (or SQL_NUM_PROCESSES). Default: 1."),
-    process_id: Optional[int] = typer.Option(None, "--process-id", help="This process's id, 0..N-1 (or SQL_PROCESS_ID). Default: 0."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML file with any of the settings (flat keys named like the options); flags override it."),
+    data: str | None = typer.Option(None, "--data", help="Zarr store written by `sql shard` (path). Required."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory: created if missing, resumed from its newest checkpoint if present. Required."),
+    games: str | None = typer.Option(None, "--games", help="Training games: a set (atari40, ...) or comma-separated names. Default: atari40."),
+    arch: str | None = typer.Option(None, "--arch", help="Torso: dqn, impala, resnet18/34/50/101/152. Default: resnet101."),
+    width: float | None = typer.Option(None, "--width", help="Channel multiplier of the torso. Default: 1.0."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch (samples per step, over all devices and processes). Default: 512."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate. Default: 2e-4."),
+    adam_eps: float | None = typer.Option(None, "--adam-eps", help="Adam epsilon. Default: 3.125e-4."),
+    alpha: float | None = typer.Option(None, "--alpha", help="CQL weight (0 = plain C51). Default: 0.05."),
+    n_step: int | None = typer.Option(None, "--n-step", help="n of the n-step returns (transitions). Default: 3."),
+    gamma: float | None = typer.Option(None, "--gamma", help="Discount per agent step. Default: 0.99."),
+    num_atoms: int | None = typer.Option(None, "--num-atoms", help="C51 atoms. Default: 51."),
+    v_min: float | None = typer.Option(None, "--v-min", help="Lowest atom (return units, clipped rewards). Default: -10."),
+    v_max: float | None = typer.Option(None, "--v-max", help="Highest atom (return units, clipped rewards). Default: 10."),
+    target_update_period: int | None = typer.Option(None, "--target-update-period", help="Gradient steps between hard target copies. Default: 2000."),
+    max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", help="Clip gradients to this global L2 norm. Default: no clipping."),
+    steps: int | None = typer.Option(None, "--steps", help="Total gradient steps of the run (a re-run continues up to it). Default: 10,000,000."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the initial parameters and of the sampler. Default: 0."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Gradient steps between checkpoints (the last step is always saved). Default: 1000."),
+    keep: int | None = typer.Option(None, "--keep", help="Checkpoints kept (newest). Default: 3."),
+    log_every: int | None = typer.Option(None, "--log-every", help="Gradient steps per metrics line (averaged over them). Default: 100."),
+    bf16: bool | None = typer.Option(None, "--bf16/--no-bf16", help="Compute the network in bfloat16 (params and Adam stay float32). Default: off."),
+    game_weights: str | None = typer.Option(None, "--game-weights", help="Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1). Default: the sampler's."),
+    cache_bytes: int | None = typer.Option(None, "--cache-bytes", help="Sampler chunk cache per process, in bytes. Default: the sampler's."),
+    prefetch: int | None = typer.Option(None, "--prefetch", help="Batches prepared ahead on the devices by a background thread. Default: 2."),
+    coordinator: str | None = typer.Option(None, "--coordinator", help="HOST:PORT of process 0 for a multi-process run (or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process."),
+    num_processes: int | None = typer.Option(None, "--num-processes", help="Processes of a multi-process run (or SQL_NUM_PROCESSES). Default: 1."),
+    process_id: int | None = typer.Option(None, "--process-id", help="This process's id, 0..N-1 (or SQL_PROCESS_ID). Default: 0."),
+    config_file: Path | None = typer.Option(None, "--config", help="TOML file with any of the settings (flat keys named like the options); flags override it."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the parameter count per part and exit without reading data or training."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -167,7 +168,7 @@ def pretrain(
         _dry_run(config_file, flags, as_json)
         return
 
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     # Joining a multi-process job must precede every other JAX call.
     learner.init_distributed(coordinator, num_processes, process_id)
@@ -212,7 +213,7 @@ def pretrain(
 
 def _dry_run(config_file: Path | None, flags: dict, as_json: bool) -> None:
     from sqlcli_core import networks
-    from sqlcli_core.games import resolve_games
+    from sqlcli_core.atari.games import resolve_games
 
     flags = {**flags, "data": flags["data"] or "-", "run_dir": flags["run_dir"] or "-"}
     settings, config = resolve_settings(config_file, flags)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import scale_report as sr
+from sqlcli_core.analysis import scale_report as sr
 from sqlcli_core.provenance import provenance
 
 

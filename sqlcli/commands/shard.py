@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core import store as st
+from sqlcli_core.atari.games import resolve_games
+from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import resolve_games
 from sqlcli_core.provenance import provenance
 
 
@@ -46,13 +45,13 @@ class _Bars:
 def shard(
     src: Path = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
                                "with --verify: the store to check."),
-    dst: Optional[Path] = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
+    dst: Path | None = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
     verify: bool = typer.Option(False, "--verify", help="Re-read the store SRC and check it against its recorded "
                                 "content hashes and counts; writes nothing."),
-    games: Optional[str] = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
+    games: str | None = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
                                         "game directory under SRC)."),
-    runs: Optional[str] = typer.Option(None, "--runs", help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
-    checkpoints: Optional[str] = typer.Option(None, "--checkpoints", help="Checkpoint suffixes, e.g. 0-9 for the "
+    runs: str | None = typer.Option(None, "--runs", help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
+    checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes, e.g. 0-9 for the "
                                               "sub-optimal 20% (default: all present)."),
     jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", min=1, help="Game/runs sharded in parallel "
                              "worker processes (default: min(4, CPUs))."),

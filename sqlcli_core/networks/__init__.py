@@ -17,7 +17,8 @@ See docs/networks.md for the choices and which ones are the paper's.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import haiku as hk
 import jax
@@ -88,7 +89,7 @@ class NetworkConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
+    def from_dict(cls, d: Mapping[str, Any]) -> NetworkConfig:
         """Inverse of to_dict; unknown keys are an error (a run made by a newer version)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

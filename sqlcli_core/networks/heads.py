@@ -13,7 +13,7 @@ columns receive gradient only from that game's samples.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import haiku as hk
 import jax

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import functools
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlcli_core.errors import UsageError
 
@@ -178,7 +178,7 @@ def _quiet_ale():
     return ale_py
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
     ale_py = _quiet_ale()
     from ale_py import roms

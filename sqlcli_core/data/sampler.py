@@ -33,15 +33,16 @@ import dataclasses
 import fractions
 import queue
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
-from sqlcli_core import store as st
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.atari.games import Game, canonical_name
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data import store as st
+from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.errors import ResourceError, UsageError
-from sqlcli_core.games import Game, canonical_name
 
 STATE_FORMAT = "sql-replay-sampler"
 STATE_VERSION = 1

@@ -24,19 +24,20 @@ import functools
 import io
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.atari_env import AtariGame, get_protocol
+from sqlcli_core.atari.env import AtariGame, get_protocol
+from sqlcli_core.atari.games import Game, canonical_name, validate_variant
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
-from sqlcli_core.checkpoint import make_q_fn
+from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game, canonical_name, validate_variant
-from sqlcli_core.online_replay import OnlineReplay, ReplayConfig
+from sqlcli_core.training.checkpoint import make_q_fn
 
 COMMAND = "finetune-online"
 STACK = 4
@@ -114,7 +115,7 @@ class OnlineConfig:
                             gamma=self.gamma)
 
     def learner_config(self):
-        from sqlcli_core.learner import LearnerConfig
+        from sqlcli_core.training.learner import LearnerConfig
 
         return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
                              gamma=self.gamma, target_update_period=self.target_update_period)
@@ -222,7 +223,7 @@ def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game
 
 def _check_resume_settings(run_dir: Path, config: OnlineConfig, source: str | None) -> None:
     """Refuse to continue a run directory that was started with other settings."""
-    from sqlcli_core import checkpoint
+    from sqlcli_core.training import checkpoint
 
     if not (run_dir / checkpoint.RUN_FILE).exists():
         return
@@ -242,7 +243,7 @@ def _check_resume_settings(run_dir: Path, config: OnlineConfig, source: str | No
 
 def write_curve_csv(run_dir: Path) -> Path:
     """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
-    from sqlcli_core.checkpoint import METRICS_FILE
+    from sqlcli_core.training.checkpoint import METRICS_FILE
 
     rows = []
     for line in (run_dir / METRICS_FILE).read_text().splitlines():
@@ -266,8 +267,10 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     source: the pre-trained run (for init 'pretrained'; for 'scratch' it gives only the architecture).
     Re-running with the same arguments resumes from the newest checkpoint, or does nothing when finished.
     """
-    from sqlcli_core import checkpoint, evaluation, finetune, learner, networks
+    from sqlcli_core import networks
+    from sqlcli_core.evaluation import evaluate as evaluation
     from sqlcli_core.provenance import provenance
+    from sqlcli_core.training import checkpoint, finetune, learner
 
     run_dir = Path(run_dir)
     game = resolve_variant(config.game, config.mode, config.difficulty)

@@ -17,16 +17,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.games import Game
 
 INITS = ("pretrained", "scratch")
 FREEZE_CHOICES = ("none", "torso", "shared")
@@ -60,7 +61,8 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     Refuses, with one line each: a path that is no run, a checkpoint that holds no torso, and a checkpoint
     whose arrays do not match the architecture its run.json declares.
     """
-    from sqlcli_core import checkpoint, networks
+    from sqlcli_core import networks
+    from sqlcli_core.training import checkpoint
 
     path = Path(run_or_checkpoint)
     if not path.exists():
@@ -100,7 +102,7 @@ def _saved_param_shapes(run_dir: Path, identity: dict, step: int | None) -> dict
     """{module: {name: shape}} of the `params` saved in a checkpoint, read from Orbax's metadata only."""
     import orbax.checkpoint as ocp
 
-    from sqlcli_core import checkpoint
+    from sqlcli_core.training import checkpoint
 
     ckpt = checkpoint.Checkpointer(run_dir, identity, read_only=True)
     try:
@@ -191,7 +193,7 @@ def trainable_labels(params: Any, freeze: str) -> Any:
 
 def make_finetune_optimizer(learner_config, labels: Any) -> optax.GradientTransformation:
     """The learner's optimizer on trainable leaves; frozen leaves get zero updates (and no Adam state)."""
-    from sqlcli_core import learner
+    from sqlcli_core.training import learner
 
     return optax.multi_transform({"train": learner.make_optimizer(learner_config), "freeze": optax.set_to_zero()},
                                  labels)
@@ -211,7 +213,8 @@ def cached_finetune_step(network_config, num_actions: tuple[int, ...], learner_c
                          devices: tuple) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, jitted step) for one setting, built once per process so that several runs in one
     process (the benchmark, tests) compile once. `devices`: the mesh's devices."""
-    from sqlcli_core import learner, networks
+    from sqlcli_core import networks
+    from sqlcli_core.training import learner
 
     labels = trainable_labels(networks.abstract_params(network_config, num_actions), freeze)
     optimizer = make_finetune_optimizer(learner_config, labels)

@@ -15,14 +15,14 @@ Per sample of game g (spec: docs/../shared/spec/scaled_ql.md, "Objective"):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 import rlax
 
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.data.batch import TransitionBatch
 
 
 def categorical_mean(logits: jax.Array, support: jax.Array) -> jax.Array:

@@ -1,6 +1,6 @@
 """Play real ALE games with a multi-game Q-policy: many emulators stepped together, one batched call per step.
 
-The protocol is Dopamine's, which produced DQN-Replay (`sqlcli_core.atari_env.PROTOCOLS`): sticky actions,
+The protocol is Dopamine's, which produced DQN-Replay (`sqlcli_core.atari.env.PROTOCOLS`): sticky actions,
 frame skip 4 with max-pool, 84x84 grayscale, 4 stacked frames (at reset the stack is [0, 0, 0, o0], as in
 the data), epsilon-greedy with the protocol's epsilon, episodes ended at game over or at the step cap.
 
@@ -21,22 +21,24 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterable, Protocol as TypingProtocol, Sequence, runtime_checkable
+from typing import Protocol as TypingProtocol
+from typing import runtime_checkable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sqlcli_core.atari_env import OBS_SHAPE, AtariGame, Protocol
+from sqlcli_core.atari.env import OBS_SHAPE, AtariGame, Protocol
+from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game, game_index, validate_variant
 
 FRAME_STACK = 4
 
 
 @runtime_checkable
 class QPolicy(TypingProtocol):
-    """What `evaluate` needs of a policy (the contract of `sqlcli_core.checkpoint.load_policy`)."""
+    """What `evaluate` needs of a policy (the contract of `sqlcli_core.training.checkpoint.load_policy`)."""
 
     games: list[Game]
     run_config: dict
@@ -322,7 +324,7 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
                 _step_streams(streams, actions)
             else:
                 chunks = np.array_split(np.arange(n), min(threads, n))
-                list(pool.map(lambda idx: _step_streams([streams[i] for i in idx], [actions[i] for i in idx]),
+                list(pool.map(lambda idx, acts=actions: _step_streams([streams[i] for i in idx], [acts[i] for i in idx]),
                               chunks))
             stats.env_steps += n
             if any(s.over or s.length >= config.max_steps for s in streams):
@@ -397,8 +399,8 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
     with a reference score, played in the default mode and difficulty; the rest are reported raw and listed
     as excluded, with a note.
     """
-    from sqlcli_core import aggregates
-    from sqlcli_core.games import REFERENCE_SCORE_SOURCE
+    from sqlcli_core.atari.games import REFERENCE_SCORE_SOURCE
+    from sqlcli_core.evaluation import aggregates
 
     by_game = per_game_scores(results, config.games)
     missing = [g for g, eps in by_game.items() if len(eps) != len(config.seeds) * config.episodes]

@@ -33,16 +33,17 @@ import urllib.parse
 import urllib.request
 import zlib
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Protocol, Sequence
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
+from sqlcli_core.atari.games import DQN_REPLAY60, resolve_games
 from sqlcli_core.atomic import write_json
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError, ResourceError, SourceUnavailable, UsageError
-from sqlcli_core.games import DQN_REPLAY60, resolve_games
 from sqlcli_core.provenance import provenance
 
 try:  # POSIX advisory locks keep two concurrent fetches from writing into the same part file.
@@ -328,7 +329,7 @@ class LocalSource:
 
 
 class _HttpStream:
-    def __init__(self, source: "HttpSource", conn, resp, start: int, total: int | None, length: int | None):
+    def __init__(self, source: HttpSource, conn, resp, start: int, total: int | None, length: int | None):
         self._source, self._conn, self._resp = source, conn, resp
         self.start, self.total, self._left = start, total, length
 

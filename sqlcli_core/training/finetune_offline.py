@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from sqlcli_core.atari_env import get_protocol
+from sqlcli_core.atari.env import get_protocol
+from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.atomic import write_json
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game, canonical_name
 
 COMMAND = "finetune-offline"
 
@@ -64,7 +64,7 @@ class OfflineConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
     def learner_config(self):
-        from sqlcli_core.learner import LearnerConfig
+        from sqlcli_core.training.learner import LearnerConfig
 
         return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
                              gamma=self.gamma, target_update_period=self.target_update_period)
@@ -143,7 +143,7 @@ class _GroupView:
 def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: str | None,
                budget: int) -> tuple[_GroupView, dict]:
     """(store view for ReplaySampler, record of what was selected). Adapter: the sampler has no row filter."""
-    from sqlcli_core import store as st
+    from sqlcli_core.data import store as st
 
     root = st.open_store(data, "r")
     available = sorted(root.group_keys())
@@ -178,7 +178,7 @@ def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: s
 
 
 def _check_resume_settings(run_dir: Path, config: OfflineConfig, source: str) -> None:
-    from sqlcli_core import checkpoint
+    from sqlcli_core.training import checkpoint
 
     if not (run_dir / checkpoint.RUN_FILE).exists():
         return
@@ -201,11 +201,13 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     Re-running with the same arguments resumes from the newest checkpoint, or only re-evaluates when the
     training is complete and the result file is missing.
     """
-    from sqlcli_core import checkpoint, evaluation, finetune, learner, networks
-    from sqlcli_core.checkpoint import make_q_fn
-    from sqlcli_core.finetune_online import ParamsPolicy
+    from sqlcli_core import networks
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.evaluation import evaluate as evaluation
     from sqlcli_core.provenance import provenance
-    from sqlcli_core.sampler import ReplaySampler
+    from sqlcli_core.training import checkpoint, finetune, learner
+    from sqlcli_core.training.checkpoint import make_q_fn
+    from sqlcli_core.training.finetune_online import ParamsPolicy
 
     run_dir = Path(run_dir)
     game = Game(canonical_name(config.game))

@@ -18,7 +18,7 @@ arithmetic vectorised over replicates in numpy, in chunks so memory stays bounde
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

@@ -23,16 +23,17 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from sqlcli_core import replay_format as rf
-from sqlcli_core.atari_env import PROTOCOLS, AtariGame, Protocol
+from sqlcli_core.atari.env import PROTOCOLS, AtariGame, Protocol
+from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.atomic import atomic_output, write_json
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError, ResourceError, UsageError
-from sqlcli_core.games import Game, game_index, validate_variant
 from sqlcli_core.provenance import provenance
 
 LOG_NAME = "collect_log.json"
@@ -147,7 +148,7 @@ def validate(config: RunConfig) -> None:
 @functools.lru_cache(maxsize=4)
 def load_q_policy(run: str):
     """checkpoint.load_policy, once per process and run (restoring an Orbax checkpoint takes seconds)."""
-    from sqlcli_core.checkpoint import load_policy
+    from sqlcli_core.training.checkpoint import load_policy
 
     return load_policy(run)
 

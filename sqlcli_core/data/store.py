@@ -26,15 +26,15 @@ import queue
 import re
 import threading
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
 from sqlcli_core import __version__
-from sqlcli_core import replay_format as rf
+from sqlcli_core.atari.games import canonical_name, minimal_action_set
+from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.games import canonical_name, minimal_action_set
 
 STORE_FORMAT = "sql-replay-store"
 STORE_FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def parse_int_set(text: str | None, what: str) -> set[int] | None:
         part = part.strip()
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise UsageError(f"bad {what} '{part}'", hint=f"use numbers and ranges, e.g. 0-9,20")
+            raise UsageError(f"bad {what} '{part}'", hint="use numbers and ranges, e.g. 0-9,20")
         lo, hi = int(m[1]), int(m[2] or m[1])
         if hi < lo:
             raise UsageError(f"bad {what} range '{part}'", hint="write ranges low-high")
@@ -376,7 +376,7 @@ def _check_small(path: Path, kind: str, arr: np.ndarray, num_actions: int) -> No
                         hint="is this file from another game?")
 
 
-def _frame_blocks(path: Path, capacity: int, block_rows: int, out: "queue.Queue", stop: threading.Event) -> None:
+def _frame_blocks(path: Path, capacity: int, block_rows: int, out: queue.Queue, stop: threading.Event) -> None:
     """Reader thread: gunzip the observation file in blocks of rows; put (row0, block) then ("end", sha, bytes)."""
     try:
         with open(path, "rb") as raw:
@@ -523,7 +523,7 @@ def _same_source(record: dict, item: PlannedCheckpoint) -> bool:
     if (record["checkpoint"], record["add_count"], record["capacity"], record["rows_start"], record["rows_end"]) != (
             c.checkpoint, c.add_count, c.capacity, item.rows_start, item.rows_end):
         return False
-    for kind, path in c.files.items():
+    for _kind, path in c.files.items():
         rec = record["sources"].get(path.name)
         if rec is None or rec["bytes"] != path.stat().st_size:
             return False

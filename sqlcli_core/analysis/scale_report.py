@@ -23,8 +23,9 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -182,7 +183,7 @@ def _eval_sort_key(path: Path, created: str | None) -> tuple[float, float, str]:
         try:
             when = _dt.datetime.fromisoformat(created)
             if when.tzinfo is None:
-                when = when.replace(tzinfo=_dt.timezone.utc)
+                when = when.replace(tzinfo=_dt.UTC)
             stamp = when.timestamp()
         except ValueError:
             pass
@@ -234,7 +235,7 @@ def composition_from_store(store_path: str, games: tuple[str, ...] | None) -> st
     set gives that name; any other set is named by its checkpoints ("checkpoints 0-4"). None when the
     store cannot be read here (e.g. the runs were copied to another machine without it).
     """
-    from sqlcli_core import fetch, store
+    from sqlcli_core.data import fetch, store
 
     try:
         root = store.open_store(store_path)

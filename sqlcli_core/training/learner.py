@@ -15,8 +15,9 @@ import functools
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.errors import UsageError
 
 DATA_AXIS = "data"
@@ -224,7 +225,8 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     The target network is a hard copy of the online one after every `target_update_period`-th step.
     optimizer: default `make_optimizer(config)`; fine-tuning passes one that freezes some parameters.
     """
-    from sqlcli_core import losses, networks
+    from sqlcli_core import networks
+    from sqlcli_core.methods import losses
 
     network = networks.build_network(network_config, num_actions)
     optimizer = make_optimizer(config) if optimizer is None else optimizer
@@ -315,7 +317,7 @@ class Prefetcher:
                 pass
         self._thread.join()
 
-    def __enter__(self) -> "Prefetcher":
+    def __enter__(self) -> Prefetcher:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -435,10 +437,11 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     """
     import time
 
-    from sqlcli_core import checkpoint, networks
+    from sqlcli_core import networks
+    from sqlcli_core.atari.games import resolve_games
     from sqlcli_core.atomic import append_jsonl
-    from sqlcli_core.games import resolve_games
-    from sqlcli_core.sampler import ReplaySampler
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.training import checkpoint
 
     started = time.perf_counter()
     games = resolve_games(config.games)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from sqlcli_core.batch import TransitionBatch
+from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.errors import DataError, UsageError
 
 STACK = 4

@@ -14,8 +14,8 @@ import functools
 
 import numpy as np
 
+from sqlcli_core.atari.games import Game, minimal_action_set, validate_variant
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games import Game, minimal_action_set, validate_variant
 
 SCREEN_SHAPE = (210, 160)  # most games; a few (Carnival, Pooyan, AirRaid, JourneyEscape) are taller
 OBS_SHAPE = (84, 84)
@@ -60,7 +60,7 @@ def _area_weights(src: int, dst: int) -> np.ndarray:
     return (w / scale).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resize_matrices(src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return _area_weights(src_shape[0], dst_shape[0]), _area_weights(src_shape[1], dst_shape[1]).T.copy()
 

@@ -15,16 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sqlcli_core.atari.games import Game
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.games import Game
 from sqlcli_core.provenance import provenance
 
 RUN_FILE = "run.json"
@@ -267,7 +268,7 @@ class QPolicy:
 def make_q_fn(network_config, num_actions: Sequence[int]) -> Callable:
     """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) expected returns, -inf off each game."""
     from sqlcli_core import networks
-    from sqlcli_core.losses import categorical_mean
+    from sqlcli_core.methods.losses import categorical_mean
 
     network = networks.build_network(network_config, tuple(num_actions))
     mask = jnp.asarray(networks.action_mask(tuple(num_actions)))

@@ -1,0 +1,1 @@
+"""Analysis across runs: the scaling report."""

@@ -1,0 +1,1 @@
+"""The Atari side: the game catalog and the emulator with Dopamine's preprocessing."""

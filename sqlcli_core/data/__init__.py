@@ -1,0 +1,1 @@
+"""Data: the DQN-Replay format, fetching, collecting, the Zarr store, samplers and batches."""

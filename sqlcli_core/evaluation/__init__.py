@@ -1,0 +1,1 @@
+"""Evaluation: playing policies in ALE and aggregating scores across games."""

@@ -1,0 +1,1 @@
+"""Methods: the losses that train a network, and what each method's network outputs."""

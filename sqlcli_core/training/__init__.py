@@ -1,0 +1,1 @@
+"""Training: the data-parallel learner, run directories and checkpoints, the training recipes."""
