@@ -7,7 +7,7 @@ tests/replay_http_server.py) and times, in the same process, alternately:
   fetch-data : sqlcli_core.data.fetch.fetch(jobs=N): HEAD for sizes, parallel GETs into part files,
                md5 + gzip + .npy verification, atomic rename, manifest
 
-    python benchmarks/bench_download.py [--mb 48] [--jobs 4] [--repeats 3]
+    python -m benchmarks.bench_download [--mb 48] [--jobs 4] [--repeats 3]
 
 Loopback has no latency or bandwidth limit, so this measures the client's overhead (and the cost of
 verifying), not the gain of parallel streams over a real WAN link, where --jobs matters most.
@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from replay_http_server import ReplayServer, make_tree  # noqa: E402
-
-from sqlcli_core.data import fetch as F  # noqa: E402
+from sqlcli_core.data import fetch as F
+from tests.replay_http_server import ReplayServer, make_tree
 
 
 def baseline_copy(base_url: str, rels: list[str], out: Path) -> int:

@@ -7,8 +7,8 @@ For each (network, batch): the jitted train step is timed
 and its achieved FLOP/s (XLA's cost analysis of the compiled step x steps/s) is printed next to the
 baseline: this machine's measured f32 matmul peak (a large jnp.dot timed in the same process).
 
-    python benchmarks/bench_learner.py                 # DQN CNN at batch 32 and 256, resnet18 (width 0.25) at 32
-    python benchmarks/bench_learner.py --steps 20 --configs dqn:1.0:32,resnet18:0.5:16
+    python -m benchmarks.bench_learner                 # DQN CNN at batch 32 and 256, resnet18 (width 0.25) at 32
+    python -m benchmarks.bench_learner --steps 20 --configs dqn:1.0:32,resnet18:0.5:16
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
@@ -43,9 +40,8 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 
 def build_store(root: Path, rows: int) -> Path:
     """A two-game store (Pong, Breakout) of `rows` rows each, sharded from DQN-Replay-format checkpoints."""
-    from replay_fixture import write_run
-
     from sqlcli_core.data import store as st
+    from tests.replay_fixture import write_run
 
     src = root / "src"
     write_run(src, "Pong", 1, capacity=rows // 2, total=rows, num_actions=6, seed=1, mean_episode=200)

@@ -8,7 +8,7 @@ In one process:
   3. Random single-frame reads straight from the Zarr array (what the cache avoids).
   4. Uniformity: per-index counts over one run, chi-square/dof for reuse 1, 4, 16 next to i.i.d. draws.
 
-    python benchmarks/bench_shard.py --keep /tmp/bench_store     # makes a ~1.1 GB-of-frames store
+    python -m benchmarks.bench_shard --keep /tmp/bench_store   # makes a ~1.1 GB-of-frames store
     python benchmarks/bench_sampler.py /tmp/bench_store [--cache-mb 256] [--batches 200]
 """
 

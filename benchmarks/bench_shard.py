@@ -6,8 +6,8 @@ Builds a DQN-Replay source of real ALE frames (random play, Dopamine preprocessi
   shard:  sqlcli_core.data.store.shard with jobs=1 and jobs=--jobs, into fresh stores
 and prints MB/s of raw frames (rows * 7056 bytes) for each, plus the store's compression ratio.
 
-    python benchmarks/bench_shard.py [--capacity 20000] [--checkpoints 4] [--runs 2] [--jobs 2]
-    python benchmarks/bench_shard.py --keep /tmp/bench_store   # keep the store for bench_sampler.py
+    python -m benchmarks.bench_shard [--capacity 20000] [--checkpoints 4] [--runs 2] [--jobs 2]
+    python -m benchmarks.bench_shard --keep /tmp/bench_store # keep the store for bench_sampler.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import json
 import multiprocessing as mp
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,13 +27,11 @@ import numpy as np
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 def ale_frames(cache: str, n_per_game: int) -> np.ndarray:
     if cache and os.path.exists(cache):
         return np.load(cache, allow_pickle=False)
-    from bench_codecs import play_frames
+    from benchmarks.bench_codecs import play_frames
 
     frames = np.concatenate([play_frames(g, n_per_game, seed=i) for i, g in enumerate(["Pong", "Breakout", "MsPacman", "Seaquest"])])
     if cache:

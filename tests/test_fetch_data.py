@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from replay_http_server import ReplayServer, make_tree
 from typer.testing import CliRunner
 
 from sqlcli.main import app
 from sqlcli_core.data import fetch as F
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import ResourceError, SourceUnavailable, UsageError
+from tests.replay_http_server import ReplayServer, make_tree
 
 FAST = F.FetchConfig(jobs=3, retries=3, backoff_base=0.001, backoff_max=0.01)
 PONG_0_2 = F.Selection(("Pong",), (1, 2), (0, 1, 2))

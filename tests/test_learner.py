@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import learner_worker as lw
 import numpy as np
 import pytest
 
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.errors import UsageError
+from tests import learner_worker as lw
 
 HERE = Path(__file__).parent
 

@@ -16,9 +16,7 @@ from typer.testing import CliRunner
 
 from sqlcli.main import app
 from sqlcli_core.data import store as st
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import write_run  # noqa: E402
+from tests.replay_fixture import write_run
 
 STEPS = 40
 RUN_ARGS = ["--games", "pong,breakout", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,7 @@ import pytest
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler, reference_transition
 from sqlcli_core.errors import ResourceError, UsageError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import write_run  # noqa: E402
+from tests.replay_fixture import write_run
 
 CHUNK = 32
 UNIT_BYTES = (CHUNK + 3 + 3) * (st.FRAME_BYTES + 9) + CHUNK * 4  # one cache slot with unit_chunks=1, n=3

@@ -21,9 +21,7 @@ from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sampler import reference_is_valid
 from sqlcli_core.errors import DataError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import complete_episodes, covered_segments, stored_positions, write_run  # noqa: E402
+from tests.replay_fixture import complete_episodes, covered_segments, stored_positions, write_run
 
 CAP, TOTAL = 200, 1150
 CONFIG = st.ShardConfig(frame_chunk=64, scalar_chunk=256, block_chunks=2)
