@@ -5,7 +5,7 @@ import pytest
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.errors import UsageError
 
-# ../shared/spec/atari_games.md, "Minimal action-set sizes (ale-py 0.12)": an independent table.
+# The published minimal action-set sizes (ale-py 0.12; docs/games.md lists them): an independent table.
 SPEC_ACTIONS = {
     "Amidar": 10, "Assault": 7, "Asterix": 9, "Atlantis": 4, "BankHeist": 18, "BattleZone": 18,
     "BeamRider": 9, "Boxing": 18, "Breakout": 4, "Carnival": 6, "Centipede": 18, "ChopperCommand": 18,

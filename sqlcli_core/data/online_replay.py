@@ -2,7 +2,7 @@
 
 Each environment writes its own stream of Dopamine rows (row i = frame o_i, action a_i, clipped reward
 r_i, terminal_i), with 3 all-zero padding rows before every episode, exactly as DQN-Replay stores them.
-Sampling then follows docs/../shared/spec/dqn_replay_format.md, "Sampling a transition at index i":
+Sampling then follows docs/dqn-replay-format.md, "Sampling a transition at index i":
 
 - i is valid when the rows i-3 .. i-1 hold no terminal (the stack stays inside one episode; with the
   padding this also excludes the padding rows themselves), the stack's oldest row i-3 is still in the ring,

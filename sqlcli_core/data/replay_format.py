@@ -2,7 +2,7 @@
 
 A checkpoint N of one game/run is six files, each a gzip stream around exactly one `.npy` payload.
 Reading never unpickles (`allow_pickle=False`): the dataset is downloaded from the internet.
-See docs/data-format.md and ../shared/spec/dqn_replay_format.md.
+The format and its ring-buffer rules: docs/dqn-replay-format.md.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Shapes: B batch, A = A_max (the largest action set of the games), K atoms, G gam
 array is padded to A; `mask` (G, A) says which actions exist in each game, and padded actions never enter
 the target's greedy choice, the CQL logsumexp or any gradient.
 
-Per sample of game g (spec: docs/../shared/spec/scaled_ql.md, "Objective"):
+Per sample of game g (docs/defaults.md, "The objective"):
     a*   = argmax_{a in A_g} sum_j z_j p_target(s', a)_j                   (target network, own actions)
     m    = Proj_z( R_n + gamma^steps (1 - done) z , p_target(s', a*) )     (clipped, linear projection)
     td   = - sum_j m_j log softmax(logits(s, a_data))_j
