@@ -25,14 +25,15 @@ from sqlcli.commands import (
     scale_report,
     shard,
 )
+from sqlcli.output import OneLineErrors, quiet_third_party
 from sqlcli_core import __version__
 
 app = typer.Typer(
     name="sql",
     help="Scaled Q-Learning: pre-train one value network on offline data from many Atari games, "
     "then transfer it to new games.",
+    cls=OneLineErrors,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -46,8 +47,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show the log lines and warnings of the libraries "
+                                 "underneath (absl, orbax, jax), hidden by default."),
 ) -> None:
-    pass
+    quiet_third_party(verbose)
 
 
 # In the order of the data flow, which is the order `sql --help` lists them.

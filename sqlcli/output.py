@@ -1,17 +1,21 @@
-"""Shared CLI plumbing: consoles, the --json summary, and turning SqlErrors into one-line exits."""
+"""Shared CLI plumbing: consoles, the --json summary, one-line errors (ours and click's), quiet third parties."""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
-from sqlcli_core.errors import SqlError
+from sqlcli_core.errors import SqlError, UsageError
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
@@ -27,9 +31,76 @@ def emit_summary(summary: dict[str, Any], as_json: bool) -> None:
         sys.stdout.flush()
 
 
-def fail(message: str, code: int = 2) -> None:
+def result_console(as_json: bool) -> Console:
+    """Where a command's result table goes: stdout, so it can be piped (`sql games | grep Pong`), and at its
+    full width when stdout is not a terminal (rich would cut it to 80 columns); stderr when --json owns stdout."""
+    if as_json:
+        return console
+    return Console(width=None if sys.stdout.isatty() else 10_000)
+
+
+def print_error(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    print_error(message)
     raise typer.Exit(code)
+
+
+def require_path(path: str | Path | None, what: str, hint: str) -> None:
+    """A path the user named that must exist. A missing one is bad input, exit 2, in every command; a path
+    that exists but holds the wrong thing is left to the library (bad data, exit 3). URLs (`scheme://`)
+    are left to the source that opens them."""
+    if path is not None and "://" not in str(path) and not Path(path).exists():
+        raise UsageError(f"{what} {path} does not exist", hint=hint)
+
+
+# Loggers of the libraries that print on normal runs (orbax logs through absl: "WARNING:absl:...").
+THIRD_PARTY_LOGGERS = ("absl", "jax", "orbax", "chex", "haiku", "optax", "zarr", "numcodecs")
+
+
+def quiet_third_party(verbose: bool) -> None:
+    """Third-party log lines and Python warnings stay out of normal runs; `sql --verbose` keeps them.
+
+    Only the CLI does this: the library leaves global logging and warning filters alone."""
+    if verbose:
+        return
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.simplefilter("ignore")  # sql itself reports through its own lines, never through `warnings`
+
+
+# click's base exception, whether typer uses click or its own vendored copy (typer >= 0.2x).
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_error_line(exc: Exception) -> str:
+    """click's usage error as one line in our style: `<what is wrong> (see 'sql CMD --help')`."""
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    if message[:1].isupper() and message[1:2].islower():
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see '{ctx.command_path if ctx is not None else 'sql'} --help')"
+
+
+class OneLineErrors(TyperGroup):
+    """The `sql` command group: click's parse errors print like our own errors, one `error:` line on stderr
+    and exit 2, instead of typer's boxed panel. Runs as click's standalone mode otherwise."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _ClickException as exc:
+            if type(exc).__name__ != "NoArgsIsHelpError":  # `sql` alone: click printed the help already
+                print_error(_usage_error_line(exc))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 def handles_errors(fn: Callable) -> Callable:

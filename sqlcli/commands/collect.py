@@ -8,7 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.atari.env import PROTOCOLS, get_protocol
 from sqlcli_core.data import collect as core
@@ -35,6 +35,7 @@ def collect(
     resolved = catalog.resolve_games(games)
     proto = get_protocol(protocol)
     spec = core.parse_policy(policy, epsilon)
+    require_path(spec.run, "policy run", hint="pass a run directory written by `sql pretrain`")
     configs = [
         core.RunConfig(game=g.name, run=r, transitions=transitions, capacity=capacity, protocol=proto, mode=mode,
                        difficulty=difficulty, seed=seed, policy=spec)

@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
@@ -174,6 +174,7 @@ def eval_command(
             raise UsageError("no checkpoint given", hint="pass a run directory, or use --policy random")
         from sqlcli_core.training.checkpoint import load_policy
 
+        require_path(checkpoint_or_run, "run", hint="pass a run directory written by `sql pretrain`")
         policy = load_policy(checkpoint_or_run)
         source = Path(checkpoint_or_run).resolve()  # one name per checkpoint, whatever the working directory
         run_dir = find_run_dir(source)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 
 
 @handles_errors
@@ -44,6 +44,8 @@ def finetune_offline(
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
     from sqlcli_core.training.finetune_offline import OfflineConfig, run_offline
 
+    require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
+    require_path(data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
     config = OfflineConfig(
         game=game, data=str(data), init=init, freeze=freeze, transitions=transitions, runs=runs,
         checkpoints=checkpoints, steps=steps, batch_size=batch_size, learning_rate=lr, adam_eps=adam_eps,

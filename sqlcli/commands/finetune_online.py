@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 
 
 @handles_errors
@@ -49,6 +49,7 @@ def finetune_online(
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
     from sqlcli_core.training.finetune_online import OnlineConfig, run_online
 
+    require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
     config = OnlineConfig(
         game=game, mode=mode, difficulty=difficulty, init=init, freeze=freeze, steps=steps, num_envs=num_envs,
         batch_size=batch_size, learning_rate=lr, adam_eps=adam_eps, alpha=alpha, gamma=gamma, n_step=n_step,

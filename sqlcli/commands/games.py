@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, emit_summary, handles_errors, result_console
 from sqlcli_core.atari import games as catalog
 
 
@@ -17,7 +17,9 @@ def games(
     variants: bool = typer.Option(False, "--variants", help="Also list each game's ALE modes and difficulties."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """List games with their minimal action-set size and random/human reference scores."""
+    """List games with their minimal action-set size and random/human reference scores.
+
+    The table goes to stdout (to stderr with --json): `sql games atari40 | grep Breakout`."""
     resolved = catalog.resolve_games(spec)
     rows = []
     for g in resolved:
@@ -35,6 +37,7 @@ def games(
         table.add_column(col, justify="right" if col in ("num_actions", "random", "human") else "left")
     for r in rows:
         table.add_row(*("-" if v is None else str(v) for v in r.values()))
-    console.print(table)
-    console.print(f"reference scores: {catalog.REFERENCE_SCORE_SOURCE}", style="dim")
+    out = result_console(as_json)
+    out.print(table)
+    out.print(f"reference scores: {catalog.REFERENCE_SCORE_SOURCE}", style="dim")
     emit_summary({"games": rows, "reference_source": catalog.REFERENCE_SCORE_SOURCE}, as_json)

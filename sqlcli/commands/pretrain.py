@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 from sqlcli_core.errors import UsageError
 
 # Every setting of a run, with its default. Network settings without a flag are TOML-only.
@@ -91,6 +91,7 @@ def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
         raise UsageError("no data store given", hint="pass --data STORE (a Zarr store written by `sql shard`)")
     if not settings["run_dir"]:
         raise UsageError("no run directory given", hint="pass --run-dir RUN (created if missing, resumed if present)")
+    require_path(settings["data"], "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
     settings["game_weights"] = parse_game_weights(settings["game_weights"])
     network = networks.NetworkConfig(
         **{k: settings[k] for k in NETWORK_KEYS}, compute_dtype="bfloat16" if settings["bf16"] else "float32")

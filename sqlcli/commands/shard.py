@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
@@ -67,6 +67,7 @@ def shard(
     if verify:
         if dst is not None:
             raise UsageError("--verify takes one path, the store", hint="sql shard --verify DST")
+        require_path(src, "store", hint="pass a Zarr store written by `sql shard SRC DST`")
         _verify(src, game_names, run_set, as_json)
         return
     if dst is None:

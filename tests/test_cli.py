@@ -1,0 +1,153 @@
+"""The `sql` command itself, run as users run it (real subprocesses): pipeable tables, one-line parse errors,
+one exit code for a missing path, `python -m sqlcli`, shell completion, and no third-party noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlcli_core import __version__
+from sqlcli_core.atari import games as catalog
+from sqlcli_core.data import store as st
+from tests.replay_fixture import write_run
+
+BOX_DRAWING = set("╭╮╰╯│─┃━")
+
+
+def sql(*args, env=None, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sqlcli.main", *map(str, args)], capture_output=True, text=True,
+                          timeout=400, env=env, **kw)
+
+
+def sql_all(cases: list[list]) -> list[subprocess.CompletedProcess]:
+    """Run several `sql` commands at once (each pays the interpreter start-up)."""
+    procs = [subprocess.Popen([sys.executable, "-m", "sqlcli.main", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in cases]
+    out = []
+    for args, p in zip(cases, procs):
+        stdout, stderr = p.communicate(timeout=400)
+        out.append(subprocess.CompletedProcess(args, p.returncode, stdout, stderr))
+    return out
+
+
+def test_games_table_goes_to_stdout_whole_when_piped():
+    proc = sql("games", "atari40")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.strip("│ ").split("│")]
+                                          for line in proc.stdout.splitlines()) if cells[0] in catalog.ATARI40}
+    assert set(rows) == set(catalog.ATARI40)
+    for name, cells in rows.items():  # every column at full width, no cell cut short
+        random, human = catalog.REFERENCE_SCORES.get(name, (None, None))
+        assert cells == [name, f"ALE/{name}-v5", catalog.rom_id(name), str(len(catalog.minimal_action_set(name))),
+                         "-" if random is None else str(random), "-" if human is None else str(human)]
+    assert "…" not in proc.stdout
+    assert f"reference scores: {catalog.REFERENCE_SCORE_SOURCE}" in proc.stdout.splitlines()
+
+
+def test_games_through_a_shell_pipe():
+    proc = subprocess.run(f"{sys.executable} -m sqlcli.main games atari40 | grep Breakout", shell=True,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1 and "ALE/Breakout-v5" in proc.stdout
+
+
+def test_games_json_keeps_stdout_for_the_summary():
+    proc = sql("games", "heldout5", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)  # the whole of stdout is the one object; the table went to stderr
+    assert [g["game"] for g in summary["games"]] == list(catalog.HELDOUT5)
+    assert "MsPacman" in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["shard"], "error: missing argument 'src' (see 'python -m sqlcli.main shard --help')"),
+    (["shard", "a", "b", "--jobs", "x"], "error: invalid value for '--jobs': "),
+    (["shard", "a", "b", "--jobs", "0"], "error: invalid value for '--jobs': "),
+    (["shard", "a", "b", "--bogus"], "error: no such option: --bogus"),
+    (["nope"], "error: no such command 'nope' (see 'python -m sqlcli.main --help')"),
+    (["eval", "--protocol"], "error: option '--protocol' requires an argument"),
+])
+def test_parse_errors_are_one_line_and_exit_2(args, message):
+    proc = sql(*args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(message), proc.stderr
+    assert not BOX_DRAWING & set(proc.stderr)
+
+
+def test_sql_alone_prints_the_help():
+    proc = sql()
+    assert proc.returncode == 2 and "Commands" in proc.stdout and "pretrain" in proc.stdout
+
+
+def test_a_missing_path_is_exit_2_in_every_command(tmp_path):
+    nope = tmp_path / "nope"
+    cases = [
+        (["shard", nope, tmp_path / "dst"], "does not exist"),
+        (["shard", "--verify", nope], f"store {nope} does not exist"),
+        (["pretrain", "--data", nope, "--run-dir", tmp_path / "run"], f"data store {nope} does not exist"),
+        (["pretrain", "--config", tmp_path / "nope.toml", "--run-dir", tmp_path / "run"], "does not exist"),
+        (["eval", nope], f"run {nope} does not exist"),
+        (["finetune-offline", "--from", nope, "--game", "Alien", "--data", tmp_path, "--run-dir", tmp_path / "ft"],
+         f"pre-trained run {nope} does not exist"),
+        (["finetune-offline", "--game", "Alien", "--init", "scratch", "--data", nope, "--run-dir", tmp_path / "ft"],
+         f"data store {nope} does not exist"),
+        (["finetune-online", "--from", nope, "--game", "breakout", "--run-dir", tmp_path / "fo"],
+         f"pre-trained run {nope} does not exist"),
+        (["collect", "--games", "pong", "--policy", f"checkpoint:{nope}", "--out", tmp_path / "c"],
+         f"policy run {nope} does not exist"),
+        (["fetch-data", "--games", "pong", "--runs", "1", "--checkpoints", "0", "--from", nope, "--out",
+          tmp_path / "f"], "no such directory"),
+        (["scale-report", nope, "--out", tmp_path / "rep"], "not a directory"),
+    ]
+    for (args, message), proc in zip(cases, sql_all([args for args, _ in cases])):
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, (args, proc.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_python_m_sqlcli():
+    proc = subprocess.run([sys.executable, "-m", "sqlcli", "--version"], capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0 and proc.stdout == f"sql {__version__}\n"
+
+
+def test_shell_completion():
+    script = sql("--show-completion", "bash")
+    assert script.returncode == 0 and "complete -o default -F" in script.stdout
+    # What the installed script's completion asks for: `sql fin<TAB>` (click's protocol, prog name `sql`).
+    env = {**os.environ, "_SQL_COMPLETE": "complete_bash", "COMP_WORDS": "sql fin", "COMP_CWORD": "1"}
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = 'sql'; from sqlcli.main import main; main()"],
+                          capture_output=True, text=True, timeout=400, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["finetune-offline", "finetune-online"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("src")
+    write_run(src, "Pong", 1, capacity=150, total=300, num_actions=6, seed=5, mean_episode=25)
+    store = tmp_path_factory.mktemp("store") / "store"
+    st.shard(src, store, config=st.ShardConfig(frame_chunk=32, scalar_chunk=128))
+    run = tmp_path_factory.mktemp("runs") / "run"
+    proc = sql("pretrain", "--data", store, "--games", "pong", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11",
+               "--batch-size", "8", "--steps", "2", "--checkpoint-every", "2", "--log-every", "2",
+               "--cache-bytes", "8000000", "--run-dir", run)
+    assert proc.returncode == 0, proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
+    return run
+
+
+@pytest.mark.slow
+def test_no_third_party_warnings_unless_verbose(tiny_run, tmp_path):
+    args = ["eval", tiny_run, "--seeds", "0", "--episodes", "1", "--max-steps", "20"]
+    quiet = sql(*args, "--out", tmp_path / "quiet.json")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "WARNING" not in quiet.stderr and "absl" not in quiet.stderr, quiet.stderr
+    verbose = sql("--verbose", *args, "--out", tmp_path / "verbose.json")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "WARNING:absl:" in verbose.stderr  # orbax's lines are really there, and --verbose brings them back
