@@ -91,7 +91,6 @@ def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
         raise UsageError("no data store given", hint="pass --data STORE (a Zarr store written by `sql shard`)")
     if not settings["run_dir"]:
         raise UsageError("no run directory given", hint="pass --run-dir RUN (created if missing, resumed if present)")
-    require_path(settings["data"], "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
     settings["game_weights"] = parse_game_weights(settings["game_weights"])
     network = networks.NetworkConfig(
         **{k: settings[k] for k in NETWORK_KEYS}, compute_dtype="bfloat16" if settings["bf16"] else "float32")
@@ -174,6 +173,7 @@ def pretrain(
     # Joining a multi-process job must precede every other JAX call.
     learner.init_distributed(coordinator, num_processes, process_id)
     settings, config = resolve_settings(config_file, flags)
+    require_path(settings["data"], "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
     import jax
 
     primary = jax.process_index() == 0
