@@ -347,7 +347,7 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
     r = invoke("finetune-online", "--from", headless, "--game", "Breakout", "--run-dir", tmp_path / "y")
     assert r.exit_code == 3 and "holds no torso parameters" in r.output
     r = invoke("finetune-online", "--from", tmp_path / "nowhere", "--game", "Breakout", "--run-dir", tmp_path / "y")
-    assert r.exit_code == 3 and "does not exist" in r.output
+    assert r.exit_code == 2 and "does not exist" in r.output  # a missing path is bad input
 
 
 # ------------------------------------------------------------------------------------------- offline
