@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from sqlcli_core.errors import SqlError, UsageError
+from sqlcli_core.errors import SqlError, UsageError, from_os_error
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
@@ -112,6 +112,9 @@ def handles_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except SqlError as exc:
             fail(exc.one_line(), exc.exit_code)
+        except OSError as exc:  # a safety net: call sites that know the path say more (from_os_error)
+            err = from_os_error(exc, f"running `sql {fn.__name__.removesuffix('_command').replace('_', '-')}`")
+            fail(err.one_line(), err.exit_code)
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to resume", highlight=False)
             raise typer.Exit(130) from None

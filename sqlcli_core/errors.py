@@ -6,6 +6,8 @@ line and exits non-zero; library users can catch it. Anything else that escapes 
 
 from __future__ import annotations
 
+import errno
+
 
 class SqlError(Exception):
     """An error caused by input or environment, with a one-line message meant for the user.
@@ -47,3 +49,28 @@ class ResourceError(SqlError):
     """Not enough disk space, memory or devices for what was asked."""
 
     exit_code = 5
+
+
+# errno -> (error class, what went wrong, what to do). Resources (space, memory, I/O) are exit 5; a path the
+# user chose that cannot be used (read-only, permissions, a file where a folder is due, too long) is exit 2.
+_OS_ERRORS: dict[int, tuple[type[SqlError], str, str]] = {
+    errno.ENOSPC: (ResourceError, "no space left on the device", "free space or write to another place"),
+    errno.EDQUOT: (ResourceError, "disk quota exceeded", "free space or write to another place"),
+    errno.ENOMEM: (ResourceError, "out of memory", "use smaller settings or a larger machine"),
+    errno.EIO: (ResourceError, "input/output error from the device", "check the disk or the mount"),
+    errno.EROFS: (UsageError, "the file system is read-only", "write to a writable place"),
+    errno.EACCES: (UsageError, "permission denied", "check the path's permissions or write elsewhere"),
+    errno.EPERM: (UsageError, "operation not permitted", "check the path's permissions or write elsewhere"),
+    errno.ENAMETOOLONG: (UsageError, "a file name is too long for the file system", "use shorter names"),
+    errno.ENOTDIR: (UsageError, "a part of the path is a file, not a directory", "choose a directory path"),
+    errno.EISDIR: (UsageError, "the path is a directory, not a file", "name a file"),
+    errno.ENOENT: (UsageError, "no such file or directory", "check the path"),
+    errno.EEXIST: (UsageError, "the path already exists", "remove it or choose another"),
+}
+
+
+def from_os_error(exc: OSError, action: str) -> SqlError:
+    """A one-line SqlError for an OSError met while doing `action` ("writing the store data/x.zarr")."""
+    cls, what, hint = _OS_ERRORS.get(exc.errno or -1, (ResourceError, exc.strerror or str(exc), "check the path"))
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return cls(f"{what} while {action}{where}", hint=hint)
