@@ -250,7 +250,7 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
     # load_policy's values are the network's expected returns (numpy re-derivation from the logits)
     network = __import__("sqlcli_core.networks", fromlist=["x"]).build_network(net, lw.NUM_ACTIONS)
     obs = np.stack([_frame(0, i) for i in range(4)])
-    logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)), np.float64)
+    logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)).logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     np.testing.assert_allclose(policy.q_values(obs, np.zeros(4, np.int32)), probs @ net.support(), rtol=1e-4, atol=1e-5)

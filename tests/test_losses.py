@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sqlcli_core.data.batch import TransitionBatch
-from sqlcli_core.methods.losses import make_loss_fn, projected_target, scaled_ql_loss
+from sqlcli_core.methods.losses import projected_target, scaled_ql_loss
+from sqlcli_core.methods.scaled_ql import make_loss_fn
 from sqlcli_core.networks import NetworkConfig, action_mask, build_network
 
 SUPPORT = np.linspace(-2.0, 2.0, 5).astype(np.float32)  # 5 atoms, spacing 1: easy to reason about
@@ -164,8 +165,48 @@ def test_make_loss_fn_on_a_real_network_matches_numpy():
     loss_fn = make_loss_fn(net.apply, action_mask(na), config.support(), 0.99, 0.05)
     loss, _ = jax.jit(loss_fn)(params, target_params, jax.tree_util.tree_map(jnp.asarray, batch))
     apply = jax.jit(net.apply)
-    logits = np.asarray(apply(params, batch.state, batch.game))
-    next_logits = np.asarray(apply(target_params, batch.next_state, batch.game))
+    logits = np.asarray(apply(params, batch.state, batch.game).logits)
+    next_logits = np.asarray(apply(target_params, batch.next_state, batch.game).logits)
     ref, *_ = np_loss(logits, next_logits, batch.action, batch.reward, batch.discount(0.99), game,
                       action_mask(na), config.support(), 0.05)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("support", [SUPPORT, np.array([-3.0, -1.0, 0.0, 0.5, 4.0], np.float32)])
+def test_our_categorical_projection_equals_rlax(support):
+    """Our ~20-line projection against rlax's (rlax is a test-only dependency): uneven supports included."""
+    rlax = pytest.importorskip("rlax")
+    from sqlcli_core.methods.losses import categorical_l2_project
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        z_p = rng.uniform(-6, 6, 5).astype(np.float32)  # some atoms fall outside the support: clipped
+        probs = np_softmax(rng.normal(size=5)).astype(np.float32)
+        ours = np.asarray(categorical_l2_project(z_p, probs, support))
+        np.testing.assert_array_equal(ours, np.asarray(rlax.categorical_l2_project(z_p, probs, support)))
+        np.testing.assert_allclose(ours.sum(), 1.0, atol=1e-6)
+    # and against Algorithm 1 of Bellemare et al. on the even support
+    z = SUPPORT
+    probs = np_softmax(rng.normal(size=5))
+    ours = np.asarray(categorical_l2_project(jnp.asarray(0.9 * z + 0.3, jnp.float32), jnp.asarray(probs, jnp.float32),
+                                             jnp.asarray(z)))
+    np.testing.assert_allclose(ours, np_project(probs, 0.3, 0.9, z), atol=1e-6)
+
+
+def test_importing_the_library_never_imports_tensorflow_probability():
+    """rlax pulls in tensorflow_probability (through distrax); the library must not need either."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import sqlcli_core\n"
+        "for m in pkgutil.walk_packages(sqlcli_core.__path__, 'sqlcli_core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow_probability', 'rlax', 'distrax'))\n"
+        "print(len([k for k in sys.modules if k.startswith('sqlcli_core.')]), bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, bad = out.stdout.strip().split(" ", 1)
+    assert int(count) > 30 and bad == "[]", out.stdout
