@@ -28,24 +28,25 @@ from sqlcli_core.networks import categorical_mean
 def categorical_l2_project(z_p: jax.Array, probs: jax.Array, z_q: jax.Array) -> jax.Array:
     """Project the distribution (atoms z_p (K,), probabilities probs (K,)) onto the support z_q (K',).
 
-    The C51 projection (Bellemare et al. 2017, Algorithm 1) written as a weight matrix: source atom i,
-    clipped to [z_q[0], z_q[-1]], gives target atom j the share max(0, 1 - |z_p_i - z_q_j| / d_j), where
-    d_j is the distance from z_q_j to its neighbour on z_p_i's side. Returns (K',) probabilities.
+    The C51 projection (Bellemare et al. 2017, Algorithm 1) written as a weight matrix: source atom j,
+    clipped to [z_q[0], z_q[-1]], gives target atom i the share max(0, 1 - |z_p_j - z_q_i| / d_i), where
+    d_i is the distance from z_q_i to its neighbour on z_p_j's side. Returns (K',) probabilities.
+    The arithmetic is laid out as rlax's (target atoms on rows, a sum over the last axis), so results are
+    bit-identical to it (tests/test_losses.py compares them).
     """
     chex.assert_rank([z_p, probs, z_q], 1)
-    v_min, v_max = z_q[0], z_q[-1]
-    next_atom = jnp.concatenate([z_q, v_min[None]], 0)[1:]  # z_q[j + 1] (last: a negative gap, unused)
-    prev_atom = jnp.concatenate([v_max[None], z_q], 0)[:-1]  # z_q[j - 1] (first: a negative gap, unused)
-    z_p = jnp.clip(z_p, v_min, v_max)[:, None]  # (K, 1)
-    gap_up = (next_atom - z_q)[None, :]
-    gap_down = (z_q - prev_atom)[None, :]
-    z_q = z_q[None, :]  # (1, K')
+    next_atom = jnp.roll(z_q, shift=-1)  # z_q[i + 1] (the last wraps around: a negative gap, unused)
+    prev_atom = jnp.roll(z_q, shift=1)  # z_q[i - 1] (the first wraps around: a negative gap, unused)
+    z_p = jnp.clip(z_p, z_q[0], z_q[-1])[None, :]  # (1, K)
+    gap_up = (next_atom - z_q)[:, None]  # (K', 1)
+    gap_down = (z_q - prev_atom)[:, None]
+    z_q = z_q[:, None]
     inv_down = jnp.where(gap_down > 0, 1.0 / gap_down, jnp.zeros_like(gap_down))  # equal atoms: no share
     inv_up = jnp.where(gap_up > 0, 1.0 / gap_up, jnp.zeros_like(gap_up))
-    delta = z_p - z_q
+    delta = z_p - z_q  # (K', K): clip(z_p)[j] - z_q[i]
     above = (delta >= 0.0).astype(probs.dtype)
     distance = (above * delta * inv_up) - ((1.0 - above) * delta * inv_down)
-    return jnp.sum(jnp.clip(1.0 - distance, 0.0, 1.0) * probs[:, None], 0)
+    return jnp.sum(jnp.clip(1.0 - distance, 0.0, 1.0) * probs[None, :], axis=-1)
 
 
 def projected_target(logits_t: jax.Array, r_t: jax.Array, discount_t: jax.Array, mask_t: jax.Array,
