@@ -19,7 +19,7 @@ import numpy as np
 
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data.batch import TransitionBatch
-from sqlcli_core.methods.losses import make_loss_fn
+from sqlcli_core.methods.scaled_ql import make_loss_fn
 from sqlcli_core.networks import NetworkConfig, action_mask, build_network, num_actions_for
 
 

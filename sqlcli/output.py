@@ -120,3 +120,11 @@ def handles_errors(fn: Callable) -> Callable:
             raise typer.Exit(130) from None
 
     return wrapper
+
+
+def metrics_line(record: dict[str, Any], method, sep: str = "  ") -> str:
+    """`loss 0.1234  td 0.1200  cql 0.070  Q 0.512`: a training record's loss and its method's progress fields
+    (`Method.progress`), so that no command names a method's metrics."""
+    parts = [f"loss {record['loss']:.4f}"]
+    parts += [f"{label} {record[key]:{fmt}}" for key, label, fmt in method.progress if key in record]
+    return sep.join(parts)

@@ -1,9 +1,9 @@
 """Shared pieces of the learner tests, also run as a script in subprocesses.
 
-    python tests/learner_worker.py devices OUT.npz CHECKPOINT_RUN_DIR
+    python tests/learner_worker.py devices OUT.npz CHECKPOINT_RUN_DIR [METHOD]
         (under XLA_FLAGS=--xla_force_host_platform_device_count=4) trains STEPS steps on a 4-device mesh and
         on a 1-device mesh from the same state and batches; writes both parameter sets and facts, and
-        checkpoints the 4-device state.
+        checkpoints the 4-device state. METHOD: a registered method name (default scaled-ql).
     python tests/learner_worker.py distributed OUT.npz COORDINATOR NUM_PROCESSES PROCESS_ID
         joins a jax.distributed job; each process feeds its own rows of the global batches; writes params.
 """
@@ -28,10 +28,10 @@ def tiny_network():
     return networks.NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=11, v_min=-2.0, v_max=2.0)
 
 
-def tiny_learner():
+def tiny_learner(method: str = "scaled-ql"):
     from sqlcli_core.training import learner
 
-    return learner.LearnerConfig(learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
+    return learner.LearnerConfig(method=method, learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
 
 
 def random_batch(seed: int, batch: int = BATCH, num_actions=NUM_ACTIONS) -> TransitionBatch:
@@ -50,13 +50,13 @@ def random_batch(seed: int, batch: int = BATCH, num_actions=NUM_ACTIONS) -> Tran
     )
 
 
-def train(mesh, batches, rows=slice(None)):
+def train(mesh, batches, rows=slice(None), method: str = "scaled-ql"):
     """STEPS updates from seed 0 on `mesh`, feeding `rows` of each batch from this process; host params."""
     import jax
 
     from sqlcli_core.training import learner
 
-    net, cfg = tiny_network(), tiny_learner()
+    net, cfg = tiny_network(), tiny_learner(method)
     state = learner.init_train_state(net, NUM_ACTIONS, cfg, 0, mesh)
     step = learner.make_train_step(net, NUM_ACTIONS, cfg, mesh)
     sharding = learner.batch_sharding(mesh)
@@ -83,11 +83,12 @@ def _main(argv: list[str]) -> None:
     from sqlcli_core.training import learner
 
     if mode == "devices":
+        method = argv[3] if len(argv) > 3 else "scaled-ql"
         mesh4 = learner.make_mesh()
-        params4, losses4, state4 = train(mesh4, batches)
+        params4, losses4, state4 = train(mesh4, batches, method=method)
         from sqlcli_core.training import checkpoint
 
-        identity = checkpoint.run_identity(tiny_network().to_dict(), ["Breakout", "Pong"], NUM_ACTIONS)
+        identity = checkpoint.run_identity(tiny_network().to_dict(), ["Breakout", "Pong"], NUM_ACTIONS, method)
         ckpt = checkpoint.Checkpointer(argv[2], identity, every=1)
         ckpt.save(STEPS, state4, {"position": 7})
         ckpt.close()
@@ -99,7 +100,7 @@ def _main(argv: list[str]) -> None:
             facts["indivisible_error"] = None
         except Exception as exc:  # the test checks the type and message
             facts["indivisible_error"] = f"{type(exc).__name__}: {exc}"
-        params1, losses1, _ = train(learner.make_mesh(jax.devices()[:1]), batches)
+        params1, losses1, _ = train(learner.make_mesh(jax.devices()[:1]), batches, method=method)
         np.savez(out, **{f"p4/{k}": v for k, v in params4.items()}, **{f"p1/{k}": v for k, v in params1.items()},
                  losses4=losses4, losses1=losses1, facts=np.array(repr(facts)))
     elif mode == "distributed":

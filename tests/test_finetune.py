@@ -411,3 +411,26 @@ def test_offline_cli_bad_input(pretrained, data_root, tmp_path):
     r = invoke(*base, "--game", "Alen")
     assert r.exit_code == 2 and "unknown game 'Alen'" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_finetuning_a_bc_run_transfers_the_shared_parts_and_starts_a_fresh_head():
+    """A BC run's head is a policy head (one logit per action): fine-tuning (Scaled QL) keeps only the torso,
+    spatial embedding and projection, even for a game the run was trained on."""
+    from sqlcli_core.methods import get_method
+    from sqlcli_core.networks import NetworkConfig
+
+    net = NetworkConfig(arch="dqn", width=0.25, projection_dim=16, num_atoms=11)
+    bc = get_method("bc")
+    games = [Game("Breakout"), Game("Pong")]
+    bc_params = jax.jit(bc.network(net, (4, 6)).init)(jax.random.PRNGKey(3), *bc.init_inputs(net))
+    assert bc_params["heads/linear"]["w"].shape == (16, 10)  # one column per action
+    source = finetune.Pretrained(run_dir=None, step=1, network_config=net, games=games, num_actions=(4, 6),
+                                 params=bc_params, method="bc")
+    params, origin = finetune.initial_params(net, (4,), 0, init="pretrained", pretrained=source, game=games[0],
+                                             freeze="none")
+    assert origin["head"] == "fresh" and origin["from"]["method"] == "bc"
+    assert params["heads/linear"]["w"].shape == (16, 4 * 11)  # a C51 head for the Scaled QL update
+    for module in params:
+        if finetune.part_of(module) in finetune.SHARED_PARTS:
+            for k in params[module]:
+                np.testing.assert_array_equal(params[module][k], bc_params[module][k])

@@ -39,19 +39,31 @@ def _params(npz, prefix: str) -> dict:
     return {k[len(prefix):]: npz[k] for k in npz.files if k.startswith(prefix)}
 
 
-@pytest.fixture(scope="module")
-def four_devices(tmp_path_factory):
+def _train_on_four_devices(tmp_path_factory, method: str):
     """Train on 4 forced host devices and on 1 device in one subprocess (XLA_FLAGS precede jax import)."""
     out = tmp_path_factory.mktemp("devices") / "out.npz"
-    proc = subprocess.run([sys.executable, str(HERE / "learner_worker.py"), "devices", str(out), str(out.parent / "run")],
+    proc = subprocess.run([sys.executable, str(HERE / "learner_worker.py"), "devices", str(out), str(out.parent / "run"),
+                           method],
                           env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.load(out)
 
 
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    return _train_on_four_devices(tmp_path_factory, "scaled-ql")
+
+
+@pytest.fixture(scope="module")
+def four_devices_bc(tmp_path_factory):
+    return _train_on_four_devices(tmp_path_factory, "bc")
+
+
 @pytest.mark.slow
-def test_four_devices_match_one_device(four_devices):
+@pytest.mark.parametrize("result", ["four_devices", "four_devices_bc"])
+def test_four_devices_match_one_device(result, request):
+    four_devices = request.getfixturevalue(result)
     facts = eval(str(four_devices["facts"]))  # written by our own worker
     assert facts["devices"] == 4
     assert facts["shard_rows"] == [2, 2, 2, 2]  # the batch really is split over the 4 devices
@@ -250,7 +262,7 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
     # load_policy's values are the network's expected returns (numpy re-derivation from the logits)
     network = __import__("sqlcli_core.networks", fromlist=["x"]).build_network(net, lw.NUM_ACTIONS)
     obs = np.stack([_frame(0, i) for i in range(4)])
-    logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)), np.float64)
+    logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)).logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     np.testing.assert_allclose(policy.q_values(obs, np.zeros(4, np.int32)), probs @ net.support(), rtol=1e-4, atol=1e-5)
@@ -300,3 +312,71 @@ def test_bf16_compute_keeps_float32_master_weights(setup):
     assert {x.dtype for x in jax.tree.leaves(s16.opt_state)} <= {np.dtype("float32"), np.dtype("int32")}
     # same initial weights, same batch: the losses agree to bfloat16 precision
     assert abs(float(m16["loss"]) - float(m32["loss"])) < 0.02 * abs(float(m32["loss"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Behaviour cloning and run identities
+
+
+def _deterministic_behaviour(g: int, pos: int) -> int:
+    """The behaviour policy that wrote the BC data: a fixed action per (game, position)."""
+    return (pos + 2 * g) % lw.NUM_ACTIONS[g]
+
+
+@pytest.mark.slow
+def test_bc_reproduces_a_deterministic_behaviour(tmp_path):
+    from sqlcli_core.training import checkpoint, learner
+
+    net, cfg = lw.tiny_network(), lw.tiny_learner("bc")
+    mesh = learner.make_mesh(learner.jax.devices()[:1])
+    step = learner.make_train_step(net, lw.NUM_ACTIONS, cfg, mesh)
+    state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
+    assert state.target_params == {}  # no target network to copy or to checkpoint
+    rng = np.random.default_rng(0)
+    sharding = learner.batch_sharding(mesh)
+    lengths = (4, 2)
+    for _ in range(150):
+        game = rng.integers(0, 2, lw.BATCH).astype(np.int32)
+        pos = np.array([rng.integers(0, lengths[g]) for g in game])
+        action = np.array([_deterministic_behaviour(g, p) for g, p in zip(game, pos)], np.int32)
+        frames = np.stack([_frame(g, p) for g, p in zip(game, pos)])
+        noise = rng.uniform(-1, 1, lw.BATCH).astype(np.float32)  # rewards and next states are never read
+        batch = TransitionBatch(game, frames, action, noise, np.zeros(lw.BATCH, np.float32),
+                                np.ones(lw.BATCH, np.int32), frames[::-1].copy())
+        state, metrics = step(state, learner.put_batch(batch, sharding))
+    assert float(metrics["accuracy"]) == 1.0 and float(metrics["ce_loss"]) < 0.1
+
+    identity = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS, "bc")
+    checkpoint.prepare_run_dir(tmp_path, identity=identity, config={}, parameter_counts={"torso": 1}, seed=0)
+    ckpt = checkpoint.Checkpointer(tmp_path, identity, every=1)
+    ckpt.save(150, state, None)
+    ckpt.close()
+    policy = checkpoint.load_policy(tmp_path)
+    assert policy.method == "bc"
+    for g, length in enumerate(lengths):
+        obs = np.stack([_frame(g, p) for p in range(length)])
+        values = policy.q_values(obs, np.full(length, g, np.int32))
+        assert np.all(np.isneginf(values[:, lw.NUM_ACTIONS[g]:]))  # only the game's own actions can be chosen
+        greedy = np.argmax(values, axis=1)
+        np.testing.assert_array_equal(greedy, [_deterministic_behaviour(g, p) for p in range(length)])
+    # a scaled-ql run of the same network is another run
+    with pytest.raises(UsageError, match="different run.*method bc vs scaled-ql"):
+        checkpoint.prepare_run_dir(tmp_path, identity=dict(identity, method="scaled-ql"), config={},
+                                   parameter_counts={}, seed=0)
+
+
+def test_identity_compares_known_keys_and_new_keys_at_their_default(tmp_path):
+    from sqlcli_core.training import checkpoint
+
+    net = lw.tiny_network()
+    current = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
+    # A run written before `normalize_features` (say) existed, and before methods were recorded.
+    older = {"network": {k: v for k, v in net.to_dict().items() if k != "normalize_features"},
+             "games": ["Breakout", "Pong"], "num_actions": list(lw.NUM_ACTIONS)}
+    checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
+    checkpoint.prepare_run_dir(tmp_path, identity=current, config={}, parameter_counts={}, seed=0)  # resumes
+    changed = dict(current, network=dict(current["network"], normalize_features=False))
+    (tmp_path / "run.json").unlink()
+    checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
+    with pytest.raises(UsageError, match="network normalize_features True vs False"):
+        checkpoint.prepare_run_dir(tmp_path, identity=changed, config={}, parameter_counts={}, seed=0)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sqlcli_core.data.batch import TransitionBatch
-from sqlcli_core.methods.losses import make_loss_fn, projected_target, scaled_ql_loss
+from sqlcli_core.methods.losses import projected_target, scaled_ql_loss
+from sqlcli_core.methods.scaled_ql import make_loss_fn
 from sqlcli_core.networks import NetworkConfig, action_mask, build_network
 
 SUPPORT = np.linspace(-2.0, 2.0, 5).astype(np.float32)  # 5 atoms, spacing 1: easy to reason about
@@ -164,8 +165,110 @@ def test_make_loss_fn_on_a_real_network_matches_numpy():
     loss_fn = make_loss_fn(net.apply, action_mask(na), config.support(), 0.99, 0.05)
     loss, _ = jax.jit(loss_fn)(params, target_params, jax.tree_util.tree_map(jnp.asarray, batch))
     apply = jax.jit(net.apply)
-    logits = np.asarray(apply(params, batch.state, batch.game))
-    next_logits = np.asarray(apply(target_params, batch.next_state, batch.game))
+    logits = np.asarray(apply(params, batch.state, batch.game).logits)
+    next_logits = np.asarray(apply(target_params, batch.next_state, batch.game).logits)
     ref, *_ = np_loss(logits, next_logits, batch.action, batch.reward, batch.discount(0.99), game,
                       action_mask(na), config.support(), 0.05)
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("support", [SUPPORT, np.array([-3.0, -1.0, 0.0, 0.5, 4.0], np.float32)])
+def test_our_categorical_projection_equals_rlax(support):
+    """Our ~20-line projection against rlax's (rlax is a test-only dependency): uneven supports included."""
+    rlax = pytest.importorskip("rlax")
+    from sqlcli_core.methods.losses import categorical_l2_project
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        z_p = rng.uniform(-6, 6, 5).astype(np.float32)  # some atoms fall outside the support: clipped
+        probs = np_softmax(rng.normal(size=5)).astype(np.float32)
+        ours = np.asarray(categorical_l2_project(z_p, probs, support))
+        np.testing.assert_array_equal(ours, np.asarray(rlax.categorical_l2_project(z_p, probs, support)))
+        np.testing.assert_allclose(ours.sum(), 1.0, atol=1e-6)
+    # and against Algorithm 1 of Bellemare et al. on the even support
+    z = SUPPORT
+    probs = np_softmax(rng.normal(size=5))
+    ours = np.asarray(categorical_l2_project(jnp.asarray(0.9 * z + 0.3, jnp.float32), jnp.asarray(probs, jnp.float32),
+                                             jnp.asarray(z)))
+    np.testing.assert_allclose(ours, np_project(probs, 0.3, 0.9, z), atol=1e-6)
+
+
+def test_importing_the_library_never_imports_tensorflow_probability():
+    """rlax pulls in tensorflow_probability (through distrax); the library must not need either."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import sqlcli_core\n"
+        "for m in pkgutil.walk_packages(sqlcli_core.__path__, 'sqlcli_core.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow_probability', 'rlax', 'distrax'))\n"
+        "print(len([k for k in sys.modules if k.startswith('sqlcli_core.')]), bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    count, bad = out.stdout.strip().split(" ", 1)
+    assert int(count) > 30 and bad == "[]", out.stdout
+
+
+def np_bc(logits, action, game, mask):
+    """Per-sample cross-entropy, greedy hit and entropy over each game's own actions, by loops."""
+    ces, hits, ents = [], [], []
+    for b in range(len(action)):
+        real = np.flatnonzero(mask[game[b]])
+        p = np_softmax(logits[b, real].astype(np.float64))
+        ces.append(-np.log(p[list(real).index(action[b])]))
+        hits.append(real[np.argmax(p)] == action[b])
+        ents.append(-(p * np.log(p)).sum())
+    return np.array(ces), np.array(hits, float), np.array(ents)
+
+
+def test_behaviour_cloning_loss_matches_numpy_and_ignores_padded_actions():
+    from sqlcli_core.methods.losses import behaviour_cloning_loss
+
+    _, _, action, _, _, game, mask = make_case()
+    logits = np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32) * 2
+    loss, aux = behaviour_cloning_loss(logits, action, game, mask)
+    ces, hits, ents = np_bc(logits, action, game, mask)
+    np.testing.assert_allclose(float(loss), ces.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["ce_loss"]), ces.mean(), rtol=1e-5)
+    np.testing.assert_allclose(float(aux["accuracy"]), hits.mean())
+    np.testing.assert_allclose(float(aux["entropy"]), ents.mean(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux["per_game_ce_loss"]), [ces[game == g].mean() for g in range(3)], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(aux["per_game_count"]), [2, 3, 1])
+    # gradient: softmax over the game's actions minus the one-hot data action, / B; zero on padded actions
+    grad = np.asarray(jax.grad(lambda lg: behaviour_cloning_loss(lg, action, game, mask)[0])(logits))
+    for b in range(6):
+        real = np.flatnonzero(mask[game[b]])
+        expected = np.zeros(4)
+        expected[real] = np_softmax(logits[b, real].astype(np.float64))
+        expected[action[b]] -= 1.0
+        np.testing.assert_allclose(grad[b], expected / 6, atol=1e-6)
+    spiked = np.where(mask[game], logits, 50.0).astype(np.float32)  # huge logits on padded actions
+    loss2, _ = behaviour_cloning_loss(spiked, action, game, mask)
+    assert float(loss2) == pytest.approx(float(loss), abs=1e-6)
+
+
+def test_c51_method_is_scaled_ql_without_cql():
+    from sqlcli_core.methods import LossSetup, get_method
+    from sqlcli_core.training.update import LearnerConfig
+
+    na = (3, 6)
+    config = NetworkConfig(arch="dqn", width=0.25, projection_dim=16, num_atoms=11, v_min=-3, v_max=3)
+    rng = np.random.default_rng(4)
+    batch = TransitionBatch(
+        game=np.array([0, 1, 1, 0], np.int32), state=rng.integers(0, 256, (4, 4, 84, 84), dtype=np.uint8),
+        action=np.array([2, 5, 0, 1], np.int32), reward=np.array([0, 1, -1, 0.5], np.float32),
+        done=np.array([0, 0, 1, 0], np.float32), steps=np.array([3, 3, 2, 3], np.int32),
+        next_state=rng.integers(0, 256, (4, 4, 84, 84), dtype=np.uint8))
+    losses_by_method = {}
+    for name, alpha in (("c51", 0.7), ("scaled-ql", 0.0)):
+        method = get_method(name)
+        net = method.network(config, na)
+        params = jax.jit(net.init)(jax.random.PRNGKey(0), batch.state, batch.game)
+        loss_fn = method.make_loss(LossSetup(net, action_mask(na), config, LearnerConfig(method=name, alpha=alpha)))
+        losses_by_method[name] = jax.jit(loss_fn)(params, params, batch)
+    (l_c51, aux_c51), (l_sql, aux_sql) = losses_by_method["c51"], losses_by_method["scaled-ql"]
+    assert float(l_c51) == float(l_sql) == pytest.approx(float(aux_sql["td_loss"]))  # alpha is not read by c51
+    assert set(get_method("c51").metrics) <= set(aux_c51) and "cql_loss" not in get_method("c51").metrics

@@ -124,7 +124,7 @@ def test_features_have_unit_norm(tiny_dqn):
 
 def test_heads_read_each_samples_own_game(tiny_dqn):
     net, params, obs, game = tiny_dqn
-    logits = np.asarray(net.apply(params, obs, game))
+    logits = np.asarray(net.apply(params, obs, game).logits)
     assert logits.shape == (6, 6, 7) and logits.dtype == np.float32
     f = hk.without_apply_rng(hk.transform(lambda o: shared_features(TINY_DQN, o)))
     feats = np.asarray(f.apply(params, obs), np.float64)
@@ -149,8 +149,8 @@ def test_other_games_heads_get_no_gradient_and_do_not_change_outputs(tiny_dqn):
     discount = np.full(6, 0.97, np.float32)
 
     def loss(p):
-        logits = net.apply(p, obs, game)
-        next_logits = net.apply(params, obs[::-1], game)
+        logits = net.apply(p, obs, game).logits
+        next_logits = net.apply(params, obs[::-1], game).logits
         return scaled_ql_loss(logits, next_logits, action, reward, discount, game, mask, support, 0.5)[0]
 
     grads = jax.jit(jax.grad(loss))(params)
@@ -168,7 +168,8 @@ def test_other_games_heads_get_no_gradient_and_do_not_change_outputs(tiny_dqn):
     changed["heads/linear"] = {
         "w": params["heads/linear"]["w"].at[:, unused].add(5.0),
         "b": params["heads/linear"]["b"].at[unused].add(5.0)}
-    np.testing.assert_array_equal(np.asarray(net.apply(changed, obs, game)), np.asarray(net.apply(params, obs, game)))
+    np.testing.assert_array_equal(np.asarray(net.apply(changed, obs, game).logits),
+                                  np.asarray(net.apply(params, obs, game).logits))
 
 
 # resnet18 with 4 channels per group: with one channel per group on the final 3x3 map, group norm divides
@@ -182,7 +183,7 @@ def test_bfloat16_compute_is_close_to_float32(arch, width, groups):
     game = np.array([0, 1, 2, 1], np.int32)
     params = jax.jit(bf16.init)(jax.random.PRNGKey(0), obs, game)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))  # master weights
-    out32, out16 = jax.jit(f32.apply)(params, obs, game), jax.jit(bf16.apply)(params, obs, game)
+    out32, out16 = jax.jit(f32.apply)(params, obs, game).logits, jax.jit(bf16.apply)(params, obs, game).logits
     assert out16.dtype == jnp.float32
     mask = action_mask(NUM_ACTIONS)[game]
     rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))

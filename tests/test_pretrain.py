@@ -22,6 +22,7 @@ STEPS = 40
 RUN_ARGS = ["--games", "pong,breakout", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",
             "--steps", str(STEPS), "--checkpoint-every", "4", "--keep", "2", "--log-every", "4", "--seed", "3",
             "--lr", "1e-3", "--target-update-period", "6", "--cache-bytes", "8000000"]
+BC_ARGS = [*RUN_ARGS, "--method", "bc"]
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +97,39 @@ def test_uninterrupted_run_writes_the_run_directory(uninterrupted):
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_ends_like_the_uninterrupted_run(store, env, uninterrupted, tmp_path):
+    _kill_then_rerun_matches(store, env, uninterrupted, tmp_path, RUN_ARGS)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_bc(store, env, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "bc"
+    proc = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *BC_ARGS, "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_bc_run_records_its_method_and_resumes_bit_identically(store, env, uninterrupted_bc, tmp_path):
+    run, summary = uninterrupted_bc
+    record = json.loads((run / "run.json").read_text())
+    assert summary["method"] == "bc" and record["identity"]["method"] == "bc"
+    assert record["config"]["learner"]["method"] == "bc"
+    # policy heads: one logit per action (10 actions over the two games), no atoms
+    assert record["parameter_counts"]["heads"] == 1024 * 10 + 10
+    lines = metric_lines(run)
+    assert {"ce_loss", "accuracy", "entropy", "game_ce_loss"} <= set(lines[-1]) and "td_loss" not in lines[-1]
+    for m in lines:
+        assert m["loss"] == pytest.approx(m["ce_loss"]) and 0.0 <= m["accuracy"] <= 1.0
+    _kill_then_rerun_matches(store, env, uninterrupted_bc, tmp_path, BC_ARGS)
+    # the same run directory under another method is another run
+    other = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS], env)
+    assert other.returncode == 2 and "holds a different run (method bc vs scaled-ql)" in other.stderr
+
+
+def _kill_then_rerun_matches(store, env, uninterrupted, tmp_path, run_args):
     reference_run, _ = uninterrupted
     run = tmp_path / "b"
-    cmd = [sys.executable, "-m", "sqlcli.main", "pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS]
+    cmd = [sys.executable, "-m", "sqlcli.main", "pretrain", "--data", str(store), "--run-dir", str(run), *run_args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
     while not committed_steps(run) and proc.poll() is None and time.monotonic() < deadline:
@@ -110,7 +141,7 @@ def test_kill_9_then_rerun_ends_like_the_uninterrupted_run(store, env, uninterru
     at_kill = committed_steps(run)
     assert at_kill and at_kill[-1] < STEPS, at_kill
 
-    rerun = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--json"], env)
+    rerun = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *run_args, "--json"], env)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads(rerun.stdout)
     assert summary["resumed_from"] is not None and at_kill[-1] <= summary["resumed_from"] < STEPS
@@ -180,3 +211,72 @@ def test_missing_store_and_bad_weights_are_one_line_errors(tmp_path):
     assert parse_game_weights("pong=2, ALE/Breakout-v5=0.5") == {"Pong": 2.0, "Breakout": 0.5}
     with pytest.raises(UsageError, match="GAME=WEIGHT"):
         parse_game_weights("pong")
+
+
+@pytest.mark.slow
+def test_config_run_json_recreates_a_runs_settings(store, env, uninterrupted, tmp_path):
+    run, _ = uninterrupted
+    new = tmp_path / "again"
+    proc = sql(["pretrain", "--config", str(run / "run.json"), "--run-dir", str(new), "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = json.loads((run / "run.json").read_text()), json.loads((new / "run.json").read_text())
+    assert a["identity"] == b["identity"] and a["seed"] == b["seed"]
+    assert {k: v for k, v in a["config"].items() if k != "run_dir"} == {k: v for k, v in b["config"].items()
+                                                                          if k != "run_dir"}
+    first, again = metric_lines(run), metric_lines(new)
+    assert [m["step"] for m in again] == [m["step"] for m in first]
+    np.testing.assert_array_equal([m["loss"] for m in again], [m["loss"] for m in first])
+
+
+def test_dry_run_of_behaviour_cloning_counts_policy_heads():
+    result = runner.invoke(app, ["pretrain", "--method", "bc", "--arch", "resnet101", "--games", "atari40", "--dry-run",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # resnet101 trunk + the 4-frame stem, 3x3x2048x8 embedding, 16384 -> 1024 projection, 501 actions x 1 logit
+    parts = {"torso": 42_500_160 + 7 * 7 * 64, "spatial_embedding": 3 * 3 * 2048 * 8,
+             "projection": (16384 + 1) * 1024, "heads": (1024 + 1) * 501}
+    assert summary["method"] == "bc" and summary["parts"] == parts and summary["total"] == sum(parts.values())
+    assert "total" in result.output and "bc" in result.output
+    result = runner.invoke(app, ["pretrain", "--method", "dt", "--dry-run"])
+    assert result.exit_code == 2 and "'dt' is not one of" in result.output
+
+
+def test_toml_config_is_shared_by_the_training_commands(tmp_path):
+    from sqlcli_core.training import finetune_offline, finetune_online
+
+    cfg = tmp_path / "ft.toml"
+    cfg.write_text('game = "alien"\ndata = "/x"\nlr = 3e-4\nsteps = 7\nalpha = 0.0\n')
+    offline = finetune_offline.resolve_config(cfg, {"steps": 9})
+    assert (offline.learning_rate, offline.steps, offline.alpha, offline.batch_size) == (3e-4, 9, 0.0, 32)
+    cfg.write_text('game = "breakout"\nmode = 12\nlr = 3e-4\n')
+    online = finetune_online.resolve_config(cfg, {})
+    assert (online.mode, online.learning_rate, online.target_update_period) == (12, 3e-4, 1000)
+    cfg.write_text('game = "breakout"\nwidht = 2\n')
+    from sqlcli_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown setting 'widht'"):
+        finetune_online.resolve_config(cfg, {})
+
+
+@pytest.mark.slow
+def test_tiny_bc_runs_train_evaluate_and_report_as_their_own_method(env, tmp_path):
+    """`sql demo --methods scaled-ql,bc` on Freeway: real ALE data, real BC runs, eval files and scale-report."""
+    out = tmp_path / "demo"
+    proc = sql(["demo", "--out", str(out), "--games", "freeway", "--transitions", "1000", "--steps", "60",
+                "--widths", "0.25,0.5", "--eval-seeds", "0", "--eval-max-steps", "400", "--methods", "scaled-ql,bc",
+                "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [(r.get("method", "scaled-ql"), r["width"]) for r in summary["runs"]] == [
+        ("scaled-ql", 0.25), ("scaled-ql", 0.5), ("bc", 0.25), ("bc", 0.5)]
+    for width in ("0.25", "0.5"):
+        run = out / "runs" / f"bc-dqn-w{width}"
+        assert json.loads((run / "run.json").read_text())["identity"]["method"] == "bc"
+        result = json.loads((run / "eval" / "demo.json").read_text())
+        assert result["policy"]["kind"] == "checkpoint" and len(result["games"]["Freeway"]["scores"]) == 1
+    report = json.loads((out / "report" / "scale_report.json").read_text())
+    methods = {p["name"]: p["method"] for p in report["points"]}
+    assert methods["bc-dqn-w0.25"] == methods["bc-dqn-w0.5"] == "bc"
+    assert methods["dqn-w0.25"] == "scaled-ql(alpha=0.05)"
+    assert [f["status"] for f in report["fits"] if f["group"]["method"] == "bc"] == ["exact"]

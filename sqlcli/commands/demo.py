@@ -20,6 +20,7 @@ from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
+from sqlcli_core.methods import DEFAULT_METHOD, get_method
 
 
 class StepFailed(SqlError):
@@ -58,9 +59,12 @@ def demo(
                                        help="Cap on evaluation episodes, in agent steps (a quick look, marked as such "
                                        "in the results; the full protocol caps at 27,000; a Freeway game lasts about 2,050). Default: 2500."),
     seed: int = typer.Option(0, "--seed", help="Seed of collection and pre-training. Default: 0."),
+    methods: str = typer.Option("scaled-ql", "--methods", help="Pre-training methods, comma-separated (e.g. "
+                                "scaled-ql,bc): each trains every width and is its own group of the report. "
+                                "Default: scaled-ql."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run collect -> shard -> pretrain (two sizes) -> eval -> scale-report on a small default, offline."""
+    """Run collect -> shard -> pretrain (two sizes per method) -> eval -> scale-report on a small default, offline."""
     game_list = ",".join(g.name for g in resolve_games(games))
     try:
         width_list = [float(w) for w in widths.split(",") if w.strip()]
@@ -68,6 +72,11 @@ def demo(
         raise UsageError(f"--widths '{widths}' is not a list of numbers", hint="e.g. --widths 0.5,1") from None
     if len(width_list) < 2:
         raise UsageError("--widths needs at least two sizes for the scaling fit", hint="e.g. --widths 0.5,1")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in method_list:
+        get_method(m)  # a one-line error naming the methods
+    if not method_list:
+        raise UsageError("--methods names no method", hint="e.g. --methods scaled-ql,bc")
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     script: list[str] = []
@@ -79,15 +88,18 @@ def demo(
     shard = _run(["shard", str(data), str(store)], script)
 
     runs = []
-    for width in width_list:
-        run_dir = out / "runs" / f"{arch}-w{width:g}"
+    for method, width in ((m, w) for m in method_list for w in width_list):
+        # scaled-ql runs keep the names they had before methods were selectable (re-runs of the demo resume)
+        run_dir = out / "runs" / (f"{arch}-w{width:g}" if method == DEFAULT_METHOD else f"{method}-{arch}-w{width:g}")
         _run(["pretrain", "--data", str(store), "--run-dir", str(run_dir), "--games", game_list, "--arch", arch,
               "--width", f"{width:g}", "--batch-size", str(batch_size), "--steps", str(steps),
               "--target-update-period", str(max(1, steps // 4)), "--checkpoint-every", str(max(1, steps // 2)),
-              "--log-every", str(max(1, steps // 20)), "--seed", str(seed)], script)
+              "--log-every", str(max(1, steps // 20)), "--seed", str(seed)]
+             + ([] if method == DEFAULT_METHOD else ["--method", method]), script)
         result = _run(["eval", str(run_dir), "--episodes", "1", "--seeds", eval_seeds, "--max-steps", str(eval_max_steps),
                        "--name", "demo", "--bootstrap-reps", "5000"], script)
-        runs.append({"run_dir": str(run_dir), "width": width, "eval": result})
+        runs.append({"run_dir": str(run_dir), "width": width, "eval": result,
+                     **({} if method == DEFAULT_METHOD else {"method": method})})
     random_eval = _run(["eval", "--policy", "random", "--games", game_list, "--episodes", "1", "--seeds", eval_seeds,
                         "--max-steps", str(eval_max_steps), "--out", str(out / "random-policy.json"),
                         "--bootstrap-reps", "5000"], script)

@@ -2,61 +2,46 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
-import typer
+from sqlcli import options as o
+from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, metrics_line, require_path
+from sqlcli_core.training.finetune_offline import OfflineConfig
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+Game = Annotated[str | None, o.option(OfflineConfig, "game")]
+Data = Annotated[str | None, o.option(OfflineConfig, "data")]
+Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions")]
+Runs = Annotated[str | None, o.option(OfflineConfig, "runs")]
+Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints")]
+CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes")]
+EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs")]
 
 
 @handles_errors
 def finetune_offline(
-    source: Path | None = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
-                                          "With --init scratch it only sets the architecture."),
-    game: str = typer.Option(..., "--game", help="The new game, e.g. Alien (any case, ALE ids accepted)."),
-    data: Path = typer.Option(..., "--data", help="Zarr store written by `sql shard` that holds the game's data."),
-    run_dir: Path = typer.Option(..., "--run-dir", help="Output run directory; re-running the same command resumes it."),
-    transitions: int = typer.Option(2_000_000, "--transitions", help="Rows of the game's data to train on (first ones "
-                                    "of the chosen runs/checkpoints, in stream order). Default 2,000,000 (paper)."),
-    runs: str | None = typer.Option(None, "--runs", help="Run numbers of the store to use, e.g. 1 or 1-5. Default: all."),
-    checkpoints: str | None = typer.Option(None, "--checkpoints", help="DQN-Replay checkpoint numbers to use, e.g. 0-1. Default: all in the store."),
-    init: str = typer.Option("pretrained", "--init", help="pretrained (torso from --from) or scratch (the baseline)."),
-    freeze: str = typer.Option("none", "--freeze", help="none (train all), torso, or shared (torso + embedding + projection)."),
-    steps: int = typer.Option(50_000, "--steps", help="Gradient steps. Default 50,000 (ours)."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Transitions per gradient step. Default 32 (ours)."),
-    lr: float = typer.Option(1e-4, "--lr", help="Adam learning rate. Default 1e-4 (ours)."),
-    adam_eps: float = typer.Option(3.125e-4, "--adam-eps", help="Adam epsilon. Default 3.125e-4."),
-    alpha: float = typer.Option(0.05, "--alpha", help="CQL weight. Default 0.05 (as pre-training; ours)."),
-    gamma: float = typer.Option(0.99, "--gamma", help="Discount. Default 0.99."),
-    n_step: int = typer.Option(3, "--n-step", help="n-step return length. Default 3 (paper)."),
-    target_update_period: int = typer.Option(2000, "--target-update-period", help="Gradient steps between target copies. Default 2000 (paper)."),
-    cache_bytes: int = typer.Option(2 << 30, "--cache-bytes", help="Sampler cache of decompressed frames, bytes. Default 2 GiB."),
-    protocol: str = typer.Option("dopamine", "--protocol", help="Evaluation protocol: dopamine (sticky 0.25) or no-sticky."),
-    final_seeds: int = typer.Option(5, "--final-seeds", help="Seeds of the final evaluation. Default 5."),
-    final_episodes: int = typer.Option(2, "--final-episodes", help="Episodes per seed of the final evaluation. Default 2."),
-    eval_max_steps: int = typer.Option(27_000, "--eval-max-steps", help="Agent-step cap of evaluation episodes. Default 27000 (the protocol's)."),
-    eval_envs: int = typer.Option(16, "--eval-envs", help="Emulators played side by side in the evaluation. Default 16."),
-    checkpoint_every: int = typer.Option(5000, "--checkpoint-every", help="Gradient steps between checkpoints. Default 5000."),
-    log_every: int = typer.Option(500, "--log-every", help="Gradient steps per metrics line. Default 500."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sampling. Default 0."),
-    as_json: bool = JSON_OPTION,
+    run_dir: o.RunDir, source: o.From = None, game: Game = None, data: Data = None,
+    transitions: Transitions = None, runs: Runs = None, checkpoints: Checkpoints = None, init: o.Init = None,
+    freeze: o.Freeze = None, steps: o.Steps = None, batch_size: o.BatchSize = None, lr: o.Lr = None,
+    adam_eps: o.AdamEps = None, alpha: o.Alpha = None, gamma: o.Gamma = None, n_step: o.NStep = None,
+    target_update_period: o.TargetUpdatePeriod = None, cache_bytes: CacheBytes = None, protocol: o.Protocol = None,
+    final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None, eval_max_steps: o.EvalMaxSteps = None,
+    eval_envs: EvalEnvs = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
+    seed: o.Seed = None, config_file: o.ConfigFile = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
-    from sqlcli_core.training.finetune_offline import OfflineConfig, run_offline
-
+    flags = dict(locals())
+    from sqlcli_core.methods import get_method
+    from sqlcli_core.training.finetune_offline import resolve_config, run_offline
+    for name in ("run_dir", "source", "config_file", "as_json"):
+        flags.pop(name)
+    flags["learning_rate"] = flags.pop("lr")
+    config = resolve_config(config_file, {**flags, "data": None if data is None else str(data)})
+    method = get_method(config.learner_config().method)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
-    require_path(data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
-    config = OfflineConfig(
-        game=game, data=str(data), init=init, freeze=freeze, transitions=transitions, runs=runs,
-        checkpoints=checkpoints, steps=steps, batch_size=batch_size, learning_rate=lr, adam_eps=adam_eps,
-        alpha=alpha, gamma=gamma, n_step=n_step, target_update_period=target_update_period,
-        cache_bytes=cache_bytes, protocol=protocol, final_seeds=final_seeds, final_episodes=final_episodes,
-        eval_max_steps=eval_max_steps, eval_envs=eval_envs, checkpoint_every=checkpoint_every,
-        log_every=log_every, seed=seed)
+    require_path(config.data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
 
     def progress(record: dict) -> None:
-        console.print(f"step {record['step']:>8}  loss {record['loss']:.4f}  td {record['td_loss']:.4f}  "
-                      f"cql {record['cql_loss']:.3f}  Q {record['q_data']:.3f}  {record['steps_per_s']:.1f} steps/s",
+        console.print(f"step {record['step']:>8}  {metrics_line(record, method)}  {record['steps_per_s']:.1f} steps/s",
                       highlight=False)
 
     summary = run_offline(config, run_dir=run_dir, source=source, on_log=progress)

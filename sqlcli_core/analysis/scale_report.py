@@ -49,7 +49,7 @@ OUTPUT_STEM = "scale_report"
 # learner.PretrainConfig.to_dict() as config), then the flatter names of docs/architecture.md's contract.
 _ARCH_KEYS = ("identity.network.arch", "config.network.arch", "config.arch")
 _WIDTH_KEYS = ("identity.network.width", "config.network.width", "config.width")
-_METHOD_KEYS = ("config.method",)
+_METHOD_KEYS = ("identity.method", "config.learner.method", "config.method")
 _ALPHA_KEYS = ("config.learner.alpha", "config.alpha")
 _COMPOSITION_KEYS = ("config.data_composition", "config.composition", "config.data.composition")
 _STORE_KEYS = ("config.data", "config.data.store", "config.data_store")
@@ -254,7 +254,7 @@ def composition_from_store(store_path: str, games: tuple[str, ...] | None) -> st
 
 def _method_of(run: Mapping[str, Any]) -> str:
     method = _lookup(run, _METHOD_KEYS)
-    if method:
+    if method and method != "scaled-ql":  # scaled-ql runs are told apart by their CQL weight below
         return str(method)
     alpha = _lookup(run, _ALPHA_KEYS)
     # Runs that differ in the CQL weight are different methods for the purpose of a scaling fit.

@@ -6,7 +6,10 @@
       -> learned spatial embedding                           (B, C * F)
       -> dense projection + ReLU                             (B, D)
       -> L2 feature normalization                            (B, D)
-      -> the sample's own game's linear C51 head             (B, A_max, num_atoms) float32 logits
+      -> the sample's own game's linear head                 (B, A_max, K) float32 logits
+      -> typed outputs (the head kind, chosen by the method):
+           "categorical": CategoricalOutputs(logits (B, A_max, num_atoms), q_values (B, A_max))
+           "policy":      PolicyOutputs(logits (B, A_max))
 
 Every torso gets the same neck and heads, so a scaling comparison varies only the torso. Parameters are
 grouped in four top-level modules, `torso`, `spatial_embedding`, `projection`, `heads`, which is how
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import haiku as hk
 import jax
@@ -30,39 +33,66 @@ from sqlcli_core.networks.dqn_cnn import DqnCnn
 from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
 from sqlcli_core.networks.impala import ImpalaCnn
 from sqlcli_core.networks.resnet import RESNET_LAYOUTS, ResNet
+from sqlcli_core.settings import setting
 
 ARCHS = ("dqn", "impala") + tuple(f"resnet{d}" for d in sorted(RESNET_LAYOUTS))
 PARTS = ("torso", "spatial_embedding", "projection", "heads")
 FULL_ACTION_SPACE = 18
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-OBS_SHAPE = (4, 84, 84)
+# One network input: the 4 stacked 84x84 frames, frame-major (atari.env's FRAME_SHAPE is one frame).
+INPUT_SHAPE = (4, 84, 84)
+
+
+class CategoricalOutputs(NamedTuple):
+    """What the categorical (C51) heads give: per-action return distributions and their means.
+
+    logits (B, A_max, num_atoms) float32; q_values (B, A_max) float32 = sum_j z_j softmax(logits)_j.
+    Entries of actions outside a sample's game are meaningless (logits 0): mask them (action_mask).
+    """
+
+    logits: jax.Array
+    q_values: jax.Array
+
+
+class PolicyOutputs(NamedTuple):
+    """What the policy heads give: one logit per action, logits (B, A_max) float32 (0 off the game)."""
+
+    logits: jax.Array
+
+
+# Head kind -> (outputs type, values per action given the config). A method names the kind it trains.
+HEAD_KINDS = ("categorical", "policy")
+
+
+def values_per_action(config: NetworkConfig, head: str) -> int:
+    """Columns per action in the stacked head matrix: num_atoms for categorical heads, 1 for policy heads."""
+    if head not in HEAD_KINDS:
+        raise UsageError(f"unknown head kind '{head}'", hint="choose one of " + ", ".join(HEAD_KINDS))
+    return config.num_atoms if head == "categorical" else 1
 
 
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig:
-    """Everything that defines the network's shape and numerics.
+    """Everything that defines the network's shape and numerics (each field's help: `setting(...)`).
 
-    arch: one of ARCHS. width: channel multiplier of the torso (1.0 = the standard model).
-    num_atoms, v_min, v_max: the C51 support, num_atoms atoms evenly spaced in [v_min, v_max].
-    spatial_embedding_features: F of the learned spatial embedding (its output has C * F features).
-    projection_dim: D, units of the dense projection before feature normalization.
-    num_groups: group-norm groups of the ResNets (gcd(num_groups, channels) where channels is smaller).
-    normalize_features: divide the shared feature by its L2 norm before the heads.
-    full_action_space: heads of 18 actions for every game instead of the minimal action sets.
-    compute_dtype: "float32", or "bfloat16" for accelerators (params stay float32; logits come out float32).
+    The C51 support (num_atoms atoms evenly spaced in [v_min, v_max]) is read by categorical heads only.
     """
 
-    arch: str = "resnet101"
-    width: float = 1.0
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
-    spatial_embedding_features: int = 8
-    projection_dim: int = 1024
-    num_groups: int = 32
-    normalize_features: bool = True
-    full_action_space: bool = False
-    compute_dtype: str = "float32"
+    arch: str = setting("resnet101", "Torso: dqn, impala, resnet18/34/50/101/152.", tag="paper: the family")
+    width: float = setting(1.0, "Channel multiplier of the torso (1.0 = the standard model).")
+    num_atoms: int = setting(51, "C51 atoms (categorical heads only).", tag="ours: the C51 default")
+    v_min: float = setting(-10.0, "Lowest atom (return units, clipped rewards).", tag="ours: the C51 default")
+    v_max: float = setting(10.0, "Highest atom (return units, clipped rewards).", tag="ours: the C51 default")
+    spatial_embedding_features: int = setting(8, "F of the learned spatial embedding (its output has C * F "
+                                              "features).", tag="ours, from the authors' related public code")
+    projection_dim: int = setting(1024, "D, units of the dense projection before feature normalization.")
+    num_groups: int = setting(32, "Group-norm groups of the ResNets (gcd(num_groups, channels) where channels is "
+                              "smaller).", tag="ours: Wu & He's default")
+    normalize_features: bool = setting(True, "Divide the shared feature by its L2 norm before the heads.",
+                                       tag="paper")
+    full_action_space: bool = setting(False, "Heads of 18 actions for every game instead of the minimal action sets.")
+    compute_dtype: str = setting("float32", "float32, or bfloat16 for accelerators (params stay float32; outputs "
+                                 "come out float32).")
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -129,7 +159,7 @@ def make_torso(config: NetworkConfig) -> hk.Module:
 
 def shared_features(config: NetworkConfig, obs: jax.Array) -> jax.Array:
     """obs (B, 4, 84, 84) uint8 -> the normalized shared feature (B, D) float32 (inside hk.transform)."""
-    if obs.ndim != 4 or tuple(obs.shape[1:]) != OBS_SHAPE:
+    if obs.ndim != 4 or tuple(obs.shape[1:]) != INPUT_SHAPE:
         raise DataError(f"network input must have shape (B, 4, 84, 84), got {tuple(obs.shape)}",
                         hint="pass stacked 84x84 grayscale frames, frame-major")
     dtype = COMPUTE_DTYPES[config.compute_dtype]
@@ -140,14 +170,16 @@ def shared_features(config: NetworkConfig, obs: jax.Array) -> jax.Array:
     return l2_normalize(x) if config.normalize_features else x.astype(jnp.float32)
 
 
-def build_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Transformed:
-    """The multi-game C51 network as a pure (init, apply) pair.
+def build_network(config: NetworkConfig, num_actions: Sequence[int], head: str = "categorical") -> hk.Transformed:
+    """The multi-game network as a pure (init, apply) pair.
 
-    init(rng, obs, game) -> params, always float32. apply(params, obs, game) -> (B, A_max, num_atoms) float32
-    logits of each sample's own game's head; obs (B, 4, 84, 84) uint8, game (B,) int32 in [0, G).
-    Logits of actions outside a sample's game (see action_mask) are 0 and carry no gradient.
-    With compute_dtype bfloat16, apply casts the params to bfloat16 and the logits back to float32.
+    init(rng, obs, game) -> params, always float32. apply(params, obs, game) -> typed outputs of each sample's
+    own game's head: CategoricalOutputs for head "categorical" (C51 logits (B, A_max, num_atoms) and their
+    expected values), PolicyOutputs for head "policy" (action logits (B, A_max)); obs (B, 4, 84, 84) uint8,
+    game (B,) int32 in [0, G). Logits of actions outside a sample's game (see action_mask) are 0 and carry
+    no gradient. With compute_dtype bfloat16, apply casts the params to bfloat16 and the outputs back to float32.
     """
+    per_action = values_per_action(config, head)
     num_actions = tuple(int(n) for n in num_actions)
     _check_num_actions(num_actions)
     if config.full_action_space and any(n != FULL_ACTION_SPACE for n in num_actions):
@@ -156,10 +188,12 @@ def build_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Trans
     dtype = COMPUTE_DTYPES[config.compute_dtype]
 
     def transform(cfg: NetworkConfig) -> hk.Transformed:
-        def forward(obs: jax.Array, game: jax.Array) -> jax.Array:
+        def forward(obs: jax.Array, game: jax.Array):
             features = shared_features(cfg, obs).astype(COMPUTE_DTYPES[cfg.compute_dtype])
-            logits = MultiGameHeads(num_actions, cfg.num_atoms)(features, game)
-            return logits.astype(jnp.float32)
+            logits = MultiGameHeads(num_actions, per_action)(features, game).astype(jnp.float32)
+            if head == "policy":
+                return PolicyOutputs(logits[..., 0])
+            return CategoricalOutputs(logits, categorical_mean(logits, jnp.asarray(cfg.support())))
 
         return hk.without_apply_rng(hk.transform(forward))
 
@@ -168,7 +202,7 @@ def build_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Trans
     # that the master weights are float32 whatever the compute dtype (the parameter trees are identical).
     transformed_f32 = transform(dataclasses.replace(config, compute_dtype="float32"))
 
-    def apply(params: hk.Params, obs: jax.Array, game: jax.Array) -> jax.Array:
+    def apply(params: hk.Params, obs: jax.Array, game: jax.Array):
         if dtype != jnp.float32:
             params = jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
         return transformed.apply(params, obs, game)
@@ -180,6 +214,11 @@ def build_network(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Trans
             return transformed_f32.init(rng, obs, game)
 
     return hk.Transformed(init=init, apply=apply)
+
+
+def categorical_mean(logits: jax.Array, support: jax.Array) -> jax.Array:
+    """Q = E[Z]: (..., K) logits, (K,) support -> (...) float32."""
+    return jnp.sum(jax.nn.softmax(logits, axis=-1) * support, axis=-1)
 
 
 def count_parameters(params: hk.Params) -> dict[str, int]:
@@ -197,22 +236,22 @@ def count_parameters(params: hk.Params) -> dict[str, int]:
     return counts
 
 
-def abstract_params(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Params:
+def abstract_params(config: NetworkConfig, num_actions: Sequence[int], head: str = "categorical") -> hk.Params:
     """The parameter tree as jax.ShapeDtypeStruct leaves, without allocating or computing any weight."""
-    network = build_network(config, num_actions)
-    obs = jax.ShapeDtypeStruct((1,) + OBS_SHAPE, jnp.uint8)
+    network = build_network(config, num_actions, head)
+    obs = jax.ShapeDtypeStruct((1,) + INPUT_SHAPE, jnp.uint8)
     game = jax.ShapeDtypeStruct((1,), jnp.int32)
     return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game)
 
 
-def parameter_table(config: NetworkConfig, games: Sequence[Any]) -> dict[str, Any]:
+def parameter_table(config: NetworkConfig, games: Sequence[Any], head: str = "categorical") -> dict[str, Any]:
     """Parameter counts of `config` for `games` (Game objects or action-set sizes), via jax.eval_shape.
 
     Returns {"arch", "width", "num_games", "num_actions": [...], "parts": {part: int}, "total": int,
     "torso_output": [H, W, C]}. Fast even for resnet152: nothing is allocated or initialised.
     """
     num_actions = num_actions_for(config, games)
-    params = abstract_params(config, num_actions)
+    params = abstract_params(config, num_actions, head)
     parts = count_parameters(params)
     kernel = params["spatial_embedding"]["kernel"].shape  # (H, W, C, F)
     return {
@@ -227,7 +266,7 @@ def parameter_table(config: NetworkConfig, games: Sequence[Any]) -> dict[str, An
 
 
 __all__ = [
-    "ARCHS", "FULL_ACTION_SPACE", "NetworkConfig", "PARTS", "abstract_params", "action_mask",
-    "build_network", "count_parameters", "make_torso", "num_actions_for", "parameter_table",
-    "shared_features",
+    "ARCHS", "CategoricalOutputs", "FULL_ACTION_SPACE", "HEAD_KINDS", "INPUT_SHAPE", "NetworkConfig", "PARTS",
+    "PolicyOutputs", "abstract_params", "action_mask", "build_network", "categorical_mean", "count_parameters",
+    "make_torso", "num_actions_for", "parameter_table", "shared_features", "values_per_action",
 ]

@@ -26,6 +26,7 @@ import numpy as np
 from sqlcli_core.atari.games import Game
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.methods import DEFAULT_METHOD, get_method
 from sqlcli_core.provenance import provenance
 
 RUN_FILE = "run.json"
@@ -35,19 +36,36 @@ CHECKPOINT_DIR = "checkpoints"
 NUMERICS_ONLY = frozenset({"compute_dtype"})
 
 
-def run_identity(network_config: dict, games: Sequence[str], num_actions: Sequence[int]) -> dict:
-    """What a checkpoint must match to be resumed or loaded: the network config and the game list."""
-    return {"network": dict(network_config), "games": list(games), "num_actions": [int(n) for n in num_actions]}
+def run_identity(network_config: dict, games: Sequence[str], num_actions: Sequence[int],
+                 method: str = DEFAULT_METHOD) -> dict:
+    """What a checkpoint must match to be resumed or loaded: the method, the network config and the game list."""
+    return {"method": method, "network": dict(network_config), "games": list(games),
+            "num_actions": [int(n) for n in num_actions]}
+
+
+def identity_method(identity: dict) -> str:
+    """The method of a run identity; runs written before methods existed are scaled-ql."""
+    return identity.get("method") or DEFAULT_METHOD
 
 
 def _identity_difference(saved: dict, wanted: dict) -> str | None:
-    """A short description of the first difference between two identities, or None when equal."""
+    """A short description of the first difference between two identities, or None when equal.
+
+    Network settings are compared on the keys both sides know; a key only one side has is equal when the
+    other side's value is its NetworkConfig default (a field added later does not change an older run).
+    """
+    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.training.lifecycle import settings_difference
+
+    if identity_method(saved) != identity_method(wanted):
+        return f"method {identity_method(saved)} vs {identity_method(wanted)}"
     if saved.get("games") != wanted.get("games"):
         return f"games {_short(saved.get('games'))} vs {_short(wanted.get('games'))}"
     saved_net, wanted_net = saved.get("network", {}), wanted.get("network", {})
-    for key in sorted((set(saved_net) | set(wanted_net)) - NUMERICS_ONLY):
-        if saved_net.get(key) != wanted_net.get(key):
-            return f"network {key} {saved_net.get(key)!r} vs {wanted_net.get(key)!r}"
+    defaults = NetworkConfig().to_dict()
+    for key in settings_difference({k: v for k, v in saved_net.items() if k not in NUMERICS_ONLY},
+                                   {k: v for k, v in wanted_net.items() if k not in NUMERICS_ONLY}, defaults):
+        return f"network {key} {saved_net.get(key, defaults.get(key))!r} vs {wanted_net.get(key, defaults.get(key))!r}"
     if saved.get("num_actions") != wanted.get("num_actions"):
         return f"action-set sizes {saved.get('num_actions')} vs {wanted.get('num_actions')}"
     return None
@@ -238,11 +256,12 @@ class Checkpointer:
 
 
 @dataclasses.dataclass
-class QPolicy:
-    """A trained multi-game Q-network, ready to act.
+class RunPolicy:
+    """A trained multi-game network of a run, ready to act (an `evaluation.evaluate.QPolicy`).
 
     games: the run's games, in head order (batch `game` ids index this list). run_config: run.json's
-    record. step: the checkpoint's gradient step. params: the online network's parameters.
+    record. step: the checkpoint's gradient step. params: the online network's parameters. method: the run's
+    method name (acting plays the argmax of `q_values`, which are the method's action values).
     """
 
     games: list[Game]
@@ -251,12 +270,14 @@ class QPolicy:
     params: Any
     network_config: Any
     num_actions: tuple[int, ...]
+    method: str = DEFAULT_METHOD
     _q_fn: Callable = dataclasses.field(repr=False, default=None)
 
     def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
-        """obs (N, 4, 84, 84) uint8, game (N,) int32 -> (N, A_max) float32 expected returns.
+        """obs (N, 4, 84, 84) uint8, game (N,) int32 -> (N, A_max) float32 action values.
 
-        Entries of actions outside each sample's game are -inf, so an argmax never picks them.
+        Expected returns for value methods (scaled-ql, c51), policy logits for bc. Entries of actions outside
+        each sample's game are -inf, so an argmax never picks them.
         """
         game = np.asarray(game, np.int32)
         if game.size and (game.min() < 0 or game.max() >= len(self.games)):
@@ -265,21 +286,17 @@ class QPolicy:
         return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game)))
 
 
-def make_q_fn(network_config, num_actions: Sequence[int]) -> Callable:
-    """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) expected returns, -inf off each game."""
+def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD) -> Callable:
+    """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) action values, -inf off each game.
+
+    The values are the method's acting output (`Method.make_action_values`): Q for scaled-ql and c51, the
+    policy logits for bc. Acting never depends on the loss family.
+    """
     from sqlcli_core import networks
-    from sqlcli_core.methods.losses import categorical_mean
 
-    network = networks.build_network(network_config, tuple(num_actions))
-    mask = jnp.asarray(networks.action_mask(tuple(num_actions)))
-    support = jnp.asarray(network_config.support())
-
-    @jax.jit
-    def q_fn(params, obs, game):
-        q = categorical_mean(network.apply(params, obs, game), support)  # (N, A_max)
-        return jnp.where(mask[game], q, -jnp.inf)
-
-    return q_fn
+    m = get_method(method)
+    network = m.network(network_config, tuple(num_actions))
+    return m.make_action_values(network, networks.action_mask(tuple(num_actions)))
 
 
 def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
@@ -294,8 +311,8 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
                     hint="pass RUN (newest checkpoint) or RUN/checkpoints/STEP")
 
 
-def load_policy(run_or_checkpoint: str | os.PathLike) -> QPolicy:
-    """The online network of a run's newest checkpoint (or of RUN/checkpoints/STEP) as a QPolicy."""
+def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
+    """The online network of a run's newest checkpoint (or of RUN/checkpoints/STEP) as a RunPolicy."""
     from sqlcli_core import networks
 
     path = Path(run_or_checkpoint)
@@ -306,6 +323,7 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> QPolicy:
     identity = record["identity"]
     network_config = networks.NetworkConfig.from_dict(identity["network"])
     num_actions = tuple(identity["num_actions"])
+    method = get_method(identity_method(identity))
     checkpointer = Checkpointer(run_dir, identity, read_only=True)
     try:
         step = checkpointer._step_or_latest(step)
@@ -315,7 +333,8 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> QPolicy:
             raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
                             hint="the run directory was mixed up; train again or restore run.json")
         ocp = checkpointer._ocp
-        abstract = networks.abstract_params(network_config, num_actions)
+        abstract = jax.eval_shape(method.network(network_config, num_actions).init, jax.random.PRNGKey(0),
+                                  *method.init_inputs(network_config))
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32, sharding=sharding), abstract)}
         restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
@@ -325,7 +344,6 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> QPolicy:
     finally:
         checkpointer.close()
 
-    q_fn = make_q_fn(network_config, num_actions)
-
-    return QPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
-                   network_config=network_config, num_actions=num_actions, _q_fn=q_fn)
+    q_fn = make_q_fn(network_config, num_actions, method.name)
+    return RunPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
+                     network_config=network_config, num_actions=num_actions, method=method.name, _q_fn=q_fn)

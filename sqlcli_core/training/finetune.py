@@ -7,6 +7,11 @@ Both fine-tuning commands (offline to a held-out game, online to a game variant)
     heads (D, sum_g A_g * atoms)          --game g's columns, when g was pre-trained--> heads (D, A * atoms)
                                           --otherwise a fresh head
 
+Fine-tuning trains the run's network with the Scaled QL update (C51 + alpha * CQL; alpha 0 = C51),
+whatever method pre-trained it. From a behaviour-cloning run the shared parts transfer and the head is
+fresh (a policy head has one logit per action, not a return distribution): the BC representation is the
+starting point of Q-learning on the new game.
+
 `--init scratch` keeps the architecture (the run's NetworkConfig) and initialises everything afresh: the
 baseline that isolates what pre-training brings. Freezing is done in the optimizer (the frozen parts'
 updates are set to zero) handed to `learner.make_train_step`, so the update is the learner's own.
@@ -28,10 +33,12 @@ import optax
 
 from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.methods import DEFAULT_METHOD, get_method
 
 INITS = ("pretrained", "scratch")
 FREEZE_CHOICES = ("none", "torso", "shared")
 SHARED_PARTS = ("torso", "spatial_embedding", "projection")
+FINETUNE_HEAD = get_method(DEFAULT_METHOD).head  # fine-tuning trains Scaled QL: categorical heads
 
 
 @dataclasses.dataclass
@@ -44,10 +51,11 @@ class Pretrained:
     games: list[Game]
     num_actions: tuple[int, ...]
     params: Any  # haiku params of the online network (host or device arrays)
+    method: str = DEFAULT_METHOD  # the pre-training method (its head kind decides whether heads transfer)
 
     def describe(self) -> dict:
         return {"run": str(self.run_dir), "step": self.step, "arch": self.network_config.arch,
-                "width": self.network_config.width, "games": [g.name for g in self.games]}
+                "width": self.network_config.width, "games": [g.name for g in self.games], "method": self.method}
 
 
 def part_of(module: str) -> str:
@@ -72,7 +80,12 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     identity = record.get("identity") or {}
     config = networks.NetworkConfig.from_dict(identity.get("network", {}))
     num_actions = tuple(int(n) for n in identity.get("num_actions", ()))
-    expected = networks.abstract_params(config, num_actions)
+    method = get_method(checkpoint.identity_method(identity))
+    if method.finetune is not None:
+        raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
+                         hint="fine-tune a scaled-ql, c51 or bc run")
+    expected = jax.eval_shape(method.network(config, num_actions).init, jax.random.PRNGKey(0),
+                              *method.init_inputs(config))
     saved = _saved_param_shapes(run_dir, identity, step)
     if not any(part_of(m) == "torso" for m in saved):
         raise DataError(f"checkpoint of {run_dir} holds no torso parameters",
@@ -95,7 +108,8 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
         raise DataError(f"cannot read the checkpoint of {run_dir}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                         hint="pass a run written by `sql pretrain`") from None
     return Pretrained(run_dir=Path(run_dir), step=policy.step, network_config=policy.network_config,
-                      games=list(policy.games), num_actions=tuple(policy.num_actions), params=policy.params)
+                      games=list(policy.games), num_actions=tuple(policy.num_actions), params=policy.params,
+                      method=method.name)
 
 
 def _saved_param_shapes(run_dir: Path, identity: dict, step: int | None) -> dict[str, dict[str, tuple]]:
@@ -140,11 +154,14 @@ def head_module(params: Any) -> str:
     return names[0]
 
 
-def head_columns(params: Any, num_actions: Sequence[int], num_atoms: int, game: int) -> dict[str, np.ndarray]:
-    """Game `game`'s slice of a multi-game head: {"w": (D, A_g * atoms), "b": (A_g * atoms,)}."""
+def head_columns(params: Any, num_actions: Sequence[int], per_action: int, game: int) -> dict[str, np.ndarray]:
+    """Game `game`'s slice of a multi-game head: {"w": (D, A_g * per_action), "b": (A_g * per_action,)}.
+
+    per_action: columns per action (networks.values_per_action: the atoms of a categorical head, 1 for a
+    policy head)."""
     from sqlcli_core.networks.heads import head_offsets
 
-    offsets = head_offsets(num_actions, num_atoms)
+    offsets = head_offsets(num_actions, per_action)
     lo, hi = int(offsets[game]), int(offsets[game + 1])
     head = params[head_module(params)]
     return {"w": np.asarray(head["w"])[:, lo:hi], "b": np.asarray(head["b"])[lo:hi]}
@@ -226,8 +243,8 @@ def initial_params(network_config, num_actions: Sequence[int], seed: int, *, ini
                    pretrained: Pretrained | None, game: Game, freeze: str) -> tuple[Any, dict]:
     """The fine-tuned network's starting params and a record of where each part came from.
 
-    init 'pretrained': shared parts from the run, plus the game's own head when it was pre-trained;
-    'scratch': a fresh network of the same architecture. Returns (params, {"init", "head", "parts"}).
+    init 'pretrained': shared parts from the run, plus the game's own head when it was pre-trained with a
+    head of the same kind (categorical); 'scratch': a fresh network of the same architecture. Returns (params, {"init", "head", "parts"}).
     """
     if init not in INITS:
         raise UsageError(f"unknown --init '{init}'", hint="choose pretrained or scratch")
@@ -238,11 +255,14 @@ def initial_params(network_config, num_actions: Sequence[int], seed: int, *, ini
     if init == "scratch":
         return fresh, {"init": "scratch", "head": "fresh", "parts": []}
     assert pretrained is not None
+    from sqlcli_core.networks import values_per_action
+
     head = None
     names = [g.name for g in pretrained.games]
-    if game.name in names:
+    if game.name in names and get_method(pretrained.method).head == FINETUNE_HEAD:
         g = names.index(game.name)
-        head = head_columns(pretrained.params, pretrained.num_actions, network_config.num_atoms, g)
+        head = head_columns(pretrained.params, pretrained.num_actions,
+                            values_per_action(network_config, FINETUNE_HEAD), g)
     params = transfer_params(fresh, pretrained.params, head=head)
     return params, {"init": "pretrained", "head": "pretrained" if head is not None else "fresh",
                     "parts": list(SHARED_PARTS), "from": pretrained.describe()}

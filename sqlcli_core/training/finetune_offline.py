@@ -22,42 +22,45 @@ import jax.numpy as jnp
 
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import Game, canonical_name
-from sqlcli_core.atomic import write_json
 from sqlcli_core.errors import UsageError
+from sqlcli_core.settings import setting
 
 COMMAND = "finetune-offline"
 
 
 @dataclasses.dataclass(frozen=True)
 class OfflineConfig:
-    """Everything `sql finetune-offline` does (defaults and their sources: docs/finetune.md)."""
+    """Everything `sql finetune-offline` does: the one home of its defaults (docs/finetune.md tags them)."""
 
-    game: str
-    data: str
-    init: str = "pretrained"
-    freeze: str = "none"
-    transitions: int = 2_000_000  # paper: about 2M transitions of the new game
-    runs: str | None = None  # e.g. "1" or "1-5"; None = every run in the store
-    checkpoints: str | None = None  # DQN-Replay checkpoint numbers, e.g. "0-1"; None = all in the store
-    steps: int = 50_000  # gradient steps
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    adam_eps: float = 3.125e-4
-    alpha: float = 0.05  # CQL weight, as in pre-training
-    gamma: float = 0.99
-    n_step: int = 3
-    target_update_period: int = 2000
-    cache_bytes: int = 2 << 30
-    protocol: str = "dopamine"
-    final_seeds: int = 5
-    final_episodes: int = 2
-    eval_max_steps: int = 27_000
-    eval_envs: int = 16
-    checkpoint_every: int = 5000
-    log_every: int = 500
-    seed: int = 0
+    game: str = setting(None, "The new game, e.g. Alien (any case, ALE ids accepted). Required.")
+    data: str = setting(None, "Zarr store written by `sql shard` that holds the game's data. Required.")
+    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
+    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
+    transitions: int = setting(2_000_000, "Rows of the game's data to train on (first ones of the chosen "
+                               "runs/checkpoints, in stream order).", tag="paper: about 2M transitions")
+    runs: str | None = setting(None, "Run numbers of the store to use, e.g. 1 or 1-5 (none: all).")
+    checkpoints: str | None = setting(None, "DQN-Replay checkpoint numbers to use, e.g. 0-1 (none: all in the store).")
+    steps: int = setting(50_000, "Gradient steps.")
+    batch_size: int = setting(32, "Transitions per gradient step.")
+    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
+    alpha: float = setting(0.05, "CQL weight (0 = plain C51).", tag="ours, as pre-training")
+    gamma: float = setting(0.99, "Discount.", tag="paper")
+    n_step: int = setting(3, "n-step return length.", tag="paper")
+    target_update_period: int = setting(2000, "Gradient steps between target copies.", tag="paper")
+    cache_bytes: int = setting(2 << 30, "Sampler cache of decompressed frames, bytes (2 GiB).")
+    protocol: str = setting("dopamine", "Evaluation protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
+    final_seeds: int = setting(5, "Seeds of the final evaluation.")
+    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
+    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
+    eval_envs: int = setting(16, "Emulators played side by side in the evaluation.")
+    checkpoint_every: int = setting(5000, "Gradient steps between checkpoints.")
+    log_every: int = setting(500, "Gradient steps per metrics line.")
+    seed: int = setting(0, "Seed of initialisation and sampling.")
 
     def __post_init__(self):
+        if not self.game or not self.data:
+            raise UsageError("finetune-offline needs --game and --data", hint="pass the new game and its Zarr store")
         for name in ("transitions", "steps", "batch_size", "final_seeds", "final_episodes", "eval_max_steps",
                      "eval_envs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
@@ -177,23 +180,6 @@ def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: s
 # ------------------------------------------------------------------------------------------ training
 
 
-def _check_resume_settings(run_dir: Path, config: OfflineConfig, source: str) -> None:
-    from sqlcli_core.training import checkpoint
-
-    if not (run_dir / checkpoint.RUN_FILE).exists():
-        return
-    previous = checkpoint.read_run(run_dir).get("config", {})
-    if previous.get("command") != COMMAND:
-        raise UsageError(f"run directory {run_dir} was not written by `sql {COMMAND}`", hint="pass a new --run-dir")
-    had = previous.get("settings") or {}
-    diff = sorted(k for k, v in config.identity_fields().items() if had.get(k) != v)
-    if previous.get("from") != source:
-        diff.append("from")
-    if diff:
-        raise UsageError(f"run directory {run_dir} was started with other settings ({', '.join(diff)})",
-                         hint="repeat that run's options to resume it, or pass a new --run-dir")
-
-
 def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Path | None,
                 on_log: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune offline, then evaluate on real ALE; returns the summary (scores also in RUN/eval/final.json).
@@ -204,11 +190,16 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     from sqlcli_core import networks
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.provenance import provenance
     from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.checkpoint import make_q_fn
     from sqlcli_core.training.finetune_online import ParamsPolicy
+    from sqlcli_core.training.lifecycle import (
+        TrainingRun,
+        check_resume_settings,
+        final_eval_is_current,
+        write_final_eval,
+    )
 
+    # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
     game = Game(canonical_name(config.game))
     config = dataclasses.replace(config, game=game.name, data=str(Path(config.data).absolute()))
@@ -222,11 +213,13 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     if config.init not in finetune.INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     learner_config = config.learner_config()
+    method = learner_config.get_method()
     source_str = str(Path(source).absolute())
-    _check_resume_settings(run_dir, config, source_str)
+    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
                                  budget=config.transitions)
 
+    # The one-game network and its train state.
     pretrained = finetune.load_pretrained(source)
     net_config = pretrained.network_config
     num_actions = tuple(finetune.finetune_num_actions(net_config, game))
@@ -235,80 +228,92 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                                              pretrained=pretrained, game=game, freeze=config.freeze)
     optimizer, train_step = finetune.cached_finetune_step(net_config, num_actions, learner_config, config.freeze,
                                                           tuple(mesh.devices.flat))
-    target = jax.tree.map(jnp.copy, params)  # a separate buffer: the update step donates both
-    state = learner.TrainState(params, target, optimizer.init(params), jnp.zeros((), jnp.int32),
-                               jax.random.PRNGKey(config.seed + 1))
+    state = learner.TrainState(params, method.initial_target(params), optimizer.init(params),
+                               jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 1))
     state = jax.device_put(state, learner.replicated(mesh))
 
-    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions)
+    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     counts = networks.count_parameters(params)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "from": source_str, "origin": origin, "data_selection": selection}
-    checkpoint.prepare_run_dir(run_dir, identity=identity, config=run_config, parameter_counts=counts,
-                               seed=config.seed, command=COMMAND)
-    ckpt = checkpoint.Checkpointer(run_dir, identity, every=config.checkpoint_every, keep=2)
-    metrics_path = run_dir / checkpoint.METRICS_FILE
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
                             gamma=config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
-    resumed_from = None
-    last = None
+    resumed_from, last = None, None
     try:
-        latest = ckpt.latest_step()
-        if latest is not None:
-            replicated = learner.replicated(mesh)
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-            restored, meta = ckpt.restore(abstract, latest)
-            state = learner.TrainState(*restored) if not isinstance(restored, learner.TrainState) else restored
-            sampler.load_state_dict(meta["sampler_states"][0])
-            checkpoint.truncate_metrics(run_dir, latest)
-            resumed_from = latest
-        elif metrics_path.exists():
-            metrics_path.unlink()  # lines of a run killed before its first checkpoint
+        with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
+                         seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
+            latest = run.latest_step()
+            if latest is not None:
+                replicated = learner.replicated(mesh)
+                abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+                restored, meta = run.restore(abstract, latest)
+                state = learner.TrainState(*restored)
+                sampler.load_state_dict(meta["sampler_states"][0])
+                resumed_from = latest
+            else:
+                run.start_fresh()
 
-        def log(record: dict) -> None:
-            from sqlcli_core.atomic import append_jsonl
+            def log(record: dict) -> None:
+                run.log({**record, "kind": "train"})
+                if on_log:
+                    on_log(record)
 
-            append_jsonl(metrics_path, {**record, "kind": "train"})
-            if on_log:
-                on_log(record)
+            def on_step(step: int, st, sampler_state: dict) -> None:
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    run.save(step, st, sampler_state, force=True)
 
-        def on_step(step: int, st, sampler_state: dict) -> None:
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                ckpt.save(step, st, sampler_state, force=True)
+            if int(jax.device_get(state.step)) < config.steps:
+                with learner.Prefetcher(sampler, learner.batch_sharding(mesh)) as batches:
+                    state, last = learner.fit(train_step, state, batches, num_steps=config.steps,
+                                              batch_size=config.batch_size, game_names=[game.name],
+                                              log_every=config.log_every, method=method, on_log=log,
+                                              on_step=on_step)
+            run.wait()
+            grad_steps = int(jax.device_get(state.step))
 
-        if int(jax.device_get(state.step)) < config.steps:
-            with learner.Prefetcher(sampler, learner.batch_sharding(mesh)) as batches:
-                state, last = learner.fit(train_step, state, batches, num_steps=config.steps,
-                                          batch_size=config.batch_size, game_names=[game.name],
-                                          log_every=config.log_every, on_log=log, on_step=on_step)
-        ckpt.wait()
-        grad_steps = int(jax.device_get(state.step))
-
-        final_path = run_dir / "eval" / "final.json"
-        if not final_path.exists() or json.loads(final_path.read_text()).get("finetune", {}).get(
-                "grad_steps") != grad_steps:
-            cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)),
-                                        episodes=config.final_episodes, protocol=protocol, epsilon=protocol.epsilon,
-                                        max_steps=config.eval_max_steps)
-            policy = ParamsPolicy(game, make_q_fn(net_config, num_actions), state.params, grad_steps)
-            results, _ = evaluation.evaluate(policy, cfg, num_envs=min(config.eval_envs,
-                                                                       config.final_seeds * config.final_episodes))
-            result = {
-                "provenance": provenance(COMMAND, {**run_config, "eval": cfg.play_settings()}, config.seed),
-                "protocol": evaluation.protocol_block(cfg),
-                "policy": {"kind": "checkpoint", "run": str(run_dir.absolute()), "step": grad_steps,
-                           "arch": net_config.arch, "num_params": int(sum(counts.values()))},
-                **evaluation.summarize(results, cfg),
-                "finetune": {"command": COMMAND, "init": config.init, "freeze": config.freeze, "origin": origin,
-                             "grad_steps": grad_steps, "data_rows": selection["rows"]},
-            }
-            write_json(final_path, result)
-        final = json.loads(final_path.read_text())
-        g = final["games"][game.name]
-        return {"run": str(run_dir), "game": game.name, "init": config.init, "freeze": config.freeze,
-                "grad_steps": grad_steps, "resumed_from": resumed_from, "data_rows": selection["rows"],
-                "final_mean": g["mean"], "final_std": g["std"], "human_normalized": g["human_normalized"],
-                "last_metrics": last, "eval_file": str(final_path), "metrics": str(metrics_path)}
+            final_path = run_dir / "eval" / "final.json"
+            if not final_eval_is_current(final_path, "grad_steps", grad_steps):
+                cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)),
+                                            episodes=config.final_episodes, protocol=protocol,
+                                            epsilon=protocol.epsilon, max_steps=config.eval_max_steps)
+                q_fn = checkpoint.make_q_fn(net_config, num_actions, method.name)
+                policy = ParamsPolicy(game, q_fn, state.params, grad_steps)
+                results, _ = evaluation.evaluate(policy, cfg, num_envs=min(config.eval_envs,
+                                                                           config.final_seeds * config.final_episodes))
+                write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed,
+                                 eval_config=cfg, results=results, run_dir=run_dir, step=grad_steps,
+                                 arch=net_config.arch, num_params=sum(counts.values()),
+                                 finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze,
+                                           "origin": origin, "grad_steps": grad_steps,
+                                           "data_rows": selection["rows"]})
     finally:
         sampler.close()
-        ckpt.close()
+    final = json.loads(final_path.read_text())
+    g = final["games"][game.name]
+    return {"run": str(run_dir), "game": game.name, "init": config.init, "freeze": config.freeze,
+            "grad_steps": grad_steps, "resumed_from": resumed_from, "data_rows": selection["rows"],
+            "final_mean": g["mean"], "final_std": g["std"], "human_normalized": g["human_normalized"],
+            "last_metrics": last, "eval_file": str(final_path), "metrics": str(run.metrics_path)}
+
+
+def identity_defaults() -> dict:
+    """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
+    return {f.name: f.default for f in dataclasses.fields(OfflineConfig)}
+
+
+def settings_from_run(record: dict) -> dict:
+    """The flat settings a `sql finetune-offline` run.json records, for `--config RUN/run.json`."""
+    config = record.get("config") or {}
+    if config.get("command") != COMMAND:
+        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
+                         hint="pass RUN/run.json of a run of this command, or a TOML file")
+    return {**config.get("settings", {}), **{k: config[k] for k in ("steps",) if k in config}}
+
+
+def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig:
+    """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
+    from sqlcli_core.settings import dataclass_defaults, merge_settings
+
+    settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
+                              aliases={"lr": "learning_rate"})
+    return OfflineConfig(**settings)

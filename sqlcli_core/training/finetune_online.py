@@ -34,9 +34,10 @@ import numpy as np
 
 from sqlcli_core.atari.env import AtariGame, get_protocol
 from sqlcli_core.atari.games import Game, canonical_name, validate_variant
-from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli_core.atomic import append_jsonl, atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
+from sqlcli_core.settings import setting
 from sqlcli_core.training.checkpoint import make_q_fn
 
 COMMAND = "finetune-online"
@@ -67,39 +68,41 @@ class EpsilonSchedule:
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
-    """Everything `sql finetune-online` does; defaults tagged in docs/finetune.md (all ours unless noted)."""
+    """Everything `sql finetune-online` does: the one home of its defaults (all ours unless tagged)."""
 
-    game: str
-    mode: int | None = None
-    difficulty: int | None = None
-    init: str = "pretrained"
-    freeze: str = "none"
-    steps: int = 20_000  # agent steps over all emulators (paper: about 20k)
-    num_envs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 1e-4
-    adam_eps: float = 3.125e-4
-    alpha: float = 0.0  # CQL weight; 0 = plain C51
-    gamma: float = 0.99
-    n_step: int = 3
-    target_update_period: int = 1000  # gradient steps
-    update_period: int = 1  # agent steps per gradient step
-    min_replay: int = 1600  # agent steps before the first update
-    epsilon_start: float = 1.0
-    epsilon_end: float = 0.01
-    epsilon_decay_steps: int = 2500
-    replay_capacity: int = 1_000_000
-    protocol: str = "dopamine"
-    eval_every: int = 5000
-    eval_episodes: int = 5
-    final_seeds: int = 5
-    final_episodes: int = 2
-    eval_max_steps: int = 27_000
-    checkpoint_every: int = 5000
-    log_every: int = 1000
-    seed: int = 0
+    game: str = setting(None, "Game, e.g. breakout (any case, ALE ids accepted). Required.")
+    mode: int | None = setting(None, "ALE game mode (none: the game's default). Invalid values are refused with ALE's list.")
+    difficulty: int | None = setting(None, "ALE difficulty (none: the game's default).")
+    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
+    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
+    steps: int = setting(20_000, "Agent steps (transitions over all environments).", tag="paper: about 20k")
+    num_envs: int = setting(4, "Emulators stepped side by side, one batched Q call per step.")
+    batch_size: int = setting(32, "Transitions per gradient step.")
+    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
+    alpha: float = setting(0.0, "CQL weight (0 = plain C51).")
+    gamma: float = setting(0.99, "Discount.", tag="paper")
+    n_step: int = setting(3, "n-step return length.", tag="paper")
+    target_update_period: int = setting(1000, "Gradient steps between target copies.")
+    update_period: int = setting(1, "Agent steps per gradient step.")
+    min_replay: int = setting(1600, "Agent steps collected before the first update.")
+    epsilon_start: float = setting(1.0, "Exploration epsilon at step 0.", tag="Dopamine")
+    epsilon_end: float = setting(0.01, "Exploration epsilon after the decay.", tag="Dopamine")
+    epsilon_decay_steps: int = setting(2500, "Agent steps of the linear decay.")
+    replay_capacity: int = setting(1_000_000, "Replay rows in all (7 KB each, allocated lazily).")
+    protocol: str = setting("dopamine", "Emulator protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
+    eval_every: int = setting(5000, "Agent steps between evaluations.")
+    eval_episodes: int = setting(5, "Episodes per periodic evaluation.")
+    final_seeds: int = setting(5, "Seeds of the final evaluation.")
+    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
+    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
+    checkpoint_every: int = setting(5000, "Agent steps between checkpoints.")
+    log_every: int = setting(1000, "Agent steps between metric lines.")
+    seed: int = setting(0, "Seed of initialisation, emulators, exploration and replay.")
 
     def __post_init__(self):
+        if not self.game:
+            raise UsageError("finetune-online needs --game", hint="e.g. --game breakout")
         for name in ("steps", "num_envs", "batch_size", "update_period", "eval_every", "eval_episodes",
                      "final_seeds", "final_episodes", "checkpoint_every", "log_every", "eval_max_steps"):
             if getattr(self, name) < 1:
@@ -221,26 +224,6 @@ def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game
     return g
 
 
-def _check_resume_settings(run_dir: Path, config: OnlineConfig, source: str | None) -> None:
-    """Refuse to continue a run directory that was started with other settings."""
-    from sqlcli_core.training import checkpoint
-
-    if not (run_dir / checkpoint.RUN_FILE).exists():
-        return
-    previous = checkpoint.read_run(run_dir).get("config", {})
-    if previous.get("command") != COMMAND:
-        raise UsageError(f"run directory {run_dir} was not written by `sql {COMMAND}`",
-                         hint="pass a new --run-dir")
-    wanted = {"settings": config.identity_fields(), "from": source}
-    had = {"settings": previous.get("settings"), "from": previous.get("from")}
-    if had != wanted:
-        diff = sorted(k for k in wanted["settings"] if (had["settings"] or {}).get(k) != wanted["settings"][k])
-        if had["from"] != wanted["from"]:
-            diff.append("from")
-        raise UsageError(f"run directory {run_dir} was started with other settings ({', '.join(diff)})",
-                         hint="repeat that run's options to resume it, or pass a new --run-dir")
-
-
 def write_curve_csv(run_dir: Path) -> Path:
     """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
     from sqlcli_core.training.checkpoint import METRICS_FILE
@@ -260,6 +243,29 @@ def write_curve_csv(run_dir: Path) -> Path:
     return path
 
 
+def identity_defaults() -> dict:
+    """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
+    return {f.name: f.default for f in dataclasses.fields(OnlineConfig)}
+
+
+def settings_from_run(record: dict) -> dict:
+    """The flat settings a `sql finetune-online` run.json records, for `--config RUN/run.json`."""
+    config = record.get("config") or {}
+    if config.get("command") != COMMAND:
+        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
+                         hint="pass RUN/run.json of a run of this command, or a TOML file")
+    return {**config.get("settings", {}), **{k: config[k] for k in ("steps", "eval_every", "checkpoint_every") if k in config}}
+
+
+def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
+    """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
+    from sqlcli_core.settings import dataclass_defaults, merge_settings
+
+    settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
+                              aliases={"lr": "learning_rate"})
+    return OnlineConfig(**settings)
+
+
 def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path | None,
                on_progress: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune online; returns the summary (also written to RUN/eval/final.json with the final scores).
@@ -269,9 +275,15 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     """
     from sqlcli_core import networks
     from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.provenance import provenance
     from sqlcli_core.training import checkpoint, finetune, learner
+    from sqlcli_core.training.lifecycle import (
+        TrainingRun,
+        check_resume_settings,
+        final_eval_is_current,
+        write_final_eval,
+    )
 
+    # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
     game = resolve_variant(config.game, config.mode, config.difficulty)
     config = dataclasses.replace(config, game=game.name)
@@ -287,10 +299,12 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     replay_config = config.replay_config()
     learner_config = config.learner_config()
+    method = learner_config.get_method()
     schedule = config.schedule()
     source_str = str(Path(source).absolute())
-    _check_resume_settings(run_dir, config, source_str)
+    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
 
+    # The one-game network and its train state.
     pretrained = finetune.load_pretrained(source)
     net_config = pretrained.network_config
     num_actions = finetune.finetune_num_actions(net_config, game)
@@ -300,56 +314,54 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     optimizer, train_step = finetune.cached_finetune_step(net_config, tuple(num_actions), learner_config,
                                                           config.freeze, tuple(mesh.devices.flat))
     rng = jax.random.PRNGKey(config.seed + 1)
-    target = jax.tree.map(jnp.copy, params)  # a separate buffer: the update step donates both
-    state = learner.TrainState(params, target, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+    state = learner.TrainState(params, method.initial_target(params), optimizer.init(params),
+                               jnp.zeros((), jnp.int32), rng)
     state = jax.device_put(state, learner.replicated(mesh))
-    q_fn = make_q_fn(net_config, tuple(num_actions))
+    q_fn = make_q_fn(net_config, tuple(num_actions), method.name)
     batch_sharding = learner.batch_sharding(mesh)
 
-    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions)
+    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every,
                   "from": source_str, "origin": origin, "variant": {"mode": config.mode,
                                                                     "difficulty": config.difficulty}}
     counts = networks.count_parameters(params)
-    checkpoint.prepare_run_dir(run_dir, identity=identity, config=run_config, parameter_counts=counts,
-                               seed=config.seed, command=COMMAND)
-    ckpt = checkpoint.Checkpointer(run_dir, identity, every=config.checkpoint_every, keep=2)
-    metrics_path = run_dir / checkpoint.METRICS_FILE
+    run = TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
+                      seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2)
+    metrics_path = run.metrics_path
 
+    # The acting side: replay, emulators, exploration.
     replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
     actors = Actors(game, config, protocol)
     actor_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(config.num_envs + 1)[-1])
     agent_steps = 0
     resumed_from = None
     try:
-        latest = ckpt.latest_step()
+        latest = run.latest_step()
         if latest is not None:
-            meta = ckpt.read_meta(latest)["sampler_states"][0]
+            meta = run.read_meta(latest)["sampler_states"][0]
             train_shapes = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated(mesh)), state)
             abstract = {"train": train_shapes, "replay": _abstract_replay(replay, meta["replay"]),
                         "stacks": jax.ShapeDtypeStruct(actors.stacks.shape, np.uint8)}
-            restored, _ = ckpt.restore(_to_saved_layout(abstract), latest)
+            restored, _ = run.restore(_to_saved_layout(abstract), latest, metrics_step=int(meta["agent_steps"]))
             restored = _from_saved_layout(restored)
             state = learner.TrainState(*restored["train"])
             replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
             actors.load(meta["actors"], np.asarray(restored["stacks"]))
             actor_rng.bit_generator.state = meta["actor_rng"]
             agent_steps = int(meta["agent_steps"])
-            checkpoint.truncate_metrics(run_dir, agent_steps)
             resumed_from = agent_steps
         else:
             actors.reset(replay)
-            if metrics_path.exists():
-                metrics_path.unlink()  # lines of a run killed before its first checkpoint
+            run.start_fresh()
 
         def save(force: bool = False) -> None:
             meta = {"replay": replay.state_dict(), "actors": actors.state_dict(),
                     "actor_rng": actor_rng.bit_generator.state, "agent_steps": agent_steps,
                     "grad_steps": int(jax.device_get(state.step))}
             tree = {"train": state, "replay": replay.arrays(), "stacks": actors.stacks.copy()}
-            ckpt.save(agent_steps, _to_saved_layout(tree), meta, force=force)
+            run.save(agent_steps, _to_saved_layout(tree), meta, force=force)
 
         def evaluate_now(seeds, episodes) -> tuple[list, Any]:
             cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
@@ -390,8 +402,8 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                           "episode_lengths": [e["length"] for e in episodes]}
                 if window:
                     fetched = jax.device_get(window)
-                    record.update({k: float(np.mean([m[k] for m in fetched])) for k in learner.SCALAR_METRICS})
-                append_jsonl(metrics_path, record)
+                    record.update({k: float(np.mean([m[k] for m in fetched])) for k in method.scalar_metrics})
+                run.log(record)
                 if on_progress:
                     on_progress(record)
                 window, episodes = [], []
@@ -402,27 +414,20 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
             if _crossed(before, agent_steps, config.checkpoint_every):
                 save(force=True)
         save(force=True)
-        ckpt.wait()
+        run.wait()
 
         final_path = run_dir / "eval" / "final.json"
         grad_steps = int(jax.device_get(state.step))
-        if not final_path.exists() or json.loads(final_path.read_text()).get("finetune", {}).get(
-                "agent_steps") != agent_steps:
+        if not final_eval_is_current(final_path, "agent_steps", agent_steps):
             _drop_final_eval_lines(metrics_path)
             results, cfg = evaluate_now(range(config.final_seeds), config.final_episodes)
             _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress, final=True)
-            scores = evaluation.summarize(results, cfg)
-            result = {
-                "provenance": provenance(COMMAND, {**run_config, "eval": cfg.play_settings()}, config.seed),
-                "protocol": evaluation.protocol_block(cfg),
-                "policy": {"kind": "checkpoint", "run": str(run_dir.absolute()), "step": grad_steps,
-                           "arch": net_config.arch, "num_params": int(sum(counts.values()))},
-                **scores,
-                "finetune": {"command": COMMAND, "init": config.init, "freeze": config.freeze,
-                             "origin": origin, "agent_steps": agent_steps, "grad_steps": grad_steps,
-                             "mode": config.mode, "difficulty": config.difficulty},
-            }
-            write_json(final_path, result)
+            write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed, eval_config=cfg,
+                             results=results, run_dir=run_dir, step=grad_steps, arch=net_config.arch,
+                             num_params=sum(counts.values()),
+                             finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze,
+                                       "origin": origin, "agent_steps": agent_steps, "grad_steps": grad_steps,
+                                       "mode": config.mode, "difficulty": config.difficulty})
         curve = write_curve_csv(run_dir)
         final = json.loads(final_path.read_text())
         g = final["games"][game.name]
@@ -433,7 +438,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 "learning_curve": str(curve), "metrics": str(metrics_path)}
     finally:
         actors.close()
-        ckpt.close()
+        run.close()
 
 
 def _episode_count(seeds, episodes: int) -> int:

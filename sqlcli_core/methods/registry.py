@@ -1,0 +1,171 @@
+"""The method registry: what a training method is, and the table of methods by name.
+
+A *method* (Scaled QL, plain C51, behaviour cloning, later a Decision Transformer...) is everything the
+generic learner, the CLI and acting need to know about one way of training a policy from offline data. The
+learner never names a loss, a metric or a network output; it asks the run's `Method`:
+
+    method = get_method(learner_config.method)
+    network = method.network(network_config, num_actions)            # hk.Transformed, typed outputs
+    params = network.init(rng, *method.init_inputs(network_config))
+    loss_fn = method.make_loss(LossSetup(network, mask, network_config, learner_config))
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch)
+    metrics = {"loss": loss, **{k: aux[k] for k in method.metrics}, "grad_norm": ...,
+               method.game_metric: aux["per_game_" + method.per_game_metric], "game_count": aux["per_game_count"]}
+    act = method.make_action_values(network, mask)                    # (params, obs, game) -> (N, A) scores
+
+Contract of each field (see the `Method` docstring) and of the callables:
+- `make_loss(setup) -> loss_fn(params, target_params, batch) -> (loss, aux)`, pure and jittable; `batch` is
+  the method's batch type (`batch_kind`); aux holds every name of `metrics` (scalars) and the (G,) vectors
+  `per_game_<per_game_metric>` and `per_game_count`.
+- `make_action_values(network, mask) -> fn(params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max)`
+  float32 scores, -inf outside each sample's game: acting plays argmax of them. For methods whose acting
+  needs more than the current frame stack (a sequence model), `make_action_values` may be None and the
+  method provides its own policy object to evaluation.
+- `network(network_config, num_actions) -> hk.Transformed` and `init_inputs(network_config) -> tuple` of
+  example arrays for `network.init(rng, *inputs)`; default: the multi-game torso/neck/heads network of
+  `sqlcli_core.networks` with the method's `head` kind.
+
+Adding a method: write `methods/<name>.py` that builds a `Method` and calls `register(...)`, import it in
+`methods/__init__.py`, and (for a new batch kind) teach `training/pretrain.py` which sampler feeds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from sqlcli_core.errors import UsageError
+
+DEFAULT_METHOD = "scaled-ql"
+BATCH_KINDS = ("transitions", "sequences")
+
+
+class LossSetup(NamedTuple):
+    """What a method's loss is built from: the network, the (G, A) action mask and both configs."""
+
+    network: hk.Transformed
+    mask: Any  # (G, A_max) bool, networks.action_mask
+    network_config: Any  # networks.NetworkConfig
+    learner_config: Any  # training.update.LearnerConfig
+
+
+def _standard_network(head: str) -> Callable[[Any, tuple[int, ...]], hk.Transformed]:
+    def build(network_config, num_actions):
+        from sqlcli_core import networks
+
+        return networks.build_network(network_config, num_actions, head)
+
+    return build
+
+
+def _standard_init_inputs(network_config) -> tuple[jax.Array, jax.Array]:
+    from sqlcli_core.networks import INPUT_SHAPE
+
+    return jnp.zeros((1,) + INPUT_SHAPE, jnp.uint8), jnp.zeros((1,), jnp.int32)
+
+
+def greedy_output(field: str) -> Callable:
+    """make_action_values that scores actions by the network output `field`, masked to each game's actions."""
+
+    def make(network: hk.Transformed, mask) -> Callable:
+        mask = jnp.asarray(mask)
+
+        @jax.jit
+        def action_values(params, obs, game):
+            scores = getattr(network.apply(params, obs, game), field)  # (N, A_max)
+            return jnp.where(mask[game], scores, -jnp.inf)
+
+        return action_values
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One training method. Registered by name; the name is recorded in run.json and is part of a run's identity.
+
+    name: the CLI/run.json name (`--method NAME`). summary: one line for --help and tables.
+    batch_kind: what the learner feeds the loss: "transitions" (`TransitionBatch` of the replay sampler and
+        the online replay) or "sequences" (contiguous windows; a sequence method brings its batch type).
+    head: the network head kind of `sqlcli_core.networks` it trains ("categorical" | "policy"); with a
+        custom `network` it is a free label.
+    acting_output: the field of the network outputs acting maximises ("q_values", "logits"); documentation
+        of `make_action_values` when that is `greedy_output(acting_output)`.
+    metrics: the scalar aux names of the loss, in the order of metric records (the step adds `loss` before
+        them and `grad_norm` after).
+    per_game_metric: the per-sample loss averaged per game: aux `per_game_<name>`, metric `game_<name>`.
+    progress: (metric, label, format) triples of the CLI progress line after `loss`.
+    uses_target_network: whether the loss reads target parameters (kept in the train state and copied every
+        `target_update_period` steps); without one the train state holds an empty target.
+    learner_fields: the `LearnerConfig` fields besides the optimiser's that the method reads (docs, --help).
+    finetune: None when fine-tuning a run of this method is supported, else the reason it is refused.
+    make_loss, make_action_values, network, init_inputs: see the module docstring.
+    """
+
+    name: str
+    summary: str
+    batch_kind: str
+    head: str
+    acting_output: str
+    metrics: tuple[str, ...]
+    per_game_metric: str
+    progress: tuple[tuple[str, str, str], ...]
+    uses_target_network: bool
+    learner_fields: tuple[str, ...]
+    make_loss: Callable[[LossSetup], Callable]
+    make_action_values: Callable | None = None
+    network: Callable[[Any, tuple[int, ...]], hk.Transformed] | None = None
+    init_inputs: Callable[[Any], tuple] = _standard_init_inputs
+    finetune: str | None = None
+
+    def __post_init__(self):
+        if self.batch_kind not in BATCH_KINDS:
+            raise ValueError(f"method {self.name}: unknown batch kind {self.batch_kind!r}")
+        if self.network is None:
+            object.__setattr__(self, "network", _standard_network(self.head))
+        if self.make_action_values is None and self.acting_output:
+            object.__setattr__(self, "make_action_values", greedy_output(self.acting_output))
+
+    @property
+    def game_metric(self) -> str:
+        """The key of the (G,) per-game loss in step metrics, `game_<per_game_metric>`."""
+        return f"game_{self.per_game_metric}"
+
+    @property
+    def scalar_metrics(self) -> tuple[str, ...]:
+        """Every scalar of a step's metrics, in record order."""
+        return ("loss", *self.metrics, "grad_norm")
+
+    def initial_target(self, params: Any) -> Any:
+        """The target parameters a fresh train state starts with: a copy of `params`, or {} without a target."""
+        return jax.tree.map(jnp.copy, params) if self.uses_target_network else {}
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add `method` to the registry (its name must be new); returns it."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def method_names() -> tuple[str, ...]:
+    """Registered method names: the default first, then in registration order."""
+    return tuple(sorted(_REGISTRY, key=lambda name: name != DEFAULT_METHOD))
+
+
+def get_method(name: str | None) -> Method:
+    """The method called `name` (None: the default, scaled-ql); a UsageError names the choices."""
+    name = DEFAULT_METHOD if name is None else name
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown method '{name}'", hint="choose one of " + ", ".join(method_names())) from None

@@ -1,0 +1,236 @@
+"""The pre-training recipe: store -> sampler -> the method's update step -> the run directory.
+
+A run's settings are one flat dict (what `--config FILE.toml` and the flags give, and what run.json's
+config re-creates): the fields of `PretrainConfig`, `NetworkConfig` and `LearnerConfig` by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from sqlcli_core.errors import UsageError
+from sqlcli_core.networks import NetworkConfig
+from sqlcli_core.settings import field_names, merge_settings, setting
+from sqlcli_core.training.update import LearnerConfig
+
+COMMAND = "pretrain"
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    """A whole `sql pretrain` run. `network` and `learner` hold the model, method and optimisation settings."""
+
+    data: str = setting(None, "Zarr store written by `sql shard` (path). Required.")
+    run_dir: str = setting(None, "Run directory: created if missing, resumed from its newest checkpoint if present. "
+                           "Required.")
+    games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper")
+    network: NetworkConfig = NetworkConfig()
+    learner: LearnerConfig = LearnerConfig()
+    batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper")
+    n_step: int = setting(3, "n of the n-step returns (transitions).", tag="paper")
+    steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper")
+    seed: int = setting(0, "Seed of the initial parameters and of the sampler.")
+    checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).")
+    keep: int = setting(3, "Checkpoints kept (newest).")
+    log_every: int = setting(100, "Gradient steps per metrics line (averaged over them).")
+    game_weights: dict | None = setting(None, "Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1); "
+                                        "games left out weigh 1 (none: uniform over games).")
+    cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).")
+    prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.")
+
+    def __post_init__(self):
+        for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["network"] = self.network.to_dict()
+        return d
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flat settings <-> PretrainConfig
+
+_TOP_FIELDS = tuple(n for n in field_names(PretrainConfig) if n not in ("network", "learner"))
+SETTING_NAMES = _TOP_FIELDS + field_names(NetworkConfig) + field_names(LearnerConfig)
+# Other spellings accepted in files: the CLI's short flag and the boolean form of the compute dtype.
+SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
+
+
+def default_settings() -> dict[str, Any]:
+    """Every flat setting with its default, read from the dataclasses."""
+    out = {n: PretrainConfig.__dataclass_fields__[n].default for n in _TOP_FIELDS}
+    out.update(NetworkConfig().to_dict())
+    out.update({n: getattr(LearnerConfig(), n) for n in field_names(LearnerConfig)})
+    return out
+
+
+def normalize_setting(name: str, value: Any) -> Any:
+    """The value a flat setting holds: `bf16 = true` means compute_dtype "bfloat16"."""
+    if name == "compute_dtype" and isinstance(value, bool):
+        return "bfloat16" if value else "float32"
+    return value
+
+
+def settings_from_run(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat settings a pretrain run's run.json records (its config), for `--config RUN/run.json`."""
+    config = record.get("config") or {}
+    if config.get("command") not in (None, COMMAND) or "network" not in config:
+        raise UsageError("the run.json given to --config is not a `sql pretrain` run",
+                         hint="pass RUN/run.json of a pre-training run, or a TOML file")
+    flat = {k: config[k] for k in _TOP_FIELDS if k in config}
+    flat.update(config.get("network") or {})
+    flat.update(config.get("learner") or {})
+    return flat
+
+
+def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
+                     parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
+    """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
+    settings = merge_settings(default_settings(), config_file, flags, from_run=settings_from_run,
+                              aliases=SETTING_ALIASES)
+    settings["compute_dtype"] = normalize_setting("compute_dtype", settings["compute_dtype"])
+    if parse_game_weights is not None:
+        settings["game_weights"] = parse_game_weights(settings["game_weights"])
+    return settings, config_from_settings(settings)
+
+
+def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
+    """A PretrainConfig from complete flat settings (defaults filled in); UsageErrors name the fix."""
+    s = dict(settings)
+    if not s["data"]:
+        raise UsageError("no data store given", hint="pass --data STORE (a Zarr store written by `sql shard`)")
+    if not s["run_dir"]:
+        raise UsageError("no run directory given", hint="pass --run-dir RUN (created if missing, resumed if present)")
+    network = NetworkConfig(**{k: s[k] for k in field_names(NetworkConfig)})
+    learner = LearnerConfig(**{k: s[k] for k in field_names(LearnerConfig)})
+    data = str(s["data"])
+    return PretrainConfig(
+        # Absolute, so that run.json still names the store when read from another directory (scale-report).
+        data=data if "://" in data else str(Path(data).resolve()), run_dir=str(s["run_dir"]), games=str(s["games"]),
+        network=network, learner=learner, batch_size=int(s["batch_size"]), n_step=int(s["n_step"]),
+        steps=int(s["steps"]), seed=int(s["seed"]), checkpoint_every=int(s["checkpoint_every"]), keep=int(s["keep"]),
+        log_every=int(s["log_every"]), game_weights=s["game_weights"],
+        cache_bytes=None if s["cache_bytes"] is None else int(s["cache_bytes"]), prefetch=int(s["prefetch"]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _sampler_weights(config: PretrainConfig, games) -> list[float] | None:
+    if not config.game_weights:
+        return None
+    unknown = sorted(set(config.game_weights) - {g.name for g in games})
+    if unknown:
+        raise UsageError(f"--game-weights names games that are not trained: {unknown}", hint="weight only games of --games")
+    return [float(config.game_weights.get(g.name, 1.0)) for g in games]
+
+
+def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] | None = None,
+                    on_log: Callable[[dict], None] | None = None,
+                    on_step: Callable[[int], None] | None = None) -> dict:
+    """Train (or resume) the run in `config.run_dir` up to `config.steps` gradient steps; return a summary.
+
+    Re-running with the same config continues from the newest checkpoint: parameters, Adam state, step,
+    RNG and every process's sampler position are restored, so an interrupted run ends where an
+    uninterrupted one would. on_start(info) receives the run facts before the first step (start step,
+    parameter counts, devices); on_log(record) each metrics record (also appended to RUN/metrics.jsonl);
+    on_step(step) every step.
+    """
+    from sqlcli_core import networks
+    from sqlcli_core.atari.games import resolve_games
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.training import checkpoint
+    from sqlcli_core.training.lifecycle import TrainingRun
+    from sqlcli_core.training.loop import Prefetcher, fit
+    from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
+    from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
+
+    started = time.perf_counter()
+    method = config.learner.get_method()
+    if method.batch_kind != "transitions":
+        raise UsageError(f"method {method.name} needs {method.batch_kind} batches, which `sql pretrain` cannot feed yet",
+                         hint="choose a method that trains on transitions")
+    games = resolve_games(config.games)
+    game_names = [g.name for g in games]
+    num_actions = networks.num_actions_for(config.network, games)
+    mesh = make_mesh()
+    local_batch = check_batch_size(config.batch_size, mesh)
+    primary = jax.process_index() == 0
+
+    sampler = ReplaySampler(
+        config.data, games=game_names, batch_size=local_batch, n_step=config.n_step,
+        gamma=config.learner.gamma, seed=config.seed, game_weights=_sampler_weights(config, games),
+        **({} if config.cache_bytes is None else {"cache_bytes": config.cache_bytes}),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    try:
+        sampler_games = [g.name for g in sampler.games]
+        if sampler_games != game_names:
+            raise UsageError(f"the sampler serves games {sampler_games}, not the {len(games)} asked for",
+                             hint="pass --games in the store's order or check the store")
+
+        counts = networks.parameter_table(config.network, games, method.head)["parts"]
+        identity = checkpoint.run_identity(config.network.to_dict(), game_names, num_actions, method.name)
+        with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
+                         parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,
+                         keep=config.keep, write=primary) as run:
+            resumed_from = run.latest_step()
+            if resumed_from is not None:
+                abstract = abstract_train_state(config.network, num_actions, config.learner, mesh)
+                state, meta = run.restore(abstract, resumed_from)
+                state = TrainState(*state)
+                saved = meta.get("sampler_states") or []
+                if len(saved) != jax.process_count() or saved[jax.process_index()] is None:
+                    raise UsageError(
+                        f"checkpoint {resumed_from} was written by {len(saved)} processes, this run has "
+                        f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
+                sampler.load_state_dict(saved[jax.process_index()])
+            else:
+                state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh)
+                run.start_fresh()
+            start_step = int(jax.device_get(state.step))
+            if on_start is not None:
+                on_start({"start_step": start_step, "resumed_from": resumed_from, "parameter_counts": counts,
+                          "devices": mesh.devices.size, "processes": jax.process_count(), "games": game_names,
+                          "method": method.name})
+
+            step_fn = make_train_step(config.network, num_actions, config.learner, mesh)
+
+            def log(record: dict) -> None:
+                record = {**record, "time": time.time()}
+                run.log(record)
+                if on_log is not None:
+                    on_log(record)
+
+            def after_step(step: int, state: TrainState, sampler_state: dict) -> None:
+                run.save(step, state, sampler_state, force=step == config.steps)
+                if on_step is not None:
+                    on_step(step)
+
+            last = None
+            if start_step < config.steps:
+                with Prefetcher(sampler, batch_sharding(mesh), depth=config.prefetch) as batches:
+                    state, last = fit(step_fn, state, batches, num_steps=config.steps, batch_size=config.batch_size,
+                                      game_names=game_names, log_every=config.log_every, method=method,
+                                      on_log=log, on_step=after_step)
+            run.wait()
+            final_step = int(jax.device_get(state.step))
+            latest = run.latest_step()
+    finally:
+        sampler.close()
+    return {
+        "run_dir": str(Path(config.run_dir)), "method": method.name, "steps": final_step, "start_step": start_step,
+        "resumed_from": resumed_from, "checkpoint_step": latest, "games": game_names,
+        "num_parameters": int(sum(counts.values())), "parameter_counts": counts, "devices": int(mesh.devices.size),
+        "processes": jax.process_count(), "last_metrics": last, "seconds": time.perf_counter() - started,
+    }

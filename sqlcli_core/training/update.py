@@ -1,0 +1,163 @@
+"""The update: optimiser settings, the train state, and one jitted, data-parallel step of the run's method.
+
+The step is generic: the loss, the network outputs it reads and the metric names come from the method
+registry (`sqlcli_core.methods`), so Scaled QL, C51 and behaviour cloning share this code.
+Shapes: B = global batch, G = games, A = the largest minimal action set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from sqlcli_core.errors import UsageError
+from sqlcli_core.methods import DEFAULT_METHOD, LossSetup, Method, get_method, method_names
+from sqlcli_core.settings import setting
+from sqlcli_core.training.mesh import batch_sharding, replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+    """The method and the optimisation settings of the learner (the one home of their defaults).
+
+    The C51 support and the compute dtype belong to the network (`NetworkConfig`). Fields a method does not
+    read (alpha for behaviour cloning) are kept but have no effect.
+    """
+
+    method: str = setting(DEFAULT_METHOD, "Training method (docs/pretrain.md): " + "; ".join(
+        f"{name}: {get_method(name).summary}" for name in method_names()) + ".", tag="ours")
+    learning_rate: float = setting(2e-4, "Adam learning rate.", tag="paper", flag="--lr")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.", tag="ours: the DQN-Replay offline agents'")
+    alpha: float = setting(0.05, "CQL weight of scaled-ql (0 = plain C51).", tag="ours")
+    gamma: float = setting(0.99, "Discount per agent step.", tag="paper")
+    target_update_period: int = setting(2000, "Gradient steps between hard target copies.", tag="paper")
+    max_grad_norm: float | None = setting(None, "Clip gradients to this global L2 norm (none: no clipping).",
+                                          tag="ours; the paper states none")
+
+    def __post_init__(self):
+        get_method(self.method)  # a UsageError naming the methods
+        if self.learning_rate <= 0 or self.adam_eps <= 0:
+            raise UsageError("learning rate and Adam eps must be positive", hint="e.g. --lr 2e-4 --adam-eps 3.125e-4")
+        if self.alpha < 0:
+            raise UsageError(f"CQL alpha must be >= 0, got {self.alpha}", hint="e.g. --alpha 0.05")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise UsageError(f"gamma must lie in [0, 1], got {self.gamma}", hint="e.g. --gamma 0.99")
+        if self.target_update_period < 1:
+            raise UsageError("--target-update-period must be >= 1", hint="e.g. 2000")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise UsageError("--max-grad-norm must be positive", hint="leave it unset for no clipping")
+
+    def get_method(self) -> Method:
+        return get_method(self.method)
+
+
+class TrainState(NamedTuple):
+    """Everything the update step reads and writes. Replicated over the mesh.
+
+    `target_params` is {} for methods without a target network. `rng` (uint32[2]) is the run's base key,
+    checkpointed with the rest: a stochastic part of the update (none in the built-in methods) would draw
+    from fold_in(rng, step), so a resumed run repeats it.
+    """
+
+    params: Any
+    target_params: Any
+    opt_state: Any
+    step: jax.Array  # () int32: gradient steps taken
+    rng: jax.Array  # (2,) uint32
+
+
+def make_optimizer(config: LearnerConfig) -> optax.GradientTransformation:
+    """Adam (lr, eps from the config), after optional global-norm clipping."""
+    adam = optax.adam(config.learning_rate, eps=config.adam_eps)
+    if config.max_grad_norm is None:
+        return adam
+    return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adam)
+
+
+def init_params(network_config, num_actions: Sequence[int], method: Method, key: jax.Array) -> Any:
+    """Fresh float32 parameters of `method`'s network (haiku creates params in the input dtype)."""
+    network = method.network(network_config, tuple(num_actions))
+    params = network.init(key, *method.init_inputs(network_config))
+    return jax.tree.map(lambda p: p.astype(jnp.float32), params)
+
+
+def _init_fn(network_config, num_actions: Sequence[int], config: LearnerConfig) -> Callable[[jax.Array], TrainState]:
+    method = config.get_method()
+    optimizer = make_optimizer(config)
+
+    def init(seed: jax.Array) -> TrainState:
+        init_key, rng = jax.random.split(jax.random.PRNGKey(seed))
+        params = init_params(network_config, num_actions, method, init_key)
+        target = params if method.uses_target_network else {}
+        return TrainState(params, target, optimizer.init(params), jnp.zeros((), jnp.int32), rng)
+
+    return init
+
+
+def init_train_state(network_config, num_actions: Sequence[int], config: LearnerConfig, seed: int,
+                     mesh: Mesh) -> TrainState:
+    """Fresh parameters from `seed` (target = a copy of them), Adam state and RNG, replicated over `mesh`."""
+    return _compiled_init(network_config, tuple(int(n) for n in num_actions), config, mesh)(
+        jnp.asarray(seed, jnp.uint32))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(network_config, num_actions: tuple[int, ...], config: LearnerConfig, mesh: Mesh):
+    lowered = jax.jit(_init_fn(network_config, num_actions, config), out_shardings=replicated(mesh)).lower(
+        jax.ShapeDtypeStruct((), jnp.uint32))
+    # Init runs once per run; XLA's CPU backend spends many seconds optimising the threefry/initialiser
+    # code at the default level for no measurable gain, so it is compiled without backend optimisation.
+    return lowered.compile(compiler_options={"xla_backend_optimization_level": 0})
+
+
+def abstract_train_state(network_config, num_actions: Sequence[int], config: LearnerConfig,
+                         mesh: Mesh) -> TrainState:
+    """Shapes, dtypes and (replicated) shardings of the train state, allocating nothing: a restore target."""
+    shapes = jax.eval_shape(_init_fn(network_config, num_actions, config), jnp.uint32(0))
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def make_train_step(network_config, num_actions: Sequence[int], config: LearnerConfig, mesh: Mesh,
+                    optimizer: optax.GradientTransformation | None = None,
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """One pure, jitted update of `config.method`: (state, batch) -> (state, metrics). The state is donated.
+
+    network_config: a networks.NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
+    games' action-set sizes in head order. batch: the method's batch (a TransitionBatch for the built-in
+    methods) of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
+    scalars `loss`, the method's `metrics` (scaled-ql: td_loss, cql_loss, q_data, q_other, q_max),
+    `grad_norm`, and (G,) vectors `game_<per_game_metric>` (scaled-ql: game_td_loss) and `game_count`.
+    With a target network, it is a hard copy of the online one after every `target_update_period`-th step.
+    optimizer: default `make_optimizer(config)`; fine-tuning passes one that freezes some parameters.
+    """
+    from sqlcli_core import networks
+
+    method = config.get_method()
+    network = method.network(network_config, tuple(num_actions))
+    optimizer = make_optimizer(config) if optimizer is None else optimizer
+    loss_fn = method.make_loss(LossSetup(network, networks.action_mask(num_actions), network_config, config))
+
+    def step(state: TrainState, batch):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.target_params, batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_step = state.step + 1
+        target_params = state.target_params
+        if method.uses_target_network:
+            target_params = optax.periodic_update(params, target_params, new_step, config.target_update_period)
+        metrics = {"loss": loss, **{k: aux[k] for k in method.metrics}, "grad_norm": optax.tree.norm(grads),
+                   method.game_metric: aux[f"per_game_{method.per_game_metric}"],
+                   "game_count": aux["per_game_count"]}
+        return TrainState(params, target_params, opt_state, new_step, state.rng), metrics
+
+    state_sharding = replicated(mesh)
+    return jax.jit(step, in_shardings=(state_sharding, batch_sharding(mesh)),
+                   out_shardings=(state_sharding, state_sharding), donate_argnums=0)
