@@ -151,3 +151,30 @@ def test_bad_settings(store):
         make(store, games=["Pong", "Qbert"])
     with pytest.raises(UsageError, match="game_weights"):
         make(store, game_weights=[1.0])
+
+
+def test_store_urls_and_row_selections(store, reference):
+    """The run set view: a file:// URL reads the same store; a selection keeps every draw inside it."""
+    from sqlcli_core.data.view import RunSet, open_run_set
+
+    with make(store) as a, make(f"file://{Path(store).absolute()}") as b:
+        for _ in range(3):
+            assert_batches_equal(a.next_batch(), b.next_batch())
+    for url in ("s3://bucket/store", "gs://bucket/store", "https://example.org/store"):
+        with pytest.raises(UsageError, match="not supported yet"):
+            make(url)
+    data = open_run_set(store)
+    assert data.games == ("Breakout", "Pong") and [r.run for r in data.runs_of("Pong")] == [1, 2]
+    pong1 = data.runs_of("Pong", [1])[0]
+    chosen = pong1.select([[100, 300, 100], [400, 520, 400]])
+    assert chosen.rows == 520 and chosen.segments == ((100, 300, 100), (400, 520, 400))
+    view = RunSet(data.games, (chosen,), data.location)
+    with make(view, games=["Pong"], cache_bytes=4 * UNIT_BYTES * 2) as s:
+        drawn = np.concatenate([s.next_batch_with_keys()[1] for _ in range(20)])
+    rows = drawn[:, 2]
+    assert set(drawn[:, 1]) == {1}
+    # the stack (i-3 .. i) and the next stack (up to i + 3) stay inside one selected piece
+    assert (((rows >= 103) & (rows <= 300 - 1 - 3)) | ((rows >= 403) & (rows <= 520 - 1 - 3))).all()
+    assert ((rows < 300) & (rows >= 103)).any() and (rows >= 403).any()
+    valid = set(reference.valid_indices(1, 1))
+    assert {int(i) for i in rows} <= valid

@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import threading
+import urllib.parse
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 from sqlcli_core import __version__
 from sqlcli_core.atari.games import canonical_name, minimal_action_set
 from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data.transitions import valid_mask
 from sqlcli_core.errors import DataError, UsageError
 
 STORE_FORMAT = "sql-replay-store"
@@ -224,10 +226,30 @@ def _zarr():
     return zarr
 
 
+def store_path(store: str | os.PathLike) -> Path:
+    """The local directory of a store given as a path or a `file://` URL.
+
+    Remote schemes (`s3://`, `gs://`, `https://`, ...) raise a one-line UsageError for now: this is the
+    one place that will map them to a zarr store backed by fsspec, so that readers (the data view, the
+    sampler) need no change.
+    """
+    text = os.fspath(store)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return Path(text)
+    if scheme.lower() == "file":
+        parsed = urllib.parse.urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise UsageError(f"{text}: a file:// URL names a local path", hint="write file:///absolute/path")
+        return Path(urllib.parse.unquote(parsed.path))
+    raise UsageError(f"{text}: {scheme}:// stores are not supported yet",
+                     hint="use a local directory (or file:// URL): copy the store there first")
+
+
 def open_store(path: str | os.PathLike, mode: str = "r"):
-    """The root group of a store; DataError if it is not one."""
+    """The root group of a store (a path or a URL, see `store_path`); DataError if it is not one."""
     zarr = _zarr()
-    path = Path(path)
+    path = store_path(path)
     if mode == "r" and not (path / "zarr.json").exists():
         raise DataError(f"{path} is not a Zarr store", hint="create it with `sql shard SRC DST`")
     try:
@@ -245,7 +267,7 @@ def open_store(path: str | os.PathLike, mode: str = "r"):
 
 def create_store(path: str | os.PathLike, provenance_block: dict | None = None):
     """Open DST for appending, creating the root group (with its format attrs) if it does not exist."""
-    path = Path(path)
+    path = store_path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         open_store(path, "r")  # an existing DST must be an sql store: never adopt another directory
     root = _zarr().open_group(str(path), mode="a", zarr_format=3)
@@ -543,6 +565,7 @@ def shard_run(dst: str | os.PathLike, game: str, run: int, ckpts: Sequence[Sourc
 
 
 def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
+    dst = store_path(dst)
     root = open_store(dst, "a")
     group = root[game][str(run)]
     _remove_partial_files(Path(dst) / game / str(run))
@@ -600,30 +623,6 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- statistics
-
-
-def valid_mask(terminals: np.ndarray, segments: Sequence[Sequence[int]], n_step: int, offset: int = 0) -> np.ndarray:
-    """(len(terminals),) bool: which rows can be sampled as the index i of an n-step transition.
-
-    `terminals` holds store rows [offset, offset + len). Row i is valid iff some segment [s, e) has
-    s + 3 <= i and i + n_step <= e - 1 (the stack and the next stack stay inside the segment) and rows
-    i-3..i-1 hold no terminal (the stack stays in one episode). The first 3 rows of a slice with
-    offset > 0 cannot be decided from it and come back False.
-    """
-    rows = len(terminals)
-    ok = np.zeros(rows, dtype=bool)
-    pad = rf.PADDING_ROWS
-    for s, e, *_ in segments:
-        lo, hi = max(s + pad, offset), min(e - n_step, offset + rows)
-        if hi > lo:
-            ok[lo - offset:hi - offset] = True
-    ok[:pad] = False
-    t = terminals.astype(bool)
-    before = np.zeros(rows, dtype=bool)
-    for k in range(1, pad + 1):
-        if k < rows:
-            before[k:] |= t[:-k]
-    return ok & ~before
 
 
 def episode_returns(terminals: np.ndarray, rewards: np.ndarray, segments: Sequence[Sequence[int]]) -> np.ndarray:
@@ -705,6 +704,7 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
 
     Returns {"runs": [per-run report], "notes": [...], "appended": n}. Idempotent and resumable.
     """
+    dst = store_path(dst)
     found, notes = scan_source(src, games, runs, checkpoints)
     plans = {k: plan_run(v) for k, v in found.items()}  # validates ordering before anything is written
     root = create_store(dst, provenance_block)
@@ -771,6 +771,7 @@ def verify(dst: str | os.PathLike, *, games: Sequence[str] | None = None, runs: 
 
     Returns {"runs": [{"game", "run", "ok", "problems": [...]}, ...], "ok": bool}. Never writes.
     """
+    dst = store_path(dst)
     root = open_store(dst, "r")
     selected = list(iter_runs(root, games, runs))
     if not selected:

@@ -3,9 +3,9 @@
     pre-trained run --torso, embedding, projection--> one-game network with a fresh head
     store (sql shard) --the first N rows of the chosen runs/checkpoints--> ReplaySampler --> learner.fit
 
-The data slice is a *view* of the store: the sampler is handed a read-only proxy of the store whose run
-records list only the chosen rows as segments, so nothing is copied and the sampler's own validity rules
-(stack and n-step window inside a segment) keep every transition inside the slice. The update is the
+The data slice is a row selection of the store's run set (`sqlcli_core.data.view`): its runs list only the
+chosen rows as segments, so nothing is copied and the sampler's own validity rules (stack and n-step window
+inside a segment) keep every transition inside the slice. The update is the
 learner's (same loss, same target copies) with the optimizer of `finetune.py` (optional freezing).
 Resuming is the learner's: Orbax checkpoints of the train state plus the sampler's state.
 """
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.atomic import write_json
+from sqlcli_core.data.view import RunSet, open_run_set
 from sqlcli_core.errors import UsageError
 
 COMMAND = "finetune-offline"
@@ -108,68 +109,33 @@ def select_segments(meta: dict, checkpoints: set[int] | None, budget: int) -> tu
     return [p[:3] for p in pieces], taken
 
 
-class _RunView:
-    """A run group whose `sql_run` record lists only the selected rows (arrays are the store's own)."""
-
-    def __init__(self, group, meta: dict):
-        self._group = group
-        self.attrs = {"sql_run": meta}
-        self.store_path = getattr(group, "store_path", "")
-
-    def __getitem__(self, key):
-        return self._group[key]
-
-    def __contains__(self, key):
-        return key in self._group
-
-
-class _GroupView:
-    """A read-only group with given children: what ReplaySampler and store.iter_runs read of a store."""
-
-    def __init__(self, attrs, children: dict):
-        self.attrs = attrs
-        self._children = children
-
-    def group_keys(self):
-        return list(self._children)
-
-    def __getitem__(self, key):
-        return self._children[key]
-
-    def __contains__(self, key):
-        return key in self._children
-
-
 def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: str | None,
-               budget: int) -> tuple[_GroupView, dict]:
-    """(store view for ReplaySampler, record of what was selected). Adapter: the sampler has no row filter."""
+               budget: int) -> tuple[RunSet, dict]:
+    """(run set for ReplaySampler holding only the selected rows, record of what was selected)."""
     from sqlcli_core.data import store as st
 
-    root = st.open_store(data, "r")
-    available = sorted(root.group_keys())
-    if game.name not in available:
+    source = open_run_set(data, games=[game.name], runs=st.parse_int_set(runs, "runs"))
+    if game.name not in source.games:
         raise UsageError(f"{game.name} is not in the store {data}",
-                         hint=f"it holds {', '.join(available) or 'no game'}; shard {game.name}'s data into it")
-    run_set = st.parse_int_set(runs, "runs")
+                         hint=f"it holds {', '.join(source.games) or 'no game'}; shard {game.name}'s data into it")
     ckpt_set = st.parse_int_set(checkpoints, "checkpoints")
-    children, record, left = {}, [], budget
-    for _, run, group in st.iter_runs(root, games=[game.name], runs=run_set):
+    chosen, record, left = [], [], budget
+    for view in source.runs_of(game.name):
         if left <= 0:
             break
-        meta = dict(st.run_meta(group))
+        meta = {"rows": view.rows, "segments": [list(s) for s in view.segments], "checkpoints": view.checkpoints}
         segments, taken = select_segments(meta, ckpt_set, left)
         if not segments:
             continue
         left -= taken
-        view_meta = {**meta, "rows": int(max(e for _, e, _ in segments)), "segments": segments}
-        children[str(run)] = _RunView(group, view_meta)
-        record.append({"run": run, "rows": taken, "segments": segments,
-                       "checkpoints": [int(r["checkpoint"]) for r in meta.get("checkpoints", [])
+        chosen.append(view.select(segments))
+        record.append({"run": view.run, "rows": taken, "segments": segments,
+                       "checkpoints": [int(r["checkpoint"]) for r in view.checkpoints
                                        if ckpt_set is None or int(r["checkpoint"]) in ckpt_set]})
-    if not children:
+    if not chosen:
         raise UsageError(f"no rows of {game.name} match --runs {runs or 'all'} --checkpoints {checkpoints or 'all'}",
                          hint="see `sql shard --verify` for the runs and checkpoints the store holds")
-    view = _GroupView(root.attrs, {game.name: _GroupView(root[game.name].attrs, children)})
+    view = RunSet(source.games, tuple(chosen), source.location)
     return view, {"store": str(Path(data).absolute()), "game": game.name, "requested_rows": budget,
                   "rows": budget - left, "runs": record}
 
