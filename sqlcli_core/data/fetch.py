@@ -45,6 +45,7 @@ from sqlcli_core.atomic import write_json
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError, ResourceError, SourceUnavailable, UsageError
 from sqlcli_core.provenance import provenance
+from sqlcli_core.ranges import parse_ranges
 
 try:  # POSIX advisory locks keep two concurrent fetches from writing into the same part file.
     import fcntl
@@ -64,42 +65,15 @@ CLOSED_BUCKET_HINT = (
 # ------------------------------------------------------------------------------------------ selection
 
 
-def _parse_int_ranges(spec: str, lo: int, hi: int, what: str, example: str) -> tuple[int, ...]:
-    """`"0-9,20"` -> (0, ..., 9, 20): sorted, without repeats, every value in [lo, hi]."""
-    values: set[int] = set()
-    for item in (p.strip() for p in str(spec).split(",")):
-        if not item:
-            continue
-        try:
-            if "-" in item:
-                a, b = (int(x) for x in item.split("-", 1))
-            else:
-                a = b = int(item)
-        except ValueError:
-            raise UsageError(f"bad {what} '{item}' in '{spec}'",
-                             hint=f"use numbers and ranges such as {example}") from None
-        if a > b:
-            raise UsageError(f"bad {what} range '{item}': start after end", hint=f"write it as {b}-{a}")
-        if a < lo or b > hi:
-            raise UsageError(f"{what} '{item}' is outside {lo}-{hi}", hint=f"DQN-Replay has {what}s {lo}-{hi}")
-        values.update(range(a, b + 1))
-    if not values:
-        raise UsageError(f"no {what}s in '{spec}'", hint=f"use numbers and ranges such as {example}")
-    return tuple(sorted(values))
-
-
 def parse_runs(spec: str) -> tuple[int, ...]:
-    """`"1,2"`, `"1-3"` or `"all"` -> run numbers in 1..5."""
-    if str(spec).strip().lower() == "all":
-        return tuple(range(1, NUM_RUNS + 1))
-    return _parse_int_ranges(spec, 1, NUM_RUNS, "run", "1,2 or 1-3")
+    """`"1,2"`, `"1-3"` or `"all"` -> run numbers in 1..5 (the grammar of `sqlcli_core.ranges`)."""
+    return parse_ranges(spec, "run", lo=1, hi=NUM_RUNS, example="1,2 or 1-3") or tuple(range(1, NUM_RUNS + 1))
 
 
 def parse_checkpoints(spec: str) -> tuple[int, ...]:
     """`"0-9"`, `"0-9,20"` or `"all"` -> checkpoint suffixes in 0..50."""
-    if str(spec).strip().lower() == "all":
-        return tuple(range(LAST_CHECKPOINT + 1))
-    return _parse_int_ranges(spec, 0, LAST_CHECKPOINT, "checkpoint", "0-9 or 0-9,20")
+    return (parse_ranges(spec, "checkpoint", lo=0, hi=LAST_CHECKPOINT, example="0-9 or 0-9,20")
+            or tuple(range(LAST_CHECKPOINT + 1)))
 
 
 def subset_checkpoints(name: str) -> tuple[int, ...]:

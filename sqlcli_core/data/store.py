@@ -23,7 +23,6 @@ import hashlib
 import multiprocessing as mp
 import os
 import queue
-import re
 import threading
 import urllib.parse
 import zlib
@@ -58,26 +57,6 @@ class ShardConfig:
     zstd_level: int = ZSTD_LEVEL
     block_chunks: int = 8  # frames are streamed from the gzip file in blocks of this many chunks
     n_step: int = DEFAULT_N_STEP  # for the "sampleable transitions" count of the summary
-
-
-# ------------------------------------------------------------------------------------------- selection
-
-
-def parse_int_set(text: str | None, what: str) -> set[int] | None:
-    """"0-9,20" -> {0..9, 20}; None or "" or "all" -> None (everything)."""
-    if text is None or text.strip().lower() in ("", "all"):
-        return None
-    out: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if not m:
-            raise UsageError(f"bad {what} '{part}'", hint="use numbers and ranges, e.g. 0-9,20")
-        lo, hi = int(m[1]), int(m[2] or m[1])
-        if hi < lo:
-            raise UsageError(f"bad {what} range '{part}'", hint="write ranges low-high")
-        out.update(range(lo, hi + 1))
-    return out
 
 
 # ------------------------------------------------------------------------------------------- scanning

@@ -25,6 +25,7 @@ from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.atomic import write_json
 from sqlcli_core.data.view import RunSet, open_run_set
 from sqlcli_core.errors import UsageError
+from sqlcli_core.ranges import parse_range_set
 
 COMMAND = "finetune-offline"
 
@@ -112,13 +113,11 @@ def select_segments(meta: dict, checkpoints: set[int] | None, budget: int) -> tu
 def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: str | None,
                budget: int) -> tuple[RunSet, dict]:
     """(run set for ReplaySampler holding only the selected rows, record of what was selected)."""
-    from sqlcli_core.data import store as st
-
-    source = open_run_set(data, games=[game.name], runs=st.parse_int_set(runs, "runs"))
+    source = open_run_set(data, games=[game.name], runs=parse_range_set(runs, "--runs", lo=1, example="1 or 1-5"))
     if game.name not in source.games:
         raise UsageError(f"{game.name} is not in the store {data}",
                          hint=f"it holds {', '.join(source.games) or 'no game'}; shard {game.name}'s data into it")
-    ckpt_set = st.parse_int_set(checkpoints, "checkpoints")
+    ckpt_set = parse_range_set(checkpoints, "--checkpoints", example="0-1 or 0-9,20")
     chosen, record, left = [], [], budget
     for view in source.runs_of(game.name):
         if left <= 0:
