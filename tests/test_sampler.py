@@ -24,7 +24,8 @@ UNIT_BYTES = (CHUNK + 3 + 3) * (st.FRAME_BYTES + 9) + CHUNK * 4  # one cache slo
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("src")
     write_run(root, "Pong", 1, capacity=150, total=700, num_actions=6, seed=11, mean_episode=25)
-    write_run(root, "Pong", 2, capacity=150, total=400, num_actions=6, seed=12, mean_episode=25, missing=(1,))
+    write_run(root, "Pong", 2, capacity=150, total=400, num_actions=6, seed=12, mean_episode=25, missing=(1,),
+              final_buffer=False)  # a last checkpoint that stores its true count (its predecessor is missing)
     write_run(root, "Breakout", 1, capacity=150, total=500, num_actions=4, seed=13, mean_episode=25)
     dst = tmp_path_factory.mktemp("dst") / "store"
     st.shard(root, dst, config=st.ShardConfig(frame_chunk=CHUNK, scalar_chunk=128))

@@ -151,12 +151,12 @@ def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: 
         sha, nbytes = _file_sha256(path)
         sources[kind] = {"name": path.name, "bytes": nbytes, "sha256": sha}
         small[kind] = rf.load_npy_gz(path, kind, capacity=c.capacity)
-    if int(small["add_count"]) != c.add_count:
+    if int(small["add_count"]) != c.stored_add_count:
         raise DataError(f"{c.files['add_count']}: changed while sharding", hint="re-run when the fetch has finished")
     want_ir = rf.invalid_range(c.add_count % c.capacity, c.capacity)
     if not np.array_equal(small["invalid_range"], want_ir):
         raise DataError(f"{c.files['invalid_range']}: {small['invalid_range'].tolist()} does not match add_count "
-                        f"{c.add_count} (expected {want_ir.tolist()})", hint="the checkpoint's files are from different saves")
+                        f"{c.stored_add_count} (expected {want_ir.tolist()})", hint="the checkpoint's files are from different saves")
     for kind in ("action", "reward", "terminal"):
         _check_small(c.files[kind], kind, small[kind], num_actions)
 
@@ -211,7 +211,8 @@ def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: 
     digests["frames"] = h.hexdigest()
     assert n_new == len(phys)
     return {
-        "checkpoint": c.checkpoint, "add_count": c.add_count, "capacity": c.capacity,
+        "checkpoint": c.checkpoint, "add_count": c.stored_add_count, "final_buffer": c.final_buffer,
+        "capacity": c.capacity,
         "stream_start": item.first, "stream_end": c.add_count, "gap_before": item.gap,
         "rows_start": item.rows_start, "rows_end": item.rows_end, "rotation": item.rotation,
         "sources": {rf.file_name(k, c.checkpoint): sources[k] for k in rf.FILE_KINDS},
@@ -222,7 +223,7 @@ def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: 
 def _same_source(record: dict, item: PlannedCheckpoint) -> bool:
     c = item.source
     if (record["checkpoint"], record["add_count"], record["capacity"], record["rows_start"], record["rows_end"]) != (
-            c.checkpoint, c.add_count, c.capacity, item.rows_start, item.rows_end):
+            c.checkpoint, c.stored_add_count, c.capacity, item.rows_start, item.rows_end):
         return False
     for _kind, path in c.files.items():
         rec = record["sources"].get(path.name)

@@ -27,8 +27,10 @@ class SourceCheckpoint:
     run: int
     checkpoint: int
     files: dict  # kind -> Path
-    add_count: int
+    add_count: int  # the true count: stream positions [0, add_count) were written when it was saved
     capacity: int
+    stored_add_count: int  # what its add_count file says (the ring position for a final buffer)
+    final_buffer: bool = False  # written by log_final_buffer() (see replay_format.true_add_counts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,21 +56,21 @@ def _read_header(path: Path) -> tuple[np.dtype, tuple[int, ...]]:
 
 
 def scan_run(directory: Path, game: str, run: int, checkpoints: set[int] | None) -> list[SourceCheckpoint]:
-    """The checkpoints present in one `replay_logs` directory, checked cheaply, sorted by add_count.
+    """The selected checkpoints of one `replay_logs` directory, checked cheaply, in suffix (= stream) order.
 
-    Checks: all six files present; dtypes and shapes from the .npy headers; one capacity; add_count
-    a non-negative scalar; add_counts strictly increasing. Frames are not decompressed here.
+    Checks: all six files present; dtypes and shapes from the .npy headers; one capacity; the add_counts
+    of all checkpoints present fit one run (`replay_format.true_add_counts`: each checkpoint's true count,
+    the last one possibly a final buffer). Frames are not decompressed here.
     """
     by_ckpt: dict[int, dict[str, Path]] = {}
     for p in sorted(directory.iterdir()):
         parsed = rf.parse_file_name(p.name)
-        if parsed is None:
-            continue
-        kind, ckpt = parsed
-        if checkpoints is None or ckpt in checkpoints:
-            by_ckpt.setdefault(ckpt, {})[kind] = p
-    out = []
+        if parsed is not None:
+            by_ckpt.setdefault(parsed[1], {})[parsed[0]] = p
+    selected = {}
     for ckpt, files in sorted(by_ckpt.items()):
+        if checkpoints is not None and ckpt not in checkpoints:
+            continue
         missing = [rf.file_name(k, ckpt) for k in rf.FILE_KINDS if k not in files]
         if missing:
             raise DataError(f"{directory}: checkpoint {ckpt} lacks {', '.join(missing)}",
@@ -83,19 +85,43 @@ def scan_run(directory: Path, game: str, run: int, checkpoints: set[int] | None)
             if d != rf.FILE_KINDS[kind].dtype or s != (capacity,):
                 raise DataError(f"{files[kind]}: {d} {s}, expected {rf.FILE_KINDS[kind].dtype} ({capacity},) "
                                 f"like its observation file")
-        add_count = int(rf.load_npy_gz(files["add_count"], "add_count"))
-        if add_count <= 0:
-            raise DataError(f"{files['add_count']}: add_count {add_count} must be positive")
-        out.append(SourceCheckpoint(game, run, ckpt, dict(files), add_count, capacity))
-    out.sort(key=lambda c: c.add_count)
-    for a, b in zip(out, out[1:]):
-        if a.capacity != b.capacity:
-            raise DataError(f"{b.files['observation']}: capacity {b.capacity} differs from checkpoint "
-                            f"{a.checkpoint}'s {a.capacity}")
-        if a.add_count == b.add_count:
-            raise DataError(f"{b.files['add_count']}: same add_count as checkpoint {a.checkpoint}",
-                            hint="one of the two is a copy; remove it")
+        if selected and capacity != next(iter(selected.values())):
+            first = next(iter(selected))
+            raise DataError(f"{files['observation']}: capacity {capacity} differs from checkpoint {first}'s "
+                            f"{selected[first]}")
+        selected[ckpt] = capacity
+    if not selected:
+        return []
+    capacity = next(iter(selected.values()))
+    # Every checkpoint present places the others (a final buffer's true count needs its predecessor's).
+    counted = [(ckpt, int(rf.load_npy_gz(files["add_count"], "add_count")))
+               for ckpt, files in sorted(by_ckpt.items()) if "add_count" in files]
+    try:
+        placed = dict(zip((c for c, _ in counted), rf.true_add_counts(counted, capacity)))
+    except rf.PlacementError as exc:
+        if exc.checkpoint <= max(selected):
+            raise DataError(f"{by_ckpt[exc.checkpoint]['add_count']}: {exc}", hint=exc.hint) from None
+        counted = [(c, n) for c, n in counted if c <= max(selected)]  # the trouble lies beyond the selection
+        placed = dict(zip((c for c, _ in counted), rf.true_add_counts(counted, capacity)))
+    out = []
+    for ckpt in selected:
+        true, final = placed[ckpt]
+        files = by_ckpt[ckpt]
+        if final and true % capacity == capacity - 1:
+            _refuse_repeated_final_buffer(by_ckpt, ckpt)
+        out.append(SourceCheckpoint(game, run, ckpt, dict(files), true, capacity, dict(counted)[ckpt], final))
     return out
+
+
+def _refuse_repeated_final_buffer(by_ckpt: dict[int, dict[str, Path]], ckpt: int) -> None:
+    """A final buffer saved at a full ring may repeat its predecessor (training ended right on a checkpoint):
+    reading it as a whole new lap would invent rows, so refuse it when its small arrays equal the predecessor's."""
+    before = by_ckpt.get(ckpt - 1, {})
+    if all(k in before for k in ("action", "reward", "terminal")) and all(
+            np.array_equal(rf.load_npy_gz(by_ckpt[ckpt][k], k), rf.load_npy_gz(before[k], k))
+            for k in ("action", "reward", "terminal")):
+        raise DataError(f"{by_ckpt[ckpt]['add_count']}: final buffer with the same rows as checkpoint {ckpt - 1} "
+                        "(the run ended right on a checkpoint)", hint=f"leave checkpoint {ckpt} out (--checkpoints)")
 
 
 def scan_source(src: str | os.PathLike, games: Sequence[str] | None = None, runs: set[int] | None = None,
