@@ -290,6 +290,7 @@ def test_final_buffers_full_and_partial_shard_into_the_true_stream(tmp_path):
     out = subprocess.run([sys.executable, "-m", "sqlcli.main", "shard", str(src), str(dst), "--json", "--frame-chunk", "64"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["transitions_selected"] == 1199 + 1130 + 1000
     root = st.open_store(dst)
     streams = {}
     for (game, run), log in logs.items():

@@ -16,8 +16,10 @@ def finetune_offline(
     game: str = typer.Option(..., "--game", help="The new game, e.g. Alien (any case, ALE ids accepted)."),
     data: Path = typer.Option(..., "--data", help="Zarr store written by `sql shard` that holds the game's data."),
     run_dir: Path = typer.Option(..., "--run-dir", help="Output run directory; re-running the same command resumes it."),
-    transitions: int = typer.Option(2_000_000, "--transitions", help="Rows of the game's data to train on (first ones "
-                                    "of the chosen runs/checkpoints, in stream order). Default 2,000,000 (paper)."),
+    transitions: int = typer.Option(2_000_000, "--transitions", help="Rows of the game's data to train on (taken as "
+                                    "--slice says). Default 2,000,000 (paper)."),
+    slice_rule: str = typer.Option("spread", "--slice", help="spread: the rows split evenly over every chosen "
+                                   "checkpoint of the chosen runs (ours, inferred); first: the first rows in stream order."),
     runs: str | None = typer.Option(None, "--runs", help="Run numbers of the store to use, e.g. 1 or 1-5. Default: all."),
     checkpoints: str | None = typer.Option(None, "--checkpoints", help="DQN-Replay checkpoint numbers to use, e.g. 0-1. Default: all in the store."),
     init: str = typer.Option("pretrained", "--init", help="pretrained (torso from --from) or scratch (the baseline)."),
@@ -46,7 +48,7 @@ def finetune_offline(
 
     config = OfflineConfig(
         game=game, data=str(data), init=init, freeze=freeze, transitions=transitions, runs=runs,
-        checkpoints=checkpoints, steps=steps, batch_size=batch_size, learning_rate=lr, adam_eps=adam_eps,
+        checkpoints=checkpoints, slice_rule=slice_rule, steps=steps, batch_size=batch_size, learning_rate=lr, adam_eps=adam_eps,
         alpha=alpha, gamma=gamma, n_step=n_step, target_update_period=target_update_period,
         cache_bytes=cache_bytes, protocol=protocol, final_seeds=final_seeds, final_episodes=final_episodes,
         eval_max_steps=eval_max_steps, eval_envs=eval_envs, checkpoint_every=checkpoint_every,

@@ -82,7 +82,8 @@ def shard(
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
     for note in result["notes"]:
         console.print(note, style="dim", markup=False, highlight=False)
-    table = Table(title=f"{dst}: {result['appended']} checkpoint(s) appended")
+    table = Table(title=f"{dst}: {result['transitions_selected']:,} transitions selected, "
+                        f"{result['appended']} checkpoint(s) appended")
     cols = {"game": "game", "run": "run", "rows": "rows", "sampleable_transitions": "sampleable", "episodes": "episodes",
             "return_mean": "return", "return_min": "min", "return_max": "max", "segments": "segments",
             "bytes_on_disk": "bytes", "compression_ratio": "ratio"}

@@ -1,7 +1,7 @@
 """Offline fine-tuning to a game that was not in pre-training: Scaled QL on a small slice of its data.
 
     pre-trained run --torso, embedding, projection--> one-game network with a fresh head
-    store (sql shard) --the first N rows of the chosen runs/checkpoints--> ReplaySampler --> learner.fit
+    store (sql shard) --N rows spread over the chosen runs/checkpoints--> ReplaySampler --> learner.fit
 
 The data slice is a row selection of the store's run set (`sqlcli_core.data.view`): its runs list only the
 chosen rows as segments, so nothing is copied and the sampler's own validity rules (stack and n-step window
@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.atomic import write_json
-from sqlcli_core.data.view import RunSet, open_run_set
+from sqlcli_core.data.slices import SLICE_RULES, select_segments, slice_run_set  # noqa: F401 - select_segments re-exported
+from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
-from sqlcli_core.ranges import parse_range_set
 
 COMMAND = "finetune-offline"
 
@@ -41,6 +41,7 @@ class OfflineConfig:
     transitions: int = 2_000_000  # paper: about 2M transitions of the new game
     runs: str | None = None  # e.g. "1" or "1-5"; None = every run in the store
     checkpoints: str | None = None  # DQN-Replay checkpoint numbers, e.g. "0-1"; None = all in the store
+    slice_rule: str = "spread"  # how `transitions` rows are taken: spread over all checkpoints (ours), or first
     steps: int = 50_000  # gradient steps
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -64,6 +65,8 @@ class OfflineConfig:
                      "eval_envs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.slice_rule not in SLICE_RULES:
+            raise UsageError(f"unknown --slice '{self.slice_rule}'", hint=f"choose {' or '.join(SLICE_RULES)}")
 
     def learner_config(self):
         from sqlcli_core.training.learner import LearnerConfig
@@ -83,60 +86,11 @@ class OfflineConfig:
 # ------------------------------------------------------------------------------------------ data slice
 
 
-def select_segments(meta: dict, checkpoints: set[int] | None, budget: int) -> tuple[list[list[int]], int]:
-    """The rows of one run to train on: ([[row_start, row_end, stream_start], ...], rows taken).
-
-    meta: the run's `sql_run` record (segments, checkpoint records). Rows of the chosen checkpoints
-    (all when None), intersected with the run's segments, in stream order, cut after `budget` rows.
-    """
-    if checkpoints is None:
-        wanted = [(0, int(meta["rows"]))]
-    else:
-        wanted = [(int(r["rows_start"]), int(r["rows_end"])) for r in meta.get("checkpoints", [])
-                  if int(r["checkpoint"]) in checkpoints]
-    pieces: list[list[int]] = []
-    taken = 0
-    for s, e, stream_start in (seg[:3] for seg in meta["segments"]):
-        for ws, we in sorted(wanted):
-            lo, hi = max(s, ws), min(e, we)
-            if hi <= lo or taken >= budget:
-                continue
-            hi = min(hi, lo + budget - taken)
-            if pieces and pieces[-1][1] == lo and pieces[-1][3] == s:  # contiguous within one segment
-                pieces[-1][1] = hi
-            else:
-                pieces.append([lo, hi, int(stream_start) + lo - s, s])
-            taken += hi - lo
-    return [p[:3] for p in pieces], taken
-
-
 def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: str | None,
-               budget: int) -> tuple[RunSet, dict]:
-    """(run set for ReplaySampler holding only the selected rows, record of what was selected)."""
-    source = open_run_set(data, games=[game.name], runs=parse_range_set(runs, "--runs", lo=1, example="1 or 1-5"))
-    if game.name not in source.games:
-        raise UsageError(f"{game.name} is not in the store {data}",
-                         hint=f"it holds {', '.join(source.games) or 'no game'}; shard {game.name}'s data into it")
-    ckpt_set = parse_range_set(checkpoints, "--checkpoints", example="0-1 or 0-9,20")
-    chosen, record, left = [], [], budget
-    for view in source.runs_of(game.name):
-        if left <= 0:
-            break
-        meta = {"rows": view.rows, "segments": [list(s) for s in view.segments], "checkpoints": view.checkpoints}
-        segments, taken = select_segments(meta, ckpt_set, left)
-        if not segments:
-            continue
-        left -= taken
-        chosen.append(view.select(segments))
-        record.append({"run": view.run, "rows": taken, "segments": segments,
-                       "checkpoints": [int(r["checkpoint"]) for r in view.checkpoints
-                                       if ckpt_set is None or int(r["checkpoint"]) in ckpt_set]})
-    if not chosen:
-        raise UsageError(f"no rows of {game.name} match --runs {runs or 'all'} --checkpoints {checkpoints or 'all'}",
-                         hint="see `sql shard --verify` for the runs and checkpoints the store holds")
-    view = RunSet(source.games, tuple(chosen), source.location)
-    return view, {"store": str(Path(data).absolute()), "game": game.name, "requested_rows": budget,
-                  "rows": budget - left, "runs": record}
+               budget: int, rule: str = "spread") -> tuple[RunSet, dict]:
+    """(run set for ReplaySampler holding only the selected rows, record of what was selected): see
+    `sqlcli_core.data.slices` for the rules (`spread` over the checkpoints, or the `first` rows)."""
+    return slice_run_set(data, game.name, runs=runs, checkpoints=checkpoints, budget=budget, rule=rule)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -190,7 +144,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     source_str = str(Path(source).absolute())
     _check_resume_settings(run_dir, config, source_str)
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
-                                 budget=config.transitions)
+                                 budget=config.transitions, rule=config.slice_rule)
 
     pretrained = finetune.load_pretrained(source)
     net_config = pretrained.network_config

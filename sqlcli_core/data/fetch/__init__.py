@@ -32,7 +32,9 @@ from sqlcli_core.data.fetch.manifest import MANIFEST_NAME, Manifests
 from sqlcli_core.data.fetch.selection import (
     LAST_CHECKPOINT,
     NUM_RUNS,
+    SUBSET_RUNS,
     SUBSETS,
+    TRANSITIONS_PER_CHECKPOINT,
     FileTask,
     Selection,
     parse_checkpoints,
@@ -40,6 +42,7 @@ from sqlcli_core.data.fetch.selection import (
     plan_files,
     select_games,
     subset_checkpoints,
+    subset_runs,
 )
 from sqlcli_core.data.fetch.sources import (
     CLOSED_BUCKET_HINT,
@@ -60,9 +63,10 @@ from sqlcli_core.data.fetch.verification import BadPayload, ChecksumMismatch, Ve
 
 __all__ = [
     "CLOSED_BUCKET_HINT", "FAST_CRC32C", "LAST_CHECKPOINT", "MANIFEST_NAME", "NUM_RUNS", "PUBLIC_BUCKET_URL", "SUBSETS",
+    "SUBSET_RUNS", "TRANSITIONS_PER_CHECKPOINT",
     "BadPayload", "ChecksumMismatch", "Denied", "FetchConfig", "FetchReport", "FileResult", "FileTask", "GcsSource",
     "HttpSource", "LocalSource", "Manifests", "Missing", "ObjectInfo", "Permanent", "ProgressFn", "Selection", "Source",
     "Stopped", "Stream", "Transient", "Verified", "check_disk_space", "crc32c", "crc32c_py", "fetch", "format_bytes",
     "open_source", "parse_checkpoints", "parse_goog_hash", "parse_runs", "plan_files", "select_games",
-    "subset_checkpoints", "verify_file",
+    "subset_checkpoints", "subset_runs", "verify_file",
 ]

@@ -14,7 +14,11 @@ from sqlcli_core.ranges import parse_ranges
 
 NUM_RUNS = 5
 LAST_CHECKPOINT = 50
-SUBSETS = {"sub-optimal": tuple(range(10)), "near-optimal": tuple(range(LAST_CHECKPOINT + 1))}
+SUBSETS = {"sub-optimal": tuple(range(10)), "near-optimal": tuple(range(LAST_CHECKPOINT + 1))}  # checkpoints
+# Runs a subset takes unless --runs says otherwise. The paper trains on 400M transitions over its 40 games
+# (abstract): 10M per game, i.e. the first 20% of ONE run per game (our inference from that figure).
+SUBSET_RUNS = {"sub-optimal": (1,), "near-optimal": tuple(range(1, NUM_RUNS + 1))}
+TRANSITIONS_PER_CHECKPOINT = rf.BUCKET_CAPACITY  # each checkpoint logs one ring of 1M agent transitions
 
 # ------------------------------------------------------------------------------------------ selection
 
@@ -46,6 +50,12 @@ def subset_checkpoints(name: str) -> tuple[int, ...]:
     raise UsageError(f"unknown subset '{name}'", hint="use sub-optimal, near-optimal or last:N")
 
 
+def subset_runs(name: str) -> tuple[int, ...]:
+    """The runs a subset takes by default: run 1 for `sub-optimal` (the paper's 400M), all five otherwise."""
+    subset_checkpoints(name)  # validates the name
+    return SUBSET_RUNS.get(str(name).strip().lower(), tuple(range(1, NUM_RUNS + 1)))
+
+
 def select_games(spec: str | Iterable[str]) -> tuple[str, ...]:
     """Resolve names and sets via the catalog; refuse games that DQN-Replay does not have."""
     names = tuple(g.name for g in resolve_games(spec))
@@ -69,6 +79,11 @@ class Selection:
     @property
     def num_files(self) -> int:
         return len(self.games) * len(self.runs) * len(self.checkpoints) * len(rf.FILE_KINDS)
+
+    @property
+    def transitions(self) -> int:
+        """Transitions selected, from the layout alone (1M per checkpoint; no source is asked)."""
+        return len(self.games) * len(self.runs) * len(self.checkpoints) * TRANSITIONS_PER_CHECKPOINT
 
 
 @dataclasses.dataclass(frozen=True)

@@ -326,7 +326,8 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
           progress: Callable[[str, int], None] | None = None) -> dict:
     """Shard every selected game/run of SRC into the store DST; runs go to `jobs` worker processes.
 
-    Returns {"runs": [per-run report], "notes": [...], "appended": n}. Idempotent and resumable.
+    Returns {"runs": [per-run report], "notes": [...], "appended": n, "transitions_selected": rows of the
+    selected checkpoints (all runs), "store"}. Idempotent and resumable.
     """
     dst = store_path(dst)
     found, notes = scan_source(src, games, runs, checkpoints)
@@ -383,4 +384,4 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
     reports = [run_report(dst, g, r, grp) for g, r, grp in iter_runs(root, games=None, runs=None)
                if (g, r) in found]
     return {"runs": reports, "notes": notes, "appended": sum(len(r["appended"]) for r in results),
-            "store": str(dst)}
+            "transitions_selected": sum(p[-1].rows_end for p in plans.values()), "store": str(dst)}
