@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +180,15 @@ def test_store_urls_and_row_selections(store, reference):
     assert ((rows < 300) & (rows >= 103)).any() and (rows >= 403).any()
     valid = set(reference.valid_indices(1, 1))
     assert {int(i) for i in rows} <= valid
+
+
+def test_a_cache_with_few_units_per_game_warns(store):
+    from sqlcli_core.data.sampler import QUIET_SLOTS_PER_GAME, SamplerCacheWarning
+
+    with pytest.warns(SamplerCacheWarning, match="holds 3 units per game"):
+        make(store).close()
+    enough = (QUIET_SLOTS_PER_GAME * 2 + 2) * UNIT_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplerCacheWarning)
+        with make(store, cache_bytes=enough) as s:
+            assert s.slots_per_game == QUIET_SLOTS_PER_GAME
