@@ -23,7 +23,8 @@ import numpy as np
 
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
-from sqlcli_core.data.sampler import STACK_OFFSETS, ReplaySampler
+from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.transitions import STACK_OFFSETS
 
 
 def peak_rss_mb() -> float:

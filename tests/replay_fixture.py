@@ -2,7 +2,11 @@
 
 `write_run` plays a fake agent: before every episode 3 zero padding rows, then real rows whose frames
 encode their stream position; rows go into a ring of `capacity` rows; a checkpoint is saved whenever
-add_count mod capacity reaches capacity - 1 (Dopamine's schedule), plus a partial one at the end.
+add_count mod capacity reaches capacity - 1 (Dopamine's schedule), plus a final one at the end, written
+as the DQN-Replay logger's `log_final_buffer()` does: its add_count file holds the ring position
+(true count mod capacity), not the true count (`final_buffer=False`: the true count, as older tools did).
+`full_final=True` ends the run with a final buffer at a full ring (cursor capacity - 1) instead of
+a regular checkpoint there.
 The returned log is the independent reference for the tests (like `collect_log.json`).
 """
 
@@ -21,7 +25,7 @@ from sqlcli_core.data import replay_format as rf
 class RunLog:
     stream: dict  # "frames", "actions", "rewards", "terminals": the whole temporal stream, position-indexed
     episodes: list  # {"start": first real row, "length", "return"} for every finished episode
-    checkpoints: dict  # checkpoint -> add_count
+    checkpoints: dict  # checkpoint -> true add_count (rows written when it was saved)
     capacity: int
 
 
@@ -67,8 +71,10 @@ def make_stream(total: int, num_actions: int, seed: int, mean_episode: int = 40)
 
 
 def write_run(root: Path, game: str, run: int, *, capacity: int, total: int, num_actions: int, seed: int,
-              missing: tuple[int, ...] = (), mean_episode: int = 40) -> RunLog:
+              missing: tuple[int, ...] = (), mean_episode: int = 40, final_buffer: bool = True,
+              full_final: bool = False) -> RunLog:
     """Write ROOT/{game}/{run}/replay_logs/ checkpoints of a `total`-row stream; drop the `missing` ones."""
+    assert not full_final or total % capacity == capacity - 1
     stream, episodes = make_stream(total, num_actions, seed, mean_episode)
     ring = {k: np.zeros((capacity, *v.shape[1:]), v.dtype) for k, v in stream.items()}
     d = rf.replay_dir(root, game, run)
@@ -83,11 +89,13 @@ def write_run(root: Path, game: str, run: int, *, capacity: int, total: int, num
             ckpts[n] = add_count
             if n not in missing:
                 cursor = add_count % capacity
+                final = add_count == total and n > 0 and (cursor != capacity - 1 or full_final)
+                saved = cursor if final and final_buffer else add_count
                 rf.save_npy_gz(d / rf.file_name("observation", n), ring["frames"])
                 rf.save_npy_gz(d / rf.file_name("action", n), ring["actions"])
                 rf.save_npy_gz(d / rf.file_name("reward", n), ring["rewards"])
                 rf.save_npy_gz(d / rf.file_name("terminal", n), ring["terminals"])
-                save_scalar_npy_gz(d / rf.file_name("add_count", n), add_count)
+                save_scalar_npy_gz(d / rf.file_name("add_count", n), saved)
                 rf.save_npy_gz(d / rf.file_name("invalid_range", n), rf.invalid_range(cursor, capacity))
             n += 1
     return RunLog(stream, episodes, ckpts, capacity)

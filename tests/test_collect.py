@@ -46,13 +46,18 @@ def dopamine_load(path):
 
 def reassemble(logs, capacity):
     """The run's stream from the ring-buffer files: checkpoint 0's written rows, then each later checkpoint
-    rolled by -cursor (oldest row first) with only the rows not seen yet. Returns (stream, add_counts)."""
+    rolled by -cursor (oldest row first) with only the rows not seen yet. The last checkpoint is a final
+    buffer (log_final_buffer): its file holds the ring position, so its true count is the next lap's.
+    Returns (stream, true add_counts)."""
     ckpts = sorted(int(m[1]) for p in logs.iterdir() if (m := re.fullmatch(r"add_count_ckpt\.(\d+)\.gz", p.name)))
     assert ckpts == list(range(len(ckpts)))
     parts = {k: [] for k in ("observation", "action", "reward", "terminal")}
     have, add_counts = 0, []
     for n in ckpts:
         add_count = int(dopamine_load(logs / f"add_count_ckpt.{n}.gz"))
+        if add_count <= have:  # the final buffer: the ring position after `have` rows
+            assert n == ckpts[-1] and have % capacity == capacity - 1 and add_count < capacity
+            add_count = (have // capacity + 1) * capacity + add_count
         cursor = add_count % capacity
         for kind in parts:
             arr = dopamine_load(logs / f"$store$_{kind}_ckpt.{n}.gz")
@@ -350,3 +355,26 @@ def test_a_run_being_collected_elsewhere_is_refused(tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UsageError, match="Breakout/1 under .* is being collected by another process"):
             core.collect_run(core.RunConfig("Breakout", 1, transitions=10, capacity=64), tmp_path)
+
+
+def test_a_run_interrupted_after_its_final_buffer_resumes_from_it(tmp_path):
+    """Killed after the final buffer (add_count file = cursor) was saved but before the run was published:
+    the resume reads that checkpoint back with its true count and publishes the same files."""
+    config = core.RunConfig("Breakout", 1, transitions=120, capacity=50, policy=core.PolicySpec("sticky-random", 0.3))
+    core.collect_run(config, tmp_path / "ref")
+
+    def interrupt(steps):
+        if steps >= config.transitions:  # only the report after the final checkpoint (120 % 7 != 0)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        core.collect_run(config, tmp_path / "int", interrupt, progress_every=7)
+    resume = json.loads((core.partial_dir(tmp_path / "int", "Breakout", 1) / core.RESUME_NAME).read_text())
+    logs = core.partial_dir(tmp_path / "int", "Breakout", 1) / "replay_logs"
+    saved = int(dopamine_load(logs / f"add_count_ckpt.{resume['checkpoint']}.gz"))
+    assert resume["add_count"] > 50 and saved == resume["add_count"] % 50  # the final buffer was saved
+    assert core.collect_run(config, tmp_path / "int")["status"] == "resumed"
+    ref_logs, logs = (tmp_path / d / "Breakout" / "1" / "replay_logs" for d in ("ref", "int"))
+    assert sorted(p.name for p in logs.iterdir()) == sorted(p.name for p in ref_logs.iterdir())
+    for p in ref_logs.iterdir():
+        np.testing.assert_array_equal(dopamine_load(logs / p.name), dopamine_load(p), err_msg=p.name)

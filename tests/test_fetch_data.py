@@ -393,3 +393,22 @@ def test_cli_subprocess_dry_run_and_403(server, src, tmp_path):
     res = sql("--games", "Pong", "--checkpoints", "0", "--out", str(tmp_path / "o"), "--base-url", "gs://x/y")
     # (rich wraps long error lines at 80 columns when stderr is not a terminal)
     assert res.returncode == 2 and "pip install 'scaled-ql[gcs]'" in " ".join(res.stderr.split())
+
+
+def test_sub_optimal_is_one_run_per_game_400m_over_atari40(tmp_path):
+    """The paper's 400M transitions (abstract) = checkpoints 0-9 of ONE run of each of its 40 games; the
+    selection count comes from the layout, so a dry run reports it even when the source is unreachable."""
+    assert F.subset_runs("sub-optimal") == (1,) and F.subset_runs("near-optimal") == (1, 2, 3, 4, 5)
+    assert F.subset_runs("last:3") == (1, 2, 3, 4, 5)
+    env = {**os.environ, "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    base = [sys.executable, "-m", "sqlcli.main", "fetch-data", "--games", "atari40", "--subset", "sub-optimal",
+            "--out", str(tmp_path / "o"), "--dry-run", "--json", "--retries", "0", "--base-url", "http://127.0.0.1:9"]
+    res = subprocess.run(base, capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 4 and res.stderr.count("error:") == 1 and "cannot reach" in res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["transitions_selected"] == 400_000_000 == 40 * 10 * 1_000_000
+    assert summary["selection"]["runs"] == [1] and summary["selection"]["checkpoints"] == list(range(10))
+    assert len(summary["selection"]["games"]) == 40 and "400M transitions" in res.stderr
+    res = subprocess.run(base + ["--runs", "1-5"], capture_output=True, text=True, env=env, timeout=120)
+    assert json.loads(res.stdout)["transitions_selected"] == 2_000_000_000  # the 5-run variant, on request
+    assert not (tmp_path / "o").exists()

@@ -35,13 +35,19 @@ def pipeline(tmp_path_factory):
 
 
 def _stream_from_files(run_dir):
-    """Reassemble the temporal stream: checkpoint 0's written rows, then each later file rolled by -cursor."""
+    """Reassemble the temporal stream: checkpoint 0's written rows, then each later file rolled by -cursor.
+
+    The last file is a final buffer (the DQN-Replay logger's log_final_buffer, which `collect` follows): it
+    stores the ring position, so its true count is `(have // capacity + 1) * capacity + saved`.
+    """
     logs = run_dir / "replay_logs"
     ckpts = sorted(int(p.name.split(".")[-2]) for p in logs.glob("add_count_ckpt.*.gz"))
     parts = {k: [] for k in rf.ROW_KINDS}
     have = 0
     for n in ckpts:
         add_count = int(rf.load_npy_gz(logs / rf.file_name("add_count", n)))
+        if have and add_count <= have:
+            add_count = (have // CAPACITY + 1) * CAPACITY + add_count
         cursor = add_count % CAPACITY
         new = add_count - have
         for kind in rf.ROW_KINDS:
@@ -71,6 +77,11 @@ def test_shard_summary_matches_what_collect_played(pipeline):
         log = json.loads((root / "raw" / game / "1" / "collect_log.json").read_text())
         complete = [e for e in log["episodes"] if e["terminal"]]
         got = by_game[game]
+        # collect ends with a final buffer, as the DQN-Replay logger does: its file stores the ring position
+        last = log["checkpoints"][-1]
+        saved = int(rf.load_npy_gz(root / "raw" / game / "1" / "replay_logs" / rf.file_name("add_count", last["checkpoint"])))
+        assert log["add_count"] > CAPACITY and log["add_count"] % CAPACITY != CAPACITY - 1
+        assert last["add_count"] == log["add_count"] and saved == log["add_count"] % CAPACITY
         assert got["rows"] == log["add_count"]
         assert got["episodes"] == len(complete)
         if complete:
@@ -85,7 +96,7 @@ def test_sampler_batches_equal_the_independent_reference(pipeline):
     sampler = ReplaySampler(root / "store", games=list(GAMES), batch_size=64, n_step=3, gamma=GAMMA, seed=3)
     try:
         assert [g.name for g in sampler.games] == list(GAMES)
-        seen_games = set()
+        seen_games, in_final_buffer = set(), 0
         for _ in range(3):
             batch, keys = sampler.next_batch_with_keys()
             for b, (g, run, i) in enumerate(keys):
@@ -99,6 +110,8 @@ def test_sampler_batches_equal_the_independent_reference(pipeline):
                 assert (batch.game[b], batch.action[b], batch.steps[b], batch.done[b]) == (g, action, steps, done)
                 assert batch.reward[b] == pytest.approx(reward, abs=1e-6)
                 seen_games.add(int(g))
+                in_final_buffer += int(i) >= (len(stream["terminal"]) // CAPACITY) * CAPACITY - 1
         assert seen_games == {0, 1}
+        assert in_final_buffer > 0  # transitions placed from the final buffer were drawn and checked
     finally:
         sampler.close()

@@ -93,3 +93,26 @@ def test_saved_bytes_depend_on_the_array_only(tmp_path):
     a = rf.save_npy_gz(tmp_path / "one.gz", arr).read_bytes()
     b = rf.save_npy_gz(tmp_path / "other_name.gz", arr).read_bytes()
     assert a == b
+
+
+def test_final_buffer_true_counts_by_hand():
+    cap = 10
+    # checkpoints 0, 1 on the schedule (9, 19), then log_final_buffer at 23 rows: it stores 23 % 10 = 3
+    assert rf.true_add_counts([(0, 9), (1, 19), (2, 3)], cap) == [(9, False), (19, False), (23, True)]
+    # a full final buffer (cursor = capacity - 1): one lap after its predecessor
+    assert rf.true_add_counts([(0, 9), (1, 19), (2, 9)], cap) == [(9, False), (19, False), (29, True)]
+    # saved 0: the one new row is ring row capacity - 1
+    assert rf.true_add_counts([(0, 9), (1, 0)], cap) == [(9, False), (10, True)]
+    first, gap, rows = rf.new_rows(23, cap, 19)
+    assert (first, gap, rows.tolist()) == (19, 0, [9, 0, 1, 2])  # row capacity-1, then rows 0 .. saved-1
+    # true counts from a missing checkpoint are gaps, not final buffers
+    assert rf.true_add_counts([(0, 9), (3, 39), (4, 5)], cap) == [(9, False), (39, False), (45, True)]
+    bad = [([(0, 9), (1, 3), (2, 29)], 1, "only a run's last checkpoint"),  # goes down before the end
+           ([(0, 9), (2, 3)], 2, "checkpoint 1 before it is missing"),  # its predecessor is absent
+           ([(0, 9), (1, 19), (2, 19)], 2, "same add_count as checkpoint 1"),
+           ([(0, 9), (1, 15), (2, 3)], 2, "not a final buffer after a full ring"),
+           ([(0, 0)], 0, "must be positive")]
+    for stored, blamed, message in bad:
+        with pytest.raises(rf.PlacementError, match=message) as info:
+            rf.true_add_counts(stored, cap)
+        assert info.value.checkpoint == blamed

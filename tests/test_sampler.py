@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,8 @@ UNIT_BYTES = (CHUNK + 3 + 3) * (st.FRAME_BYTES + 9) + CHUNK * 4  # one cache slo
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("src")
     write_run(root, "Pong", 1, capacity=150, total=700, num_actions=6, seed=11, mean_episode=25)
-    write_run(root, "Pong", 2, capacity=150, total=400, num_actions=6, seed=12, mean_episode=25, missing=(1,))
+    write_run(root, "Pong", 2, capacity=150, total=400, num_actions=6, seed=12, mean_episode=25, missing=(1,),
+              final_buffer=False)  # a last checkpoint that stores its true count (its predecessor is missing)
     write_run(root, "Breakout", 1, capacity=150, total=500, num_actions=4, seed=13, mean_episode=25)
     dst = tmp_path_factory.mktemp("dst") / "store"
     st.shard(root, dst, config=st.ShardConfig(frame_chunk=CHUNK, scalar_chunk=128))
@@ -147,3 +150,42 @@ def test_bad_settings(store):
         make(store, games=["Pong", "Qbert"])
     with pytest.raises(UsageError, match="game_weights"):
         make(store, game_weights=[1.0])
+
+
+def test_store_urls_and_row_selections(store, reference):
+    """The run set view: a file:// URL reads the same store; a selection keeps every draw inside it."""
+    from sqlcli_core.data.view import RunSet, open_run_set
+
+    with make(store) as a, make(f"file://{Path(store).absolute()}") as b:
+        for _ in range(3):
+            assert_batches_equal(a.next_batch(), b.next_batch())
+    for url in ("s3://bucket/store", "gs://bucket/store", "https://example.org/store"):
+        with pytest.raises(UsageError, match="not supported yet"):
+            make(url)
+    data = open_run_set(store)
+    assert data.games == ("Breakout", "Pong") and [r.run for r in data.runs_of("Pong")] == [1, 2]
+    pong1 = data.runs_of("Pong", [1])[0]
+    chosen = pong1.select([[100, 300, 100], [400, 520, 400]])
+    assert chosen.rows == 520 and chosen.segments == ((100, 300, 100), (400, 520, 400))
+    view = RunSet(data.games, (chosen,), data.location)
+    with make(view, games=["Pong"], cache_bytes=4 * UNIT_BYTES * 2) as s:
+        drawn = np.concatenate([s.next_batch_with_keys()[1] for _ in range(20)])
+    rows = drawn[:, 2]
+    assert set(drawn[:, 1]) == {1}
+    # the stack (i-3 .. i) and the next stack (up to i + 3) stay inside one selected piece
+    assert (((rows >= 103) & (rows <= 300 - 1 - 3)) | ((rows >= 403) & (rows <= 520 - 1 - 3))).all()
+    assert ((rows < 300) & (rows >= 103)).any() and (rows >= 403).any()
+    valid = set(reference.valid_indices(1, 1))
+    assert {int(i) for i in rows} <= valid
+
+
+def test_a_cache_with_few_units_per_game_warns(store):
+    from sqlcli_core.data.sampler import QUIET_SLOTS_PER_GAME, SamplerCacheWarning
+
+    with pytest.warns(SamplerCacheWarning, match="holds 3 units per game"):
+        make(store).close()
+    enough = (QUIET_SLOTS_PER_GAME * 2 + 2) * UNIT_BYTES
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SamplerCacheWarning)
+        with make(store, cache_bytes=enough) as s:
+            assert s.slots_per_game == QUIET_SLOTS_PER_GAME

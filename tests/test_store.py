@@ -256,3 +256,92 @@ def test_bad_input_is_named_and_nothing_is_half_written(source, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="not a Zarr store"):
         st.shard(root, tmp_path / "other", config=CONFIG)
+
+
+def rebuild_from_ring_files(logs: Path, capacity: int) -> dict:
+    """The stream straight from the ring files, by the spec: checkpoints by suffix; checkpoint 0's written rows,
+    then each later file rolled by -cursor, only its new rows; a count that goes down is the final buffer
+    (log_final_buffer stores the ring position), whose true count is (prev // capacity + 1) * capacity + saved."""
+    suffixes = sorted(int(p.name.split(".")[-2]) for p in logs.glob("add_count_ckpt.*.gz"))
+    parts = {k: [] for k in rf.ROW_KINDS}
+    have = 0
+    for n in suffixes:
+        count = int(rf.load_npy_gz(logs / rf.file_name("add_count", n)))
+        if count <= have:
+            count = (have // capacity + 1) * capacity + count
+        for kind in rf.ROW_KINDS:
+            data = rf.load_npy_gz(logs / rf.file_name(kind, n))
+            ordered = data[:count] if count < capacity else np.roll(data, -(count % capacity), axis=0)
+            parts[kind].append(ordered[len(ordered) - (count - have):])
+        have = count
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def test_final_buffers_full_and_partial_shard_into_the_true_stream(tmp_path):
+    from sqlcli_core.data.sampler import ReplaySampler, reference_transition
+
+    src, cap = tmp_path / "src", 200
+    logs = {("Pong", 1): write_run(src, "Pong", 1, capacity=cap, total=1199, num_actions=6, seed=21, full_final=True),
+            ("Pong", 2): write_run(src, "Pong", 2, capacity=cap, total=1130, num_actions=6, seed=22),
+            ("Breakout", 1): write_run(src, "Breakout", 1, capacity=cap, total=1000, num_actions=4, seed=23)}
+    dst = tmp_path / "store"
+    out = subprocess.run([sys.executable, "-m", "sqlcli.main", "shard", str(src), str(dst), "--json", "--frame-chunk", "64"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["transitions_selected"] == 1199 + 1130 + 1000
+    root = st.open_store(dst)
+    streams = {}
+    for (game, run), log in logs.items():
+        d = rf.replay_dir(src, game, run)
+        last = max(log.checkpoints)
+        total = log.checkpoints[last]
+        assert int(rf.load_npy_gz(d / rf.file_name("add_count", last))) == total % cap  # a final buffer
+        rebuilt = rebuild_from_ring_files(d, cap)
+        np.testing.assert_array_equal(rebuilt["observation"], log.stream["frames"])  # the rebuild is right
+        g = root[game][str(run)]
+        meta = st.run_meta(g)
+        assert meta["rows"] == total and meta["segments"] == [[0, total, 0]]
+        assert meta["checkpoints"][-1]["final_buffer"] and not meta["checkpoints"][0]["final_buffer"]
+        assert meta["checkpoints"][-1]["stream_end"] == total
+        for name, kind in (("frames", "observation"), ("actions", "action"), ("rewards", "reward"), ("terminals", "terminal")):
+            np.testing.assert_array_equal(g[name][:], rebuilt[kind])
+        streams[(game, run)] = {"frames": rebuilt["observation"], "actions": rebuilt["action"],
+                                "rewards": rebuilt["reward"], "terminals": rebuilt["terminal"]}
+    assert st.verify(dst)["ok"]
+    names = ["Breakout", "Pong"]
+    with ReplaySampler(dst, games=names, batch_size=128, seed=2, cache_bytes=64 << 20, unit_chunks=1) as s:
+        late = 0
+        for _ in range(6):
+            batch, keys = s.next_batch_with_keys()
+            for b, (g, run, i) in enumerate(keys):
+                t = reference_transition(streams[(names[g], int(run))], int(i), 3, 0.99)
+                np.testing.assert_array_equal(batch.state[b], t["state"])
+                np.testing.assert_array_equal(batch.next_state[b], t["next_state"])
+                assert (batch.action[b], batch.reward[b], batch.done[b], batch.steps[b]) == (
+                    t["action"], t["reward"], t["done"], t["steps"])
+                late += int(i) >= 1000 - 3  # inside the final buffers' rows
+        assert late > 0
+
+
+def test_inconsistent_add_counts_are_refused_with_one_line(tmp_path):
+    src, cap = tmp_path / "src", 200
+    write_run(src, "Pong", 1, capacity=cap, total=1130, num_actions=6, seed=22, missing=(4,))
+    out = subprocess.run([sys.executable, "-m", "sqlcli.main", "shard", str(src), str(tmp_path / "a")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 3 and "add_count_ckpt.5.gz" in out.stderr and "checkpoint 4 before it is missing" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    # leaving the final buffer out is fine
+    st.shard(src, tmp_path / "b", checkpoints={0, 1, 2, 3}, config=CONFIG)
+    # a full final buffer that repeats its predecessor (the run ended right on a checkpoint) is refused
+    src2 = tmp_path / "src2"
+    write_run(src2, "Pong", 1, capacity=cap, total=999, num_actions=6, seed=5)  # checkpoint 4 at 999, regular
+    d = rf.replay_dir(src2, "Pong", 1)
+    for kind in rf.FILE_KINDS:
+        shutil.copy(d / rf.file_name(kind, 4), d / rf.file_name(kind, 5))
+    rf.save_npy_gz(d / rf.file_name("add_count", 5), np.array(cap - 1, np.int64))
+    with pytest.raises(DataError, match="add_count_ckpt.5.gz: final buffer with the same rows as checkpoint 4"):
+        st.shard(src2, tmp_path / "c", config=CONFIG)
+    # a count that goes down before the last checkpoint
+    rf.save_npy_gz(d / rf.file_name("add_count", 2), np.array(5, np.int64))
+    with pytest.raises(DataError, match="add_count_ckpt.2.gz: add_count 5 is below checkpoint 1's 399"):
+        st.shard(src2, tmp_path / "d", config=CONFIG)

@@ -17,28 +17,15 @@ from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.evaluation import evaluate as ev
 from sqlcli_core.provenance import provenance
+from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
 EPISODES_FORMAT = "sql-eval-episodes"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """'0,1,2' or '0-4' or a mix ('0-2,7') -> (0, 1, 2, 7)."""
-    seeds: list[int] = []
-    try:
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (None, None)
-                seeds.extend(range(int(lo), int(hi) + 1))
-            else:
-                seeds.append(int(part))
-    except (TypeError, ValueError):
-        raise UsageError(f"bad --seeds '{text}'", hint="pass non-negative integers like 0,1,2 or a range 0-4") from None
-    if not seeds or min(seeds) < 0:
-        raise UsageError(f"bad --seeds '{text}'", hint="pass non-negative integers like 0,1,2 or a range 0-4")
-    return tuple(seeds)
+    """'0,1,2' or '0-4' or a mix ('0-2,7') -> (0, 1, 2, 7): the grammar of sqlcli_core.ranges, 'all' refused."""
+    return parse_ranges(text, "--seeds", allow_all=False, example="0,1,2 or a range 0-4")
 
 
 def find_run_dir(path: Path) -> Path | None:

@@ -20,11 +20,13 @@ def fetch_data(
     games: str = typer.Option(..., "--games", help="Game sets (e.g. dqn-replay60, atari40) or comma-separated "
                               "names; only the 60 DQN-Replay games exist in the bucket."),
     out: Path = typer.Option(..., "--out", help="Root directory; files land in OUT/{Game}/{run}/replay_logs/."),
-    runs: str = typer.Option("1-5", "--runs", help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3 (default: all five)."),
+    runs: str | None = typer.Option(None, "--runs", help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3, or all. "
+                                    "Default: run 1 for --subset sub-optimal (the paper's 400M over atari40; "
+                                    "--runs 1-5 for the 5-run variant), all five otherwise."),
     checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes 0-50 as ranges, "
                                               "e.g. 0-9 or 0-9,20, or 'all'. Give this or --subset."),
-    subset: str | None = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%), "
-                                         "near-optimal (0-50) or last:N (the last N checkpoints)."),
+    subset: str | None = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%, of "
+                                         "run 1 unless --runs), near-optimal (0-50) or last:N (the last N checkpoints)."),
     base_url: str | None = typer.Option(None, "--base-url", help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
                                            f"(needs: pip install 'scaled-ql\\[gcs]'). Default: {F.PUBLIC_BUCKET_URL}."),
     from_dir: Path | None = typer.Option(None, "--from", help="Copy from a local directory with the same layout "
@@ -46,27 +48,35 @@ def fetch_data(
     if (checkpoints is None) == (subset is None):
         raise UsageError("give exactly one of --checkpoints and --subset",
                          hint="e.g. --checkpoints 0-9 or --subset sub-optimal")
+    default_runs = F.subset_runs(subset) if subset is not None else tuple(range(1, F.NUM_RUNS + 1))
     selection = F.Selection(
         games=F.select_games(games),
-        runs=F.parse_runs(runs),
+        runs=F.parse_runs(runs) if runs is not None else default_runs,
         checkpoints=F.parse_checkpoints(checkpoints) if checkpoints is not None else F.subset_checkpoints(subset),
     )
+    chosen = {"games": list(selection.games), "runs": list(selection.runs),
+              "checkpoints": list(selection.checkpoints), "transitions": selection.transitions}
     source = F.open_source(base_url, from_dir, link, timeout=timeout)
     cfg = F.FetchConfig(jobs=jobs, retries=retries, backoff_base=backoff_base, dry_run=dry_run)
     console.print(f"fetch-data: {len(selection.games)} games x {len(selection.runs)} runs x "
-                  f"{len(selection.checkpoints)} checkpoints = {selection.num_files} files from {source.description}",
-                  highlight=False)
+                  f"{len(selection.checkpoints)} checkpoints = {selection.num_files} files, "
+                  f"{selection.transitions / 1e6:,.0f}M transitions, from {source.description}", highlight=False)
 
     if dry_run:
-        with console.status("asking the source for sizes..."):
-            report = F.fetch(selection, out, source, cfg)
+        try:
+            with console.status("asking the source for sizes..."):
+                report = F.fetch(selection, out, source, cfg)
+        except SourceUnavailable as exc:  # the selection is known without the source: report it, then fail
+            emit_summary({"source": source.description, "dry_run": True, "transitions_selected": selection.transitions,
+                          "selection": chosen, "source_error": str(exc)}, as_json)
+            raise
         _print_dry_run(report)
     else:
         report = _fetch_with_progress(selection, out, source, cfg)
         _print_result(report)
     summary = report.summary()
-    summary["selection"] = {"games": list(selection.games), "runs": list(selection.runs),
-                            "checkpoints": list(selection.checkpoints)}
+    summary["transitions_selected"] = selection.transitions
+    summary["selection"] = chosen
     emit_summary(summary, as_json)
     failed = report.by_status("failed")
     if failed:

@@ -11,6 +11,7 @@ from sqlcli_core.training.finetune_offline import OfflineConfig
 Game = Annotated[str | None, o.option(OfflineConfig, "game")]
 Data = Annotated[str | None, o.option(OfflineConfig, "data")]
 Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions")]
+SliceRule = Annotated[str | None, o.option(OfflineConfig, "slice_rule", "--slice")]
 Runs = Annotated[str | None, o.option(OfflineConfig, "runs")]
 Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints")]
 CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes")]
@@ -20,7 +21,7 @@ EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs")]
 @handles_errors
 def finetune_offline(
     run_dir: o.RunDir, source: o.From = None, game: Game = None, data: Data = None,
-    transitions: Transitions = None, runs: Runs = None, checkpoints: Checkpoints = None, init: o.Init = None,
+    transitions: Transitions = None, slice_rule: SliceRule = None, runs: Runs = None, checkpoints: Checkpoints = None, init: o.Init = None,
     freeze: o.Freeze = None, steps: o.Steps = None, batch_size: o.BatchSize = None, lr: o.Lr = None,
     adam_eps: o.AdamEps = None, alpha: o.Alpha = None, gamma: o.Gamma = None, n_step: o.NStep = None,
     target_update_period: o.TargetUpdatePeriod = None, cache_bytes: CacheBytes = None, protocol: o.Protocol = None,

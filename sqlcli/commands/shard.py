@@ -14,6 +14,7 @@ from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
 from sqlcli_core.provenance import provenance
+from sqlcli_core.ranges import parse_range_set
 
 
 def _progress() -> Progress:
@@ -63,7 +64,7 @@ def shard(
 ) -> None:
     """Convert DQN-Replay checkpoints into a resumable, verified Zarr v3 store for the sampler."""
     game_names = [g.name for g in resolve_games(games)] if games else None
-    run_set = st.parse_int_set(runs, "--runs")
+    run_set = parse_range_set(runs, "--runs", lo=1, example="1-5 or 1,3")
     if verify:
         if dst is not None:
             raise UsageError("--verify takes one path, the store", hint="sql shard --verify DST")
@@ -72,7 +73,7 @@ def shard(
         return
     if dst is None:
         raise UsageError("missing DST", hint="sql shard SRC DST")
-    ckpt_set = st.parse_int_set(checkpoints, "--checkpoints")
+    ckpt_set = parse_range_set(checkpoints, "--checkpoints", example="0-9 or 0-9,20")
     config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step)
     prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
                                 "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
@@ -82,7 +83,8 @@ def shard(
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
     for note in result["notes"]:
         console.print(note, style="dim", markup=False, highlight=False)
-    table = Table(title=f"{dst}: {result['appended']} checkpoint(s) appended")
+    table = Table(title=f"{dst}: {result['transitions_selected']:,} transitions selected, "
+                        f"{result['appended']} checkpoint(s) appended")
     cols = {"game": "game", "run": "run", "rows": "rows", "sampleable_transitions": "sampleable", "episodes": "episodes",
             "return_mean": "return", "return_min": "min", "return_max": "max", "segments": "segments",
             "bytes_on_disk": "bytes", "compression_ratio": "ratio"}

@@ -3,7 +3,8 @@
 The logging follows Dopamine's `OutOfGraphLoggedReplayBuffer` (the writer of the bucket): one ring buffer of
 `capacity` rows; before every episode 3 all-zero rows; row i = (frame o_i, action a_i, clipped reward r_i,
 terminal_i); checkpoint N is the whole ring buffer saved when add_count mod capacity reaches capacity - 1,
-plus a final partial checkpoint at the end. The layout is the bucket's: ROOT/{Game}/{run}/replay_logs/.
+plus a final partial checkpoint at the end, which (like `log_final_buffer()`) stores the ring position as
+its add_count (see `ring_buffer.RingBuffer.save`). The layout is the bucket's: ROOT/{Game}/{run}/replay_logs/.
 
 A run is written into ROOT/{Game}/.{run}.partial/ and renamed to ROOT/{Game}/{run}/ when it is complete, so
 the final directory only ever holds a finished run. After each checkpoint the collector also saves what it
@@ -17,7 +18,6 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
-import gzip
 import json
 import os
 import shutil
@@ -33,6 +33,7 @@ from sqlcli_core.atari.env import PROTOCOLS, AtariGame, Protocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data.ring_buffer import RingBuffer
 from sqlcli_core.errors import DataError, ResourceError, UsageError
 from sqlcli_core.provenance import provenance
 
@@ -242,72 +243,6 @@ class BehaviourPolicy:
         self._previous = d["previous"]
 
 
-# ---------------------------------------------------------------------------------------- ring buffer
-
-
-class RingBuffer:
-    """Dopamine's circular store: row p of the stream lives at p % capacity; add_count counts every row."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        # np.zeros maps untouched pages lazily, so a mostly unwritten buffer costs little memory.
-        self.arrays = {
-            kind: np.zeros(rf.expected_shape(kind, capacity), dtype=rf.FILE_KINDS[kind].dtype)
-            for kind in rf.ROW_KINDS
-        }
-        self.add_count = 0
-
-    @property
-    def cursor(self) -> int:
-        """Next row to be written."""
-        return self.add_count % self.capacity
-
-    def add(self, frame: np.ndarray | None, action: int, reward: float, terminal: bool) -> None:
-        """Write one row at the cursor; `frame` None writes a zero frame (a padding row)."""
-        i = self.cursor
-        obs = self.arrays["observation"]
-        if frame is None:
-            obs[i] = 0
-        else:
-            obs[i] = frame
-        self.arrays["action"][i] = action
-        self.arrays["reward"][i] = reward
-        self.arrays["terminal"][i] = terminal
-        self.add_count += 1
-
-    def save(self, directory: Path, checkpoint: int) -> None:
-        """Write checkpoint N's six files (each atomically; the scalars last)."""
-        for kind in rf.ROW_KINDS:
-            rf.save_npy_gz(directory / rf.file_name(kind, checkpoint), self.arrays[kind])
-        rf.save_npy_gz(directory / rf.file_name("add_count", checkpoint), np.array(self.add_count, dtype=np.int64))
-        rf.save_npy_gz(directory / rf.file_name("invalid_range", checkpoint), rf.invalid_range(self.cursor, self.capacity))
-
-    def load(self, directory: Path, checkpoint: int) -> None:
-        """Restore the buffer from checkpoint N, reading each file straight into the existing arrays."""
-        for kind in rf.ROW_KINDS:
-            _read_into(directory / rf.file_name(kind, checkpoint), kind, self.arrays[kind])
-        self.add_count = int(rf.load_npy_gz(directory / rf.file_name("add_count", checkpoint), "add_count"))
-
-
-def _read_into(path: Path, kind: str, out: np.ndarray) -> None:
-    """Decompress a gz .npy into `out` without a second copy in memory (7 GB frames at capacity 1M)."""
-    try:
-        with gzip.open(path, "rb") as f:
-            dtype, shape = rf.read_npy_header(f)
-            if dtype != out.dtype or shape != out.shape:
-                raise DataError(f"{path}: {dtype}{shape}, expected {out.dtype}{out.shape} for {kind}",
-                                hint="delete the partial run directory to collect it again")
-            view = memoryview(out.reshape(-1)).cast("B")
-            done = 0
-            while done < len(view):
-                n = f.readinto(view[done:])
-                if not n:
-                    raise EOFError("payload ends early")
-                done += n
-    except (EOFError, OSError, ValueError, zlib.error) as exc:
-        raise DataError(f"{path}: unreadable ({exc})", hint="delete the partial run directory to collect it again") from exc
-
-
 # ------------------------------------------------------------------------------------------ collector
 
 
@@ -417,10 +352,7 @@ class _Run:
 
     def load_resume(self, r: dict) -> None:
         n = r["checkpoint"]
-        self.buffer.load(self.logs, n)
-        if self.buffer.add_count != r["add_count"]:
-            raise DataError(f"{self.logs}: checkpoint {n} has add_count {self.buffer.add_count}, resume.json says {r['add_count']}",
-                            hint=f"delete {self.work} to collect this run again")
+        self.buffer.load(self.logs, n, r["add_count"], hint=f"delete {self.work} to collect this run again")
         with np.load(self.work / r["state_file"], allow_pickle=False) as z:
             emulator, actions = z["emulator"].tobytes(), [int(a) for a in z["actions"]]
             self.stack[...] = z["stack"]

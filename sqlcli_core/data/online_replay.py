@@ -2,7 +2,8 @@
 
 Each environment writes its own stream of Dopamine rows (row i = frame o_i, action a_i, clipped reward
 r_i, terminal_i), with 3 all-zero padding rows before every episode, exactly as DQN-Replay stores them.
-Sampling then follows docs/dqn-replay-format.md, "Sampling a transition at index i":
+Sampling follows the rule of `sqlcli_core.data.transitions` (docs/store-format.md, "Sampling rule"), with
+the rows still in the ring as the segment [max(0, add_count - capacity), add_count):
 
 - i is valid when the rows i-3 .. i-1 hold no terminal (the stack stays inside one episode; with the
   padding this also excludes the padding rows themselves), the stack's oldest row i-3 is still in the ring,
@@ -24,12 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from sqlcli_core.data import transitions as tr
 from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.data.replay_format import FRAME_SHAPE, PADDING_ROWS, STACK_SIZE
 from sqlcli_core.errors import DataError, UsageError
-
-STACK = 4
-PADDING = STACK - 1
-FRAME_SHAPE = (84, 84)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +47,10 @@ class ReplayConfig:
             raise UsageError(f"--n-step must be at least 1, got {self.n_step}", hint="the paper uses 3")
         if not 0.0 <= self.gamma <= 1.0:
             raise UsageError(f"gamma must lie in [0, 1], got {self.gamma}", hint="e.g. --gamma 0.99")
-        if self.capacity // self.num_envs < 2 * (STACK + self.n_step):
+        if self.capacity // self.num_envs < 2 * (STACK_SIZE + self.n_step):
             raise UsageError(
                 f"replay capacity {self.capacity} is too small for {self.num_envs} environments",
-                hint=f"use at least {2 * (STACK + self.n_step) * self.num_envs} rows, e.g. --replay-capacity 100000")
+                hint=f"use at least {2 * (STACK_SIZE + self.n_step) * self.num_envs} rows, e.g. --replay-capacity 100000")
 
     @property
     def rows_per_env(self) -> int:
@@ -94,7 +93,7 @@ class OnlineReplay:
         if envs.size == 0:
             return
         zeros_i = np.zeros(envs.shape, np.int32)
-        for _ in range(PADDING):
+        for _ in range(PADDING_ROWS):
             self._write(envs, np.zeros((envs.size, *FRAME_SHAPE), np.uint8), zeros_i,
                         np.zeros(envs.shape, np.float32), np.zeros(envs.shape, np.uint8))
 
@@ -108,11 +107,9 @@ class OnlineReplay:
 
     def _candidate_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """Per environment, the inclusive range [lo, hi] of positions that pass the ring-bound checks."""
-        n, cap = self.config.n_step, self.config.rows_per_env
-        oldest = np.maximum(self.add_count - cap, 0)
-        lo = oldest + PADDING
-        hi = self.add_count - 1 - n  # rows i .. i+n must be written
-        return lo, hi
+        oldest = np.maximum(self.add_count - self.config.rows_per_env, 0)
+        lo, end = tr.index_bounds(oldest, self.add_count, self.config.n_step)
+        return lo, end - 1
 
     def num_candidates(self) -> int:
         lo, hi = self._candidate_ranges()
@@ -122,9 +119,8 @@ class OnlineReplay:
         """(B,) bool: the spec's validity rule for absolute stream positions `pos` of environments `env`."""
         lo, hi = self._candidate_ranges()
         in_ring = (pos >= lo[env]) & (pos <= hi[env])
-        before = (pos[:, None] - np.arange(PADDING, 0, -1)[None, :]) % self.config.rows_per_env  # (B, 3)
-        clean = ~self.terminals[env[:, None], before].astype(bool).any(axis=1)
-        return in_ring & clean
+        before = (pos[:, None] + tr.STACK_OFFSETS[None, :-1]) % self.config.rows_per_env  # (B, 3): i-3 .. i-1
+        return in_ring & tr.stack_in_one_episode(self.terminals[env[:, None], before])
 
     def sample_indices(self, batch_size: int, max_tries: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """(env, pos): `batch_size` positions drawn uniformly over all valid transitions (rejection)."""
@@ -152,24 +148,20 @@ class OnlineReplay:
 
     def gather(self, env: np.ndarray, pos: np.ndarray) -> TransitionBatch:
         """The n-step transitions at absolute positions `pos` of environments `env` (both (B,) int)."""
-        n, gamma, cap = self.config.n_step, self.config.gamma, self.config.rows_per_env
+        n, cap = self.config.n_step, self.config.rows_per_env
         env = np.asarray(env, np.int64)
         pos = np.asarray(pos, np.int64)
-        window = pos[:, None] + np.arange(n)[None, :]  # (B, n)
-        terms = self.terminals[env[:, None], window % cap].astype(bool)
-        rewards = self.rewards[env[:, None], window % cap]
-        done = terms.any(axis=1)
-        steps = np.where(done, np.argmax(terms, axis=1) + 1, n)
-        inside = np.arange(n)[None, :] < steps[:, None]
-        reward = np.sum(np.where(inside, rewards * gamma ** np.arange(n)[None, :], 0.0), axis=1)
-        offsets = np.arange(-PADDING, 1)[None, :]  # oldest frame first
+        window = (pos[:, None] + np.arange(n)[None, :]) % cap  # (B, n)
+        reward, done, steps = tr.n_step_window(self.rewards[env[:, None], window], self.terminals[env[:, None], window],
+                                               self.config.gamma)
+        offsets = tr.STACK_OFFSETS[None, :]  # oldest frame first
         state = self.frames[env[:, None], (pos[:, None] + offsets) % cap]
         next_state = self.frames[env[:, None], (pos[:, None] + steps[:, None] + offsets) % cap]
         return TransitionBatch(
             game=np.full(pos.shape, self.game_id, np.int32),
             state=state,
             action=self.actions[env, pos % cap].astype(np.int32),
-            reward=reward.astype(np.float32),
+            reward=reward,
             done=done.astype(np.float32),
             steps=steps.astype(np.int32),
             next_state=next_state,

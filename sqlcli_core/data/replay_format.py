@@ -13,6 +13,7 @@ import io
 import os
 import re
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -177,3 +178,50 @@ def new_rows(add_count: int, capacity: int, already_have: int) -> tuple[int, int
     gap = max(0, start - already_have)
     positions = np.arange(first, end, dtype=np.int64)
     return first, gap, positions % capacity
+
+
+class PlacementError(ValueError):
+    """A run's checkpoints whose add_counts contradict each other; `.checkpoint` is the suffix to blame."""
+
+    def __init__(self, checkpoint: int, message: str, hint: str):
+        super().__init__(message)
+        self.checkpoint, self.hint = checkpoint, hint
+
+
+def true_add_counts(stored: Sequence[tuple[int, int]], capacity: int) -> list[tuple[int, bool]]:
+    """(true add_count, is a final buffer) of each checkpoint (suffix, stored add_count), given in suffix order.
+
+    A checkpoint saved during training stores its true count. The last checkpoint of a run is usually
+    written by the logger's `log_final_buffer()`, which stores the ring position instead (true count mod
+    capacity), so its stored count is not above its predecessor's `prev`: its true count is
+    `(prev // capacity + 1) * capacity + stored`, and its new stream positions are ring row capacity - 1,
+    then rows 0 .. stored - 1. Raises PlacementError for anything else that does not fit: a count that
+    goes down before the last checkpoint, a final buffer whose predecessor (suffix - 1) is absent or was
+    not saved at a full ring, a repeated count, or a count that adds no rows.
+    """
+    out: list[tuple[int, bool]] = []
+    prev_suffix, prev = None, None
+    for idx, (suffix, count) in enumerate(stored):
+        if prev is None or count > prev:
+            if count <= 0:
+                raise PlacementError(suffix, f"add_count {count} must be positive",
+                                     hint="this checkpoint holds no rows; remove its files")
+            out.append((count, False))
+        elif count == prev:
+            raise PlacementError(suffix, f"same add_count as checkpoint {prev_suffix}",
+                                 hint="one of the two is a copy; remove it")
+        else:
+            what = f"add_count {count} is below checkpoint {prev_suffix}'s {prev}"
+            if idx != len(stored) - 1:
+                raise PlacementError(suffix, f"{what}, and only a run's last checkpoint may be a final buffer",
+                                     hint="the files are from different runs or were renamed; fetch them again")
+            if suffix != prev_suffix + 1:
+                raise PlacementError(suffix, f"{what}: a final buffer, but checkpoint {suffix - 1} before it is "
+                                     "missing, so its true count is unknown",
+                                     hint=f"fetch checkpoint {suffix - 1}, or leave checkpoint {suffix} out")
+            if count >= capacity or prev % capacity != capacity - 1:
+                raise PlacementError(suffix, f"{what}, but it is not a final buffer after a full ring (capacity "
+                                     f"{capacity})", hint="the files are from different runs; fetch them again")
+            out.append(((prev // capacity + 1) * capacity + count, True))
+        prev_suffix, prev = suffix, out[-1][0]
+    return out

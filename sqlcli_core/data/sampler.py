@@ -33,6 +33,7 @@ import dataclasses
 import fractions
 import queue
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,13 +41,21 @@ import numpy as np
 
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
-from sqlcli_core.data import store as st
+from sqlcli_core.data import transitions as tr
 from sqlcli_core.data.batch import TransitionBatch
-from sqlcli_core.errors import ResourceError, UsageError
+from sqlcli_core.data.view import RunView, open_run_set
+from sqlcli_core.errors import DataError, ResourceError, UsageError
 
+DEFAULT_CACHE_BYTES = 2 << 30  # at least this much by default (up to 8 games: ~18 units per game or more)
+DEFAULT_CACHE_BYTES_PER_GAME = 256 << 20  # ~18 units of 2048 rows per game (docs/sampler.md: correlation)
+QUIET_SLOTS_PER_GAME = 8  # fewer units per game than this warn
 STATE_FORMAT = "sql-replay-sampler"
 STATE_VERSION = 1
-STACK_OFFSETS = np.arange(-(rf.STACK_SIZE - 1), 1, dtype=np.int64)  # frames i-3..i
+FRAME_BYTES = rf.FRAME_SHAPE[0] * rf.FRAME_SHAPE[1]
+
+
+class SamplerCacheWarning(UserWarning):
+    """The cache holds so few units per game that batches are strongly correlated within a game."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,16 +67,17 @@ class _Run:
     unit_valid: np.ndarray  # (units,) valid indices owned by each unit
 
 
-def _unit_valid_counts(group, rows: int, segments, n_step: int, unit_rows: int) -> np.ndarray:
+def _unit_valid_counts(view: RunView, n_step: int, unit_rows: int) -> np.ndarray:
     """Valid indices owned by each unit, read from the terminals in blocks (bounded memory)."""
+    rows, segments = view.rows, view.segments
     units = max(0, -(-(rows - rf.PADDING_ROWS) // unit_rows))
     counts = np.zeros(units, dtype=np.int64)
     block_units = max(1, (1 << 22) // unit_rows)
-    terms = group["terminals"]
+    terms = view.arrays["terminals"]
     for u0 in range(0, units, block_units):
         u1 = min(units, u0 + block_units)
         lo, hi = u0 * unit_rows, min(rows, u1 * unit_rows + rf.PADDING_ROWS)
-        mask = st.valid_mask(terms[lo:hi], segments, n_step, offset=lo)
+        mask = tr.valid_mask(terms[lo:hi], segments, n_step, offset=lo)
         idx = np.flatnonzero(mask[rf.PADDING_ROWS:]) + lo  # = owned index - 3
         counts[u0:u1] = np.bincount(idx // unit_rows - u0, minlength=u1 - u0)[: u1 - u0]
     return counts
@@ -77,13 +87,15 @@ class ReplaySampler:
     """Batches of n-step transitions from many games of a replay store (see the module docstring).
 
     Args:
-      store: path of the store (or its root zarr group).
+      store: a run set (`sqlcli_core.data.view`), or a store's path, URL or root zarr group.
       games: game names (list or comma string) in the order that batch `game` ids index; None = all.
       batch_size: B.
       n_step, gamma: the n-step return sum_{k<steps} gamma^k r_{i+k}; steps stops after a terminal.
       seed: everything is a function of (seed, process_index, step).
       game_weights: per-game sampling probabilities (normalised); None = uniform over games.
-      cache_bytes: bytes of decompressed units kept in RAM (frames + actions/rewards/terminals).
+      cache_bytes: bytes of decompressed units kept in RAM (frames + actions/rewards/terminals); None =
+        the larger of DEFAULT_CACHE_BYTES and DEFAULT_CACHE_BYTES_PER_GAME per game. Fewer than QUIET_SLOTS_PER_GAME units per game warn
+        (SamplerCacheWarning): each batch then draws a game's samples from very few units.
       process_index, process_count: this host's stream among process_count independent ones.
       unit_chunks: chunks of `frames` per unit (unit rows U = unit_chunks * chunk).
       reuse: how many times a loaded row is sampled on average before its unit is replaced.
@@ -93,7 +105,7 @@ class ReplaySampler:
 
     def __init__(self, store: Any, games: Sequence[str] | str | None = None, batch_size: int = 32, n_step: int = 3,
                  gamma: float = 0.99, seed: int = 0, game_weights: Sequence[float] | None = None,
-                 cache_bytes: int = 2 << 30, process_index: int = 0, process_count: int = 1, *,
+                 cache_bytes: int | None = None, process_index: int = 0, process_count: int = 1, *,
                  unit_chunks: int = 4, reuse: float = 4.0, prefetch: int = 2, runs: Sequence[int] | None = None):
         if batch_size < 1 or n_step < 1 or not 0.0 <= gamma <= 1.0:
             raise UsageError(f"bad sampler settings batch_size={batch_size} n_step={n_step} gamma={gamma}",
@@ -102,15 +114,12 @@ class ReplaySampler:
             raise UsageError(f"process_index {process_index} outside [0, {process_count})")
         if reuse <= 0:
             raise UsageError(f"reuse {reuse} must be positive")
-        self._root = st.open_store(store, "r") if not hasattr(store, "attrs") else store
-        available = sorted(self._root.group_keys())
+        self._data = open_run_set(store)
         if games is None:
-            names = available
+            names = list(self._data.games)
         else:
             names = [canonical_name(g) for g in (games.split(",") if isinstance(games, str) else games)]
-            missing = [g for g in names if g not in available]
-            if missing:
-                raise UsageError(f"games {missing} are not in the store", hint=f"it holds {', '.join(available)}")
+            self._data.check_games(names)
         self.games = [Game(n) for n in names]
         G = len(self.games)
         if game_weights is None:
@@ -125,28 +134,28 @@ class ReplaySampler:
         self.process_index, self.process_count = process_index, process_count
         self.reuse = fractions.Fraction(reuse).limit_denominator(1000)
         self.prefetch = prefetch
-        self._powers = [self.gamma ** k for k in range(n_step)]
 
         # ---- runs, units, valid counts
         self._runs: list[_Run] = []
-        self._arrays: list[dict] = []
+        self._arrays: list = []
+        views: list[RunView] = []
         chunk = None
         for gi, name in enumerate(names):
-            for _, run, group in st.iter_runs(self._root, games=[name], runs=set(runs) if runs is not None else None):
-                meta = st.run_meta(group)
-                if meta["rows"] == 0:
+            for view in self._data.runs_of(name, runs):
+                if view.rows == 0:
                     continue
-                c = group["frames"].chunks[0]
+                c = view.frame_chunk
                 chunk = chunk or c
                 if c != chunk:
-                    raise UsageError(f"{name}/{run}: frames chunk {c} differs from {chunk} of the other runs",
+                    raise UsageError(f"{name}/{view.run}: frames chunk {c} differs from {chunk} of the other runs",
                                      hint="re-shard the runs with one --frame-chunk")
-                self._arrays.append({k: group[k] for k in st.ARRAY_DTYPES})
-                self._runs.append(_Run(gi, run, meta["rows"], tuple(tuple(s) for s in meta["segments"]), None))
+                views.append(view)
+                self._arrays.append(view.arrays)
+                self._runs.append(_Run(gi, view.run, view.rows, view.segments, None))
         if not self._runs:
             raise UsageError("no rows to sample in the selected games/runs")
         self.unit_rows = U = unit_chunks * chunk
-        self._runs = [dataclasses.replace(r, unit_valid=_unit_valid_counts(self._arrays[i], r.rows, r.segments, n_step, U))
+        self._runs = [dataclasses.replace(r, unit_valid=_unit_valid_counts(views[i], n_step, U))
                       for i, r in enumerate(self._runs)]
         self._game_units = []  # per game: (run ids, unit ids, cumulative valid counts)
         for gi in range(G):
@@ -165,14 +174,22 @@ class ReplaySampler:
 
         # ---- cache geometry
         self.slot_rows = R = U + rf.PADDING_ROWS + n_step
-        slot_bytes = R * (st.FRAME_BYTES + 9) + U * 4
+        slot_bytes = R * (FRAME_BYTES + 9) + U * 4
         self.spares = 2
+        if cache_bytes is None:
+            cache_bytes = max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * G)
+        self.cache_bytes = int(cache_bytes)
         total = cache_bytes // slot_bytes - self.spares
         self.slots_per_game = int(total // G)
         if self.slots_per_game < 1:
             need = (G + self.spares) * slot_bytes
             raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
                                 hint=f"give at least {need} bytes or lower unit_chunks")
+        if self.slots_per_game < QUIET_SLOTS_PER_GAME:
+            warnings.warn(f"the sampler cache holds {self.slots_per_game} units per game ({G} games, "
+                          f"cache_bytes={cache_bytes}): a batch draws each game's samples from only that many "
+                          f"{U}-row units (see docs/sampler.md); give about {(G * QUIET_SLOTS_PER_GAME + self.spares) * slot_bytes} "
+                          "bytes for less correlated batches", SamplerCacheWarning, stacklevel=2)
         self.slots = K = self.slots_per_game * G
         P = K + self.spares
         self._frames = np.zeros((P * R, *rf.FRAME_SHAPE), dtype=np.uint8)
@@ -227,10 +244,10 @@ class ReplaySampler:
         terms = arrays["terminals"][lo:hi]
         self._terminals[phys, :n] = terms
         self._terminals[phys, n:] = 0
-        mask = st.valid_mask(terms, r.segments, self.n_step, offset=lo)
+        mask = tr.valid_mask(terms, r.segments, self.n_step, offset=lo)
         own = np.flatnonzero(mask[rf.PADDING_ROWS:rf.PADDING_ROWS + self.unit_rows]) + rf.PADDING_ROWS
         if len(own) != r.unit_valid[unit]:  # the store changed under us
-            raise st.DataError(f"{self.games[r.game_index].name}/{r.run}: unit {unit} has {len(own)} valid rows, "
+            raise DataError(f"{self.games[r.game_index].name}/{r.run}: unit {unit} has {len(own)} valid rows, "
                                f"counted {r.unit_valid[unit]} at start", hint="do not shard into a store while sampling it")
         self._valid[phys, :len(own)] = own
         self._nvalid[phys] = len(own)
@@ -317,18 +334,13 @@ class ReplaySampler:
         local = self._valid[phys, pick].astype(np.int64)
         flat = phys * self.slot_rows + local
         win = local[:, None] + np.arange(n)
-        rewards = self._rewards[phys[:, None], win]
-        terms = self._terminals[phys[:, None], win].astype(bool)
-        has_term = terms.any(axis=1)
-        steps = np.where(has_term, terms.argmax(axis=1) + 1, n)
-        ret = np.zeros(B, dtype=np.float64)
-        for k in range(n):
-            ret += np.where(k < steps, self._powers[k] * rewards[:, k].astype(np.float64), 0.0)
-        state = self._frames[flat[:, None] + STACK_OFFSETS]
-        next_state = self._frames[(flat + steps)[:, None] + STACK_OFFSETS]
+        ret, done, steps = tr.n_step_window(self._rewards[phys[:, None], win], self._terminals[phys[:, None], win],
+                                            self.gamma)
+        state = self._frames[flat[:, None] + tr.STACK_OFFSETS]
+        next_state = self._frames[(flat + steps)[:, None] + tr.STACK_OFFSETS]
         batch = TransitionBatch(
             game=game.astype(np.int32), state=state, action=self._actions[phys, local],
-            reward=ret.astype(np.float32), done=has_term.astype(np.float32), steps=steps.astype(np.int32),
+            reward=ret, done=done.astype(np.float32), steps=steps.astype(np.int32),
             next_state=next_state)
         runs = np.array([r.run for r in self._runs], dtype=np.int64)
         keys = np.stack([game, runs[self._slot_run[phys]], self._slot_start[phys] + local], axis=1)
@@ -459,17 +471,17 @@ class ReferenceSampler:
     """
 
     def __init__(self, store: Any, games: Sequence[str] | str | None = None, n_step: int = 3, gamma: float = 0.99):
-        root = st.open_store(store, "r") if not hasattr(store, "attrs") else store
-        names = sorted(root.group_keys()) if games is None else [
+        data = open_run_set(store)
+        names = list(data.games) if games is None else [
             canonical_name(g) for g in (games.split(",") if isinstance(games, str) else games)]
         self.games = [Game(n) for n in names]
         self.n_step, self.gamma = n_step, gamma
         self.streams: dict[tuple[int, int], dict] = {}
         for gi, name in enumerate(names):
-            for _, run, group in st.iter_runs(root, games=[name]):
-                meta = st.run_meta(group)
-                rows = meta["rows"]
-                self.streams[(gi, run)] = {k: group[k][:rows] for k in st.ARRAY_DTYPES} | {"segments": meta["segments"]}
+            for view in data.runs_of(name):
+                rows = view.rows
+                arrays = {k: view.arrays[k][:rows] for k in view.arrays} if rows else {}
+                self.streams[(gi, view.run)] = arrays | {"segments": [list(s) for s in view.segments]}
 
     def valid_indices(self, game: int, run: int) -> list[int]:
         s = self.streams[(game, run)]

@@ -1,11 +1,11 @@
 """Offline fine-tuning to a game that was not in pre-training: Scaled QL on a small slice of its data.
 
     pre-trained run --torso, embedding, projection--> one-game network with a fresh head
-    store (sql shard) --the first N rows of the chosen runs/checkpoints--> ReplaySampler --> learner.fit
+    store (sql shard) --N rows spread over the chosen runs/checkpoints--> ReplaySampler --> learner.fit
 
-The data slice is a *view* of the store: the sampler is handed a read-only proxy of the store whose run
-records list only the chosen rows as segments, so nothing is copied and the sampler's own validity rules
-(stack and n-step window inside a segment) keep every transition inside the slice. The update is the
+The data slice is a row selection of the store's run set (`sqlcli_core.data.view`): its runs list only the
+chosen rows as segments, so nothing is copied and the sampler's own validity rules (stack and n-step window
+inside a segment) keep every transition inside the slice. The update is the
 learner's (same loss, same target copies) with the optimizer of `finetune.py` (optional freezing).
 Resuming is the learner's: Orbax checkpoints of the train state plus the sampler's state.
 """
@@ -22,6 +22,8 @@ import jax.numpy as jnp
 
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import Game, canonical_name
+from sqlcli_core.data.slices import SLICE_RULES, select_segments, slice_run_set  # noqa: F401 - select_segments re-exported
+from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
 from sqlcli_core.settings import setting
 
@@ -36,10 +38,13 @@ class OfflineConfig:
     data: str = setting(None, "Zarr store written by `sql shard` that holds the game's data. Required.")
     init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
     freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
-    transitions: int = setting(2_000_000, "Rows of the game's data to train on (first ones of the chosen "
-                               "runs/checkpoints, in stream order).", tag="paper: about 2M transitions")
+    transitions: int = setting(2_000_000, "Rows of the game's data to train on, taken as --slice says.",
+                               tag="paper: about 2M transitions")
     runs: str | None = setting(None, "Run numbers of the store to use, e.g. 1 or 1-5 (none: all).")
     checkpoints: str | None = setting(None, "DQN-Replay checkpoint numbers to use, e.g. 0-1 (none: all in the store).")
+    slice_rule: str = setting("spread", "How the --transitions rows are taken: spread (split evenly over every chosen "
+                              "checkpoint of the chosen runs) or first (the first rows in stream order).",
+                              flag="--slice", tag="ours, inferred from the authors' 1% experiments")
     steps: int = setting(50_000, "Gradient steps.")
     batch_size: int = setting(32, "Transitions per gradient step.")
     learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
@@ -65,6 +70,8 @@ class OfflineConfig:
                      "eval_envs", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.slice_rule not in SLICE_RULES:
+            raise UsageError(f"unknown --slice '{self.slice_rule}'", hint=f"choose {' or '.join(SLICE_RULES)}")
 
     def learner_config(self):
         from sqlcli_core.training.learner import LearnerConfig
@@ -84,97 +91,11 @@ class OfflineConfig:
 # ------------------------------------------------------------------------------------------ data slice
 
 
-def select_segments(meta: dict, checkpoints: set[int] | None, budget: int) -> tuple[list[list[int]], int]:
-    """The rows of one run to train on: ([[row_start, row_end, stream_start], ...], rows taken).
-
-    meta: the run's `sql_run` record (segments, checkpoint records). Rows of the chosen checkpoints
-    (all when None), intersected with the run's segments, in stream order, cut after `budget` rows.
-    """
-    if checkpoints is None:
-        wanted = [(0, int(meta["rows"]))]
-    else:
-        wanted = [(int(r["rows_start"]), int(r["rows_end"])) for r in meta.get("checkpoints", [])
-                  if int(r["checkpoint"]) in checkpoints]
-    pieces: list[list[int]] = []
-    taken = 0
-    for s, e, stream_start in (seg[:3] for seg in meta["segments"]):
-        for ws, we in sorted(wanted):
-            lo, hi = max(s, ws), min(e, we)
-            if hi <= lo or taken >= budget:
-                continue
-            hi = min(hi, lo + budget - taken)
-            if pieces and pieces[-1][1] == lo and pieces[-1][3] == s:  # contiguous within one segment
-                pieces[-1][1] = hi
-            else:
-                pieces.append([lo, hi, int(stream_start) + lo - s, s])
-            taken += hi - lo
-    return [p[:3] for p in pieces], taken
-
-
-class _RunView:
-    """A run group whose `sql_run` record lists only the selected rows (arrays are the store's own)."""
-
-    def __init__(self, group, meta: dict):
-        self._group = group
-        self.attrs = {"sql_run": meta}
-        self.store_path = getattr(group, "store_path", "")
-
-    def __getitem__(self, key):
-        return self._group[key]
-
-    def __contains__(self, key):
-        return key in self._group
-
-
-class _GroupView:
-    """A read-only group with given children: what ReplaySampler and store.iter_runs read of a store."""
-
-    def __init__(self, attrs, children: dict):
-        self.attrs = attrs
-        self._children = children
-
-    def group_keys(self):
-        return list(self._children)
-
-    def __getitem__(self, key):
-        return self._children[key]
-
-    def __contains__(self, key):
-        return key in self._children
-
-
 def data_slice(data: str | Path, game: Game, *, runs: str | None, checkpoints: str | None,
-               budget: int) -> tuple[_GroupView, dict]:
-    """(store view for ReplaySampler, record of what was selected). Adapter: the sampler has no row filter."""
-    from sqlcli_core.data import store as st
-
-    root = st.open_store(data, "r")
-    available = sorted(root.group_keys())
-    if game.name not in available:
-        raise UsageError(f"{game.name} is not in the store {data}",
-                         hint=f"it holds {', '.join(available) or 'no game'}; shard {game.name}'s data into it")
-    run_set = st.parse_int_set(runs, "runs")
-    ckpt_set = st.parse_int_set(checkpoints, "checkpoints")
-    children, record, left = {}, [], budget
-    for _, run, group in st.iter_runs(root, games=[game.name], runs=run_set):
-        if left <= 0:
-            break
-        meta = dict(st.run_meta(group))
-        segments, taken = select_segments(meta, ckpt_set, left)
-        if not segments:
-            continue
-        left -= taken
-        view_meta = {**meta, "rows": int(max(e for _, e, _ in segments)), "segments": segments}
-        children[str(run)] = _RunView(group, view_meta)
-        record.append({"run": run, "rows": taken, "segments": segments,
-                       "checkpoints": [int(r["checkpoint"]) for r in meta.get("checkpoints", [])
-                                       if ckpt_set is None or int(r["checkpoint"]) in ckpt_set]})
-    if not children:
-        raise UsageError(f"no rows of {game.name} match --runs {runs or 'all'} --checkpoints {checkpoints or 'all'}",
-                         hint="see `sql shard --verify` for the runs and checkpoints the store holds")
-    view = _GroupView(root.attrs, {game.name: _GroupView(root[game.name].attrs, children)})
-    return view, {"store": str(Path(data).absolute()), "game": game.name, "requested_rows": budget,
-                  "rows": budget - left, "runs": record}
+               budget: int, rule: str = "spread") -> tuple[RunSet, dict]:
+    """(run set for ReplaySampler holding only the selected rows, record of what was selected): see
+    `sqlcli_core.data.slices` for the rules (`spread` over the checkpoints, or the `first` rows)."""
+    return slice_run_set(data, game.name, runs=runs, checkpoints=checkpoints, budget=budget, rule=rule)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -217,7 +138,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     source_str = str(Path(source).absolute())
     check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
-                                 budget=config.transitions)
+                                 budget=config.transitions, rule=config.slice_rule)
 
     # The one-game network and its train state.
     pretrained = finetune.load_pretrained(source)

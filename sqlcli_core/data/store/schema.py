@@ -1,0 +1,191 @@
+"""The replay store's schema and its reader/writer API: open or create a store, its game and run groups,
+their attributes, arrays and segments (docs/store-format.md). A store is given as a path or a URL
+(`store_path`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from sqlcli_core import __version__
+from sqlcli_core.atari.games import minimal_action_set
+from sqlcli_core.data import replay_format as rf
+from sqlcli_core.errors import DataError, UsageError
+
+STORE_FORMAT = "sql-replay-store"
+STORE_FORMAT_VERSION = 1
+FRAME_CHUNK = 512  # frames per chunk: see docs/store-format.md ("Why this chunk and codec")
+SCALAR_CHUNK = 1 << 16  # rows per chunk of actions/rewards/terminals
+ZSTD_LEVEL = 3
+ARRAY_DTYPES = {"frames": "uint8", "actions": "int32", "rewards": "float32", "terminals": "uint8"}
+SOURCE_KIND = {"frames": "observation", "actions": "action", "rewards": "reward", "terminals": "terminal"}
+FRAME_BYTES = rf.FRAME_SHAPE[0] * rf.FRAME_SHAPE[1]
+DEFAULT_N_STEP = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardConfig:
+    """How `shard` lays out a new store (existing arrays keep the layout they were created with)."""
+
+    frame_chunk: int = FRAME_CHUNK  # frames per chunk of `frames`
+    scalar_chunk: int = SCALAR_CHUNK  # rows per chunk of actions/rewards/terminals
+    zstd_level: int = ZSTD_LEVEL
+    block_chunks: int = 8  # frames are streamed from the gzip file in blocks of this many chunks
+    n_step: int = DEFAULT_N_STEP  # for the "sampleable transitions" count of the summary
+
+
+# ------------------------------------------------------------------------------------------- store
+
+
+def _zarr():
+    import zarr
+
+    return zarr
+
+
+def store_path(store: str | os.PathLike) -> Path:
+    """The local directory of a store given as a path or a `file://` URL.
+
+    Remote schemes (`s3://`, `gs://`, `https://`, ...) raise a one-line UsageError for now: this is the
+    one place that will map them to a zarr store backed by fsspec, so that readers (the data view, the
+    sampler) need no change.
+    """
+    text = os.fspath(store)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return Path(text)
+    if scheme.lower() == "file":
+        parsed = urllib.parse.urlparse(text)
+        if parsed.netloc not in ("", "localhost"):
+            raise UsageError(f"{text}: a file:// URL names a local path", hint="write file:///absolute/path")
+        return Path(urllib.parse.unquote(parsed.path))
+    raise UsageError(f"{text}: {scheme}:// stores are not supported yet",
+                     hint="use a local directory (or file:// URL): copy the store there first")
+
+
+def open_store(path: str | os.PathLike, mode: str = "r"):
+    """The root group of a store (a path or a URL, see `store_path`); DataError if it is not one."""
+    zarr = _zarr()
+    path = store_path(path)
+    if mode == "r" and not (path / "zarr.json").exists():
+        raise DataError(f"{path} is not a Zarr store", hint="create it with `sql shard SRC DST`")
+    try:
+        root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as exc:  # zarr raises several types for a broken store
+        raise DataError(f"{path}: cannot open as a Zarr v3 group ({exc})") from exc
+    meta = root.attrs.get("sql_store")
+    if mode == "r" and (not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT):
+        raise DataError(f"{path} is a Zarr group but not an sql replay store", hint="create it with `sql shard SRC DST`")
+    if isinstance(meta, dict) and meta.get("format_version", 0) > STORE_FORMAT_VERSION:
+        raise DataError(f"{path}: store format version {meta['format_version']} is newer than this sql",
+                        hint="upgrade sql")
+    return root
+
+
+def create_store(path: str | os.PathLike, provenance_block: dict | None = None):
+    """Open DST for appending, creating the root group (with its format attrs) if it does not exist."""
+    path = store_path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        open_store(path, "r")  # an existing DST must be an sql store: never adopt another directory
+    root = _zarr().open_group(str(path), mode="a", zarr_format=3)
+    if "sql_store" not in root.attrs:
+        root.attrs["sql_store"] = {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION,
+                                   "tool_version": __version__, "created_by": provenance_block or {}}
+    return open_store(path, "a")
+
+
+def ensure_run_group(root, game: str, run: int):
+    """DST/{Game}/{run}, created with its game group's attrs if new."""
+    if game not in root:
+        g = root.create_group(game)
+        g.attrs["sql_game"] = {"game": game, "num_actions": len(minimal_action_set(game))}
+    g = root[game]
+    if str(run) not in g:
+        rg = g.create_group(str(run))
+        rg.attrs["sql_run"] = {"game": game, "run": run, "rows": 0, "capacity": None, "segments": [],
+                               "checkpoints": [], "tool_version": __version__}
+    return g[str(run)]
+
+
+def run_meta(group) -> dict:
+    meta = group.attrs.get("sql_run")
+    if not isinstance(meta, dict):
+        raise DataError(f"{group.store_path}: not a run group of an sql store (no sql_run attrs)")
+    return meta
+
+
+def iter_runs(root, games: Iterable[str] | None = None, runs: set[int] | None = None):
+    """(game, run, group) for every run group of the store, games and runs in sorted order."""
+    for game in sorted(k for k in root.group_keys()):
+        if games is not None and game not in games:
+            continue
+        g = root[game]
+        for run in sorted((k for k in g.group_keys()), key=int):
+            if runs is None or int(run) in runs:
+                yield game, int(run), g[run]
+
+
+def create_arrays(group, config: ShardConfig) -> None:
+    from zarr.codecs import ZstdCodec
+
+    for name, dtype in ARRAY_DTYPES.items():
+        if name in group:
+            continue
+        if name == "frames":
+            shape, chunks = (0, *rf.FRAME_SHAPE), (config.frame_chunk, *rf.FRAME_SHAPE)
+        else:
+            shape, chunks = (0,), (config.scalar_chunk,)
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+                           compressors=[ZstdCodec(level=config.zstd_level)])
+
+
+def truncate_rows(group, rows: int) -> None:
+    """Cut every array back to `rows`, zeroing the cut part of the boundary chunk so that appending again
+    produces the same chunk bytes as an uninterrupted run."""
+    for name in ARRAY_DTYPES:
+        if name not in group:
+            continue
+        arr = group[name]
+        n = arr.shape[0]
+        if n <= rows:
+            continue
+        chunk = arr.chunks[0]
+        boundary_end = min(n, -(-rows // chunk) * chunk)
+        if boundary_end > rows:
+            arr[rows:boundary_end] = 0
+        arr.resize((rows, *arr.shape[1:]))
+
+
+def remove_partial_files(group_dir: Path) -> None:
+    # zarr's LocalStore writes `<key>.<uuid>.partial` and renames; a SIGKILL can leave one behind.
+    if group_dir.is_dir():
+        for p in group_dir.rglob("*.partial"):
+            p.unlink(missing_ok=True)
+
+
+
+def segments_of(records: Sequence[dict]) -> list[list[int]]:
+    """[[row_start, row_end, stream_start], ...]: maximal runs of records with no lost stream positions between."""
+    segs: list[list[int]] = []
+    for r in records:
+        if segs and r["gap_before"] == 0:
+            segs[-1][1] = r["rows_end"]
+        else:
+            segs.append([r["rows_start"], r["rows_end"], r["stream_start"]])
+    return segs
+
+
+def file_order(rows_start: int, rows_end: int, rotation: int) -> list[tuple[int, int]]:
+    """Store row ranges of one checkpoint in the order its source file holds them (the order of content hashes)."""
+    if rotation == 0:
+        return [(rows_start, rows_end)]
+    return [(rows_start + rotation, rows_end), (rows_start, rows_start + rotation)]
+
+
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
