@@ -22,6 +22,7 @@ all emulators before receiving from any lets the C++ ones step concurrently.
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -182,13 +183,26 @@ class EmulatorPool:
 
     def take(self, game: Game, seed: int) -> tuple[Emulator, np.ndarray]:
         """An emulator of `game` started with `seed`, and its first frame."""
-        idle = self._idle.get(game.name)
-        if idle:
-            emulator = idle.pop()
-        else:
-            emulator = self._create(game, seed)
-            self._all.append(emulator)
-        return emulator, emulator.start(seed)
+        return self.take_many([(game, seed)])[0]
+
+    def take_many(self, wanted: list[tuple[Game, int]]) -> list[tuple[Emulator, np.ndarray]]:
+        """`take` for several (game, seed) at once: the ROM loads of the vector emulators' seeded starts run
+        in parallel threads (they release the GIL; creating an emulator does not)."""
+        emulators = []
+        for game, seed in wanted:
+            idle = self._idle.get(game.name)
+            if idle:
+                emulators.append(idle.pop())
+            else:
+                emulators.append(self._create(game, seed))
+                self._all.append(emulators[-1])
+        if self.backend != "vector" or len(wanted) < 2:
+            return [(e, e.start(seed)) for e, (_, seed) in zip(emulators, wanted)]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(wanted), os.cpu_count() or 1)) as threads:
+            firsts = list(threads.map(lambda e, seed: e.start(seed), emulators, [seed for _, seed in wanted]))
+        return list(zip(emulators, firsts))
 
     def give_back(self, emulator: Emulator) -> None:
         self._idle.setdefault(emulator.game.name, []).append(emulator)

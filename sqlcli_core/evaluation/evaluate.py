@@ -208,12 +208,9 @@ def plan_streams(config: EvalConfig, done: set[tuple[str, int, int]], record: tu
 class _Stream:
     """One running stream: its emulator, frame stack, epsilon generator and the current episode's totals."""
 
-    def __init__(self, plan: _StreamPlan, head: int, pool: EmulatorPool, record_frames: int):
-        env_seed, self.rng = stream_seeds(plan.game, plan.seed)
-        self.plan = plan
-        self.head = head
-        self.env: Emulator
-        self.env, first = pool.take(Game(plan.game), env_seed)
+    def __init__(self, plan: _StreamPlan, head: int, env: Emulator, first: np.ndarray, rng: np.random.Generator,
+                 record_frames: int):
+        self.plan, self.head, self.env, self.rng = plan, head, env, rng
         self.num_actions = self.env.num_actions
         self.record_frames = record_frames if plan.record else 0
         self.stack = np.zeros((FRAME_STACK, *FRAME_SHAPE), np.uint8)
@@ -284,8 +281,11 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
 
     def refill() -> None:
         t = time.perf_counter()
-        while len(streams) < width and (plan := next(pending, None)) is not None:
-            streams.append(_Stream(plan, heads[plan.game], emulators, record_frames))
+        new = [plan for _, plan in zip(range(width - len(streams)), pending)]
+        seeds = [stream_seeds(plan.game, plan.seed) for plan in new]
+        started = emulators.take_many([(Game(plan.game), env_seed) for plan, (env_seed, _) in zip(new, seeds)])
+        for plan, (_, rng), (env, first) in zip(new, seeds, started):
+            streams.append(_Stream(plan, heads[plan.game], env, first, rng, record_frames))
         stats.setup_seconds += time.perf_counter() - t
 
     def finish_episode(stream: _Stream) -> bool:
