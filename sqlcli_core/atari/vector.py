@@ -8,7 +8,8 @@ threads that do not hold the GIL. Set up as below it is Dopamine's preprocessing
 - no noop starts (`noop_max=0`), no FIRE at reset, no life-loss terminals, raw (unclipped) rewards;
 - sticky actions inside ALE with `random_seed` = the emulator seed, set before the ROM is loaded, as
   `AtariGame` does (the same RNG stream);
-- the episode ends at game over or after `frame_skip * max_episode_steps` frames.
+- the episode ends at game over or after `frame_skip * max_episode_steps` frames, i.e. on the last frame
+  of step `max_episode_steps` (`PythonGame` ends it after that step: the same emulator state).
 
 It cannot select an ALE mode or difficulty, and it does not expose ALE's saved states, so variants, and
 callers that save emulator states (collect, online fine-tuning), use `AtariGame`. The observation of the
