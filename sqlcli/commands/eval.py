@@ -13,6 +13,7 @@ from rich.table import Table
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
+from sqlcli_core.atari.vector import choose_backend
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.evaluation import evaluate as ev
@@ -129,8 +130,11 @@ def eval_command(
     num_envs: int = typer.Option(
         32, "--num-envs", help="Emulators stepped together; one batched policy call per step. Default: 32."),
     threads: int = typer.Option(
-        1, "--threads", help="Threads stepping the emulators (ALE's act holds the GIL, so the gain is small: "
-        "see docs/eval.md). Default: 1."),
+        1, "--threads", help="Threads stepping python-backend emulators (ALE's act holds the GIL, so the gain is "
+        "small: see docs/eval.md). Default: 1."),
+    backend: str = typer.Option(
+        "auto", "--backend", help="Emulators: vector (ale_py's C++ vector environment, parallel threads), python "
+        "(AtariGame), or auto (vector unless --mode/--difficulty is given). Scores are the same. Default: auto."),
     record: str = typer.Option(
         None, "--record", help="Save a GIF of this game's first episode (first seed) beside the result. "
         "Default: none."),
@@ -181,6 +185,7 @@ def eval_command(
     config = ev.EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
                            epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
     ev.validate_config(config)
+    backend = choose_backend(backend, mode, difficulty)
     heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
         ev.check_action_sets(policy, heads)
@@ -226,19 +231,19 @@ def eval_command(
             append_jsonl(episodes_path, _episode_line(result))
             progress.update(task, advance=1, description=f"{result.game}: {result.score:g}")
 
-        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads,
+        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  done={r.key for r in previous}, record=record_item, record_frames=record_steps,
                                  on_episode=played, on_record=save_gif)
 
     summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
-    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "record": record,
+    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
     result = {
         "provenance": provenance("eval", cli_config, seed_list[0]),
         "protocol": ev.protocol_block(config),
         "policy": policy_block,
         **summary,
-        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads,
+        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
                        "episodes_reused": len(previous)},
     }
     write_json(out, result)
@@ -248,7 +253,7 @@ def eval_command(
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
-                  f"({num_envs} emulators)", markup=False)
+                  f"({num_envs} {backend} emulators)", markup=False)
     console.print(f"wrote {out}, {md_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
     emit_summary({
         "out": str(out), "markdown": str(md_path), "gif": str(gif_path) if gif_path else None,
