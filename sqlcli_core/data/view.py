@@ -74,7 +74,7 @@ class RunSet:
 
 def open_run_set(source: Any, games: Iterable[str] | None = None, runs: Iterable[int] | None = None) -> RunSet:
     """The run set of a replay store: `source` is a RunSet (returned as is), a store's root group, a path or a
-    URL (see `store.store_path`). `games` / `runs` keep only those runs (the set still lists every game)."""
+    URL (see `store.store_location`). `games` / `runs` keep only those runs (the set still lists every game)."""
     if isinstance(source, RunSet):
         return source
     root = source if hasattr(source, "attrs") else st.open_store(source, "r")

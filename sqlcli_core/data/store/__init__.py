@@ -37,6 +37,7 @@ from sqlcli_core.data.store.schema import (
     open_store,
     run_meta,
     segments_of,
+    store_location,
     store_path,
     truncate_rows,
 )
@@ -50,6 +51,6 @@ __all__ = [
     "STORE_FORMAT_VERSION", "ZSTD_LEVEL", "DataError", "PlannedCheckpoint", "ShardConfig", "SourceCheckpoint",
     "UsageError", "append_checkpoint", "create_arrays", "create_store", "disk_bytes", "ensure_run_group",
     "episode_returns", "file_order", "iter_runs", "open_store", "plan_run", "run_meta", "run_report",
-    "run_statistics", "scan_run", "scan_source", "segments_of", "shard", "shard_run", "store_path", "truncate_rows",
+    "run_statistics", "scan_run", "scan_source", "segments_of", "shard", "shard_run", "store_location", "store_path", "truncate_rows",
     "valid_mask", "verify",
 ]
