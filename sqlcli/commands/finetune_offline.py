@@ -14,7 +14,8 @@ def finetune_offline(
     source: Path | None = typer.Option(None, "--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
                                           "With --init scratch it only sets the architecture."),
     game: str = typer.Option(..., "--game", help="The new game, e.g. Alien (any case, ALE ids accepted)."),
-    data: Path = typer.Option(..., "--data", help="Zarr store written by `sql shard` that holds the game's data."),
+    data: str = typer.Option(..., "--data", help="Zarr store written by `sql shard` that holds the game's data: a "
+                              "path or an s3://, gs://, https:// or file:// URL."),
     run_dir: Path = typer.Option(..., "--run-dir", help="Output run directory; re-running the same command resumes it."),
     transitions: int = typer.Option(2_000_000, "--transitions", help="Rows of the game's data to train on (taken as "
                                     "--slice says). Default 2,000,000 (paper)."),

@@ -123,7 +123,7 @@ def _parts_table(table: dict) -> Table:
 
 @handles_errors
 def pretrain(
-    data: str | None = typer.Option(None, "--data", help="Zarr store written by `sql shard` (path). Required."),
+    data: str | None = typer.Option(None, "--data", help="Zarr store written by `sql shard`: a path or an s3://, gs://, https:// or file:// URL. Required."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Run directory: created if missing, resumed from its newest checkpoint if present. Required."),
     games: str | None = typer.Option(None, "--games", help="Training games: a set (atari40, ...) or comma-separated names. Default: atari40."),
     arch: str | None = typer.Option(None, "--arch", help="Torso: dqn, impala, resnet18/34/50/101/152. Default: resnet101."),

@@ -35,6 +35,16 @@ from sqlcli_core.errors import SourceUnavailable, SqlError, UsageError
 REMOTE_SCHEMES = {"s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
                   "https": ("aiohttp", "http"), "http": ("aiohttp", "http")}
 READ_ONLY_SCHEMES = ("https", "http")
+# Backend options of our own (never credentials or endpoints). s3fs splits a download into concurrent
+# ranged GETs when max_concurrency > 1, and asks the object's size first (one HEAD per chunk read): chunks
+# are small (about 35 KB of frames), so one plain GET each halves the requests.
+STORAGE_OPTIONS = {"s3": {"max_concurrency": 1}}
+# Failures that another try cannot fix (botocore's and google-auth's names for them).
+NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError")
+CREDENTIALS_HINT = {"s3": "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE (and AWS_ENDPOINT_URL for a "
+                          "non-AWS server)",
+                    "gs": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS",
+                    "gcs": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"}
 LEASE_DIR = ".sql-writer"
 LEASE_SECONDS = 60.0  # default lease time of a writer (shard's --lease-seconds)
 
@@ -85,7 +95,7 @@ def open_remote(url: str, *, read_only: bool, retry: RetryPolicy = RetryPolicy()
                          hint=f"pip install 'scaled-ql[{extra}]'") from None
     FsspecStore, _ = _zarr_store_classes()
     try:
-        inner = FsspecStore.from_url(url.rstrip("/"), read_only=read_only)
+        inner = FsspecStore.from_url(url.rstrip("/"), storage_options=STORAGE_OPTIONS.get(scheme), read_only=read_only)
     except (ValueError, TypeError, OSError) as exc:
         raise UsageError(f"{url}: not a usable store URL ({exc})", hint="write s3://BUCKET/PATH or gs://BUCKET/PATH") from None
     return _remote_store_class()(inner, url.rstrip("/"), retry)
@@ -134,6 +144,9 @@ def _remote_store_class():
                     raise SourceUnavailable(f"{self.object_url(key)}: access denied ({_reason(exc)})",
                                             hint="check the credentials of this machine for the bucket") from None
                 except Exception as exc:  # noqa: BLE001 - any other failure of a request is worth another try
+                    if type(exc).__name__ in NO_CREDENTIALS:
+                        raise SourceUnavailable(f"{self.object_url(key)}: no credentials ({_reason(exc)})",
+                                                hint=CREDENTIALS_HINT.get(scheme_of(self.url), "set up credentials")) from None
                     if attempt + 1 >= policy.attempts:
                         raise SourceUnavailable(
                             f"{self.object_url(key)}: {_reason(exc)} ({policy.attempts} tries)",

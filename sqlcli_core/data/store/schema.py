@@ -66,6 +66,12 @@ def store_location(store: str | os.PathLike) -> Path | str:
     return f"{scheme.lower()}://{rest.rstrip('/')}"
 
 
+def absolute_location(store: str | os.PathLike) -> str:
+    """How records name a store: an absolute path for a local one (valid from any directory), else its URL."""
+    where = store_location(store)
+    return str(where.absolute()) if isinstance(where, Path) else where
+
+
 def store_path(store: str | os.PathLike) -> Path:
     """The local directory of a store given as a path or a `file://` URL (UsageError for object storage)."""
     where = store_location(store)
@@ -120,8 +126,8 @@ def create_store(path: str | os.PathLike, provenance_block: dict | None = None):
     sharding into one new store at once, exactly one root is written and every host opens it."""
     where = store_location(path)
     if isinstance(where, str):
+        store = remote.open_remote(where, read_only=False)  # refuses read-only schemes before any request
         if not _has_root(where):
-            store = remote.open_remote(where, read_only=False)
             if remote.run_sync(_lists_anything(store)):
                 open_store(where, "r")  # objects but no root: never adopt another prefix
             _create_group_once(store, "", _store_attrs(provenance_block))
@@ -176,13 +182,16 @@ def run_meta(group) -> dict:
 
 def iter_runs(root, games: Iterable[str] | None = None, runs: set[int] | None = None):
     """(game, run, group) for every run group of the store, games and runs in sorted order."""
-    for game in sorted(k for k in root.group_keys()):
+    # One pass over two levels; zarr reads the groups' metadata concurrently (in object storage every
+    # read is a round trip, and a store holds up to hundreds of run groups).
+    groups = {path: node for path, node in root.members(max_depth=1) if hasattr(node, "group_keys")}
+    for game in sorted(p for p in groups if "/" not in p):
         if games is not None and game not in games:
             continue
-        g = root[game]
-        for run in sorted((k for k in g.group_keys()), key=int):
+        run_names = [p.partition("/")[2] for p in groups if p.startswith(game + "/")]
+        for run in sorted((r for r in run_names if r.isdigit()), key=int):
             if runs is None or int(run) in runs:
-                yield game, int(run), g[run]
+                yield game, int(run), groups[f"{game}/{run}"]
 
 
 def create_arrays(group, config: ShardConfig) -> None:
