@@ -314,10 +314,9 @@ class WriterLease:
         while True:
             numbers = self._numbers()
             top = numbers[-1] if numbers else -1
-            stale = False
+            stale = 0.0
             if top >= 0 and self._read(self._key("released", top)) is None:
-                self._watch(top)  # returns only if the holder is silent for `seconds`; raises if alive
-                stale = True
+                stale = self._watch(top)  # returns only if the holder was silent for its lease time; raises if alive
             if run_sync(self.store.create(self._key("lease", top + 1),
                                           json.dumps(_holder_record(self.token, self.seconds)).encode())):
                 break
@@ -327,7 +326,8 @@ class WriterLease:
         if self._lost:
             raise SourceUnavailable(f"{self.what}: cannot write the writer lease ({self._lost})")
         if stale:
-            time.sleep(self.seconds / 2)  # let a holder that lost contact notice and stop first
+            time.sleep(stale / 2)  # let a holder that lost contact notice and stop first
+            self._beat()
         for n in numbers:
             if n < top:
                 for kind in ("lease", "heartbeat", "released"):
@@ -337,17 +337,19 @@ class WriterLease:
         self._thread.start()
         return self
 
-    def _watch(self, n: int) -> None:
+    def _watch(self, n: int) -> float:
+        holder = self._read(self._key("lease", n)) or {}
+        seconds = max(self.seconds, float(holder.get("seconds") or 0))  # the holder beats at its own pace
         first = self._read(self._key("heartbeat", n))
         started = time.monotonic()
-        while time.monotonic() - started < self.seconds:
+        while time.monotonic() - started < seconds:
             time.sleep(self.poll)
             if self._read(self._key("released", n)) is not None:
-                return
+                return 0.0
             if self._read(self._key("heartbeat", n)) != first:
-                holder = self._read(self._key("lease", n))
                 raise UsageError(f"{self.what} is being written by {_describe(holder)}",
                                  hint="shard other games/runs from this host, or wait until it finishes")
+        return seconds
 
     def _beat(self) -> None:
         started = time.monotonic()
