@@ -273,6 +273,35 @@ def test_pretrain_from_s3_logs_what_it_logs_from_a_directory(server, source, s3_
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         records.append([{k: v for k, v in json.loads(line).items() if not any(t in k for t in ("per_s", "time", "wall"))}
                         for line in lines])
-    assert len(records[0]) >= 2 and records[0] == records[1]
+    assert len(records[0]) >= 2 and all("cql_loss" in r and np.isfinite(r["cql_loss"]) for r in records[0])
+    assert records[0] == records[1]
     run = json.loads((tmp_path / "s3" / "run.json").read_text())
     assert url in json.dumps(run)
+
+
+def test_https_store_is_read_only_and_reads_like_the_directory(source):
+    """An http(s):// store (here python's own file server on 127.0.0.1, which lists directories)."""
+    import functools
+    import http.server
+    import threading
+
+    root, local = source
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(local.parent)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/{local.name}"
+    try:
+        with sampler(local) as a, sampler(url) as b:
+            assert_same_batches(a, b, 10)
+        assert st.verify(url)["ok"] is True
+        out = sql(["shard", str(root), url])
+        assert out.returncode == 2 and "http:// stores are read-only" in out.stderr
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

@@ -26,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_size": 512, "lr": 2e-4, "adam_eps": 3.125e-4, "alpha": 0.05, "n_step": 3, "gamma": 0.99,
     "target_update_period": 2000, "max_grad_norm": None, "steps": 10_000_000, "seed": 0,
     "checkpoint_every": 1000, "keep": 3, "log_every": 100, "game_weights": None, "cache_bytes": None,
-    "prefetch": 2,
+    "prefetch": 2, "prefetch_units": None,  # prefetch_units: TOML-only (the sampler's; docs/sampler.md)
 }
 NETWORK_KEYS = ("arch", "width", "num_atoms", "v_min", "v_max", "spatial_embedding_features", "projection_dim",
                 "num_groups", "normalize_features", "full_action_space")
@@ -106,7 +106,8 @@ def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
         steps=int(settings["steps"]), seed=int(settings["seed"]), checkpoint_every=int(settings["checkpoint_every"]),
         keep=int(settings["keep"]), log_every=int(settings["log_every"]), game_weights=settings["game_weights"],
         cache_bytes=None if settings["cache_bytes"] is None else int(settings["cache_bytes"]),
-        prefetch=int(settings["prefetch"]))
+        prefetch=int(settings["prefetch"]),
+        prefetch_units=None if settings["prefetch_units"] is None else int(settings["prefetch_units"]))
     return settings, config
 
 

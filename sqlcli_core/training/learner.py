@@ -410,6 +410,7 @@ class PretrainConfig:
     game_weights: dict | None = None
     cache_bytes: int | None = None
     prefetch: int = 2
+    prefetch_units: int | None = None  # the sampler's units loaded ahead (None: its default; docs/sampler.md)
 
     def __post_init__(self):
         for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch"):
@@ -461,6 +462,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
         config.data, games=[g.name for g in games], batch_size=local_batch, n_step=config.n_step,
         gamma=config.learner.gamma, seed=config.seed, game_weights=weights,
         **({} if config.cache_bytes is None else {"cache_bytes": config.cache_bytes}),
+        **({} if config.prefetch_units is None else {"prefetch_units": config.prefetch_units}),
         process_index=jax.process_index(), process_count=jax.process_count())
     try:
         sampler_games = [g.name for g in sampler.games]
