@@ -41,7 +41,7 @@ def build(tmp: Path, games: int, rows: int) -> Path:
     return src
 
 
-def run_case(store, batches: int, cache_units: int, games: int, prefetch_units: int, reference=None):
+def run_case(store, batches: int, cache_units: int, games: int, prefetch_units: int, reference=None, reuse=4.0):
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.data.store import FRAME_BYTES
 
@@ -50,7 +50,8 @@ def run_case(store, batches: int, cache_units: int, games: int, prefetch_units: 
     cache = (cache_units * games + prefetch_units) * slot
     started = time.perf_counter()
     out = []
-    with ReplaySampler(store, batch_size=512, cache_bytes=cache, seed=0, prefetch_units=prefetch_units) as s:
+    with ReplaySampler(store, batch_size=512, cache_bytes=cache, seed=0, prefetch_units=prefetch_units,
+                       reuse=reuse) as s:
         first = s.next_batch()
         fill = time.perf_counter() - started
         t0 = time.perf_counter()
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--cache-units", type=int, default=4, help="cache slots per game (the store has rows/2048)")
     ap.add_argument("--latency-ms", default="0,20,100")
     ap.add_argument("--prefetch-units", type=int, default=None, help="default: the sampler's default")
+    ap.add_argument("--reuse", type=float, default=4.0, help="the sampler's reuse (default 4, its default)")
     args = ap.parse_args()
 
     import s3fs
@@ -88,13 +90,13 @@ def main() -> None:
     server.create_bucket("bench")
     os.environ.update(server.env())
     results = {"load_average": os.getloadavg(), "cpus": os.cpu_count(), "games": args.games, "rows": args.rows,
-               "batch": 512, "prefetch_units": prefetch_units, "cache_units_per_game": args.cache_units}
+               "batch": 512, "reuse": args.reuse, "prefetch_units": prefetch_units, "cache_units_per_game": args.cache_units}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         src = build(tmp, args.games, args.rows)
         st.shard(src, tmp / "local")
         st.shard(src, "s3://bench/store")
-        local, _, ref = run_case(tmp / "local", args.batches, args.cache_units, args.games, prefetch_units)
+        local, _, ref = run_case(tmp / "local", args.batches, args.cache_units, args.games, prefetch_units, reuse=args.reuse)
         results["local_disk"] = local
         print("local disk", local, flush=True)
         for ms in (int(x) for x in args.latency_ms.split(",")):
@@ -103,13 +105,13 @@ def main() -> None:
             s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches clients; this one must use the proxy
             try:
                 r, _, _ = run_case("s3://bench/store", args.batches, args.cache_units, args.games, prefetch_units,
-                                   reference=ref)
+                                   reference=ref, reuse=args.reuse)
             finally:
                 proxy.stop()
             r["requests"] = proxy.requests
             results[f"s3_{ms}ms"] = r
             print(f"s3 +{ms} ms", r, flush=True)
-        again, _, _ = run_case(tmp / "local", args.batches, args.cache_units, args.games, prefetch_units, reference=ref)
+        again, _, _ = run_case(tmp / "local", args.batches, args.cache_units, args.games, prefetch_units, reference=ref, reuse=args.reuse)
         print("local disk again", again, flush=True)
         results["local_disk_again"] = again
         best = max(local["transitions_per_s"], again["transitions_per_s"])  # the machine is shared: noisy
