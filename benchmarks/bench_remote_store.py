@@ -60,7 +60,7 @@ def run_case(store, batches: int, cache_units: int, games: int, prefetch_units: 
             if reference is not None:
                 np.testing.assert_array_equal(b.state, reference[i].state)
                 np.testing.assert_array_equal(b.reward, reference[i].reward)
-            elif i < batches:
+            else:
                 out.append(b)
         rate = batches * 512 / (time.perf_counter() - t0)
         loads = s._events_before(batches + 1)

@@ -108,8 +108,6 @@ class FaultProxy:
         return None
 
     def _forward(self, handler) -> None:
-        if os.environ.get("FAULT_PROXY_LOG"):
-            print("PROXY", handler.command, handler.path, flush=True)
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else None
         if self.latency:

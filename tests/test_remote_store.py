@@ -141,6 +141,10 @@ def test_shard_to_s3_writes_the_local_store_byte_for_byte(server, source, s3_sto
     verify = sql(["shard", "--verify", url, "--json"])
     assert verify.returncode == 0, verify.stderr
     assert json.loads(verify.stdout)["ok"] is True
+    from sqlcli_core.analysis.scale_report import composition_from_store
+
+    held = composition_from_store(url, None)  # scale-report's lookup of a run's data composition
+    assert held is not None and held == composition_from_store(str(local), None)
     again = sql(["shard", str(root), url, *SHARD_FLAGS, "--json"])
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["appended"] == 0
