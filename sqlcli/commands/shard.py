@@ -44,9 +44,10 @@ class _Bars:
 
 @handles_errors
 def shard(
-    src: Path = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
-                               "with --verify: the store to check."),
-    dst: Path | None = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
+    src: str = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
+                              "with --verify: the store to check (a path or URL)."),
+    dst: str | None = typer.Argument(None, help="Zarr v3 store to create or extend: a directory, or an s3:// or "
+                                     "gs:// URL (object storage; see docs/store-format.md)."),
     verify: bool = typer.Option(False, "--verify", help="Re-read the store SRC and check it against its recorded "
                                 "content hashes and counts; writes nothing."),
     games: str | None = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
@@ -60,6 +61,9 @@ def shard(
                                     f"run's frames array (default {st.FRAME_CHUNK}; see docs/store-format.md)."),
     n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", min=1, help="n of the 'sampleable transitions' count "
                                f"in the summary (default {st.DEFAULT_N_STEP})."),
+    lease_seconds: float = typer.Option(st.ShardConfig.lease_seconds, "--lease-seconds", min=1.0,
+                                        help="Object storage only: lease time of the one writer of each run "
+                                        f"group (default {st.ShardConfig.lease_seconds:g}; see docs/store-format.md)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Convert DQN-Replay checkpoints into a resumable, verified Zarr v3 store for the sampler."""
@@ -74,12 +78,12 @@ def shard(
     if dst is None:
         raise UsageError("missing DST", hint="sql shard SRC DST")
     ckpt_set = parse_range_set(checkpoints, "--checkpoints", example="0-9 or 0-9,20")
-    config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step)
+    config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step, lease_seconds=lease_seconds)
     prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
                                 "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
     with _progress() as progress:
         bars = _Bars(progress)
-        result = st.shard(src, dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
+        result = st.shard(Path(src), dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
     for note in result["notes"]:
         console.print(note, style="dim", markup=False, highlight=False)
@@ -96,7 +100,7 @@ def shard(
     emit_summary({"provenance": prov, **result}, as_json)
 
 
-def _verify(store: Path, game_names, run_set, as_json: bool) -> None:
+def _verify(store: str, game_names, run_set, as_json: bool) -> None:
     with _progress() as progress:
         bars = _Bars(progress)
         result = st.verify(store, games=game_names, runs=run_set, on_plan=bars.plan, progress=bars.advance)
