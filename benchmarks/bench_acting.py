@@ -1,6 +1,6 @@
 """Acting speed of eval and collect against the single-environment gymnasium loop, side by side in one process.
 
-    python benchmarks/bench_acting.py [--seeds 8] [--episodes 2] [--dqn-steps 300] [--collect-steps 5000]
+    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 300] [--collect-steps 5000]
 
 Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
   baseline      gymnasium `ALE/Pong-v5` (sticky 0.25) + `AtariPreprocessing` (frame skip 4, 84x84 gray, no
@@ -110,11 +110,8 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=3000)
     args = parser.parse_args()
 
-    import sys
 
-    sys.path.insert(0, os.path.dirname(__file__))
-    from bench_eval import NetworkPolicy
-
+    from benchmarks.bench_eval import NetworkPolicy
     from sqlcli_core.atari.games import Game
     from sqlcli_core.evaluation import evaluate as ev
 

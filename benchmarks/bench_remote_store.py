@@ -9,7 +9,7 @@ prefetch_units as given) at batch 512 with a cache of `--cache-units` units per 
 Reported per case: seconds to the first batch (the cache fill) and steady-state transitions/s over
 `--batches` batches after it; every batch is checked equal to the local one (same seed).
 
-    python benchmarks/bench_remote_store.py --games 2 --rows 24000 --batches 200
+    python -m benchmarks.bench_remote_store --games 2 --rows 24000 --batches 200
 """
 
 from __future__ import annotations
@@ -17,22 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
 GAMES = ["Pong", "Breakout", "Seaquest", "Qbert"]
 
 
 def build(tmp: Path, games: int, rows: int) -> Path:
-    from replay_fixture import write_run
-
     from sqlcli_core.atari.games import minimal_action_set
+    from tests.replay_fixture import write_run
 
     src = tmp / "src"
     for i, game in enumerate(GAMES[:games]):

@@ -26,10 +26,8 @@ pytest.importorskip("moto.server")
 from sqlcli_core.data import store as st  # noqa: E402
 from sqlcli_core.data.sampler import ReplaySampler  # noqa: E402
 from sqlcli_core.errors import SourceUnavailable  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import write_run  # noqa: E402
-from s3_fixture import FaultProxy, S3Server  # noqa: E402
+from tests.replay_fixture import write_run  # noqa: E402
+from tests.s3_fixture import FaultProxy, S3Server  # noqa: E402
 
 BUCKET = "replay"
 CHUNK = 32

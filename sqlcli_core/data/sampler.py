@@ -33,7 +33,6 @@ import dataclasses
 import fractions
 import queue
 import threading
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,15 +47,26 @@ from sqlcli_core.errors import DataError, ResourceError, UsageError
 
 DEFAULT_CACHE_BYTES = 2 << 30  # at least this much by default (up to 8 games: ~18 units per game or more)
 DEFAULT_CACHE_BYTES_PER_GAME = 256 << 20  # ~18 units of 2048 rows per game (docs/sampler.md: correlation)
-QUIET_SLOTS_PER_GAME = 8  # fewer units per game than this warn
+SPARE_SLOTS = 2  # default prefetch_units: slots the loader threads decode into ahead of the schedule
 STATE_FORMAT = "sql-replay-sampler"
 STATE_VERSION = 1
 FRAME_BYTES = rf.FRAME_SHAPE[0] * rf.FRAME_SHAPE[1]
 FILL_THREADS = 4  # units loaded at once when the cache is (re)filled
 
 
-class SamplerCacheWarning(UserWarning):
-    """The cache holds so few units per game that batches are strongly correlated within a game."""
+def slot_bytes(unit_rows: int, n_step: int) -> int:
+    """Bytes of one cache slot: a unit's rows plus its halo (frames, actions, rewards, terminals) and its valid list."""
+    return (unit_rows + rf.PADDING_ROWS + n_step) * (FRAME_BYTES + 9) + unit_rows * 4
+
+
+def default_cache_bytes(num_games: int) -> int:
+    """The cache when none is given: the larger of DEFAULT_CACHE_BYTES and DEFAULT_CACHE_BYTES_PER_GAME per game."""
+    return max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * num_games)
+
+
+def cache_slots(cache_bytes: int, num_games: int, unit_rows: int, n_step: int, spares: int = SPARE_SLOTS) -> int:
+    """Units per game that `cache_bytes` holds (after the `spares` slots the loader decodes into)."""
+    return int((cache_bytes // slot_bytes(unit_rows, n_step) - spares) // num_games)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,8 +105,7 @@ class ReplaySampler:
       seed: everything is a function of (seed, process_index, step).
       game_weights: per-game sampling probabilities (normalised); None = uniform over games.
       cache_bytes: bytes of decompressed units kept in RAM (frames + actions/rewards/terminals); None =
-        the larger of DEFAULT_CACHE_BYTES and DEFAULT_CACHE_BYTES_PER_GAME per game. Fewer than QUIET_SLOTS_PER_GAME units per game warn
-        (SamplerCacheWarning): each batch then draws a game's samples from very few units.
+        `default_cache_bytes(games)`, about 18 units per game (see docs/sampler.md on correlation).
       process_index, process_count: this host's stream among process_count independent ones.
       unit_chunks: chunks of `frames` per unit (unit rows U = unit_chunks * chunk).
       reuse: how many times a loaded row is sampled on average before its unit is replaced.
@@ -109,7 +118,7 @@ class ReplaySampler:
     def __init__(self, store: Any, games: Sequence[str] | str | None = None, batch_size: int = 32, n_step: int = 3,
                  gamma: float = 0.99, seed: int = 0, game_weights: Sequence[float] | None = None,
                  cache_bytes: int | None = None, process_index: int = 0, process_count: int = 1, *,
-                 unit_chunks: int = 4, reuse: float = 4.0, prefetch: int = 2, prefetch_units: int = 2,
+                 unit_chunks: int = 4, reuse: float = 4.0, prefetch: int = 2, prefetch_units: int = SPARE_SLOTS,
                  runs: Sequence[int] | None = None):
         if batch_size < 1 or n_step < 1 or not 0.0 <= gamma <= 1.0:
             raise UsageError(f"bad sampler settings batch_size={batch_size} n_step={n_step} gamma={gamma}",
@@ -181,22 +190,13 @@ class ReplaySampler:
 
         # ---- cache geometry
         self.slot_rows = R = U + rf.PADDING_ROWS + n_step
-        slot_bytes = R * (FRAME_BYTES + 9) + U * 4
         self.spares = int(prefetch_units)
-        if cache_bytes is None:
-            cache_bytes = max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * G)
-        self.cache_bytes = int(cache_bytes)
-        total = cache_bytes // slot_bytes - self.spares
-        self.slots_per_game = int(total // G)
+        self.cache_bytes = int(default_cache_bytes(G) if cache_bytes is None else cache_bytes)
+        self.slots_per_game = cache_slots(self.cache_bytes, G, U, n_step, spares=self.spares)
         if self.slots_per_game < 1:
-            need = (G + self.spares) * slot_bytes
-            raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
-                                hint=f"give at least {need} bytes or lower unit_chunks")
-        if self.slots_per_game < QUIET_SLOTS_PER_GAME:
-            warnings.warn(f"the sampler cache holds {self.slots_per_game} units per game ({G} games, "
-                          f"cache_bytes={cache_bytes}): a batch draws each game's samples from only that many "
-                          f"{U}-row units (see docs/sampler.md); give about {(G * QUIET_SLOTS_PER_GAME + self.spares) * slot_bytes} "
-                          "bytes for less correlated batches", SamplerCacheWarning, stacklevel=2)
+            need = (G + self.spares) * slot_bytes(U, n_step)
+            raise ResourceError(f"cache_bytes={self.cache_bytes} holds no unit per game ({G} games, "
+                                f"{slot_bytes(U, n_step)} bytes a unit)", hint=f"give at least {need} bytes or lower unit_chunks")
         self.slots = K = self.slots_per_game * G
         P = K + self.spares
         self._frames = np.zeros((P * R, *rf.FRAME_SHAPE), dtype=np.uint8)
