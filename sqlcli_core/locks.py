@@ -92,3 +92,22 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str, hint: str) -> Iterat
 def directory_lock(directory: str | os.PathLike, *, what: str, hint: str) -> contextlib.AbstractContextManager:
     """`writer_lock` on DIRECTORY/.sql-writer.lock: one writer per directory."""
     return writer_lock(Path(directory) / LOCK_NAME, what=what, hint=hint)
+
+
+@contextlib.contextmanager
+def directory_flock(directory: str | os.PathLike) -> Iterator[Path]:
+    """A *blocking* exclusive flock on DIRECTORY itself (created if missing), for a short section that must
+    run in one process at a time, the others waiting (creating a store's root and groups once when two
+    writers start together). It leaves no file behind, so it can guard a directory whose listing others
+    read (a Zarr group). Released by the kernel when the holder dies, like `writer_lock`."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating the directory {path}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)

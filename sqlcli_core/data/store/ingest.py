@@ -8,6 +8,7 @@ record.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import gzip
 import hashlib
 import multiprocessing as mp
@@ -41,7 +42,9 @@ from sqlcli_core.data.store.schema import (
     truncate_rows,
 )
 from sqlcli_core.data.store.stats import run_report, run_statistics
-from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.atomic import writable_directory
+from sqlcli_core.errors import DataError, UsageError, from_os_error
+from sqlcli_core.locks import LOCK_NAME, directory_flock, writer_lock
 
 # ------------------------------------------------------------------------------------------- hashing
 
@@ -113,15 +116,29 @@ def _frame_blocks(path: Path, capacity: int, block_rows: int, out: queue.Queue, 
                     out.put((row, np.frombuffer(buf, np.uint8).reshape(n, *rf.FRAME_SHAPE)))
                     row += n
                 if f.read(1):
+                    # More bytes than the header announces: a damaged deflate stream can inflate to extra
+                    # bytes before its CRC check fails, so read to the end first and blame the CRC if it does.
+                    while f.read(1 << 20):
+                        pass
                     raise DataError(f"{path}: data after the .npy payload", hint="this file is not DQN-Replay data")
             hr.drain()
         out.put(("end", hr.sha256.hexdigest(), hr.bytes))
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
-        out.put(("error", DataError(f"{path}: corrupt or truncated gzip stream ({exc})", hint="delete it and fetch it again")))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        out.put(("error", DataError(f"{path}: corrupt or truncated gzip stream ({_gzip_reason(exc)})",
+                                    hint="delete it and fetch it again")))
+    except OSError as exc:  # reading the source failed (not its content): an I/O error of the disk
+        out.put(("error", from_os_error(exc, f"reading {path}")))
     except ValueError as exc:
         out.put(("error", DataError(f"{path}: not a plain .npy payload ({exc})", hint="this file is not DQN-Replay data")))
     except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which re-raises it
         out.put(("error", exc))
+
+
+def _gzip_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "CRC check failed" in text or "incorrect data check" in text:
+        return f"CRC-32 mismatch: the compressed bytes are damaged ({text})"
+    return text
 
 
 def _runs_of(dest: np.ndarray) -> list[tuple[int, int]]:
@@ -244,9 +261,26 @@ def shard_run(dst: str | os.PathLike, game: str, run: int, ckpts: Sequence[Sourc
         return _shard_run(dst, game, run, ckpts, config, progress, stop)
 
 
+def _local_writer(dst: Path, game: str, run: int):
+    """One writer per run group of a local store: an exclusive flock on DST/{Game}/{run}/.sql-writer.lock,
+    released by the kernel when its holder dies (`sqlcli_core.locks`), so a killed shard leaves nothing to
+    clean up and a second writer is refused with one line naming the first."""
+    where = dst / game / str(run)
+    return writer_lock(where / LOCK_NAME, what=f"the run group {where}",
+                       hint="wait for that shard to finish, or shard into another DST")
+
+
 def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
     dst = store_path(dst)
     root = open_store(dst, "a")
+    with _local_writer(dst, game, run):
+        try:
+            return _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop)
+        except OSError as exc:  # a full disk, an I/O error: one line naming the run, exit 5 (or 2)
+            raise from_os_error(exc, f"writing {dst / game / str(run)}") from None
+
+
+def _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop) -> dict:
     group = root[game][str(run)]
     remove_partial_files(Path(dst) / game / str(run))
     plan = plan_run(ckpts)
@@ -286,7 +320,8 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
             record = append_checkpoint(group, item, num_actions, config,
                                        progress=(lambda n: progress(key, n)) if progress else None, stop=stop)
         except BaseException:
-            truncate_rows(group, committed)
+            with contextlib.suppress(OSError):  # a full disk may refuse this too: the next shard truncates
+                truncate_rows(group, committed)
             raise
         done.append(record)
         committed = record["rows_end"]
@@ -303,6 +338,23 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- shard
+
+
+def _create_groups(dst: Path, found, provenance_block: dict | None) -> None:
+    """Create the store's root and the selected game and run groups once, one process at a time (two
+    shards of different games may start together), and refuse before anything is written when another
+    shard holds one of the selected run groups."""
+    try:
+        with directory_flock(dst):
+            root = create_store(dst, provenance_block)
+            for game, run in found:
+                ensure_run_group(root, game, run)
+            for game, run in found:
+                with _local_writer(dst, game, run):
+                    pass
+    except OSError as exc:
+        raise from_os_error(exc, f"creating the store {dst}") from None
+
 
 
 _worker_queue = None
@@ -332,9 +384,8 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
     dst = store_path(dst)
     found, notes = scan_source(src, games, runs, checkpoints)
     plans = {k: plan_run(v) for k, v in found.items()}  # validates ordering before anything is written
-    root = create_store(dst, provenance_block)
-    for game, run in found:
-        ensure_run_group(root, game, run)
+    writable_directory(dst, "the store")
+    _create_groups(dst, found, provenance_block)
     if on_plan:
         on_plan({f"{g}/{r}": plans[(g, r)][-1].rows_end for g, r in found})
     results = []
