@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sqlcli_core.atari.games import minimal_action_set
+from sqlcli_core.atomic import writable_directory
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.store.scan import PlannedCheckpoint, SourceCheckpoint, plan_run, scan_source
 from sqlcli_core.data.store.schema import (
@@ -42,7 +43,6 @@ from sqlcli_core.data.store.schema import (
     truncate_rows,
 )
 from sqlcli_core.data.store.stats import run_report, run_statistics
-from sqlcli_core.atomic import writable_directory
 from sqlcli_core.errors import DataError, UsageError, from_os_error
 from sqlcli_core.locks import LOCK_NAME, directory_flock, writer_lock
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from sqlcli_core.data.store.integrity import CheckedArray, checked_root, structure_problems
 from sqlcli_core.data.store.schema import (
     ARRAY_DTYPES,
     file_order,
@@ -18,7 +19,6 @@ from sqlcli_core.data.store.schema import (
     segments_of,
     store_path,
 )
-from sqlcli_core.data.store.integrity import CheckedArray, checked_root, structure_problems
 from sqlcli_core.data.store.stats import run_statistics
 from sqlcli_core.errors import DataError, UsageError
 
