@@ -184,7 +184,7 @@ class ReplaySampler:
         if self.slots_per_game < 1:
             need = (G + self.spares) * slot_bytes
             raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
-                                hint=f"give at least {need} bytes or lower unit_chunks")
+                                hint=f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}")
         if self.slots_per_game < QUIET_SLOTS_PER_GAME:
             warnings.warn(f"the sampler cache holds {self.slots_per_game} units per game ({G} games, "
                           f"cache_bytes={cache_bytes}): a batch draws each game's samples from only that many "

@@ -124,8 +124,7 @@ def _frame_blocks(path: Path, capacity: int, block_rows: int, out: queue.Queue, 
             hr.drain()
         out.put(("end", hr.sha256.hexdigest(), hr.bytes))
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-        out.put(("error", DataError(f"{path}: corrupt or truncated gzip stream ({_gzip_reason(exc)})",
-                                    hint="delete it and fetch it again")))
+        out.put(("error", DataError(f"{path}: {_gzip_problem(exc)}", hint="delete it and fetch it again")))
     except OSError as exc:  # reading the source failed (not its content): an I/O error of the disk
         out.put(("error", from_os_error(exc, f"reading {path}")))
     except ValueError as exc:
@@ -134,11 +133,11 @@ def _frame_blocks(path: Path, capacity: int, block_rows: int, out: queue.Queue, 
         out.put(("error", exc))
 
 
-def _gzip_reason(exc: BaseException) -> str:
+def _gzip_problem(exc: BaseException) -> str:
     text = str(exc)
     if "CRC check failed" in text or "incorrect data check" in text:
-        return f"CRC-32 mismatch: the compressed bytes are damaged ({text})"
-    return text
+        return "corrupt gzip stream: its CRC-32 does not match (damaged bytes)"
+    return f"corrupt or truncated gzip stream ({text})"
 
 
 def _runs_of(dest: np.ndarray) -> list[tuple[int, int]]:
