@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlcli_core.errors import UsageError, from_os_error
+from sqlcli_core.errors import SqlError, UsageError, from_os_error
 
 
 def temp_path_for(path: Path) -> Path:
@@ -65,10 +65,15 @@ def writable_directory(path: str | os.PathLike, what: str) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        err = from_os_error(exc, f"creating a file in {path}")
-        reason = (exc.strerror or str(exc))
-        raise type(err)(f"{what} {path} is not writable ({reason[:1].lower()}{reason[1:]})", hint=err.hint) from None
+        raise not_writable(path, what, exc) from None
     return path
+
+
+def not_writable(path: str | os.PathLike, what: str, exc: OSError) -> SqlError:
+    """`{what} {path} is not writable (<reason>)`, with the class and exit code `errors.from_os_error` gives."""
+    err = from_os_error(exc, f"creating a file in {path}")
+    reason = exc.strerror or str(exc)
+    return type(err)(f"{what} {path} is not writable ({reason[:1].lower()}{reason[1:]})", hint=err.hint)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlcli_core.atomic import writable_directory
+from sqlcli_core.atomic import not_writable, writable_directory
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.fetch.checksums import ObjectInfo
 from sqlcli_core.data.fetch.manifest import Manifests
@@ -354,12 +354,16 @@ def fetch(selection: Selection, out: str | os.PathLike, source: Source, cfg: Fet
 
     results: dict[FileTask, FileResult] = {}
     to_stat = []
-    for task in tasks:
-        if manifests.is_verified(task.dest):
-            size = task.dest.stat().st_size
-            results[task] = FileResult(task, "skipped", size=size, have_bytes=size, note="verified before")
-        else:
-            to_stat.append(task)
+    try:
+        out.exists()  # a name too long for the file system fails here, before the source is asked
+        for task in tasks:
+            if manifests.is_verified(task.dest):
+                size = task.dest.stat().st_size
+                results[task] = FileResult(task, "skipped", size=size, have_bytes=size, note="verified before")
+            else:
+                to_stat.append(task)
+    except OSError as exc:
+        raise not_writable(out, "--out", exc) from None
 
     infos: dict[FileTask, ObjectInfo] = {}
 
@@ -525,6 +529,7 @@ def _download(tasks, pending, results, infos, out, source, cfg, manifests, progr
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.jobs), thread_name_prefix="sql-fetch")
     try:
         for res in pool.map(work, pending):
+            res.note = res.note or results[res.task].note  # keeps "damaged on disk: fetched again"
             results[res.task] = res
     except BaseException:
         # Ctrl-C, a full disk: workers stop at their next chunk; part files stay for the next run to resume.
