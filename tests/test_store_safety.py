@@ -290,3 +290,17 @@ def test_flipped_byte_in_a_gzip_stream_is_a_crc_error_naming_the_file(source, tm
     line = one_error_line(out)
     assert "observation_ckpt.2.gz: corrupt gzip stream: its CRC-32 does not match" in line and "data after" not in line
     assert os.path.exists(tmp_path / "dst")
+
+
+def test_cache_too_small_names_the_real_option_and_its_minimum(store_copy):
+    from sqlcli_core.errors import ResourceError
+
+    # by hand: units of 4 chunks of 64 rows; a slot holds U + 3 padding + n rows of frames (7056 B) and
+    # action/reward/terminal (9 B), plus U int32 valid indices; 1 game + 2 spare slots
+    U = 4 * CHUNK
+    need = (1 + 2) * ((U + 3 + 3) * (84 * 84 + 9) + U * 4)
+    with pytest.raises(ResourceError) as info:
+        ReplaySampler(store_copy, batch_size=8, cache_bytes=10)
+    assert f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}" in str(info.value)
+    with ReplaySampler(store_copy, batch_size=8, cache_bytes=need) as s:
+        assert s.next_batch().state.shape == (8, 4, 84, 84)
