@@ -304,3 +304,13 @@ def test_cache_too_small_names_the_real_option_and_its_minimum(store_copy):
     assert f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}" in str(info.value)
     with ReplaySampler(store_copy, batch_size=8, cache_bytes=need) as s:
         assert s.next_batch().state.shape == (8, 4, 84, 84)
+
+
+def test_pretrain_on_a_store_with_a_deleted_chunk_stops_with_one_line(store_copy, tmp_path):
+    """The issue's case: a deleted chunk used to train as zero frames. The default cache holds this whole
+    small store, so the first batch loads every unit."""
+    chunk_file(store_copy, "frames", 3).unlink()
+    out = sql("pretrain", "--data", str(store_copy), "--run-dir", str(tmp_path / "run"), "--games", "pong",
+              "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8", "--steps", "4", timeout=600)
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "Pong/1: chunk 3 of frames (rows 192-256) is missing" in one_error_line(out)
