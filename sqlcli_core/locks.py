@@ -19,6 +19,7 @@ inode it locked, for the same reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -107,7 +108,14 @@ def directory_flock(directory: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise from_os_error(exc, f"creating the directory {path}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            # Some network file systems cannot lock a directory (NFS emulates flock with byte-range locks,
+            # which need a file open for writing): go on unlocked; this only guards a short, idempotent
+            # creation, and each writer still takes its `writer_lock`.
+            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise from_os_error(exc, f"locking the directory {path}") from None
         yield path
     finally:
         os.close(fd)

@@ -314,3 +314,35 @@ def test_pretrain_on_a_store_with_a_deleted_chunk_stops_with_one_line(store_copy
               "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8", "--steps", "4", timeout=600)
     assert out.returncode == 3, out.stderr[-2000:]
     assert "Pong/1: chunk 3 of frames (rows 192-256) is missing" in one_error_line(out)
+
+
+def test_directory_flock_waits_for_its_holder_and_a_killed_holder_releases_it(tmp_path):
+    import threading
+
+    from sqlcli_core.locks import directory_flock
+
+    hold = textwrap.dedent("""
+        import sys, time
+        from sqlcli_core.locks import directory_flock
+        with directory_flock(sys.argv[1]):
+            print("locked", flush=True)
+            time.sleep(600)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path / "store")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    got = threading.Event()
+
+    def wait_for_it():
+        with directory_flock(tmp_path / "store"):
+            got.set()
+
+    waiter = threading.Thread(target=wait_for_it, daemon=True)
+    waiter.start()
+    try:
+        assert not got.wait(1.0)  # blocked while the holder lives
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert got.wait(30)
+    waiter.join()
+    assert list((tmp_path / "store").iterdir()) == []  # leaves no file
