@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sqlcli_core.errors import SqlError, UsageError, from_os_error
+
 
 def temp_path_for(path: Path) -> Path:
     """A unique temporary name in the same directory as `path` (same filesystem, so rename is atomic)."""
@@ -47,6 +49,31 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def writable_directory(path: str | os.PathLike, what: str) -> Path:
+    """Create the directory `path` if needed and check that a file can be created in it, before a command
+    writes anything there. `what` names it for the user ("--out", "the store"). A one-line SqlError, with
+    the class and exit code of `errors.from_os_error`, when it is a regular file, read-only, not permitted,
+    under a path that cannot hold files (/proc), or a name too long for the file system."""
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{what} {path} is a file, not a directory", hint="choose a directory path")
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".sql-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise not_writable(path, what, exc) from None
+    return path
+
+
+def not_writable(path: str | os.PathLike, what: str, exc: OSError) -> SqlError:
+    """`{what} {path} is not writable (<reason>)`, with the class and exit code `errors.from_os_error` gives."""
+    err = from_os_error(exc, f"creating a file in {path}")
+    reason = exc.strerror or str(exc)
+    return type(err)(f"{what} {path} is not writable ({reason[:1].lower()}{reason[1:]})", hint=err.hint)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -19,6 +19,7 @@ inode it locked, for the same reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -92,3 +93,29 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str, hint: str) -> Iterat
 def directory_lock(directory: str | os.PathLike, *, what: str, hint: str) -> contextlib.AbstractContextManager:
     """`writer_lock` on DIRECTORY/.sql-writer.lock: one writer per directory."""
     return writer_lock(Path(directory) / LOCK_NAME, what=what, hint=hint)
+
+
+@contextlib.contextmanager
+def directory_flock(directory: str | os.PathLike) -> Iterator[Path]:
+    """A *blocking* exclusive flock on DIRECTORY itself (created if missing), for a short section that must
+    run in one process at a time, the others waiting (creating a store's root and groups once when two
+    writers start together). It leaves no file behind, so it can guard a directory whose listing others
+    read (a Zarr group). Released by the kernel when the holder dies, like `writer_lock`."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating the directory {path}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            # Some network file systems cannot lock a directory (NFS emulates flock with byte-range locks,
+            # which need a file open for writing): go on unlocked; this only guards a short, idempotent
+            # creation, and each writer still takes its `writer_lock`.
+            if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                raise from_os_error(exc, f"locking the directory {path}") from None
+        yield path
+    finally:
+        os.close(fd)

@@ -279,7 +279,10 @@ def test_foreign_data_is_never_overwritten_and_stale_scratch_is_cleared(tmp_path
     final = core.run_dir(tmp_path, "Breakout", 1)
     assert not scratch.exists() and not (final / "leftover.gz").exists()
     assert sorted(p.name for p in final.iterdir()) == ["collect_log.json", "replay_logs"]
-    assert [p.name for p in (tmp_path / "Breakout").iterdir()] == ["1"]  # no lock or scratch left behind
+    # no scratch left behind; the lock file stays (sqlcli_core.locks: deleting it would race) and is free
+    assert sorted(p.name for p in (tmp_path / "Breakout").iterdir()) == [".1.lock", "1"]
+    with core._run_lock(tmp_path, "Breakout", 1):
+        pass
 
 
 def make_tiny_run(run_dir, games):
@@ -353,7 +356,7 @@ def test_a_run_being_collected_elsewhere_is_refused(tmp_path):
     (tmp_path / "Breakout").mkdir()
     with open(tmp_path / "Breakout" / ".1.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(UsageError, match="Breakout/1 under .* is being collected by another process"):
+        with pytest.raises(UsageError, match="Breakout/1 under .* is being written by another process"):
             core.collect_run(core.RunConfig("Breakout", 1, transitions=10, capacity=64), tmp_path)
 
 

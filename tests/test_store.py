@@ -21,6 +21,7 @@ from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sampler import reference_is_valid
 from sqlcli_core.errors import DataError
+from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import complete_episodes, covered_segments, stored_positions, write_run
 
 CAP, TOTAL = 200, 1150
@@ -51,11 +52,12 @@ def sharded(source, tmp_path_factory):
 
 
 def tree_bytes(path: Path, skip_root_json: bool = True) -> dict[str, bytes]:
-    """Every file of a store (relative path -> bytes), without the root zarr.json (provenance timestamps)."""
+    """Every file of a store (relative path -> bytes), without the root zarr.json (provenance timestamps) and
+    the writer-lock files (who held them last: not data)."""
     out = {}
     for p in sorted(path.rglob("*")):
         rel = str(p.relative_to(path))
-        if p.is_file() and not (skip_root_json and rel == "zarr.json"):
+        if p.is_file() and p.name != LOCK_NAME and not (skip_root_json and rel == "zarr.json"):
             out[rel] = p.read_bytes()
     return out
 
@@ -132,10 +134,13 @@ def test_cli_json_rerun_is_a_noop_and_verify_catches_corruption(source, sharded,
     for r in summary["runs"]:
         for k in ("rows", "episodes", "return_mean", "return_min", "return_max", "sampleable_transitions"):
             assert r[k] == ref[(r["game"], r["run"])][k]
-    before = {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
+    def mtimes():  # every file but the writer-lock records, which each run rewrites (who holds the lock)
+        return {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+
+    before = mtimes()
     again = st.shard(root, dst, config=st.ShardConfig(frame_chunk=64))
     assert again["appended"] == 0
-    assert {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()} == before
+    assert mtimes() == before
     assert st.verify(dst)["ok"]
     # swap two frame chunks of Pong/1: still valid zstd, wrong content
     chunks = sorted((dst / "Pong" / "1" / "frames" / "c").rglob("*"))

@@ -40,6 +40,10 @@ def fetch_data(
                                        "doubles per consecutive failure, capped at 60 s. Default 1.0."),
     timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds without any data before a connection "
                                   "counts as dropped. Default 60."),
+    verify_existing: bool = typer.Option(False, "--verify-existing", help="Re-hash every file already here against "
+                                         "the md5 its manifest recorded (and re-check its gzip CRC and .npy header) "
+                                         "instead of trusting an unchanged size and mtime; damaged files are fetched "
+                                         "again."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be fetched, with sizes (HEAD "
                                  "requests, or stat for --from); writes nothing."),
     as_json: bool = JSON_OPTION,
@@ -57,7 +61,8 @@ def fetch_data(
     chosen = {"games": list(selection.games), "runs": list(selection.runs),
               "checkpoints": list(selection.checkpoints), "transitions": selection.transitions}
     source = F.open_source(base_url, from_dir, link, timeout=timeout)
-    cfg = F.FetchConfig(jobs=jobs, retries=retries, backoff_base=backoff_base, dry_run=dry_run)
+    cfg = F.FetchConfig(jobs=jobs, retries=retries, backoff_base=backoff_base, dry_run=dry_run,
+                        verify_existing=verify_existing)
     console.print(f"fetch-data: {len(selection.games)} games x {len(selection.runs)} runs x "
                   f"{len(selection.checkpoints)} checkpoints = {selection.num_files} files, "
                   f"{selection.transitions / 1e6:,.0f}M transitions, from {source.description}", highlight=False)
@@ -131,6 +136,9 @@ def _print_dry_run(report: F.FetchReport) -> None:
 def _print_result(report: F.FetchReport) -> None:
     s = report.summary()
     f = s["files"]
+    if s["reverified"] or s["damaged_existing"]:
+        console.print(f"--verify-existing: {s['reverified']} files re-hashed and intact, "
+                      f"{len(s['damaged_existing'])} damaged and fetched again", highlight=False)
     console.print(f"fetched {f['fetched']}, skipped {f['skipped']} (already verified), failed {f['failed']}, "
                   f"missing {f['missing']}; {F.format_bytes(s['bytes_transferred'])} in {s['seconds']:.1f} s "
                   f"({s['mb_per_s']:.1f} MB/s) -> {report.out}", highlight=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import functools
 import json
 import os
@@ -31,10 +30,11 @@ import numpy as np
 
 from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol, AtariGame
 from sqlcli_core.atari.games import Game, game_index, validate_variant
-from sqlcli_core.atomic import atomic_output, write_json
+from sqlcli_core.atomic import atomic_output, writable_directory, write_json
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.ring_buffer import RingBuffer
-from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
+from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
 
 LOG_NAME = "collect_log.json"
@@ -483,7 +483,10 @@ def collect_run(config: RunConfig, root: str | os.PathLike, progress: ProgressFn
         with _run_lock(root, config.game, config.run):
             log = finished_log(root, config)  # another process may have finished it meanwhile
             if log is None:
-                log, resumed = _collect_unlocked(config, root, progress, progress_every)
+                try:
+                    log, resumed = _collect_unlocked(config, root, progress, progress_every)
+                except OSError as exc:  # a full or read-only disk: one line; the partial run stays resumable
+                    raise from_os_error(exc, f"writing {partial_dir(root, config.game, config.run)}") from None
                 status = "resumed" if resumed else "collected"
     if status == "skipped" and progress is not None:
         progress(log["transitions"])
@@ -519,21 +522,11 @@ def _collect_unlocked(config: RunConfig, root: str | os.PathLike, progress: Prog
     return log, resume is not None
 
 
-@contextlib.contextmanager
-def _run_lock(root: str | os.PathLike, game: str, run: int):
-    """Hold ROOT/{Game}/.{run}.lock so that two processes never write the same partial run."""
-    path = Path(root) / game / f".{run}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"{game}/{run} under {root} is being collected by another process",
-                             hint="wait for it to finish, or use another --out") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+def _run_lock(root: str | os.PathLike, game: str, run: int) -> contextlib.AbstractContextManager:
+    """One collector per game/run: ROOT/{Game}/.{run}.lock (`sqlcli_core.locks`: a flock the kernel releases
+    when its holder dies; the file stays, deleting it would let two processes hold the lock)."""
+    return writer_lock(Path(root) / game / f".{run}.lock", what=f"{game}/{run} under {root}",
+                       hint="wait for that collect to finish, or use another --out")
 
 
 def _read_resume(work: Path, config: RunConfig) -> dict | None:
@@ -565,6 +558,7 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
         validate(c)
     if configs:
         check_memory(max(c.capacity for c in configs), min(jobs, len(configs)))
+        writable_directory(root, "--out")  # a file, /proc, read-only, a too long name: one line, exit 2
     if jobs <= 1 or len(configs) <= 1:
         return [collect_run(c, root, (lambda s, c=c: progress(c.game, c.run, s)) if progress else None)
                 for c in configs]

@@ -196,7 +196,8 @@ class ReplaySampler:
         if self.slots_per_game < 1:
             need = (G + self.spares) * slot_bytes(U, n_step)
             raise ResourceError(f"cache_bytes={self.cache_bytes} holds no unit per game ({G} games, "
-                                f"{slot_bytes(U, n_step)} bytes a unit)", hint=f"give at least {need} bytes or lower unit_chunks")
+                                f"{slot_bytes(U, n_step)} bytes a unit)",
+                                hint=f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}")
         self.slots = K = self.slots_per_game * G
         P = K + self.spares
         self._frames = np.zeros((P * R, *rf.FRAME_SHAPE), dtype=np.uint8)

@@ -10,6 +10,8 @@ it (`open_run_set` for a Zarr replay store, or any other source that can hand ou
 - A **row selection** is a run whose segments list only the chosen rows (`RunView.select`): the arrays
   stay the store's own, nothing is copied, and the sampler's validity rule keeps every transition
   inside the selection.
+- Reads of a store's arrays fail with one DataError naming game/run/array/chunk when a chunk is missing or
+  corrupt, never with zeros (`store.integrity`).
 - `RunSet`: the games a source holds (in sorted order) and its runs.
 """
 
@@ -22,7 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlcli_core.data import store as st
-from sqlcli_core.errors import UsageError
+from sqlcli_core.data.store.integrity import DAMAGED_HINT, checked_arrays, checked_root, describe, structure_problems
+from sqlcli_core.errors import DataError, UsageError
 
 ARRAY_NAMES = ("frames", "actions", "rewards", "terminals")
 Segment = tuple[int, int, int]
@@ -81,11 +84,15 @@ def open_run_set(source: Any, games: Iterable[str] | None = None, runs: Iterable
     root = source if hasattr(source, "attrs") else st.open_store(source, "r")
     location = str(getattr(root, "store_path", "") or (os.fspath(source) if not hasattr(source, "attrs") else ""))
     run_set = None if runs is None else {int(r) for r in runs}
+    root = checked_root(root)  # damage reads as an error, never as zeros (store/integrity.py)
+    problems = structure_problems(root, games=None if games is None else set(games))
+    if problems:
+        raise DataError(f"{location}/{describe(problems[0])}", hint=DAMAGED_HINT)
 
     def view(game: str, run: int, group) -> RunView:
         meta = st.run_meta(group)
         rows = int(meta["rows"])
-        arrays = {k: group[k] for k in ARRAY_NAMES} if rows else {}
+        arrays = checked_arrays(group, ARRAY_NAMES, f"{location}/{game}/{run}") if rows else {}
         return RunView(game, run, rows, tuple((int(s), int(e), int(ss)) for s, e, ss, *_ in meta["segments"]),
                        arrays, tuple(meta.get("checkpoints", [])), f"{location}/{game}/{run}")
 

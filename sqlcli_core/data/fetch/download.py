@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from sqlcli_core.atomic import not_writable, writable_directory
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.fetch.checksums import ObjectInfo
 from sqlcli_core.data.fetch.manifest import Manifests
@@ -31,7 +32,8 @@ from sqlcli_core.data.fetch.sources import (
     Transient,
 )
 from sqlcli_core.data.fetch.verification import BadPayload, ChecksumMismatch, verify_file
-from sqlcli_core.errors import ResourceError, SourceUnavailable
+from sqlcli_core.errors import ResourceError, SourceUnavailable, from_os_error
+from sqlcli_core.locks import LOCK_NAME, writer_lock
 from sqlcli_core.provenance import provenance
 
 try:  # POSIX advisory locks keep two concurrent fetches from writing into the same part file.
@@ -40,6 +42,9 @@ except ImportError:  # pragma: no cover - non-POSIX
     fcntl = None
 
 # ------------------------------------------------------------------------------------------ fetching
+
+REVERIFIED = "re-verified against the manifest"  # notes of --verify-existing
+REFETCHED_DAMAGED = "damaged on disk since it was verified: fetched again"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,7 @@ class FetchConfig:
     chunk_bytes: int = 1 << 20
     dry_run: bool = False
     check_disk: bool = True
+    verify_existing: bool = False  # re-hash files the manifest vouches for, instead of trusting size and mtime
 
 
 @dataclasses.dataclass
@@ -112,6 +118,8 @@ class FetchReport:
             "missing_checkpoints": [{"game": g, "run": r, "checkpoint": c} for g, r, c in self.missing_checkpoints],
             "failures": [{"file": r.task.rel, "error": r.error, "content": r.content_error}
                          for r in self.by_status("failed")],
+            "reverified": sum(r.note == REVERIFIED for r in self.results),
+            "damaged_existing": [r.task.rel for r in self.results if r.note == REFETCHED_DAMAGED],
         }
         if self.dry_run:
             out["bytes_to_fetch"] = self.bytes_to_fetch
@@ -279,6 +287,8 @@ def _fetch_one(task: FileTask, info: ObjectInfo, source: Source, cfg: FetchConfi
         result.error = f"vanished from the source during the run ({exc})"
     except (Denied, Permanent) as exc:
         result.error = str(exc)
+    except OSError as exc:  # writing here failed (a full disk, a read-only mount): stops the whole run
+        raise from_os_error(exc, f"writing {task.part}") from None
     return result
 
 
@@ -344,12 +354,16 @@ def fetch(selection: Selection, out: str | os.PathLike, source: Source, cfg: Fet
 
     results: dict[FileTask, FileResult] = {}
     to_stat = []
-    for task in tasks:
-        if manifests.is_verified(task.dest):
-            size = task.dest.stat().st_size
-            results[task] = FileResult(task, "skipped", size=size, have_bytes=size, note="verified before")
-        else:
-            to_stat.append(task)
+    try:
+        out.exists()  # a name too long for the file system fails here, before the source is asked
+        for task in tasks:
+            if manifests.is_verified(task.dest):
+                size = task.dest.stat().st_size
+                results[task] = FileResult(task, "skipped", size=size, have_bytes=size, note="verified before")
+            else:
+                to_stat.append(task)
+    except OSError as exc:
+        raise not_writable(out, "--out", exc) from None
 
     infos: dict[FileTask, ObjectInfo] = {}
 
@@ -426,10 +440,72 @@ def fetch(selection: Selection, out: str | os.PathLike, source: Source, cfg: Fet
         results[task] = FileResult(task, "planned", size=info.size, have_bytes=have, note=note)
         pending.append(task)
 
-    need = 0 if linking else sum(results[t].size - results[t].have_bytes for t in pending if not t.dest.exists())
     if cfg.dry_run:
         ordered = [results[t] for t in tasks]
         return FetchReport(source.description, out, ordered, time.monotonic() - t0, True)
+    if not pending and not cfg.verify_existing:  # everything verified before: nothing to write, nothing to lock
+        return FetchReport(source.description, out, [results[t] for t in tasks], time.monotonic() - t0, False)
+    writable_directory(out, "--out")
+    with _writer_locks(out, tasks):
+        manifests = Manifests(stamp)  # read again under the locks: another fetch may have recorded files since
+        if cfg.verify_existing:
+            for task, ok in _rehash_recorded(tasks, results, manifests, cfg):
+                if ok:
+                    results[task].note = REVERIFIED
+                    continue
+                try:  # damaged since it was verified: deleted, fetched again
+                    infos[task] = _stat_with_retries(source, task.rel, cfg)
+                except (Missing, Denied, Transient, Permanent) as exc:
+                    results[task] = FileResult(task, "failed", error=f"damaged on disk, and could not stat: {exc}")
+                    continue
+                results[task] = FileResult(task, "planned", size=infos[task].size, note=REFETCHED_DAMAGED)
+                pending.append(task)
+        _download(tasks, pending, results, infos, out, source, cfg, manifests, progress, linking)
+    ordered = [results[t] for t in tasks]
+    return FetchReport(source.description, out, ordered, time.monotonic() - t0, False)
+
+
+def _writer_locks(out: Path, tasks: list[FileTask]) -> contextlib.ExitStack:
+    """One fetch-data per game/run directory: a lock on each OUT/{Game}/{run}/replay_logs of the selection
+    (fetches of other games or runs into the same --out go on in parallel); the second is refused (exit 2)."""
+    stack = contextlib.ExitStack()
+    try:
+        for directory in sorted({t.dest.parent for t in tasks}):
+            where = directory.parent.relative_to(out) if directory.is_relative_to(out) else directory
+            stack.enter_context(writer_lock(directory / LOCK_NAME, what=f"{where} under {out}",
+                                            hint="wait for that fetch-data to finish, or fetch other games/runs"))
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _rehash_recorded(tasks, results, manifests: Manifests, cfg: FetchConfig):
+    """(task, ok) for every file the manifest vouched for: its bytes re-hashed (md5 against the record) and
+    re-verified (gzip CRC, .npy header and length), `cfg.jobs` at a time. A damaged file is deleted."""
+    recorded = [t for t in tasks if results[t].status == "skipped"]
+
+    def check(task: FileTask) -> tuple[FileTask, bool]:
+        entry = manifests.recorded(task.dest) or {}
+        try:
+            ok = verify_file(task.dest, task.kind, None).md5 == entry.get("md5")
+        except (ChecksumMismatch, BadPayload):
+            ok = False
+        except OSError as exc:
+            raise from_os_error(exc, f"reading {task.dest}") from None
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                task.dest.unlink()
+            manifests.forget(task.dest)
+        return task, ok
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs), thread_name_prefix="sql-rehash") as pool:
+        return list(pool.map(check, recorded))
+
+
+def _download(tasks, pending, results, infos, out, source, cfg, manifests, progress, linking) -> None:
+    """Download, verify and publish the pending files (`cfg.jobs` threads), after the disk-space check."""
+    need = 0 if linking else sum(results[t].size - results[t].have_bytes for t in pending if not t.dest.exists())
     if cfg.check_disk and need > 0:
         check_disk_space(out, need)
 
@@ -453,19 +529,22 @@ def fetch(selection: Selection, out: str | os.PathLike, source: Source, cfg: Fet
     pool = ThreadPoolExecutor(max_workers=max(1, cfg.jobs), thread_name_prefix="sql-fetch")
     try:
         for res in pool.map(work, pending):
+            res.note = res.note or results[res.task].note  # keeps "damaged on disk: fetched again"
             results[res.task] = res
     except BaseException:
-        # Ctrl-C: workers stop at their next chunk; part files stay for the next run to resume.
+        # Ctrl-C, a full disk: workers stop at their next chunk; part files stay for the next run to resume.
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(OSError):  # the manifest is a cache: losing entries costs a re-verification
+            manifests.flush()
         raise
-    finally:
+    try:
         manifests.flush()
+    except OSError as exc:
+        raise from_os_error(exc, f"writing the fetch manifests under {out}") from None
     pool.shutdown(wait=True)
     # Stale parts of files that are now final (e.g. published by a concurrent run) are garbage.
     for task in tasks:
         if results[task].status in ("fetched", "skipped") and task.part.exists():
             with contextlib.suppress(FileNotFoundError):
                 task.part.unlink()
-    ordered = [results[t] for t in tasks]
-    return FetchReport(source.description, out, ordered, time.monotonic() - t0, False)

@@ -56,6 +56,12 @@ class Manifests:
             return False
         return entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns
 
+    def recorded(self, path: Path) -> dict | None:
+        """The manifest's entry for `path` (size, mtime_ns, md5, ...), or None."""
+        with self._lock:
+            entry = self._load(path.parent).get(path.name)
+        return entry if isinstance(entry, dict) else None
+
     def record(self, path: Path, verified: Verified, source: str) -> None:
         st = path.stat()
         entry = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": verified.md5, "dtype": verified.dtype,

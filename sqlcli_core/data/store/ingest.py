@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sqlcli_core.atari.games import minimal_action_set
+from sqlcli_core.atomic import writable_directory
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.store import remote
 from sqlcli_core.data.store.scan import PlannedCheckpoint, SourceCheckpoint, plan_run, scan_source
@@ -43,7 +44,8 @@ from sqlcli_core.data.store.schema import (
     truncate_rows,
 )
 from sqlcli_core.data.store.stats import run_report, run_statistics
-from sqlcli_core.errors import DataError, SqlError, UsageError
+from sqlcli_core.errors import DataError, SqlError, UsageError, from_os_error
+from sqlcli_core.locks import LOCK_NAME, directory_flock, writer_lock
 
 # ------------------------------------------------------------------------------------------- hashing
 
@@ -115,15 +117,28 @@ def _frame_blocks(path: Path, capacity: int, block_rows: int, out: queue.Queue, 
                     out.put((row, np.frombuffer(buf, np.uint8).reshape(n, *rf.FRAME_SHAPE)))
                     row += n
                 if f.read(1):
+                    # More bytes than the header announces: a damaged deflate stream can inflate to extra
+                    # bytes before its CRC check fails, so read to the end first and blame the CRC if it does.
+                    while f.read(1 << 20):
+                        pass
                     raise DataError(f"{path}: data after the .npy payload", hint="this file is not DQN-Replay data")
             hr.drain()
         out.put(("end", hr.sha256.hexdigest(), hr.bytes))
-    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
-        out.put(("error", DataError(f"{path}: corrupt or truncated gzip stream ({exc})", hint="delete it and fetch it again")))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        out.put(("error", DataError(f"{path}: {_gzip_problem(exc)}", hint="delete it and fetch it again")))
+    except OSError as exc:  # reading the source failed (not its content): an I/O error of the disk
+        out.put(("error", from_os_error(exc, f"reading {path}")))
     except ValueError as exc:
         out.put(("error", DataError(f"{path}: not a plain .npy payload ({exc})", hint="this file is not DQN-Replay data")))
     except BaseException as exc:  # noqa: BLE001 - handed to the writer thread, which re-raises it
         out.put(("error", exc))
+
+
+def _gzip_problem(exc: BaseException) -> str:
+    text = str(exc)
+    if "CRC check failed" in text or "incorrect data check" in text:
+        return "corrupt gzip stream: its CRC-32 does not match (damaged bytes)"
+    return f"corrupt or truncated gzip stream ({text})"
 
 
 def _runs_of(dest: np.ndarray) -> list[tuple[int, int]]:
@@ -252,19 +267,32 @@ def shard_run(dst: str | os.PathLike, game: str, run: int, ckpts: Sequence[Sourc
 
 
 def _run_writer(root, dst, game: str, run: int, config: ShardConfig):
-    """What keeps a run group to one writer: a lease in object storage; nothing extra on a local disk."""
+    """What keeps a run group to one writer: a lease in object storage (remote.writer_lease), an exclusive
+    flock on a local disk (`_local_writer`)."""
     if isinstance(dst, str):
         return remote.writer_lease(root.store, f"{root.store_path.path.strip('/')}/{game}/{run}".strip("/"),
                                    what=f"{dst}/{game}/{run}", seconds=config.lease_seconds)
-    return contextlib.nullcontext()
+    return _local_writer(dst, game, run)
+
+
+def _local_writer(dst: Path, game: str, run: int):
+    """One writer per run group of a local store: an exclusive flock on DST/{Game}/{run}/.sql-writer.lock,
+    released by the kernel when its holder dies (`sqlcli_core.locks`), so a killed shard leaves nothing to
+    clean up and a second writer is refused with one line naming the first."""
+    where = dst / game / str(run)
+    return writer_lock(where / LOCK_NAME, what=f"the run group {where}",
+                       hint="wait for that shard to finish, or shard into another DST")
 
 
 def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
     dst = store_location(dst)
     root = open_store(dst, "a")
     with _run_writer(root, dst, game, run, config) as lease:
-        return _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop,
-                                 lease.check if lease is not None else (lambda: None))
+        try:
+            return _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop,
+                                     lease.check if lease is not None and hasattr(lease, "check") else (lambda: None))
+        except OSError as exc:  # a full disk, an I/O error: one line naming the run, exit 5 (or 2)
+            raise from_os_error(exc, f"writing {dst}/{game}/{run}") from None
 
 
 def _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop, may_write) -> dict:
@@ -311,7 +339,9 @@ def _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop, may_w
                                        may_write=may_write)
             may_write()
         except BaseException:
-            with contextlib.suppress(SqlError):  # a writer that lost its lease leaves the rows to the next one
+            # A writer that lost its lease leaves the rows to the next one; a full disk may refuse the
+            # truncation too: the next shard truncates, and readers never read past the committed rows.
+            with contextlib.suppress(SqlError, OSError):
                 may_write()
                 truncate_rows(group, committed)
             raise
@@ -331,6 +361,23 @@ def _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop, may_w
 
 
 # ------------------------------------------------------------------------------------------- shard
+
+
+def _create_groups(dst: Path, found, provenance_block: dict | None) -> None:
+    """Create the store's root and the selected game and run groups once, one process at a time (two
+    shards of different games may start together), and refuse before anything is written when another
+    shard holds one of the selected run groups."""
+    try:
+        with directory_flock(dst):
+            root = create_store(dst, provenance_block)
+            for game, run in found:
+                ensure_run_group(root, game, run)
+            for game, run in found:
+                with _local_writer(dst, game, run):
+                    pass
+    except OSError as exc:
+        raise from_os_error(exc, f"creating the store {dst}") from None
+
 
 
 _worker_queue = None
@@ -360,9 +407,13 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
     dst = store_location(dst)
     found, notes = scan_source(src, games, runs, checkpoints)
     plans = {k: plan_run(v) for k, v in found.items()}  # validates ordering before anything is written
-    root = create_store(dst, provenance_block)
-    for game, run in found:
-        ensure_run_group(root, game, run)
+    if isinstance(dst, str):  # object storage: conditional creates make the root and groups once
+        root = create_store(dst, provenance_block)
+        for game, run in found:
+            ensure_run_group(root, game, run)
+    else:
+        writable_directory(dst, "the store")
+        _create_groups(dst, found, provenance_block)
     if on_plan:
         on_plan({f"{g}/{r}": plans[(g, r)][-1].rows_end for g, r in found})
     results = []

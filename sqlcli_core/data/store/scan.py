@@ -128,6 +128,8 @@ def scan_source(src: str | os.PathLike, games: Sequence[str] | None = None, runs
                 checkpoints: set[int] | None = None) -> tuple[dict[tuple[str, int], list[SourceCheckpoint]], list[str]]:
     """All selected (game, run) -> checkpoints under SRC/{Game}/{run}/replay_logs, and notes on what was skipped."""
     src = Path(src)
+    if src.exists() and not src.is_dir():
+        raise UsageError(f"source {src} is a file, not a directory", hint="pass the directory that holds {Game}/{run}/replay_logs")
     if not src.is_dir():
         raise UsageError(f"source directory {src} does not exist", hint="pass the directory that holds {Game}/{run}/replay_logs")
     notes: list[str] = []

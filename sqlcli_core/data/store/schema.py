@@ -37,6 +37,7 @@ class ShardConfig:
     block_chunks: int = 8  # frames are streamed from the gzip file in blocks of this many chunks
     n_step: int = DEFAULT_N_STEP  # for the "sampleable transitions" count of the summary
     lease_seconds: float = remote.LEASE_SECONDS  # object storage: the writer lease time (docs/store-format.md)
+    checksum: bool = True  # a crc32c of every chunk of new arrays, checked on every read (store/integrity.py)
 
 
 # ------------------------------------------------------------------------------------------- store
@@ -195,8 +196,9 @@ def iter_runs(root, games: Iterable[str] | None = None, runs: set[int] | None = 
 
 
 def create_arrays(group, config: ShardConfig) -> None:
-    from zarr.codecs import ZstdCodec
+    from zarr.codecs import Crc32cCodec, ZstdCodec
 
+    codecs = [ZstdCodec(level=config.zstd_level), *([Crc32cCodec()] if config.checksum else [])]
     for name, dtype in ARRAY_DTYPES.items():
         if name in group:
             continue
@@ -205,7 +207,7 @@ def create_arrays(group, config: ShardConfig) -> None:
         else:
             shape, chunks = (0,), (config.scalar_chunk,)
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                           compressors=[ZstdCodec(level=config.zstd_level)])
+                           compressors=codecs)
 
 
 def truncate_rows(group, rows: int) -> None:
