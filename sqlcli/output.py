@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from sqlcli_core.errors import SqlError, UsageError, from_os_error
+from sqlcli_core.errors import SqlError, SqlWarning, UsageError, from_os_error
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
@@ -64,11 +64,26 @@ def quiet_third_party(verbose: bool) -> None:
     """Third-party log lines and Python warnings stay out of normal runs; `sql --verbose` keeps them.
 
     Only the CLI does this: the library leaves global logging and warning filters alone."""
+    warnings.showwarning = _show_warning
     if verbose:
         return
     for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.simplefilter("ignore")  # sql itself reports through its own lines, never through `warnings`
+        # CRITICAL, not ERROR: Orbax logs the errors of its background save threads (a full disk) with
+        # tracebacks; the command reports them itself, as one line.
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.simplefilter("ignore")  # other libraries' warnings stay out of normal runs
+    warnings.simplefilter("always", SqlWarning)  # the library's own: one `warning:` line each
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """sql's own warnings (SqlWarning) as one `warning: ...` line on stderr; others as Python prints them."""
+    if issubclass(category, SqlWarning):
+        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 # click's base exception, whether typer uses click or its own vendored copy (typer >= 0.2x).
