@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -43,8 +44,28 @@ def print_error(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, highlight=False)
 
 
+# Set by the `sql` entry point (a process of its own) and by `sql --verbose`.
+_process = {"entry_point": False, "verbose": False}
+
+
+def exit_quietly_after_errors() -> None:
+    """Called by the `sql` entry point: after an error line, late noise on stderr is dropped (see `fail`)."""
+    _process["entry_point"] = True
+
+
 def fail(message: str, code: int = 2) -> None:
+    """Print `error: <message>` and exit with `code`.
+
+    In the `sql` process (not under a test runner) and without --verbose, stderr is then pointed at
+    /dev/null: background threads of the libraries (Orbax's async save threads after a full disk, asyncio
+    loops closing) would otherwise print tracebacks around the one error line while the interpreter exits.
+    Every file sql writes is atomic, so nothing is lost by not hearing from them."""
     print_error(message)
+    if _process["entry_point"] and not _process["verbose"]:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     raise typer.Exit(code)
 
 
@@ -65,6 +86,7 @@ def quiet_third_party(verbose: bool) -> None:
 
     Only the CLI does this: the library leaves global logging and warning filters alone."""
     warnings.showwarning = _show_warning
+    _process["verbose"] = verbose
     if verbose:
         return
     for name in THIRD_PARTY_LOGGERS:
@@ -73,6 +95,20 @@ def quiet_third_party(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.simplefilter("ignore")  # other libraries' warnings stay out of normal runs
     warnings.simplefilter("always", SqlWarning)  # the library's own: one `warning:` line each
+    sys.unraisablehook = _quiet_foreign_thread_errors
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _quiet_foreign_thread_errors(unraisable) -> None:
+    """Errors that native library threads cannot raise anywhere (TensorStore callbacks into a closed asyncio
+    loop after an Orbax save failed on a full disk) are dropped; the main thread's are printed as Python
+    does. The failure itself reaches the command, which reports it as one line."""
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        _default_unraisablehook(unraisable)
 
 
 _default_showwarning = warnings.showwarning

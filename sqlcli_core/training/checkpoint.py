@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -227,7 +228,7 @@ class Checkpointer:
         meta = integrity.seal_meta({"step": int(step), "identity": self.identity, "process_count": jax.process_count(),
                                     "sampler_states": sampler_states}, integrity.state_checksums(state))
         ocp = self._ocp
-        with orbax_errors(f"saving checkpoint {step} in {self.directory}"):
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
             return bool(self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True))
 
@@ -323,11 +324,11 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until async saves are on disk."""
-        with orbax_errors(f"saving a checkpoint in {self.directory}"):
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
             self.manager.wait_until_finished()
 
     def close(self) -> None:
-        with orbax_errors(f"saving a checkpoint in {self.directory}"):
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
             self.manager.wait_until_finished()
             self.manager.close()
 
@@ -345,12 +346,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _os_error_in(exc: BaseException | None) -> OSError | None:
-    """The OSError that caused `exc` (Orbax wraps them), if any."""
+    """The OSError that caused `exc`, if any: Orbax wraps them, and TensorStore reports them as a ValueError
+    whose text carries `[os_error_code='28']`."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno is not None:
             return exc
+        found = re.search(r"os_error_code='(\d+)'", str(exc))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code))
         exc = exc.__cause__ or exc.__context__
     return None
 
