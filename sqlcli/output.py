@@ -102,12 +102,19 @@ _default_unraisablehook = sys.unraisablehook
 
 
 def _quiet_foreign_thread_errors(unraisable) -> None:
-    """Errors that native library threads cannot raise anywhere (TensorStore callbacks into a closed asyncio
-    loop after an Orbax save failed on a full disk) are dropped; the main thread's are printed as Python
-    does. The failure itself reaches the command, which reports it as one line."""
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
+    """"Exception ignored" reports that come from other libraries are dropped (without --verbose): Orbax's
+    read coroutines collected after a damaged checkpoint was skipped, TensorStore callbacks into a closed
+    asyncio loop after a save failed on a full disk. The failure itself reaches the command, which reports
+    it as one line. Reports that involve sql's own code are printed as Python does."""
+    files = []
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code", None)
+    if code is not None:
+        files.append(code.co_filename)
+    if any(f"{os.sep}sqlcli" in f for f in files):
         _default_unraisablehook(unraisable)
 
 

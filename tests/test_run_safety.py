@@ -112,7 +112,7 @@ def test_a_second_pretrain_in_the_same_run_dir_is_refused_and_a_kill_releases_th
         assert first.poll() is None, first.stderr.read().decode()[-3000:]
         second = sql(["pretrain", "--data", store, "--run-dir", run, *long_run], env)
         line = assert_one_error_line(second, 2, f"the run directory {run} is being written by pid {first.pid}")
-        assert "wait for that `sql pretrain` to finish" in line and "--steps 100000" in line
+        assert "wait for that `sql pretrain` to finish" in line and "main.py pretrain --data" in line
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
