@@ -490,10 +490,6 @@ def _read_params(checkpointer: Checkpointer, run_dir: Path, step: int, expected:
     from sqlcli_core import networks
 
     meta = checkpointer.read_meta(step)
-    diff = _identity_difference(meta.get("identity", {}), checkpointer.identity)
-    if diff is not None:
-        raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
-                        hint="the run directory was mixed up; train again or restore run.json")
     saved = saved_param_shapes(checkpointer.directory / str(step) / "state")
     if not any(m.split("/", 1)[0] == "torso" for m in saved):
         raise DataError(f"checkpoint of {run_dir} holds no torso parameters",
@@ -508,6 +504,10 @@ def _read_params(checkpointer: Checkpointer, run_dir: Path, step: int, expected:
                     f"{got if got is not None else 'missing'}, {network_config.arch} width {network_config.width} "
                     f"needs {tuple(leaf.shape)})",
                     hint="the run directory was mixed up; pass the run that wrote this checkpoint")
+    diff = _identity_difference(meta.get("identity", {}), checkpointer.identity)
+    if diff is not None:
+        raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
+                        hint="the run directory was mixed up; train again or restore run.json")
     ocp = checkpointer._ocp
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32, sharding=sharding), expected)}
