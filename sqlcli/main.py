@@ -25,7 +25,7 @@ from sqlcli.commands import (
     scale_report,
     shard,
 )
-from sqlcli.output import OneLineErrors, quiet_third_party
+from sqlcli.output import OneLineErrors, exit_quietly_after_errors, quiet_third_party
 from sqlcli_core import __version__
 
 app = typer.Typer(
@@ -67,6 +67,7 @@ app.command("games")(games.games)
 
 
 def main() -> None:
+    exit_quietly_after_errors()
     app()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from sqlcli_core.errors import SqlError, UsageError, from_os_error
+from sqlcli_core.errors import SqlError, SqlWarning, UsageError, from_os_error
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable.
 console = Console(stderr=True)
@@ -43,8 +44,28 @@ def print_error(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, highlight=False)
 
 
+# Set by the `sql` entry point (a process of its own) and by `sql --verbose`.
+_process = {"entry_point": False, "verbose": False}
+
+
+def exit_quietly_after_errors() -> None:
+    """Called by the `sql` entry point: after an error line, late noise on stderr is dropped (see `fail`)."""
+    _process["entry_point"] = True
+
+
 def fail(message: str, code: int = 2) -> None:
+    """Print `error: <message>` and exit with `code`.
+
+    In the `sql` process (not under a test runner) and without --verbose, stderr is then pointed at
+    /dev/null: background threads of the libraries (Orbax's async save threads after a full disk, asyncio
+    loops closing) would otherwise print tracebacks around the one error line while the interpreter exits.
+    Every file sql writes is atomic, so nothing is lost by not hearing from them."""
     print_error(message)
+    if _process["entry_point"] and not _process["verbose"]:
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
     raise typer.Exit(code)
 
 
@@ -64,11 +85,48 @@ def quiet_third_party(verbose: bool) -> None:
     """Third-party log lines and Python warnings stay out of normal runs; `sql --verbose` keeps them.
 
     Only the CLI does this: the library leaves global logging and warning filters alone."""
+    warnings.showwarning = _show_warning
+    _process["verbose"] = verbose
     if verbose:
         return
     for name in THIRD_PARTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.simplefilter("ignore")  # sql itself reports through its own lines, never through `warnings`
+        # CRITICAL, not ERROR: Orbax logs the errors of its background save threads (a full disk) with
+        # tracebacks; the command reports them itself, as one line.
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.simplefilter("ignore")  # other libraries' warnings stay out of normal runs
+    warnings.simplefilter("always", SqlWarning)  # the library's own: one `warning:` line each
+    sys.unraisablehook = _quiet_foreign_thread_errors
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _quiet_foreign_thread_errors(unraisable) -> None:
+    """"Exception ignored" reports that come from other libraries are dropped (without --verbose): Orbax's
+    read coroutines collected after a damaged checkpoint was skipped, TensorStore callbacks into a closed
+    asyncio loop after a save failed on a full disk. The failure itself reaches the command, which reports
+    it as one line. Reports that involve sql's own code are printed as Python does."""
+    files = []
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        files.append(tb.tb_frame.f_code.co_filename)
+        tb = tb.tb_next
+    code = getattr(unraisable.object, "cr_code", None) or getattr(unraisable.object, "gi_code", None)
+    if code is not None:
+        files.append(code.co_filename)
+    if any(f"{os.sep}sqlcli" in f for f in files):
+        _default_unraisablehook(unraisable)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """sql's own warnings (SqlWarning) as one `warning: ...` line on stderr; others as Python prints them."""
+    if issubclass(category, SqlWarning):
+        console.print(f"warning: {message}", style="yellow", markup=False, highlight=False, soft_wrap=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 # click's base exception, whether typer uses click or its own vendored copy (typer >= 0.2x).

@@ -12,8 +12,9 @@ import errno
 class SqlError(Exception):
     """An error caused by input or environment, with a one-line message meant for the user.
 
-    `exit_code` follows the CLI convention: 2 bad input or usage, 3 data or integrity problem,
-    4 remote source unavailable, 5 interrupted/resource problem (disk space, etc.).
+    `exit_code` follows the CLI convention (docs/failure-behaviour.md): 2 bad input or usage, 3 data or
+    integrity problem, 4 remote source unavailable, 5 resource problem (disk space, memory), 6 training
+    diverged (non-finite loss or parameters), 130 interrupted.
     """
 
     exit_code = 2
@@ -49,6 +50,35 @@ class ResourceError(SqlError):
     """Not enough disk space, memory or devices for what was asked."""
 
     exit_code = 5
+
+
+class NonFiniteError(SqlError):
+    """Training produced a non-finite loss or non-finite parameters: the run stopped without saving them.
+
+    `step` is the first gradient step seen non-finite (None when unknown); the runner adds the last good
+    checkpoint to the hint (`with_checkpoint`).
+    """
+
+    exit_code = 6
+
+    def __init__(self, message: str, *, hint: str | None = None, step: int | None = None):
+        self.step = step
+        super().__init__(message, hint=hint)
+
+    def with_checkpoint(self, run_dir, step: int | None) -> NonFiniteError:
+        """The same error, its hint naming the newest checkpoint of `run_dir` (all of them are finite)."""
+        where = (f"the last good checkpoint is {run_dir}/checkpoints/{step}; re-running resumes from it"
+                 if step is not None else "no checkpoint was written; re-running starts afresh")
+        self.hint = f"{where}; lower --lr or set --max-grad-norm, or check the data"
+        return self
+
+
+class SqlWarning(UserWarning):
+    """Something the user should know that does not stop the command (e.g. a damaged checkpoint skipped).
+
+    The library raises it with `warnings.warn`; the CLI prints it as one `warning:` line even when it
+    silences other libraries' warnings.
+    """
 
 
 # errno -> (error class, what went wrong, what to do). Resources (space, memory, I/O) are exit 5; a path the

@@ -26,6 +26,20 @@ def setting(default: Any, help: str, *, tag: str = "ours", flag: str | None = No
     return dataclasses.field(default=default, metadata={"help": help, "tag": tag, "flag": flag})
 
 
+def require_finite(config: Any) -> None:
+    """Refuse (UsageError, exit 2) a float setting of a config dataclass that is NaN or infinite.
+
+    Called first by every config's `__post_init__`, so that the CLI flags and TOML files share the rule
+    (`--lr nan` would otherwise pass every `<= 0` check and train on NaN)."""
+    import math
+
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+            raise UsageError(f"{flag} must be a finite number, got {value}", hint="pass a number such as 0.5")
+
+
 def field_help(cls: type, name: str) -> str:
     """The help text of `cls.name`, ending with its default (as every option's help does)."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]

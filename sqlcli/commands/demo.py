@@ -24,7 +24,11 @@ from sqlcli_core.methods import DEFAULT_METHOD, get_method
 
 
 class StepFailed(SqlError):
-    exit_code = 1
+    """A step of the demo failed: the demo exits with that step's exit code (docs/failure-behaviour.md)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, exit_code: int = 1):
+        self.exit_code = exit_code if exit_code > 0 else 1  # killed by a signal: 1
+        super().__init__(message, hint=hint)
 
 
 def _run(argv: list[str], script: list[str]) -> dict:
@@ -36,10 +40,57 @@ def _run(argv: list[str], script: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "sqlcli.main", *argv, "--json"], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise StepFailed(f"step failed with exit code {proc.returncode}: {line}",
-                         hint="its error is printed above; fix it and re-run `sql demo` to continue")
+                         hint="its error is printed above; fix it and re-run `sql demo` to continue",
+                         exit_code=proc.returncode)
     console.print(f"[dim]  done in {time.perf_counter() - started:.0f} s[/]")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
+
+
+def _validate(games: str, policy: str, epsilon: float, transitions: int, widths: str, arch: str, batch_size: int,
+              steps: int, eval_seeds: str, eval_max_steps: int, seed: int, methods: str
+              ) -> tuple[str, list[float], list[str]]:
+    """Every option checked as the steps will check it, before the first step runs (nothing is written)."""
+    from sqlcli.commands.eval import parse_seeds
+    from sqlcli_core.atari.env import get_protocol
+    from sqlcli_core.data.collect import parse_policy
+    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.training import pretrain
+
+    game_list = ",".join(g.name for g in resolve_games(games))
+    parse_policy(policy, epsilon)
+    try:
+        width_list = [float(w) for w in widths.split(",") if w.strip()]
+    except ValueError:
+        raise UsageError(f"--widths '{widths}' is not a list of numbers", hint="e.g. --widths 0.5,1") from None
+    if len(set(width_list)) < len(width_list) or len({f"{w:g}" for w in width_list}) < len(width_list):
+        raise UsageError(f"--widths '{widths}' repeats a width", hint="each width is one run; e.g. --widths 0.5,1")
+    if len(width_list) < 2:
+        raise UsageError("--widths needs at least two sizes for the scaling fit", hint="e.g. --widths 0.5,1")
+    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    if not method_list:
+        raise UsageError("--methods names no method", hint="e.g. --methods scaled-ql,bc")
+    if len({get_method(m).name for m in method_list}) < len(method_list):  # get_method: one line naming them
+        raise UsageError(f"--methods '{methods}' repeats a method", hint="e.g. --methods scaled-ql,bc")
+    for method in method_list:
+        for width in width_list:
+            NetworkConfig(arch=arch, width=width)  # the arch and the width, as pretrain checks them
+            pretrain.resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
+                                             "data": "-", "run_dir": "-", "method": method})
+    protocol = get_protocol("dopamine")
+    ev.validate_config(ev.EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,
+                                     protocol=protocol, epsilon=protocol.epsilon, max_steps=eval_max_steps))
+    if transitions < 500:
+        raise UsageError(f"--transitions must be >= 500, got {transitions}")
+    return game_list, width_list, method_list
+
+
+def _pretrain_flags(arch: str, width: float, batch_size: int, steps: int, seed: int, games: str) -> dict:
+    """The settings of one pre-training run of the demo (the flags `_run` passes, as pretrain's settings)."""
+    return {"games": games, "arch": arch, "width": width, "batch_size": batch_size, "steps": steps,
+            "target_update_period": max(1, steps // 4), "checkpoint_every": max(1, steps // 2),
+            "log_every": max(1, steps // 20), "seed": seed}
 
 
 @handles_errors
@@ -65,18 +116,8 @@ def demo(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run collect -> shard -> pretrain (two sizes per method) -> eval -> scale-report on a small default, offline."""
-    game_list = ",".join(g.name for g in resolve_games(games))
-    try:
-        width_list = [float(w) for w in widths.split(",") if w.strip()]
-    except ValueError:
-        raise UsageError(f"--widths '{widths}' is not a list of numbers", hint="e.g. --widths 0.5,1") from None
-    if len(width_list) < 2:
-        raise UsageError("--widths needs at least two sizes for the scaling fit", hint="e.g. --widths 0.5,1")
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in method_list:
-        get_method(m)  # a one-line error naming the methods
-    if not method_list:
-        raise UsageError("--methods names no method", hint="e.g. --methods scaled-ql,bc")
+    game_list, width_list, method_list = _validate(games, policy, epsilon, transitions, widths, arch, batch_size,
+                                                   steps, eval_seeds, eval_max_steps, seed, methods)
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     script: list[str] = []
@@ -91,10 +132,9 @@ def demo(
     for method, width in ((m, w) for m in method_list for w in width_list):
         # scaled-ql runs keep the names they had before methods were selectable (re-runs of the demo resume)
         run_dir = out / "runs" / (f"{arch}-w{width:g}" if method == DEFAULT_METHOD else f"{method}-{arch}-w{width:g}")
-        _run(["pretrain", "--data", str(store), "--run-dir", str(run_dir), "--games", game_list, "--arch", arch,
-              "--width", f"{width:g}", "--batch-size", str(batch_size), "--steps", str(steps),
-              "--target-update-period", str(max(1, steps // 4)), "--checkpoint-every", str(max(1, steps // 2)),
-              "--log-every", str(max(1, steps // 20)), "--seed", str(seed)]
+        flags = _pretrain_flags(arch, width, batch_size, steps, seed, game_list)
+        _run(["pretrain", "--data", str(store), "--run-dir", str(run_dir)]
+             + [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", f"{v:g}" if isinstance(v, float) else str(v))]
              + ([] if method == DEFAULT_METHOD else ["--method", method]), script)
         result = _run(["eval", str(run_dir), "--episodes", "1", "--seeds", eval_seeds, "--max-steps", str(eval_max_steps),
                        "--name", "demo", "--bootstrap-reps", "5000"], script)

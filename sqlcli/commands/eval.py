@@ -15,8 +15,9 @@ from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
 from sqlcli_core.atari.vector import choose_backend
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
-from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.errors import DataError, UsageError, from_os_error
 from sqlcli_core.evaluation import evaluate as ev
+from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_ranges
 
@@ -154,6 +155,10 @@ def eval_command(
     """Play ALE episodes and report raw and human-normalized scores with IQM/median/mean and 95% CIs."""
     protocol = get_protocol(protocol_name)
     seed_list = parse_seeds(seeds)
+    if bootstrap_reps < 1:
+        raise UsageError(f"--bootstrap-reps must be >= 1, got {bootstrap_reps}", hint="e.g. --bootstrap-reps 50000")
+    if name is not None:
+        check_name(name)
     if policy_kind not in POLICIES:
         raise UsageError(f"unknown --policy '{policy_kind}'", hint=f"choose one of {', '.join(POLICIES)}")
     if max_steps is None:
@@ -207,7 +212,25 @@ def eval_command(
         out = folder / f"{name or _default_name(label, settings, config)}.json"
     elif out.suffix != ".json":
         raise UsageError(f"--out {out} must end in .json", hint="e.g. --out results/pong.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise from_os_error(exc, f"creating {out.parent}") from None
+    with writer_lock(out.with_name(f".{out.name}.lock"), what=f"the eval result {out}",
+                     hint="wait for that `sql eval` to finish, or pass another --name or --out"):
+        _play_and_write(policy, config, policy_kind, policy_block, settings, out, num_envs, threads, backend,
+                        record, record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json)
+
+
+def check_name(name: str) -> None:
+    """--name is a file name inside the output folder: no folders, no '..', nothing hidden or empty."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise UsageError(f"--name {name!r} must be a plain file name (no '/', no leading '.')",
+                         hint="e.g. --name final; use --out PATH to write elsewhere")
+
+
+def _play_and_write(policy, config, policy_kind, policy_block, settings, out, num_envs, threads, backend, record,
+                    record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json) -> None:
     episodes_path = out.with_name(out.stem + ".episodes.jsonl")
     previous = resume_episodes(episodes_path, settings)
     total = len(config.games) * len(config.seeds) * config.episodes

@@ -274,6 +274,9 @@ def load_run_point(run_dir: str | Path, metric: str = "iqm", eval_name: str | No
     run = _read_json(run_path / "run.json", "run.json",
                      "pass run directories made by `sql pretrain` (RUN/run.json)")
     eval_path, ev = choose_eval_file(run_path, eval_name)
+    if not isinstance(ev.get("provenance"), Mapping):
+        raise DataError(f"{eval_path}: no provenance block, so not a result file of `sql eval`",
+                        hint=f"re-run `sql eval {run_dir}`, or remove that file from {run_path / 'eval'}")
 
     aggregate = _lookup(ev, (f"aggregates.{metric}",))
     value = aggregate.get("value") if isinstance(aggregate, Mapping) else None

@@ -33,7 +33,7 @@ from sqlcli_core.networks.dqn_cnn import DqnCnn
 from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
 from sqlcli_core.networks.impala import ImpalaCnn
 from sqlcli_core.networks.resnet import RESNET_LAYOUTS, ResNet
-from sqlcli_core.settings import setting
+from sqlcli_core.settings import require_finite, setting
 
 ARCHS = ("dqn", "impala") + tuple(f"resnet{d}" for d in sorted(RESNET_LAYOUTS))
 PARTS = ("torso", "spatial_embedding", "projection", "heads")
@@ -95,6 +95,7 @@ class NetworkConfig:
                                  "come out float32).")
 
     def __post_init__(self):
+        require_finite(self)
         if self.arch not in ARCHS:
             raise UsageError(f"unknown network arch '{self.arch}'", hint="choose one of " + ", ".join(ARCHS))
         if not self.width > 0:

@@ -12,9 +12,13 @@ Orbax. Arrays are restored with the caller's shardings, so a run saved on 8 devi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import re
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +29,15 @@ import numpy as np
 
 from sqlcli_core.atari.games import Game
 from sqlcli_core.atomic import atomic_output, write_json
-from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.errors import DataError, NonFiniteError, SqlError, SqlWarning, UsageError, from_os_error
 from sqlcli_core.methods import DEFAULT_METHOD, get_method
 from sqlcli_core.provenance import provenance
+from sqlcli_core.training import integrity
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "damaged-checkpoints"
 # Network settings that change how the network computes but not its parameters: a run may switch them.
 NUMERICS_ONLY = frozenset({"compute_dtype"})
 
@@ -176,7 +182,9 @@ class Checkpointer:
     """An Orbax CheckpointManager for one run: async saves every `every` steps, keeps the newest `keep`.
 
     `save` is collective (every process calls it; Orbax writes each array once); the sampler states of
-    all processes are gathered into the JSON item, indexed by process.
+    all processes are gathered into the JSON item, indexed by process. Every save carries the checksums of
+    what it saves (`integrity`) and refuses a non-finite state; `restore_intact` verifies them and falls
+    back to the newest intact checkpoint.
     """
 
     def __init__(self, run_dir: str | os.PathLike, identity: dict, *, every: int = 1000, keep: int = 3,
@@ -193,44 +201,116 @@ class Checkpointer:
             save_interval_steps=1,  # `save` decides; Orbax would also save the first step it sees
             max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
             enable_async_checkpointing=not read_only, read_only=read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        with orbax_errors(f"opening the checkpoints in {self.directory}"):
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
     def save(self, step: int, state, sampler_state: dict | None, *, force: bool = False) -> bool:
-        """Save when `step` is a multiple of `every` (or `force`); returns whether a save started."""
+        """Save when `step` is a multiple of `every` (or `force`); returns whether a save started.
+
+        A state with a non-finite float in its params, target params or optimizer state is never saved
+        (NonFiniteError, exit 6).
+        """
         if not force and step % self.every:
             return False
         if step in self.manager.all_steps():
             return False
+        bad = integrity.first_non_finite(state)
+        if bad is not None:
+            raise NonFiniteError(f"training diverged: the {bad} hold non-finite values at step {step}",
+                                 step=step)
         sampler_states = _gather_json(sampler_state)
-        meta = {"step": int(step), "identity": self.identity, "process_count": jax.process_count(),
-                "sampler_states": sampler_states}
+        meta = integrity.seal_meta({"step": int(step), "identity": self.identity, "process_count": jax.process_count(),
+                                    "sampler_states": sampler_states}, integrity.state_checksums(state))
         ocp = self._ocp
-        return bool(self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True))
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
+            return bool(self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True))
 
     def read_meta(self, step: int | None = None) -> dict:
-        """The JSON item of checkpoint `step` (default: newest)."""
+        """The JSON item of checkpoint `step` (default: newest), checked against its own checksum."""
         step = self._step_or_latest(step)
         ocp = self._ocp
-        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        try:
+            meta = dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+        except Exception as exc:  # Orbax raises many kinds for a missing or unparsable item
+            raise integrity.CheckpointDamaged(f"its JSON item cannot be read ({_first_line(exc)})") from None
+        integrity.verify_meta(meta)
+        return meta
 
     def restore(self, abstract_state, step: int | None = None):
         """(state, meta) of checkpoint `step` (default: newest), arrays placed as `abstract_state` says.
 
-        Refuses, before reading arrays, a checkpoint whose identity differs from this run's.
+        Refuses, before reading arrays, a checkpoint whose identity differs from this run's; a damaged
+        checkpoint is a DataError naming it (`restore_intact` falls back instead).
         """
         step = self._step_or_latest(step)
+        try:
+            return self._restore_verified(lambda meta: abstract_state, step)
+        except integrity.CheckpointDamaged as exc:
+            raise damaged_error(self.directory / str(step), exc.reason) from None
+
+    def restore_intact(self, abstract_for: Callable[[dict], Any], step: int | None = None
+                       ) -> tuple[Any, dict, int, list[tuple[int, str]]]:
+        """(state, meta, step, damaged) of the newest intact checkpoint (or of `step`, which must be intact).
+
+        abstract_for(meta) gives the restore target (shapes and shardings) of a checkpoint. damaged: the
+        (step, reason) of every newer checkpoint that failed verification; each is also a SqlWarning.
+        None of them intact: a DataError (exit 3) naming them.
+        """
+        candidates = [self._step_or_latest(step)] if step is not None else sorted(self.manager.all_steps(), reverse=True)
+        if not candidates:
+            raise DataError(f"no checkpoint in {self.directory}", hint="train with `sql pretrain` first")
+        damaged: list[tuple[int, str]] = []
+        for candidate in candidates:
+            try:
+                state, meta = self._restore_verified(abstract_for, candidate)
+            except integrity.CheckpointDamaged as exc:
+                damaged.append((candidate, exc.reason))
+                continue
+            for bad, reason in damaged:
+                warnings.warn(f"checkpoint {self.directory / str(bad)} is damaged ({reason}); using checkpoint "
+                              f"{candidate} instead", SqlWarning, stacklevel=2)
+            return state, meta, candidate, damaged
+        bad, reason = damaged[0]
+        raise damaged_error(self.directory / str(bad), reason, others=len(damaged) - 1)
+
+    def _restore_verified(self, abstract_for: Callable[[dict], Any], step: int):
         meta = self.read_meta(step)
         diff = _identity_difference(meta.get("identity", {}), self.identity)
         if diff is not None:
             raise UsageError(f"checkpoint {self.directory / str(step)} belongs to a different run ({diff})",
                              hint="restore it with the settings it was trained with, or pass another --run-dir")
+        abstract = abstract_for(meta)
         ocp = self._ocp
-        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        return restored.state, meta
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        except Exception as exc:  # a truncated or missing array file: Orbax raises many kinds
+            raise integrity.CheckpointDamaged(f"its arrays cannot be read ({_first_line(exc)})") from None
+        state = jax.tree.unflatten(jax.tree.structure(abstract), jax.tree.leaves(restored.state))
+        integrity.verify_items(integrity.top_items(state), meta)
+        return state, meta
+
+    def set_aside(self, steps: Sequence[int]) -> Path | None:
+        """Move damaged checkpoints out of the way (to RUN/damaged-checkpoints/), so that new saves can take
+        their steps; returns the folder. Only the writing process calls this."""
+        if not steps:
+            return None
+        aside = self.directory.parent / DAMAGED_DIR
+        for step in steps:
+            target = aside / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.directory / str(step), target)
+            except OSError as exc:
+                raise from_os_error(exc, f"moving the damaged checkpoint {step} aside") from None
+        self.manager.reload()
+        return aside
 
     def _step_or_latest(self, step: int | None) -> int:
         if step is None:
@@ -244,11 +324,56 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Block until async saves are on disk."""
-        self.manager.wait_until_finished()
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        with orbax_errors(f"writing checkpoints to {self.directory}"):
+            self.manager.wait_until_finished()
+            self.manager.close()
+
+
+def damaged_error(path: Path, reason: str, others: int = 0) -> DataError:
+    more = f" (and {others} older checkpoint{'s' if others > 1 else ''} too)" if others else ""
+    return DataError(f"checkpoint {path} is damaged: {reason}{more}",
+                     hint="no intact checkpoint to use; restore the run directory from a copy or train again")
+
+
+def _first_line(exc: BaseException) -> str:
+    """`Type: first sentence` of an exception, short enough for a one-line error."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". See full")[0][:120]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError that caused `exc`, if any: Orbax wraps them, and TensorStore reports them as a ValueError
+    whose text carries `[os_error_code='28']`."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        found = re.search(r"os_error_code='(\d+)'", str(exc))
+        if found:
+            code = int(found.group(1))
+            return OSError(code, os.strerror(code))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def orbax_errors(action: str):
+    """OS errors raised by Orbax (directly, wrapped, or from its background save thread) as one-line
+    SqlErrors: a full disk is exit 5, a read-only or unusable path exit 2 (`errors.from_os_error`)."""
+    try:
+        yield
+    except SqlError:
+        raise
+    except Exception as exc:
+        os_error = _os_error_in(exc)
+        if os_error is None:
+            raise
+        raise from_os_error(os_error, action) from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -312,7 +437,12 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
 
 
 def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
-    """The online network of a run's newest checkpoint (or of RUN/checkpoints/STEP) as a RunPolicy."""
+    """The online network of a run's newest intact checkpoint (or of RUN/checkpoints/STEP) as a RunPolicy.
+
+    Checkpoints are verified against their checksums: from RUN, a damaged newest checkpoint is skipped with a
+    SqlWarning for the newest intact one; a damaged RUN/checkpoints/STEP (or none intact) is a DataError.
+    A checkpoint whose parameters do not fit the architecture run.json declares is a DataError too.
+    """
     from sqlcli_core import networks
 
     path = Path(run_or_checkpoint)
@@ -324,26 +454,87 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
     network_config = networks.NetworkConfig.from_dict(identity["network"])
     num_actions = tuple(identity["num_actions"])
     method = get_method(identity_method(identity))
+    expected = jax.eval_shape(method.network(network_config, num_actions).init, jax.random.PRNGKey(0),
+                              *method.init_inputs(network_config))
     checkpointer = Checkpointer(run_dir, identity, read_only=True)
     try:
-        step = checkpointer._step_or_latest(step)
-        meta = checkpointer.read_meta(step)
-        diff = _identity_difference(meta.get("identity", {}), identity)
-        if diff is not None:
-            raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
-                            hint="the run directory was mixed up; train again or restore run.json")
-        ocp = checkpointer._ocp
-        abstract = jax.eval_shape(method.network(network_config, num_actions).init, jax.random.PRNGKey(0),
-                                  *method.init_inputs(network_config))
-        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32, sharding=sharding), abstract)}
-        restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                         partial_restore=True)))
-        params = restored.state["params"]
+        candidates = ([checkpointer._step_or_latest(step)] if step is not None
+                      else sorted(checkpointer.manager.all_steps(), reverse=True))
+        if not candidates:
+            raise DataError(f"no checkpoint in {checkpointer.directory}", hint="train with `sql pretrain` first")
+        damaged: list[tuple[int, str]] = []
+        for candidate in candidates:
+            try:
+                params = _read_params(checkpointer, Path(run_dir), candidate, expected, network_config)
+            except integrity.CheckpointDamaged as exc:
+                damaged.append((candidate, exc.reason))
+                continue
+            for bad, reason in damaged:
+                warnings.warn(f"checkpoint {checkpointer.directory / str(bad)} is damaged ({reason}); using "
+                              f"checkpoint {candidate} instead", SqlWarning, stacklevel=2)
+            step = candidate
+            break
+        else:
+            bad, reason = damaged[0]
+            raise damaged_error(checkpointer.directory / str(bad), reason, others=len(damaged) - 1)
     finally:
         checkpointer.close()
 
     q_fn = make_q_fn(network_config, num_actions, method.name)
     return RunPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
                      network_config=network_config, num_actions=num_actions, method=method.name, _q_fn=q_fn)
+
+
+def _read_params(checkpointer: Checkpointer, run_dir: Path, step: int, expected: Any, network_config) -> Any:
+    """The verified float32 `params` of checkpoint `step` (CheckpointDamaged when it cannot be trusted)."""
+    from sqlcli_core import networks
+
+    meta = checkpointer.read_meta(step)
+    saved = saved_param_shapes(checkpointer.directory / str(step) / "state")
+    if not any(m.split("/", 1)[0] == "torso" for m in saved):
+        raise DataError(f"checkpoint of {run_dir} holds no torso parameters",
+                        hint="pass a run written by `sql pretrain` (its checkpoints save the whole network)")
+    order = {part: i for i, part in enumerate(networks.PARTS)}
+    for module in sorted(expected, key=lambda m: (order.get(m.split("/", 1)[0], len(order)), m)):  # torso first
+        for name, leaf in expected[module].items():
+            got = saved.get(module, {}).get(name)
+            if got != tuple(leaf.shape):
+                raise DataError(
+                    f"checkpoint of {run_dir} does not match its architecture ({module}/{name} is "
+                    f"{got if got is not None else 'missing'}, {network_config.arch} width {network_config.width} "
+                    f"needs {tuple(leaf.shape)})",
+                    hint="the run directory was mixed up; pass the run that wrote this checkpoint")
+    diff = _identity_difference(meta.get("identity", {}), checkpointer.identity)
+    if diff is not None:
+        raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
+                        hint="the run directory was mixed up; train again or restore run.json")
+    ocp = checkpointer._ocp
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32, sharding=sharding), expected)}
+    try:
+        restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                         partial_restore=True)))
+    except Exception as exc:  # a truncated or missing array file: Orbax raises many kinds
+        raise integrity.CheckpointDamaged(f"its arrays cannot be read ({_first_line(exc)})") from None
+    params = restored.state["params"]
+    integrity.verify_items({"params": params}, meta)
+    return params
+
+
+def saved_param_shapes(directory: Path) -> dict[str, dict[str, tuple]]:
+    """{module: {name: shape}} of the `params` saved in a checkpoint's state item, from Orbax's metadata only."""
+    import orbax.checkpoint as ocp
+
+    try:
+        meta = ocp.PyTreeCheckpointer().metadata(directory)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        params = tree.get("params") if hasattr(tree, "get") else None
+    except Exception as exc:  # Orbax raises many kinds for unreadable metadata
+        raise integrity.CheckpointDamaged(f"its array metadata cannot be read ({_first_line(exc)})") from None
+    if not params:
+        raise DataError(f"checkpoint {directory} holds no network parameters",
+                        hint="pass a run written by `sql pretrain`")
+    return {module: {name: tuple(getattr(leaf, "shape", ()) or ()) for name, leaf in leaves.items()}
+            for module, leaves in params.items()}

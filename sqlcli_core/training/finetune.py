@@ -66,10 +66,10 @@ def part_of(module: str) -> str:
 def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     """Read the newest checkpoint of a pre-training run (or RUN/checkpoints/STEP).
 
-    Refuses, with one line each: a path that is no run, a checkpoint that holds no torso, and a checkpoint
-    whose arrays do not match the architecture its run.json declares.
+    Refuses, with one line each: a path that is no run, a checkpoint that holds no torso, a checkpoint
+    whose arrays do not match the architecture its run.json declares, and damaged checkpoints (from RUN, the
+    newest intact one is used with a warning, as `checkpoint.load_policy` does).
     """
-    from sqlcli_core import networks
     from sqlcli_core.training import checkpoint
 
     path = Path(run_or_checkpoint)
@@ -78,65 +78,14 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     run_dir, step = checkpoint._resolve_checkpoint(path)
     record = checkpoint.read_run(run_dir)
     identity = record.get("identity") or {}
-    config = networks.NetworkConfig.from_dict(identity.get("network", {}))
-    num_actions = tuple(int(n) for n in identity.get("num_actions", ()))
     method = get_method(checkpoint.identity_method(identity))
     if method.finetune is not None:
         raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
                          hint="fine-tune a scaled-ql, c51 or bc run")
-    expected = jax.eval_shape(method.network(config, num_actions).init, jax.random.PRNGKey(0),
-                              *method.init_inputs(config))
-    saved = _saved_param_shapes(run_dir, identity, step)
-    if not any(part_of(m) == "torso" for m in saved):
-        raise DataError(f"checkpoint of {run_dir} holds no torso parameters",
-                        hint="pass a run written by `sql pretrain` (its checkpoints save the whole network)")
-    order = {part: i for i, part in enumerate(networks.PARTS)}
-    for module in sorted(expected, key=lambda m: (order.get(part_of(m), len(order)), m)):  # torso first
-        for name, leaf in expected[module].items():
-            got = saved.get(module, {}).get(name)
-            if got != tuple(leaf.shape):
-                raise DataError(
-                    f"checkpoint of {run_dir} does not match its architecture ({module}/{name} is "
-                    f"{got if got is not None else 'missing'}, {config.arch} width {config.width} "
-                    f"needs {tuple(leaf.shape)})",
-                    hint="the run directory was mixed up; pass the run that wrote this checkpoint")
-    try:
-        policy = checkpoint.load_policy(path)
-    except Exception as exc:  # Orbax raises many kinds; the shapes were already checked above
-        if isinstance(exc, (DataError, UsageError)):
-            raise
-        raise DataError(f"cannot read the checkpoint of {run_dir}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                        hint="pass a run written by `sql pretrain`") from None
+    policy = checkpoint.load_policy(path)  # verified; the architecture checked against run.json
     return Pretrained(run_dir=Path(run_dir), step=policy.step, network_config=policy.network_config,
                       games=list(policy.games), num_actions=tuple(policy.num_actions), params=policy.params,
                       method=method.name)
-
-
-def _saved_param_shapes(run_dir: Path, identity: dict, step: int | None) -> dict[str, dict[str, tuple]]:
-    """{module: {name: shape}} of the `params` saved in a checkpoint, read from Orbax's metadata only."""
-    import orbax.checkpoint as ocp
-
-    from sqlcli_core.training import checkpoint
-
-    ckpt = checkpoint.Checkpointer(run_dir, identity, read_only=True)
-    try:
-        step = ckpt._step_or_latest(step)
-        directory = ckpt.directory / str(step) / "state"
-    finally:
-        ckpt.close()
-    try:
-        meta = ocp.PyTreeCheckpointer().metadata(directory)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        params = tree.get("params") if hasattr(tree, "get") else None
-    except Exception as exc:  # Orbax raises many kinds for unreadable metadata
-        raise DataError(f"cannot read checkpoint {directory}: {type(exc).__name__}",
-                        hint="pass a run written by `sql pretrain`") from None
-    if not params:
-        raise DataError(f"checkpoint {directory} holds no network parameters",
-                        hint="pass a run written by `sql pretrain`")
-    return {module: {name: tuple(getattr(leaf, "shape", ()) or ()) for name, leaf in leaves.items()}
-            for module, leaves in params.items()}
 
 
 def finetune_num_actions(network_config, game: Game) -> tuple[int]:

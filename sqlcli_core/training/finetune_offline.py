@@ -26,7 +26,7 @@ from sqlcli_core.data.slices import SLICE_RULES, select_segments, slice_run_set 
 from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
-from sqlcli_core.settings import setting
+from sqlcli_core.settings import require_finite, setting
 
 COMMAND = "finetune-offline"
 
@@ -65,6 +65,7 @@ class OfflineConfig:
     seed: int = setting(0, "Seed of initialisation and sampling.")
 
     def __post_init__(self):
+        require_finite(self)
         if not self.game or not self.data:
             raise UsageError("finetune-offline needs --game and --data", hint="pass the new game and its Zarr store")
         for name in ("transitions", "steps", "batch_size", "final_seeds", "final_episodes", "eval_max_steps",
@@ -73,6 +74,7 @@ class OfflineConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.slice_rule not in SLICE_RULES:
             raise UsageError(f"unknown --slice '{self.slice_rule}'", hint=f"choose {' or '.join(SLICE_RULES)}")
+        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
 
     def learner_config(self):
         from sqlcli_core.training.learner import LearnerConfig
@@ -164,14 +166,13 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     try:
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
-            latest = run.latest_step()
-            if latest is not None:
-                replicated = learner.replicated(mesh)
-                abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
-                restored, meta = run.restore(abstract, latest)
+            replicated = learner.replicated(mesh)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+            resumed = run.resume(lambda meta: abstract)
+            if resumed is not None:
+                restored, meta, resumed_from = resumed
                 state = learner.TrainState(*restored)
                 sampler.load_state_dict(meta["sampler_states"][0])
-                resumed_from = latest
             else:
                 run.start_fresh()
 
@@ -189,7 +190,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                     state, last = learner.fit(train_step, state, batches, num_steps=config.steps,
                                               batch_size=config.batch_size, game_names=[game.name],
                                               log_every=config.log_every, method=method, on_log=log,
-                                              on_step=on_step)
+                                              on_step=on_step, checkpoint_every=config.checkpoint_every)
             run.wait()
             grad_steps = int(jax.device_get(state.step))
 

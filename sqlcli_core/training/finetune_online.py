@@ -37,8 +37,9 @@ from sqlcli_core.atari.games import Game, canonical_name, validate_variant
 from sqlcli_core.atomic import append_jsonl, atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
-from sqlcli_core.settings import setting
+from sqlcli_core.settings import require_finite, setting
 from sqlcli_core.training.checkpoint import make_q_fn
+from sqlcli_core.training.loop import check_finite
 
 COMMAND = "finetune-online"
 STACK = 4
@@ -101,6 +102,7 @@ class OnlineConfig:
     seed: int = setting(0, "Seed of initialisation, emulators, exploration and replay.")
 
     def __post_init__(self):
+        require_finite(self)
         if not self.game:
             raise UsageError("finetune-online needs --game", hint="e.g. --game breakout")
         for name in ("steps", "num_envs", "batch_size", "update_period", "eval_every", "eval_episodes",
@@ -109,6 +111,12 @@ class OnlineConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_replay < 0:
             raise UsageError(f"--min-replay must be >= 0, got {self.min_replay}", hint="e.g. 1600")
+        if self.steps < self.min_replay + self.update_period:
+            raise UsageError(f"--steps {self.steps} leaves no update: learning starts after --min-replay "
+                             f"{self.min_replay} agent steps and updates every --update-period {self.update_period}",
+                             hint=f"pass --steps above {self.min_replay + self.update_period - 1} or a smaller --min-replay")
+        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
+        self.schedule()  # epsilons in [0, 1], a positive decay
 
     def schedule(self) -> EpsilonSchedule:
         return EpsilonSchedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, 0)
@@ -326,9 +334,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                   "from": source_str, "origin": origin, "variant": {"mode": config.mode,
                                                                     "difficulty": config.difficulty}}
     counts = networks.count_parameters(params)
-    run = TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
-                      seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2)
-    metrics_path = run.metrics_path
+    metrics_path = run_dir / checkpoint.METRICS_FILE
 
     # The acting side: replay, emulators, exploration.
     replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
@@ -337,108 +343,115 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     agent_steps = 0
     resumed_from = None
     try:
-        latest = run.latest_step()
-        if latest is not None:
-            meta = run.read_meta(latest)["sampler_states"][0]
+        with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
+                         seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
             train_shapes = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated(mesh)), state)
-            abstract = {"train": train_shapes, "replay": _abstract_replay(replay, meta["replay"]),
-                        "stacks": jax.ShapeDtypeStruct(actors.stacks.shape, np.uint8)}
-            restored, _ = run.restore(_to_saved_layout(abstract), latest, metrics_step=int(meta["agent_steps"]))
-            restored = _from_saved_layout(restored)
-            state = learner.TrainState(*restored["train"])
-            replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
-            actors.load(meta["actors"], np.asarray(restored["stacks"]))
-            actor_rng.bit_generator.state = meta["actor_rng"]
-            agent_steps = int(meta["agent_steps"])
-            resumed_from = agent_steps
-        else:
-            actors.reset(replay)
-            run.start_fresh()
 
-        def save(force: bool = False) -> None:
-            meta = {"replay": replay.state_dict(), "actors": actors.state_dict(),
-                    "actor_rng": actor_rng.bit_generator.state, "agent_steps": agent_steps,
-                    "grad_steps": int(jax.device_get(state.step))}
-            tree = {"train": state, "replay": replay.arrays(), "stacks": actors.stacks.copy()}
-            run.save(agent_steps, _to_saved_layout(tree), meta, force=force)
+            def abstract_for(saved_meta: dict) -> dict:
+                loop_state = saved_meta["sampler_states"][0]
+                return _to_saved_layout({"train": train_shapes, "replay": _abstract_replay(replay, loop_state["replay"]),
+                                         "stacks": jax.ShapeDtypeStruct(actors.stacks.shape, np.uint8)})
 
-        def evaluate_now(seeds, episodes) -> tuple[list, Any]:
-            cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
-                                        protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps,
-                                        mode=config.mode, difficulty=config.difficulty)
-            policy = ParamsPolicy(game, q_fn, state.params, int(jax.device_get(state.step)))
-            width = min(config.num_envs * 2, _episode_count(seeds, episodes))
-            results, _ = evaluation.evaluate(policy, cfg, num_envs=width)
-            return results, cfg
+            resumed = run.resume(abstract_for,
+                                 metrics_step_for=lambda saved_meta: int(saved_meta["sampler_states"][0]["agent_steps"]))
+            if resumed is not None:
+                restored, saved_meta, _ = resumed
+                meta = saved_meta["sampler_states"][0]
+                restored = _from_saved_layout(restored)
+                state = learner.TrainState(*restored["train"])
+                replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
+                actors.load(meta["actors"], np.asarray(restored["stacks"]))
+                actor_rng.bit_generator.state = meta["actor_rng"]
+                agent_steps = int(meta["agent_steps"])
+                resumed_from = agent_steps
+            else:
+                actors.reset(replay)
+                run.start_fresh()
 
-        window: list[dict] = []
-        episodes: list[dict] = []
-        tick, tick_steps = time.perf_counter(), agent_steps
-        num_a = game.num_actions
-        while agent_steps < config.steps:
-            eps = schedule(agent_steps)
-            greedy = np.argmax(np.asarray(q_fn(state.params, jnp.asarray(actors.stacks),
-                                               jnp.zeros((config.num_envs,), jnp.int32))), axis=1)
-            explore = actor_rng.random(config.num_envs) < eps
-            random_actions = actor_rng.integers(0, num_a, size=config.num_envs)
-            actions = np.where(explore, random_actions, greedy).astype(np.int32)
-            episodes += actors.step(actions, replay)
-            before = agent_steps
-            agent_steps += config.num_envs
-            due = grad_steps_due(agent_steps, config)
+            def save(force: bool = False) -> None:
+                meta = {"replay": replay.state_dict(), "actors": actors.state_dict(),
+                        "actor_rng": actor_rng.bit_generator.state, "agent_steps": agent_steps,
+                        "grad_steps": int(jax.device_get(state.step))}
+                tree = {"train": state, "replay": replay.arrays(), "stacks": actors.stacks.copy()}
+                run.save(agent_steps, _to_saved_layout(tree), meta, force=force)
+
+            def evaluate_now(seeds, episodes) -> tuple[list, Any]:
+                cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
+                                            protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps,
+                                            mode=config.mode, difficulty=config.difficulty)
+                policy = ParamsPolicy(game, q_fn, state.params, int(jax.device_get(state.step)))
+                width = min(config.num_envs * 2, _episode_count(seeds, episodes))
+                results, _ = evaluation.evaluate(policy, cfg, num_envs=width)
+                return results, cfg
+
+            window: list[dict] = []
+            episodes: list[dict] = []
+            tick, tick_steps = time.perf_counter(), agent_steps
+            num_a = game.num_actions
+            while agent_steps < config.steps:
+                eps = schedule(agent_steps)
+                greedy = np.argmax(np.asarray(q_fn(state.params, jnp.asarray(actors.stacks),
+                                                   jnp.zeros((config.num_envs,), jnp.int32))), axis=1)
+                explore = actor_rng.random(config.num_envs) < eps
+                random_actions = actor_rng.integers(0, num_a, size=config.num_envs)
+                actions = np.where(explore, random_actions, greedy).astype(np.int32)
+                episodes += actors.step(actions, replay)
+                before = agent_steps
+                agent_steps += config.num_envs
+                due = grad_steps_due(agent_steps, config)
+                grad_steps = int(jax.device_get(state.step))
+                while grad_steps < due:
+                    batch = learner.put_batch(replay.sample(config.batch_size), batch_sharding)
+                    state, metrics = train_step(state, batch)
+                    window.append(metrics)
+                    grad_steps += 1
+                if _crossed(before, agent_steps, config.log_every) or agent_steps >= config.steps:
+                    now = time.perf_counter()
+                    record = {"step": agent_steps, "kind": "train", "grad_steps": grad_steps, "epsilon": eps,
+                              "agent_steps_per_s": (agent_steps - tick_steps) / max(now - tick, 1e-9),
+                              "episodes": len(episodes),
+                              "episode_returns": [e["return"] for e in episodes],
+                              "episode_lengths": [e["length"] for e in episodes]}
+                    if window:
+                        fetched = jax.device_get(window)
+                        check_finite(fetched, grad_steps - len(fetched) + 1, "gradient step")
+                        record.update({k: float(np.mean([m[k] for m in fetched])) for k in method.scalar_metrics})
+                    run.log(record)
+                    if on_progress:
+                        on_progress(record)
+                    window, episodes = [], []
+                    tick, tick_steps = now, agent_steps
+                if _crossed(before, agent_steps, config.eval_every) and agent_steps < config.steps:
+                    results, _ = evaluate_now((10_000 + config.seed,), config.eval_episodes)
+                    _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress)
+                if _crossed(before, agent_steps, config.checkpoint_every):
+                    save(force=True)
+            save(force=True)
+            run.wait()
+
+            final_path = run_dir / "eval" / "final.json"
             grad_steps = int(jax.device_get(state.step))
-            while grad_steps < due:
-                batch = learner.put_batch(replay.sample(config.batch_size), batch_sharding)
-                state, metrics = train_step(state, batch)
-                window.append(metrics)
-                grad_steps += 1
-            if _crossed(before, agent_steps, config.log_every) or agent_steps >= config.steps:
-                now = time.perf_counter()
-                record = {"step": agent_steps, "kind": "train", "grad_steps": grad_steps, "epsilon": eps,
-                          "agent_steps_per_s": (agent_steps - tick_steps) / max(now - tick, 1e-9),
-                          "episodes": len(episodes),
-                          "episode_returns": [e["return"] for e in episodes],
-                          "episode_lengths": [e["length"] for e in episodes]}
-                if window:
-                    fetched = jax.device_get(window)
-                    record.update({k: float(np.mean([m[k] for m in fetched])) for k in method.scalar_metrics})
-                run.log(record)
-                if on_progress:
-                    on_progress(record)
-                window, episodes = [], []
-                tick, tick_steps = now, agent_steps
-            if _crossed(before, agent_steps, config.eval_every) and agent_steps < config.steps:
-                results, _ = evaluate_now((10_000 + config.seed,), config.eval_episodes)
-                _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress)
-            if _crossed(before, agent_steps, config.checkpoint_every):
-                save(force=True)
-        save(force=True)
-        run.wait()
-
-        final_path = run_dir / "eval" / "final.json"
-        grad_steps = int(jax.device_get(state.step))
-        if not final_eval_is_current(final_path, "agent_steps", agent_steps):
-            _drop_final_eval_lines(metrics_path)
-            results, cfg = evaluate_now(range(config.final_seeds), config.final_episodes)
-            _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress, final=True)
-            write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed, eval_config=cfg,
-                             results=results, run_dir=run_dir, step=grad_steps, arch=net_config.arch,
-                             num_params=sum(counts.values()),
-                             finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze,
-                                       "origin": origin, "agent_steps": agent_steps, "grad_steps": grad_steps,
-                                       "mode": config.mode, "difficulty": config.difficulty})
-        curve = write_curve_csv(run_dir)
-        final = json.loads(final_path.read_text())
-        g = final["games"][game.name]
-        return {"run": str(run_dir), "game": game.name, "mode": config.mode, "difficulty": config.difficulty,
-                "init": config.init, "freeze": config.freeze, "agent_steps": agent_steps, "grad_steps": grad_steps,
-                "resumed_from": resumed_from, "final_mean": g["mean"], "final_std": g["std"],
-                "human_normalized": g["human_normalized"], "eval_file": str(final_path),
-                "learning_curve": str(curve), "metrics": str(metrics_path)}
+            if not final_eval_is_current(final_path, "agent_steps", agent_steps):
+                _drop_final_eval_lines(metrics_path)
+                results, cfg = evaluate_now(range(config.final_seeds), config.final_episodes)
+                _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress, final=True)
+                write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed, eval_config=cfg,
+                                 results=results, run_dir=run_dir, step=grad_steps, arch=net_config.arch,
+                                 num_params=sum(counts.values()),
+                                 finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze,
+                                           "origin": origin, "agent_steps": agent_steps, "grad_steps": grad_steps,
+                                           "mode": config.mode, "difficulty": config.difficulty})
+            curve = write_curve_csv(run_dir)
+            final = json.loads(final_path.read_text())
+            g = final["games"][game.name]
+            return {"run": str(run_dir), "game": game.name, "mode": config.mode, "difficulty": config.difficulty,
+                    "init": config.init, "freeze": config.freeze, "agent_steps": agent_steps, "grad_steps": grad_steps,
+                    "resumed_from": resumed_from, "final_mean": g["mean"], "final_std": g["std"],
+                    "human_normalized": g["human_normalized"], "eval_file": str(final_path),
+                    "learning_curve": str(curve), "metrics": str(metrics_path)}
     finally:
         actors.close()
-        run.close()
 
 
 def _episode_count(seeds, episodes: int) -> int:

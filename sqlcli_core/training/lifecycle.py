@@ -1,9 +1,14 @@
 """One run lifecycle for the three training commands (pretrain, finetune-offline, finetune-online).
 
-    validate settings -> check_resume_settings -> TrainingRun(...)    run.json written or checked, Orbax opened
-      -> run.latest_step(): restore(abstract) or start_fresh()        metrics.jsonl cut back to the checkpoint
+    validate settings -> check_resume_settings -> TrainingRun(...)    lock taken, run.json written or checked,
+                                                                      Orbax opened
+      -> run.resume(abstract_for) or start_fresh()                    newest intact checkpoint (checksums
+                                                                      verified), metrics.jsonl cut back to it
       -> the command's own loop, calling run.log(record) and run.save(step, state, meta)
-      -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()
+      -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()   lock released
+
+A non-finite state is never saved (NonFiniteError, exit 6); the error leaving the `with TrainingRun` block
+names the last good checkpoint.
 
 Each runner (training/pretrain.py, finetune_offline.py, finetune_online.py) reads as its recipe: what it
 builds, what it feeds the loop; opening, resuming and closing the run directory are written here once.
@@ -11,13 +16,17 @@ builds, what it feeds the loop; opening, resuming and closing the run directory 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sqlcli_core import locks
 from sqlcli_core.atomic import append_jsonl, write_json
-from sqlcli_core.errors import UsageError
+from sqlcli_core.errors import NonFiniteError, SqlError, UsageError, from_os_error
 from sqlcli_core.training import checkpoint
 
 
@@ -63,33 +72,79 @@ def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[s
 
 
 class TrainingRun:
-    """An open run directory: run.json written (or checked against the identity), an Orbax checkpointer, and
-    the metrics file. Only the primary process (`write=True`) writes run.json and metrics; all processes
-    take part in saves (Orbax writes each array once).
+    """An open run directory: the writer lock taken, run.json written (or checked against the identity), an
+    Orbax checkpointer, and the metrics file.
+
+    Only the primary process (`write=True`, process 0 of a jax.distributed job) takes the lock and writes
+    run.json and metrics; all processes take part in saves (Orbax writes each array once). The lock is a
+    kernel flock on RUN/.sql-writer.lock (`sqlcli_core.locks`), held until `close`: a second process or job
+    in the same run directory is refused with one line (exit 2) naming the holder, and a killed holder
+    leaves no lock behind. In a multi-process job process 0's answer is broadcast, so that every process of
+    a refused job stops with the same line instead of waiting in a collective.
     """
 
     def __init__(self, run_dir: str | Path, *, command: str, identity: dict, config: dict,
                  parameter_counts: dict, seed: int, checkpoint_every: int, keep: int, write: bool = True):
         self.run_dir = Path(run_dir)
         self.write = write
-        self.record = checkpoint.prepare_run_dir(self.run_dir, identity=identity, config=config,
-                                                 parameter_counts=parameter_counts, seed=seed, command=command,
-                                                 write=write)
-        self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
+        self._lock = contextlib.ExitStack()
+        try:
+            self._take_lock(command)
+            try:
+                self.record = checkpoint.prepare_run_dir(self.run_dir, identity=identity, config=config,
+                                                         parameter_counts=parameter_counts, seed=seed,
+                                                         command=command, write=write)
+            except OSError as exc:
+                raise from_os_error(exc, f"writing {self.run_dir / checkpoint.RUN_FILE}") from None
+            self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
+        except BaseException:
+            self._lock.close()
+            raise
         self.metrics_path = self.run_dir / checkpoint.METRICS_FILE
+
+    def _take_lock(self, command: str) -> None:
+        import jax
+
+        error = None
+        if self.write:
+            try:
+                self._lock.enter_context(locks.directory_lock(
+                    self.run_dir, what=f"the run directory {self.run_dir}",
+                    hint=f"wait for that `sql {command}` to finish, or pass another --run-dir"))
+            except SqlError as exc:
+                error = exc
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            refused = bool(multihost_utils.broadcast_one_to_all(np.int32(error is not None)))
+            if refused and error is None:
+                error = UsageError(f"the run directory {self.run_dir} is being written by another process",
+                                   hint="process 0 of this job was refused its lock; see its error line")
+        if error is not None:
+            raise error
 
     def latest_step(self) -> int | None:
         return self.checkpointer.latest_step()
 
-    def read_meta(self, step: int) -> dict:
-        return self.checkpointer.read_meta(step)
+    def resume(self, abstract_for: Callable[[dict], Any], *,
+               metrics_step_for: Callable[[dict], int] | None = None) -> tuple[Any, dict, int] | None:
+        """(state, meta, step) of the newest intact checkpoint, or None for a run without checkpoints.
 
-    def restore(self, abstract_state: Any, step: int, *, metrics_step: int | None = None) -> tuple[Any, dict]:
-        """(state, meta) of checkpoint `step`; metric lines past `metrics_step` (default: step) are dropped."""
-        state, meta = self.checkpointer.restore(abstract_state, step)
+        abstract_for(meta) gives the restore target. Damaged newer checkpoints are reported as warnings and
+        moved to RUN/damaged-checkpoints/ (their steps will be saved again); none intact is a DataError
+        (exit 3). Metric lines past the checkpoint (past metrics_step_for(meta) if given) are dropped.
+        """
+        if self.checkpointer.latest_step() is None:
+            return None
+        state, meta, step, damaged = self.checkpointer.restore_intact(abstract_for)
+        if damaged:
+            if self.write:
+                self.checkpointer.set_aside([bad for bad, _ in damaged])
+            _sync_processes("sql-set-aside")
+            self.checkpointer.manager.reload()
         if self.write:
-            checkpoint.truncate_metrics(self.run_dir, step if metrics_step is None else metrics_step)
-        return state, meta
+            checkpoint.truncate_metrics(self.run_dir, step if metrics_step_for is None else metrics_step_for(meta))
+        return state, meta, step
 
     def start_fresh(self) -> None:
         """A run without a checkpoint: drop the metric lines of an attempt killed before its first save."""
@@ -98,7 +153,10 @@ class TrainingRun:
 
     def log(self, record: dict) -> None:
         if self.write:
-            append_jsonl(self.metrics_path, record)
+            try:
+                append_jsonl(self.metrics_path, record)
+            except OSError as exc:
+                raise from_os_error(exc, f"writing {self.metrics_path}") from None
 
     def save(self, step: int, state: Any, meta: Any, *, force: bool = False) -> bool:
         return self.checkpointer.save(step, state, meta, force=force)
@@ -107,13 +165,33 @@ class TrainingRun:
         self.checkpointer.wait()
 
     def close(self) -> None:
-        self.checkpointer.close()
+        try:
+            self.checkpointer.close()
+        finally:
+            self._lock.close()
 
     def __enter__(self) -> TrainingRun:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()  # finishes the saves in flight: they hold finite states
+        except SqlError:
+            pass  # the error that stopped the run is the one to report
+        if isinstance(exc, NonFiniteError):
+            exc.with_checkpoint(self.run_dir, self.checkpointer.latest_step())
+
+
+def _sync_processes(name: str) -> None:
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def final_eval_is_current(path: Path, key: str, value: int) -> bool:

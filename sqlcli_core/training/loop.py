@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from sqlcli_core.errors import NonFiniteError
 from sqlcli_core.methods import Method, get_method
 from sqlcli_core.training.mesh import put_batch
 from sqlcli_core.training.update import TrainState
@@ -101,10 +102,20 @@ def summarize_metrics(window: list[dict], game_names: Sequence[str], method: Met
     return record
 
 
+def check_finite(metrics: Sequence[dict], first_step: int, unit: str = "step") -> None:
+    """Raise NonFiniteError naming the first step whose `finite` flag is false (host metric dicts of the
+    consecutive steps first_step, first_step + 1, ...; `unit` names them in the message)."""
+    for offset, m in enumerate(metrics):
+        if "finite" in m and not bool(m["finite"]):
+            raise NonFiniteError(f"training diverged: the loss or the parameters became non-finite at {unit} "
+                                 f"{first_step + offset}", step=first_step + offset)
+
+
 def fit(step_fn, state: TrainState, batches: Iterator[tuple[Any, dict]], *, num_steps: int,
         batch_size: int, game_names: Sequence[str], log_every: int = 100, method: Method | None = None,
         on_log: Callable[[dict], None] | None = None,
-        on_step: Callable[[int, TrainState, dict], None] | None = None) -> tuple[TrainState, dict | None]:
+        on_step: Callable[[int, TrainState, dict], None] | None = None,
+        checkpoint_every: int | None = None) -> tuple[TrainState, dict | None]:
     """Run `step_fn` from `state.step` up to `num_steps`, logging every `log_every` steps.
 
     on_log(record) receives the averaged metrics of each window plus `step`, `steps_per_s`, `samples_per_s`
@@ -112,10 +123,14 @@ def fit(step_fn, state: TrainState, batches: Iterator[tuple[Any, dict]], *, num_
     on_step(step, state, sampler_state) runs after every step (checkpointing, progress). method: the
     method of `step_fn` (names the metrics; default scaled-ql). Metrics are
     fetched from the devices only once per window, so dispatch runs ahead of the host.
+    Divergence: each step's `finite` flag (loss and parameters) is read with the window at log points, and
+    also before on_step at multiples of `checkpoint_every` (and the last step), where on_step may save: a
+    non-finite step raises NonFiniteError naming it, before anything of it is logged or saved.
     Returns the final state and the last record (None when no step ran).
     """
     step = int(jax.device_get(state.step))
     pending: list[dict] = []
+    unchecked: list[Any] = []  # `finite` flags not yet read, of steps step - len + 1 .. step
     last_record = None
     tick, tick_step, timed = time.perf_counter(), step, False
     while step < num_steps:
@@ -123,12 +138,19 @@ def fit(step_fn, state: TrainState, batches: Iterator[tuple[Any, dict]], *, num_
         state, metrics = step_fn(state, batch)
         step += 1
         pending.append(metrics)
+        unchecked.append(metrics.get("finite", True))
         if not timed:  # the first step of an invocation includes compilation: rates start after it
             jax.block_until_ready(metrics)
             tick, tick_step, timed = time.perf_counter(), step, True
-        if step % log_every == 0 or step == num_steps:
+        logging_now = step % log_every == 0 or step == num_steps
+        saving = checkpoint_every is not None and (step % checkpoint_every == 0 or step == num_steps)
+        if saving and not logging_now:
+            check_finite([{"finite": f} for f in jax.device_get(unchecked)], step - len(unchecked) + 1)
+            unchecked = []
+        if logging_now:
             window = jax.device_get(pending)
-            pending = []
+            check_finite(window, step - len(window) + 1)
+            pending, unchecked = [], []
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9) if step > tick_step else None
             tick, tick_step = now, step

@@ -187,10 +187,11 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
         with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
                          parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,
                          keep=config.keep, write=primary) as run:
-            resumed_from = run.latest_step()
-            if resumed_from is not None:
-                abstract = abstract_train_state(config.network, num_actions, config.learner, mesh)
-                state, meta = run.restore(abstract, resumed_from)
+            abstract = abstract_train_state(config.network, num_actions, config.learner, mesh)
+            resumed = run.resume(lambda meta: abstract)
+            resumed_from = None if resumed is None else resumed[2]
+            if resumed is not None:
+                state, meta, _ = resumed
                 state = TrainState(*state)
                 saved = meta.get("sampler_states") or []
                 if len(saved) != jax.process_count() or saved[jax.process_index()] is None:
@@ -225,7 +226,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
                 with Prefetcher(sampler, batch_sharding(mesh), depth=config.prefetch) as batches:
                     state, last = fit(step_fn, state, batches, num_steps=config.steps, batch_size=config.batch_size,
                                       game_names=game_names, log_every=config.log_every, method=method,
-                                      on_log=log, on_step=after_step)
+                                      on_log=log, on_step=after_step, checkpoint_every=config.checkpoint_every)
             run.wait()
             final_step = int(jax.device_get(state.step))
             latest = run.latest_step()

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import DEFAULT_METHOD, LossSetup, Method, get_method, method_names
-from sqlcli_core.settings import setting
+from sqlcli_core.settings import require_finite, setting
 from sqlcli_core.training.mesh import batch_sharding, replicated
 
 
@@ -42,6 +42,7 @@ class LearnerConfig:
                                           tag="ours; the paper states none")
 
     def __post_init__(self):
+        require_finite(self)
         get_method(self.method)  # a UsageError naming the methods
         if self.learning_rate <= 0 or self.adam_eps <= 0:
             raise UsageError("learning rate and Adam eps must be positive", hint="e.g. --lr 2e-4 --adam-eps 3.125e-4")
@@ -125,6 +126,12 @@ def abstract_train_state(network_config, num_actions: Sequence[int], config: Lea
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
+def _all_finite(loss: jax.Array, params: Any) -> jax.Array:
+    """() bool: the loss and every parameter are finite (one fused reduction, read by the host in batches)."""
+    flags = [jnp.isfinite(loss)] + [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]
+    return jnp.all(jnp.stack(flags))
+
+
 def make_train_step(network_config, num_actions: Sequence[int], config: LearnerConfig, mesh: Mesh,
                     optimizer: optax.GradientTransformation | None = None,
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -134,7 +141,8 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     games' action-set sizes in head order. batch: the method's batch (a TransitionBatch for the built-in
     methods) of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
     scalars `loss`, the method's `metrics` (scaled-ql: td_loss, cql_loss, q_data, q_other, q_max),
-    `grad_norm`, and (G,) vectors `game_<per_game_metric>` (scaled-ql: game_td_loss) and `game_count`.
+    `grad_norm`, and (G,) vectors `game_<per_game_metric>` (scaled-ql: game_td_loss) and `game_count`, and
+    the bool `finite` (loss and every new parameter finite; `loop.check_finite` reads it in batches).
     With a target network, it is a hard copy of the online one after every `target_update_period`-th step.
     optimizer: default `make_optimizer(config)`; fine-tuning passes one that freezes some parameters.
     """
@@ -155,7 +163,7 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
             target_params = optax.periodic_update(params, target_params, new_step, config.target_update_period)
         metrics = {"loss": loss, **{k: aux[k] for k in method.metrics}, "grad_norm": optax.tree.norm(grads),
                    method.game_metric: aux[f"per_game_{method.per_game_metric}"],
-                   "game_count": aux["per_game_count"]}
+                   "game_count": aux["per_game_count"], "finite": _all_finite(loss, params)}
         return TrainState(params, target_params, opt_state, new_step, state.rng), metrics
 
     state_sharding = replicated(mesh)
