@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.networks import decision_transformer
+from sqlcli_core.networks.decision_transformer import DT_ARCHS, DecisionTransformerConfig
 from sqlcli_core.networks.dqn_cnn import DqnCnn
 from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
 from sqlcli_core.networks.impala import ImpalaCnn
@@ -205,12 +207,15 @@ def abstract_params(config: NetworkConfig, num_actions: Sequence[int]) -> hk.Par
     return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game)
 
 
-def parameter_table(config: NetworkConfig, games: Sequence[Any]) -> dict[str, Any]:
+def parameter_table(config: NetworkConfig | DecisionTransformerConfig, games: Sequence[Any]) -> dict[str, Any]:
     """Parameter counts of `config` for `games` (Game objects or action-set sizes), via jax.eval_shape.
 
     Returns {"arch", "width", "num_games", "num_actions": [...], "parts": {part: int}, "total": int,
     "torso_output": [H, W, C]}. Fast even for resnet152: nothing is allocated or initialised.
+    A DecisionTransformerConfig (games as Game objects or names) gets decision_transformer.parameter_table.
     """
+    if isinstance(config, DecisionTransformerConfig):
+        return decision_transformer.parameter_table(config, games)
     num_actions = num_actions_for(config, games)
     params = abstract_params(config, num_actions)
     parts = count_parameters(params)
@@ -227,7 +232,7 @@ def parameter_table(config: NetworkConfig, games: Sequence[Any]) -> dict[str, An
 
 
 __all__ = [
-    "ARCHS", "FULL_ACTION_SPACE", "NetworkConfig", "PARTS", "abstract_params", "action_mask",
+    "ARCHS", "DT_ARCHS", "DecisionTransformerConfig", "FULL_ACTION_SPACE", "NetworkConfig", "PARTS", "abstract_params", "action_mask",
     "build_network", "count_parameters", "make_torso", "num_actions_for", "parameter_table",
     "shared_features",
 ]
