@@ -67,6 +67,8 @@ class Episodes:
     def starts_below(self, x: np.ndarray) -> np.ndarray:
         """Number of valid window starts < x (vectorised)."""
         x = np.asarray(x, np.int64)
+        if len(self.lo) == 0:
+            return np.zeros(x.shape, np.int64)
         k = np.searchsorted(self.lo, x, side="right") - 1
         inside = np.clip(x - self.lo[np.maximum(k, 0)], 0, self.count[np.maximum(k, 0)])
         return np.where(k >= 0, self.cum[np.maximum(k, 0)] + inside, 0)
