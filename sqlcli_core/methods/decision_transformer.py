@@ -33,7 +33,8 @@ from sqlcli_core.errors import UsageError
 from sqlcli_core.networks.decision_transformer import FRAME_SHAPE, DecisionTransformerConfig, DTOutputs
 
 REWARD_NONE, REWARD_POSITIVE, REWARD_END, REWARD_NEGATIVE = 0, 1, 2, 3
-METRICS = ("loss", "action_loss", "return_loss", "reward_loss", "action_accuracy")
+METRICS = ("action_loss", "return_loss", "reward_loss", "action_accuracy")  # scalar aux names, after "loss"
+PER_GAME_METRIC = "action_loss"  # aux per_game_action_loss
 
 
 def return_to_bin(returns: jax.Array, return_min: int, num_bins: int) -> jax.Array:
@@ -114,17 +115,18 @@ def batch_tokens(batch: SequenceBatch, config: DecisionTransformerConfig) -> tup
 
 def make_loss_fn(apply: Callable[..., DTOutputs], config: DecisionTransformerConfig, num_games: int,
                  weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
-                 ) -> Callable[[hk.Params, SequenceBatch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
-    """loss_fn(params, batch, rng) -> (loss, aux), for jax.value_and_grad(..., has_aux=True).
+                 ) -> Callable[..., tuple[jax.Array, dict[str, jax.Array]]]:
+    """loss_fn(params, batch, rng=None) -> (loss, aux), for jax.value_and_grad(..., has_aux=True).
 
-    apply: build_decision_transformer(...).apply; rng drives dropout (training mode).
+    apply: build_decision_transformer(...).apply. rng drives dropout (training mode); None trains without
+    dropout (the network in evaluation mode).
     """
 
-    def loss_fn(params: hk.Params, batch: SequenceBatch, rng: jax.Array):
+    def loss_fn(params: hk.Params, batch: SequenceBatch, rng: jax.Array | None = None):
         return_bin, reward_class = batch_tokens(batch, config)
         action = jnp.asarray(batch.action, jnp.int32)
         game = jnp.asarray(batch.game, jnp.int32)
-        outputs = apply(params, rng, batch.frames, action, return_bin, reward_class, game, is_training=True)
+        outputs = apply(params, rng, batch.frames, action, return_bin, reward_class, game, is_training=rng is not None)
         return decision_transformer_loss(outputs, action, return_bin, reward_class, jnp.asarray(batch.step_mask),
                                          game, num_games, config.single_return_token, weights)
 
@@ -250,6 +252,6 @@ class DecisionTransformerPolicy:
 
 
 __all__ = [
-    "ActingConfig", "DecisionTransformerPolicy", "METRICS", "act_on_context", "batch_tokens", "bin_to_return",
+    "ActingConfig", "DecisionTransformerPolicy", "METRICS", "PER_GAME_METRIC", "act_on_context", "batch_tokens", "bin_to_return",
     "decision_transformer_loss", "expert_return_logits", "make_loss_fn", "return_to_bin", "reward_to_class",
 ]

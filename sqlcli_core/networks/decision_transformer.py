@@ -338,14 +338,18 @@ def count_parameters(params: hk.Params) -> dict[str, int]:
     return counts
 
 
+def example_inputs(config: DecisionTransformerConfig) -> tuple[jax.Array, ...]:
+    """Zero (frames, action, return_bin, reward_class, game) of one window, for init(rng, *inputs)."""
+    t = config.context_steps
+    ints = jnp.zeros((1, t), jnp.int32)
+    return jnp.zeros((1, t, *FRAME_SHAPE), jnp.uint8), ints, ints, ints, jnp.zeros((1,), jnp.int32)
+
+
 def abstract_params(config: DecisionTransformerConfig, action_sets: Sequence[Sequence[int]]) -> hk.Params:
     """The parameter tree as jax.ShapeDtypeStruct leaves; nothing allocated or computed."""
     net = build_decision_transformer(config, action_sets)
-    t = config.context_steps
-    ints = jax.ShapeDtypeStruct((1, t), jnp.int32)
-    frames = jax.ShapeDtypeStruct((1, t, *FRAME_SHAPE), jnp.uint8)
-    game = jax.ShapeDtypeStruct((1,), jnp.int32)
-    return jax.eval_shape(net.init, jax.random.PRNGKey(0), frames, ints, ints, ints, game)
+    inputs = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_inputs(config))
+    return jax.eval_shape(net.init, jax.random.PRNGKey(0), *inputs)
 
 
 def parameter_table(config: DecisionTransformerConfig, games: Sequence[Any]) -> dict[str, Any]:
@@ -368,6 +372,6 @@ def parameter_table(config: DecisionTransformerConfig, games: Sequence[Any]) -> 
 __all__ = [
     "DT_ARCHS", "DTOutputs", "DecisionTransformerConfig", "FULL_ACTIONS", "NUM_REWARD_CLASSES", "PARTS", "PRESETS",
     "TokenLayout", "abstract_params", "action_tables", "attention_mask", "build_decision_transformer",
-    "count_parameters", "frame_patches", "parameter_table", "token_layout",
+    "count_parameters", "example_inputs", "frame_patches", "parameter_table", "token_layout",
     "token_visible",
 ]
