@@ -304,9 +304,12 @@ def test_policy_keeps_each_emulators_window(tiny):
         slots = [0, 1, 2] if step != 3 else [1]  # slot 0 and 2 idle for a step
         frames = rng.integers(0, 256, (len(slots), 4, 84, 84), dtype=np.uint8)
         actions = policy.act(slots, frames)
+        if step == 2:  # an epsilon-random action replaces the policy's: the window keeps the one taken
+            actions = (actions + 1) % 4
         for slot, frame, a in zip(slots, frames, actions):
             history[slot].append((frame[-1], int(a)))
-        policy.record(slots, rng.choice([-1.0, 0.0, 1.0], len(slots)), [False] * len(slots))
+        policy.record(slots, rng.choice([-1.0, 0.0, 1.0], len(slots)), [False] * len(slots),
+                      actions if step == 2 else None)
         if step == 4:
             policy.start_episodes([2], [1])
             history[2] = []

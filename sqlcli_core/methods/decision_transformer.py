@@ -244,9 +244,16 @@ class DecisionTransformerPolicy:
         self.last_return_bin[slots] = np.asarray(return_bin)[slots]
         return chosen
 
-    def record(self, slots: Sequence[int], rewards: Sequence[float], terminals: Sequence[bool]) -> None:
-        """The reward (clipped to its class) and end flag of the action each slot just took."""
+    def record(self, slots: Sequence[int], rewards: Sequence[float], terminals: Sequence[bool],
+               actions: Sequence[int] | None = None) -> None:
+        """The outcome of the action each slot just took: reward (kept as its class) and end flag.
+
+        actions: the actions really taken, when they differ from act()'s (an evaluation protocol's
+        epsilon-random action); the window must hold what the emulator saw.
+        """
         slots = np.asarray(slots, np.int64)
+        if actions is not None:
+            self.actions[slots, -1] = np.asarray(actions, np.int32)
         self.rewards[slots, -1] = np.asarray(reward_to_class(jnp.asarray(rewards, jnp.float32),
                                                              jnp.asarray(terminals, jnp.float32)))
 
