@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.networks import decision_transformer
+from sqlcli_core.networks.decision_transformer import DT_ARCHS, DecisionTransformerConfig
 from sqlcli_core.networks.dqn_cnn import DqnCnn
 from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
 from sqlcli_core.networks.impala import ImpalaCnn
@@ -244,12 +246,16 @@ def abstract_params(config: NetworkConfig, num_actions: Sequence[int], head: str
     return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game)
 
 
-def parameter_table(config: NetworkConfig, games: Sequence[Any], head: str = "categorical") -> dict[str, Any]:
+def parameter_table(config: NetworkConfig | DecisionTransformerConfig, games: Sequence[Any],
+                    head: str = "categorical") -> dict[str, Any]:
     """Parameter counts of `config` for `games` (Game objects or action-set sizes), via jax.eval_shape.
 
     Returns {"arch", "width", "num_games", "num_actions": [...], "parts": {part: int}, "total": int,
     "torso_output": [H, W, C]}. Fast even for resnet152: nothing is allocated or initialised.
+    A DecisionTransformerConfig (games as Game objects or names) gets decision_transformer.parameter_table.
     """
+    if isinstance(config, DecisionTransformerConfig):
+        return decision_transformer.parameter_table(config, games)
     num_actions = num_actions_for(config, games)
     params = abstract_params(config, num_actions, head)
     parts = count_parameters(params)
@@ -266,7 +272,8 @@ def parameter_table(config: NetworkConfig, games: Sequence[Any], head: str = "ca
 
 
 __all__ = [
-    "ARCHS", "CategoricalOutputs", "FULL_ACTION_SPACE", "HEAD_KINDS", "INPUT_SHAPE", "NetworkConfig", "PARTS",
-    "PolicyOutputs", "abstract_params", "action_mask", "build_network", "categorical_mean", "count_parameters",
-    "make_torso", "num_actions_for", "parameter_table", "shared_features", "values_per_action",
+    "ARCHS", "CategoricalOutputs", "DT_ARCHS", "DecisionTransformerConfig", "FULL_ACTION_SPACE", "HEAD_KINDS",
+    "INPUT_SHAPE", "NetworkConfig", "PARTS", "PolicyOutputs", "abstract_params", "action_mask", "build_network",
+    "categorical_mean", "count_parameters", "make_torso", "num_actions_for", "parameter_table", "shared_features",
+    "values_per_action",
 ]
