@@ -35,7 +35,8 @@ import numpy as np
 
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
-from sqlcli_core.data import store as st
+from sqlcli_core.data.sampler import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME, FRAME_BYTES
+from sqlcli_core.data.view import ARRAY_NAMES, open_run_set
 from sqlcli_core.errors import DataError, ResourceError, UsageError
 
 STATE_FORMAT = "sql-sequence-sampler"
@@ -124,8 +125,8 @@ class _Run:
     unit_counts: np.ndarray  # (units,) window starts owned by each unit
 
 
-def _terminal_rows(group, rows: int, block: int = 1 << 22) -> np.ndarray:
-    terms = group["terminals"]
+def _terminal_rows(arrays, rows: int, block: int = 1 << 22) -> np.ndarray:
+    terms = arrays["terminals"]
     found = [np.flatnonzero(terms[lo:min(rows, lo + block)]) + lo for lo in range(0, rows, block)]
     return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
@@ -134,20 +135,21 @@ class SequenceSampler:
     """Batches of K-step windows from many games of a replay store (see the module docstring).
 
     Args:
-      store: path of the store (or its root zarr group).
+      store: path or URL of the store, its root zarr group, or a `data.view.RunSet` (runs, segments, arrays).
       games: game names (list or comma string) in the order that batch `game` ids index; None = all.
       batch_size: B. window: K, steps per window (the Decision Transformer's context).
       seed: everything is a function of (seed, process_index, step).
       game_weights: per-game sampling probabilities (normalised); None = uniform over games.
-      cache_bytes: bytes of decompressed units kept in RAM.
+      cache_bytes: bytes of decompressed units kept in RAM; None = ReplaySampler's default (256 MiB per game,
+        at least 2 GiB).
       process_index, process_count: this host's stream among process_count independent ones.
-      unit_rows: rows per unit (default 4 frame chunks of the first run).
+      unit_rows: rows per unit (default 4 frame chunks of the first run with rows).
       reuse: how many times a loaded window start is sampled on average before its unit is replaced.
       runs: restrict to these run numbers (None = all runs of each game).
     """
 
     def __init__(self, store: Any, games: Sequence[str] | str | None = None, batch_size: int = 32, window: int = 4,
-                 seed: int = 0, game_weights: Sequence[float] | None = None, cache_bytes: int = 1 << 30,
+                 seed: int = 0, game_weights: Sequence[float] | None = None, cache_bytes: int | None = None,
                  process_index: int = 0, process_count: int = 1, *, unit_rows: int | None = None,
                  reuse: float = 4.0, runs: Sequence[int] | None = None):
         if batch_size < 1 or window < 1:
@@ -157,15 +159,12 @@ class SequenceSampler:
             raise UsageError(f"process_index {process_index} outside [0, {process_count})")
         if reuse <= 0 or (unit_rows is not None and unit_rows < 1):
             raise UsageError(f"reuse {reuse} and unit_rows {unit_rows} must be positive")
-        root = st.open_store(store, "r") if not hasattr(store, "attrs") else store
-        available = sorted(root.group_keys())
+        data = open_run_set(store)
         if games is None:
-            names = available
+            names = list(data.games)
         else:
             names = [canonical_name(g) for g in (games.split(",") if isinstance(games, str) else games)]
-            missing = [g for g in names if g not in available]
-            if missing:
-                raise UsageError(f"games {missing} are not in the store", hint=f"it holds {', '.join(available)}")
+            data.check_games(names)
         self.games = [Game(n) for n in names]
         G = len(names)
         w = np.full(G, 1.0 / G) if game_weights is None else np.asarray(game_weights, np.float64)
@@ -179,16 +178,15 @@ class SequenceSampler:
         self._arrays: list[dict] = []
         found: list[tuple[int, int, int, np.ndarray, Episodes]] = []
         for gi, name in enumerate(names):
-            for _, run, group in st.iter_runs(root, games=[name], runs=set(runs) if runs is not None else None):
-                meta = st.run_meta(group)
-                if meta["rows"] == 0:
+            for view in data.runs_of(name, runs):
+                if view.rows == 0:
                     continue
                 if unit_rows is None:
-                    unit_rows = 4 * group["frames"].chunks[0]
-                terminal_rows = _terminal_rows(group, meta["rows"])
-                episodes = find_episodes(terminal_rows, meta["segments"], window)
-                self._arrays.append({k: group[k] for k in st.ARRAY_DTYPES})
-                found.append((gi, run, meta["rows"], terminal_rows, episodes))
+                    unit_rows = 4 * view.frame_chunk
+                terminal_rows = _terminal_rows(view.arrays, view.rows)
+                episodes = find_episodes(terminal_rows, view.segments, window)
+                self._arrays.append({k: view.arrays[k] for k in ARRAY_NAMES})
+                found.append((gi, view.run, view.rows, terminal_rows, episodes))
         if not found:
             raise UsageError("no rows to sample in the selected games/runs")
         self.unit_rows = U = int(unit_rows)
@@ -212,7 +210,9 @@ class SequenceSampler:
         self.valid_counts = [int(gu[2][-1]) for gu in self._game_units]
 
         self.slot_rows = R = U + window - 1
-        slot_bytes = R * (st.FRAME_BYTES + 4 + 4 + 4 + 1 + 1)
+        slot_bytes = R * (FRAME_BYTES + 4 + 4 + 4 + 1 + 1)
+        if cache_bytes is None:
+            cache_bytes = max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * G)
         self.slots_per_game = int(cache_bytes // slot_bytes // G)
         if self.slots_per_game < 1:
             raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",

@@ -13,7 +13,10 @@ which come out exactly as an uninterrupted run would have had them. Parallelism 
 
 Per step, the frame stacks of all running emulators (whatever their games) go through ONE
 `policy.q_values(obs (N, 4, 84, 84) uint8, game (N,) int32)` call; the batch is padded to a fixed N so a
-jitted policy compiles once.
+jitted policy compiles once. A `SequencePolicy` (the Decision Transformer) acts on each stream's context of
+past steps instead: `SequenceActing` keeps every stream in a fixed slot of its actor and tells it where
+episodes start and what each step gave; its random draws come from keys of the stream's own (seed, game,
+episode, step), so its scores do not depend on the number of emulators either.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from threadpoolctl import threadpool_limits
 from sqlcli_core.atari.env import OBS_SHAPE, AtariGame, Protocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation.sequence_acting import GreedyActing, SequenceActing, SequencePolicy
 
 FRAME_STACK = 4
 
@@ -151,13 +155,17 @@ def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
     return {g: game_index(policy.games, g) for g in games}
 
 
-def check_action_sets(policy: QPolicy, heads: dict[str, int]) -> None:
+def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int]) -> None:
     """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
     names = list(heads)
-    obs = np.zeros((len(names), FRAME_STACK, *OBS_SHAPE), np.uint8)
-    q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
-    for row, name in zip(q, names):
-        have, want = int(np.isfinite(row).sum()), Game(name).num_actions
+    if isinstance(policy, SequencePolicy):
+        sizes = [policy.num_actions[heads[g]] for g in names]
+    else:
+        obs = np.zeros((len(names), FRAME_STACK, *OBS_SHAPE), np.uint8)
+        q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
+        sizes = [int(np.isfinite(row).sum()) for row in q]
+    for have, name in zip(sizes, names):
+        want = Game(name).num_actions
         if have != want:
             raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
                              f"has {want}", hint="evaluate with the ale-py version the checkpoint was trained with")
@@ -241,7 +249,7 @@ def _step_streams(streams: Sequence[_Stream], actions: Sequence[int]) -> None:
         stream.step(int(action))
 
 
-def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
+def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
              done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
              record_frames: int = 3000,
              on_episode: Callable[[EpisodeResult], None] | None = None,
@@ -273,6 +281,7 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
     obs_batch = np.zeros((width, FRAME_STACK, *OBS_SHAPE), np.uint8)
     game_batch = np.zeros((width,), np.int32)
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    choose = SequenceActing(policy, width) if isinstance(policy, SequencePolicy) else GreedyActing(policy)
     pending = iter(plans)
     streams: list[_Stream] = []
 
@@ -314,12 +323,13 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
                     game_batch[i] = stream.head
                 game_batch[n:] = game_batch[0]  # padding rows: any valid game id, results ignored
                 t = time.perf_counter()
-                greedy = np.argmax(np.asarray(policy.q_values(obs_batch, game_batch))[:n], axis=1)
+                greedy = choose(streams, obs_batch, game_batch)
                 stats.policy_seconds += time.perf_counter() - t
             else:
                 greedy = np.zeros(n, np.int64)
             actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
                        for s, g in zip(streams, greedy)]
+            choose.taken(streams, actions)
             if pool is None:
                 _step_streams(streams, actions)
             else:

@@ -30,7 +30,15 @@ import numpy as np
 
 from sqlcli_core.data.sequences import SequenceBatch
 from sqlcli_core.errors import UsageError
-from sqlcli_core.networks.decision_transformer import FRAME_SHAPE, DecisionTransformerConfig, DTOutputs
+from sqlcli_core.methods.registry import LossSetup, Method, register
+from sqlcli_core.networks.decision_transformer import (
+    FRAME_SHAPE,
+    DecisionTransformerConfig,
+    DTOutputs,
+    action_sets_for,
+    build_decision_transformer,
+    example_inputs,
+)
 
 REWARD_NONE, REWARD_POSITIVE, REWARD_END, REWARD_NEGATIVE = 0, 1, 2, 3
 METRICS = ("action_loss", "return_loss", "reward_loss", "action_accuracy")  # scalar aux names, after "loss"
@@ -169,7 +177,8 @@ def act_on_context(apply: Callable[..., DTOutputs], params: hk.Params, rng: jax.
                    acting: ActingConfig) -> tuple[jax.Array, jax.Array]:
     """One expert-action-inference step for N contexts (pure; jit it with apply, config and acting static).
 
-    frames (N, T, 84, 84) uint8 oldest first, the last step being the current one; action (N, T) int32
+    rng: one key (2,) for all rows, or a key per row (N, 2) (then each row's draws depend on its own key
+    only, so a context's action does not depend on the other rows). frames (N, T, 84, 84) uint8 oldest first, the last step being the current one; action (N, T) int32
     minimal-set indices of the steps taken (the last one is ignored); reward_class (N, T) int32 (the last one
     ignored); game (N,) int32. Returns (action (N,) int32 to take now, return_bin (N, T) int32 the sampled
     conditioning returns). Causality makes the placeholders of the current step irrelevant.
@@ -177,19 +186,21 @@ def act_on_context(apply: Callable[..., DTOutputs], params: hk.Params, rng: jax.
     chex.assert_rank(frames, 4)
     chex.assert_rank([action, reward_class], 2)
     n, t = action.shape
+    keys = rng if rng.ndim == 2 else jax.random.split(rng, n)  # (N, 2): one stream of draws per row
+    draw = jax.vmap(jax.random.categorical)
     return_bin = jnp.zeros((n, t), jnp.int32)
     positions = (0,) if config.single_return_token else tuple(range(t))
     for step in positions:  # a return is sampled at each visible return token, earliest first
-        rng, key = jax.random.split(rng)
+        pairs = jax.vmap(jax.random.split)(keys)
+        keys, draw_keys = pairs[:, 0], pairs[:, 1]
         logits = apply(params, None, frames, action, return_bin, reward_class, game).return_logits[:, step]
-        sampled = jax.random.categorical(key, expert_return_logits(logits, acting.kappa,
-                                                                   acting.return_inverse_temperature))
+        sampled = draw(draw_keys, expert_return_logits(logits, acting.kappa, acting.return_inverse_temperature))
         return_bin = return_bin.at[:, step].set(sampled.astype(jnp.int32))
     logits = apply(params, None, frames, action, return_bin, reward_class, game).action_logits[:, -1]
     if acting.greedy_action:
         chosen = jnp.argmax(logits, axis=-1)
     else:
-        chosen = jax.random.categorical(rng, acting.action_inverse_temperature * logits)
+        chosen = draw(keys, acting.action_inverse_temperature * logits)
     return chosen.astype(jnp.int32), return_bin
 
 
@@ -225,8 +236,12 @@ class DecisionTransformerPolicy:
         self.rewards[slots] = REWARD_NONE
         self.games[slots] = np.asarray(games, np.int32)
 
-    def act(self, slots: Sequence[int], frames: np.ndarray) -> np.ndarray:
-        """frames (n, 84, 84) or (n, 4, 84, 84) (the newest frame is used) for `slots` -> (n,) int32 actions."""
+    def act(self, slots: Sequence[int], frames: np.ndarray, keys: np.ndarray | None = None) -> np.ndarray:
+        """frames (n, 84, 84) or (n, 4, 84, 84) (the newest frame is used) for `slots` -> (n,) int32 actions.
+
+        keys: (n, 2) uint32 PRNG keys of the slots' draws (evaluation derives them from each stream, so that
+        scores do not depend on which slot or batch a stream runs in); None: drawn from the policy's seed.
+        """
         slots = np.asarray(slots, np.int64)
         frames = np.asarray(frames)
         if frames.ndim == 4:
@@ -236,9 +251,13 @@ class DecisionTransformerPolicy:
         self.frames[slots, -1] = frames
         self.actions[slots, -1] = 0
         self.rewards[slots, -1] = REWARD_NONE
-        key = jax.random.fold_in(self._key, self._calls)
+        if keys is None:
+            all_keys = jax.random.split(jax.random.fold_in(self._key, self._calls), len(self.games))
+        else:
+            all_keys = np.zeros((len(self.games), 2), np.uint32)
+            all_keys[slots] = np.asarray(keys, np.uint32)
         self._calls += 1
-        chosen, return_bin = self._act(self.params, key, self.frames, self.actions, self.rewards, self.games)
+        chosen, return_bin = self._act(self.params, all_keys, self.frames, self.actions, self.rewards, self.games)
         chosen = np.asarray(chosen)[slots]
         self.actions[slots, -1] = chosen
         self.last_return_bin[slots] = np.asarray(return_bin)[slots]
@@ -258,7 +277,54 @@ class DecisionTransformerPolicy:
                                                              jnp.asarray(terminals, jnp.float32)))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The method `dt`
+
+
+def _network(network_config: DecisionTransformerConfig, num_actions: Sequence[int],
+             games: Sequence[str] | None) -> hk.Transformed:
+    if games is None:
+        raise UsageError("the Decision Transformer needs the games of the run (their ALE action sets)",
+                         hint="pass games= in head order")
+    return build_decision_transformer(network_config, action_sets_for(games, num_actions))
+
+
+def _make_loss(setup: LossSetup) -> Callable:
+    loss_fn = make_loss_fn(setup.network.apply, setup.network_config, num_games=len(setup.mask))
+
+    def with_target(params, target_params, batch, rng):
+        del target_params  # no target network
+        return loss_fn(params, batch, rng)
+
+    return with_target
+
+
+def _make_actor(network: hk.Transformed, params: hk.Params, network_config: DecisionTransformerConfig,
+                num_envs: int) -> DecisionTransformerPolicy:
+    return DecisionTransformerPolicy(network.apply, params, network_config, num_envs, ActingConfig())
+
+
+DECISION_TRANSFORMER = register(Method(
+    name="dt",
+    summary="Multi-game Decision Transformer: return-conditioned sequence model, expert action inference (--arch dt-*)",
+    batch_kind="sequences",
+    head="decision-transformer",
+    acting_output="",
+    metrics=METRICS,
+    per_game_metric=PER_GAME_METRIC,
+    progress=(("action_loss", "act", ".4f"), ("return_loss", "ret", ".3f"), ("action_accuracy", "acc", ".3f")),
+    uses_target_network=False,
+    learner_fields=(),
+    make_loss=_make_loss,
+    network=_network,
+    init_inputs=example_inputs,
+    finetune="fine-tuning reuses a Scaled QL torso and per-game heads, which a Decision Transformer does not have",
+    loss_rng=True,
+    make_actor=_make_actor,
+))
+
+
 __all__ = [
-    "ActingConfig", "DecisionTransformerPolicy", "METRICS", "PER_GAME_METRIC", "act_on_context", "batch_tokens", "bin_to_return",
+    "ActingConfig", "DECISION_TRANSFORMER", "DecisionTransformerPolicy", "METRICS", "PER_GAME_METRIC", "act_on_context", "batch_tokens", "bin_to_return",
     "decision_transformer_loss", "expert_return_logits", "make_loss_fn", "return_to_bin", "reward_to_class",
 ]

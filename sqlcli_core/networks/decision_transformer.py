@@ -41,6 +41,7 @@ import numpy as np
 
 from sqlcli_core.atari.games import Game, minimal_action_set
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.settings import setting
 
 FRAME_SHAPE = (84, 84)
 FULL_ACTIONS = 18  # ALE's full action set
@@ -55,24 +56,27 @@ KEY_SIZE = 64  # per-head width; heads = model width / 64 (the authors' code)
 
 @dataclasses.dataclass(frozen=True)
 class DecisionTransformerConfig:
-    """Everything that defines the Decision Transformer's shape.
+    """Everything that defines the Decision Transformer's shape (each field's help: `setting(...)`).
 
-    arch: one of DT_ARCHS (sets layers and model width). width: multiplier of the model width (rounded to a
-    multiple of 8, at least 8; layers stay), for tests and CPU runs. context_steps: T, steps per window.
-    patch_size: side of the square frame patches (must divide 84). return_min, num_return_bins: returns-to-go
-    are rounded and clipped to the integers return_min .. return_min + num_return_bins - 1, one bin each.
-    dropout_rate: dropout after attention and MLP while training. single_return_token: only the first
-    step's return token is visible and trained (the authors' released configuration).
+    The flat settings of `sql pretrain` (`--arch dt-*`, `--width`, and the TOML keys named like these fields)
+    build it; `networks.network_config(settings)` picks this class for a `dt-` arch.
     """
 
-    arch: str = "dt-40m"
-    width: float = 1.0
-    context_steps: int = 4
-    patch_size: int = 14
-    return_min: int = -20
-    num_return_bins: int = 120
-    dropout_rate: float = 0.1
-    single_return_token: bool = True
+    arch: str = setting("dt-40m", "Decision Transformer preset: dt-10m, dt-40m, dt-80m, dt-200m (layers x model "
+                        "width 4x512, 6x768, 12x768, 10x1280).", tag="paper: 10M/40M/200M; dt-80m ours")
+    width: float = setting(1.0, "Multiplier of the model width (rounded to a multiple of 8, at least 8; the depth "
+                           "stays), for tests and CPU runs.")
+    context_steps: int = setting(4, "T, steps per context window (training windows and acting context).",
+                                 tag="authors' code")
+    patch_size: int = setting(14, "Side of the square frame patches (must divide 84; 14 gives 36 patches).",
+                              tag="authors' code")
+    return_min: int = setting(-20, "Lowest return-to-go with its own bin.", tag="paper")
+    num_return_bins: int = setting(120, "Return bins, one integer return each from return_min up.", tag="paper")
+    dropout_rate: float = setting(0.1, "Dropout after attention and MLP while training.", tag="authors' code")
+    single_return_token: bool = setting(True, "Only the first step's return token is visible and trained.",
+                                        tag="authors' released configuration")
+    full_action_space: bool = setting(False, "Act in the 18 ALE actions for every game instead of each game's "
+                                      "minimal set (shared by both network families).")
 
     def __post_init__(self):
         if self.arch not in PRESETS:
@@ -293,6 +297,26 @@ def action_tables(action_sets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.
     return table, real
 
 
+def action_sets_for(games: Sequence[Any], num_actions: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Each game's actions as ALE ids, in head order: its minimal set, or all 18 where the run plays the full
+    action space (`num_actions` 18, `full_action_space`). `games`: Game objects or names."""
+    names = [g.name if isinstance(g, Game) else str(g) for g in games]
+    if len(names) != len(num_actions):
+        raise UsageError(f"{len(names)} games but {len(num_actions)} action-set sizes",
+                         hint="pass one action-set size per game")
+    sets = []
+    for name, n in zip(names, num_actions):
+        minimal = tuple(minimal_action_set(name))
+        if int(n) == len(minimal):
+            sets.append(minimal)
+        elif int(n) == FULL_ACTIONS:
+            sets.append(tuple(range(FULL_ACTIONS)))
+        else:
+            raise DataError(f"{name} has {len(minimal)} minimal actions, the run expects {n}",
+                            hint="use the ale-py version the run was trained with")
+    return tuple(sets)
+
+
 def build_decision_transformer(config: DecisionTransformerConfig, action_sets: Sequence[Sequence[int]]) -> hk.Transformed:
     """The multi-game Decision Transformer as a pure (init, apply) pair.
 
@@ -359,7 +383,8 @@ def parameter_table(config: DecisionTransformerConfig, games: Sequence[Any]) -> 
     total; plus layers, model_dim, heads, context_steps.
     """
     names = [g.name if isinstance(g, Game) else str(g) for g in games]
-    action_sets = [minimal_action_set(n) for n in names]
+    sizes = [FULL_ACTIONS if config.full_action_space else len(minimal_action_set(n)) for n in names]
+    action_sets = action_sets_for(names, sizes)
     parts = count_parameters(abstract_params(config, action_sets))
     return {
         "arch": config.arch, "width": config.width, "num_games": len(names),
@@ -371,7 +396,7 @@ def parameter_table(config: DecisionTransformerConfig, games: Sequence[Any]) -> 
 
 __all__ = [
     "DT_ARCHS", "DTOutputs", "DecisionTransformerConfig", "FULL_ACTIONS", "NUM_REWARD_CLASSES", "PARTS", "PRESETS",
-    "TokenLayout", "abstract_params", "action_tables", "attention_mask", "build_decision_transformer",
+    "TokenLayout", "abstract_params", "action_sets_for", "action_tables", "attention_mask", "build_decision_transformer",
     "count_parameters", "example_inputs", "frame_patches", "parameter_table", "token_layout",
     "token_visible",
 ]

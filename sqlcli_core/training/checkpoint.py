@@ -54,7 +54,7 @@ def _identity_difference(saved: dict, wanted: dict) -> str | None:
     Network settings are compared on the keys both sides know; a key only one side has is equal when the
     other side's value is its NetworkConfig default (a field added later does not change an older run).
     """
-    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.networks import config_class
     from sqlcli_core.training.lifecycle import settings_difference
 
     if identity_method(saved) != identity_method(wanted):
@@ -62,7 +62,9 @@ def _identity_difference(saved: dict, wanted: dict) -> str | None:
     if saved.get("games") != wanted.get("games"):
         return f"games {_short(saved.get('games'))} vs {_short(wanted.get('games'))}"
     saved_net, wanted_net = saved.get("network", {}), wanted.get("network", {})
-    defaults = NetworkConfig().to_dict()
+    if config_class(saved_net.get("arch", "")) is not config_class(wanted_net.get("arch", "")):
+        return f"network arch {saved_net.get('arch')!r} vs {wanted_net.get('arch')!r}"
+    defaults = config_class(wanted_net.get("arch", ""))().to_dict()
     for key in settings_difference({k: v for k, v in saved_net.items() if k not in NUMERICS_ONLY},
                                    {k: v for k, v in wanted_net.items() if k not in NUMERICS_ONLY}, defaults):
         return f"network {key} {saved_net.get(key, defaults.get(key))!r} vs {wanted_net.get(key, defaults.get(key))!r}"
@@ -286,7 +288,30 @@ class RunPolicy:
         return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game)))
 
 
-def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD) -> Callable:
+@dataclasses.dataclass
+class SequenceRunPolicy:
+    """A trained sequence model of a run (the Decision Transformer), ready to act (`evaluation.SequencePolicy`).
+
+    Same fields as RunPolicy; instead of q_values it hands out actors that keep each emulator slot's context:
+    `actor(num_envs)` -> an object with start_episodes / act / record (`Method.make_actor`; for dt a
+    `methods.decision_transformer.DecisionTransformerPolicy`, acting by expert action inference).
+    """
+
+    games: list[Game]
+    run_config: dict
+    step: int
+    params: Any
+    network_config: Any
+    num_actions: tuple[int, ...]
+    method: str
+    _network: Any = dataclasses.field(repr=False, default=None)
+
+    def actor(self, num_envs: int):
+        return get_method(self.method).make_actor(self._network, self.params, self.network_config, num_envs)
+
+
+def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD,
+              games: Sequence[str] | None = None) -> Callable:
     """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) action values, -inf off each game.
 
     The values are the method's acting output (`Method.make_action_values`): Q for scaled-ql and c51, the
@@ -295,7 +320,7 @@ def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_
     from sqlcli_core import networks
 
     m = get_method(method)
-    network = m.network(network_config, tuple(num_actions))
+    network = m.network(network_config, tuple(num_actions), None if games is None else tuple(games))
     return m.make_action_values(network, networks.action_mask(tuple(num_actions)))
 
 
@@ -311,8 +336,9 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
                     hint="pass RUN (newest checkpoint) or RUN/checkpoints/STEP")
 
 
-def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
-    """The online network of a run's newest checkpoint (or of RUN/checkpoints/STEP) as a RunPolicy."""
+def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy | SequenceRunPolicy:
+    """The online network of a run's newest checkpoint (or of RUN/checkpoints/STEP): a RunPolicy, or a
+    SequenceRunPolicy for a method that acts on a context of steps (dt)."""
     from sqlcli_core import networks
 
     path = Path(run_or_checkpoint)
@@ -321,9 +347,10 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
     run_dir, step = _resolve_checkpoint(path)
     record = read_run(run_dir)
     identity = record["identity"]
-    network_config = networks.NetworkConfig.from_dict(identity["network"])
+    network_config = networks.config_from_dict(identity["network"])
     num_actions = tuple(identity["num_actions"])
     method = get_method(identity_method(identity))
+    network = method.network(network_config, num_actions, tuple(identity["games"]))
     checkpointer = Checkpointer(run_dir, identity, read_only=True)
     try:
         step = checkpointer._step_or_latest(step)
@@ -333,8 +360,7 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
             raise DataError(f"checkpoint {step} of {run_dir} does not match its run.json ({diff})",
                             hint="the run directory was mixed up; train again or restore run.json")
         ocp = checkpointer._ocp
-        abstract = jax.eval_shape(method.network(network_config, num_actions).init, jax.random.PRNGKey(0),
-                                  *method.init_inputs(network_config))
+        abstract = jax.eval_shape(network.init, jax.random.PRNGKey(0), *method.init_inputs(network_config))
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = {"params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.float32, sharding=sharding), abstract)}
         restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
@@ -344,6 +370,11 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
     finally:
         checkpointer.close()
 
-    q_fn = make_q_fn(network_config, num_actions, method.name)
-    return RunPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
+    games = [Game(n) for n in identity["games"]]
+    if method.make_action_values is None:
+        return SequenceRunPolicy(games=games, run_config=record, step=int(step), params=params,
+                                 network_config=network_config, num_actions=num_actions, method=method.name,
+                                 _network=network)
+    q_fn = make_q_fn(network_config, num_actions, method.name, identity["games"])
+    return RunPolicy(games=games, run_config=record, step=int(step), params=params,
                      network_config=network_config, num_actions=num_actions, method=method.name, _q_fn=q_fn)

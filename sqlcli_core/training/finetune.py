@@ -78,12 +78,12 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     run_dir, step = checkpoint._resolve_checkpoint(path)
     record = checkpoint.read_run(run_dir)
     identity = record.get("identity") or {}
-    config = networks.NetworkConfig.from_dict(identity.get("network", {}))
-    num_actions = tuple(int(n) for n in identity.get("num_actions", ()))
     method = get_method(checkpoint.identity_method(identity))
-    if method.finetune is not None:
+    if method.finetune is not None:  # before reading the network: a dt run has another network config
         raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
                          hint="fine-tune a scaled-ql, c51 or bc run")
+    config = networks.NetworkConfig.from_dict(identity.get("network", {}))
+    num_actions = tuple(int(n) for n in identity.get("num_actions", ()))
     expected = jax.eval_shape(method.network(config, num_actions).init, jax.random.PRNGKey(0),
                               *method.init_inputs(config))
     saved = _saved_param_shapes(run_dir, identity, step)
