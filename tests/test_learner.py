@@ -60,8 +60,13 @@ def four_devices_bc(tmp_path_factory):
     return _train_on_four_devices(tmp_path_factory, "bc")
 
 
+@pytest.fixture(scope="module")
+def four_devices_dt(tmp_path_factory):
+    return _train_on_four_devices(tmp_path_factory, "dt")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("result", ["four_devices", "four_devices_bc"])
+@pytest.mark.parametrize("result", ["four_devices", "four_devices_bc", "four_devices_dt"])
 def test_four_devices_match_one_device(result, request):
     four_devices = request.getfixturevalue(result)
     facts = eval(str(four_devices["facts"]))  # written by our own worker
@@ -69,8 +74,12 @@ def test_four_devices_match_one_device(result, request):
     assert facts["shard_rows"] == [2, 2, 2, 2]  # the batch really is split over the 4 devices
     p4, p1 = _params(four_devices, "p4/"), _params(four_devices, "p1/")
     assert set(p4) == set(p1) and len(p4) >= 8
+    # The DT's shared position embeddings sum gradients over every token of the batch; where that sum is
+    # near zero, Adam's normalisation turns float32 reduction-order differences into ~1e-6 (dropout masks
+    # differ not at all: a different mask would move every parameter by ~lr = 1e-2).
+    atol = 1e-5 if result == "four_devices_dt" else 1e-6
     for name in p1:
-        np.testing.assert_allclose(p4[name], p1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(p4[name], p1[name], rtol=1e-5, atol=atol, err_msg=name)
     np.testing.assert_allclose(four_devices["losses4"], four_devices["losses1"], rtol=1e-5)
     # training moved the parameters (a no-op step would also "match")
     assert four_devices["losses1"][0] != four_devices["losses1"][-1]
