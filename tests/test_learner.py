@@ -389,3 +389,42 @@ def test_identity_compares_known_keys_and_new_keys_at_their_default(tmp_path):
     checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
     with pytest.raises(UsageError, match="network normalize_features True vs False"):
         checkpoint.prepare_run_dir(tmp_path, identity=changed, config={}, parameter_counts={}, seed=0)
+
+
+def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
+    """One DT update equals Adam on the gradient of the DT loss with the key fold_in(run key, step)."""
+    import jax
+    import optax
+
+    from sqlcli_core.methods import decision_transformer as mdt
+    from sqlcli_core.networks import decision_transformer as dt
+    from sqlcli_core.training import learner
+
+    net, num_actions = lw.tiny_setup("dt")
+    cfg = lw.tiny_learner("dt")
+    mesh = learner.make_mesh(jax.devices()[:1])
+    state = learner.init_train_state(net, num_actions, cfg, 0, mesh, lw.GAMES)
+    params, rng = jax.device_get(state.params), jax.device_get(state.rng)
+    batch = lw.random_sequences(7)
+    model = dt.build_decision_transformer(net, dt.action_sets_for(lw.GAMES, num_actions))
+    loss_fn = mdt.make_loss_fn(model.apply, net, num_games=2)
+    (want_loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, jax.random.fold_in(rng, 0))
+    eval_loss, _ = loss_fn(params, batch, None)
+    updates, _ = optax.adam(cfg.learning_rate, eps=cfg.adam_eps).update(grads, optax.adam(
+        cfg.learning_rate, eps=cfg.adam_eps).init(params), params)
+    want = optax.apply_updates(params, updates)
+
+    step = learner.make_train_step(net, num_actions, cfg, mesh, games=lw.GAMES)
+    new, metrics = step(state, learner.put_batch(batch, learner.batch_sharding(mesh)))
+    assert float(metrics["loss"]) == pytest.approx(float(want_loss), rel=1e-6)
+    assert abs(float(want_loss) - float(eval_loss)) > 1e-4  # dropout was on
+    assert new.target_params == {}  # no target network
+    got = jax.device_get(new.params)
+    for module in want:
+        for name in want[module]:
+            # Adam's first step is about lr * sign(g) = 1e-2 per weight; where |g| ~ eps, jit's other float32
+            # reduction order shows as ~1e-6 (another dropout key would differ by ~1e-2 almost everywhere)
+            np.testing.assert_allclose(got[module][name], want[module][name], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{module}/{name}")
+    with pytest.raises(UsageError, match="needs the games"):
+        learner.make_train_step(net, num_actions, cfg, mesh)
