@@ -141,8 +141,8 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     """One pure, jitted update of `config.method`: (state, batch) -> (state, metrics). The state is donated.
 
     network_config: a networks.NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
-    games' action-set sizes in head order. batch: the method's batch (a TransitionBatch for the built-in
-    methods) of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
+    games' action-set sizes in head order. batch: the method's batch (a TransitionBatch, a SequenceBatch for dt)
+    of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
     scalars `loss`, the method's `metrics` (scaled-ql: td_loss, cql_loss, q_data, q_other, q_max),
     `grad_norm`, and (G,) vectors `game_<per_game_metric>` (scaled-ql: game_td_loss) and `game_count`.
     With a target network, it is a hard copy of the online one after every `target_update_period`-th step.
