@@ -7,8 +7,6 @@ not from the store's terminals, so it is independent of the sampler's episode fi
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +15,7 @@ from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sequences import SequenceSampler, returns_to_go
 from sqlcli_core.errors import ResourceError, UsageError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import covered_segments, stored_positions, write_run  # noqa: E402
+from tests.replay_fixture import covered_segments, stored_positions, write_run
 
 CHUNK = 32
 GAMES = ["Breakout", "Pong"]
@@ -183,3 +179,32 @@ def test_bad_settings(fixture):
         make(store, window=500)
     with pytest.raises(UsageError, match="not a sequence sampler state"):
         make(store).load_state_dict({"format": "sql-replay-sampler"})
+
+
+def test_reads_the_run_set_and_keeps_to_a_row_selection(fixture):
+    """A RunSet gives the batches the store path gives; a row selection keeps every window inside it."""
+    from sqlcli_core.data.view import RunSet, open_run_set
+
+    store, logs = fixture
+    data = open_run_set(store)
+    with make(store) as by_path, make(data) as by_view:
+        for _ in range(3):
+            (x, kx), (y, ky) = by_path.next_batch_with_keys(), by_view.next_batch_with_keys()
+            np.testing.assert_array_equal(kx, ky)
+            np.testing.assert_array_equal(x.frames, y.frames)
+            np.testing.assert_array_equal(x.return_to_go, y.return_to_go)
+        full = by_path.valid_counts
+    cut = 300  # keep rows [0, 300) of Pong run 1
+    runs = tuple(r.select([(s, min(e, cut), ss) for s, e, ss in r.segments if s < cut])
+                 if (r.game, r.run) == ("Pong", 1) else r for r in data.runs)
+    refs = reference_windows(*logs[(1, 1)], 4)
+    with make(RunSet(data.games, runs, data.location), batch_size=128) as s:
+        assert s.valid_counts[0] == full[0] and s.valid_counts[1] < full[1]
+        pong_run1 = 0
+        for _ in range(20):
+            _, keys = s.next_batch_with_keys()
+            for g, run, row in keys:
+                if (int(g), int(run)) == (1, 1):
+                    assert int(row) in refs and int(row) + 4 <= cut, row
+                    pong_run1 += 1
+        assert pong_run1 > 0
