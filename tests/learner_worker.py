@@ -3,7 +3,8 @@
     python tests/learner_worker.py devices OUT.npz CHECKPOINT_RUN_DIR [METHOD]
         (under XLA_FLAGS=--xla_force_host_platform_device_count=4) trains STEPS steps on a 4-device mesh and
         on a 1-device mesh from the same state and batches; writes both parameter sets and facts, and
-        checkpoints the 4-device state. METHOD: a registered method name (default scaled-ql).
+        checkpoints the 4-device state. METHOD: a registered method name (default scaled-ql); dt trains the
+        tiny Decision Transformer on random windows, with dropout.
     python tests/learner_worker.py distributed OUT.npz COORDINATOR NUM_PROCESSES PROCESS_ID
         joins a jax.distributed job; each process feeds its own rows of the global batches; writes params.
 """
@@ -15,10 +16,13 @@ import sys
 import numpy as np
 
 from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.data.sequences import SequenceBatch
 
 STEPS = 3
 BATCH = 8
 NUM_ACTIONS = (3, 2)
+GAMES = ("Breakout", "Pong")
+DT_NUM_ACTIONS = (4, 6)  # the Decision Transformer maps actions to ALE ids: the games' real minimal sets
 
 
 def tiny_network():
@@ -26,6 +30,39 @@ def tiny_network():
     from sqlcli_core import networks
 
     return networks.NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=11, v_min=-2.0, v_max=2.0)
+
+
+def tiny_dt():
+    """A Decision Transformer of 4 layers, 32 wide (one head), context 4: the DT learner tests' shape."""
+    from sqlcli_core.networks import decision_transformer as dt
+
+    return dt.DecisionTransformerConfig(arch="dt-10m", width=1 / 16)
+
+
+def tiny_setup(method: str):
+    """(network config, action-set sizes) of a learner test of `method`."""
+    return (tiny_dt(), DT_NUM_ACTIONS) if method == "dt" else (tiny_network(), NUM_ACTIONS)
+
+
+def random_sequences(seed: int, batch: int = BATCH, num_actions=DT_NUM_ACTIONS, window: int = 4) -> SequenceBatch:
+    """A batch of random windows (some opening on padding rows, some ending on a terminal)."""
+    rng = np.random.default_rng(seed)
+    game = rng.integers(0, len(num_actions), batch).astype(np.int32)
+    sizes = np.asarray(num_actions)[game]
+    step_mask = np.ones((batch, window), np.float32)
+    step_mask[: batch // 4, :2] = 0
+    terminal = np.zeros((batch, window), np.float32)
+    terminal[-2:, -1] = 1
+    frames = rng.integers(0, 256, (batch, window, 84, 84), dtype=np.uint8)
+    frames[step_mask == 0] = 0
+    return SequenceBatch(game=game, frames=frames, action=rng.integers(0, sizes[:, None], (batch, window)).astype(np.int32),
+                         reward=rng.choice([-1.0, 0.0, 1.0], (batch, window)).astype(np.float32),
+                         return_to_go=rng.integers(-5, 30, (batch, window)).astype(np.float32),
+                         terminal=terminal, step_mask=step_mask)
+
+
+def make_batches(method: str) -> list:
+    return [random_sequences(100 + i) if method == "dt" else random_batch(100 + i) for i in range(STEPS)]
 
 
 def tiny_learner(method: str = "scaled-ql"):
@@ -56,13 +93,13 @@ def train(mesh, batches, rows=slice(None), method: str = "scaled-ql"):
 
     from sqlcli_core.training import learner
 
-    net, cfg = tiny_network(), tiny_learner(method)
-    state = learner.init_train_state(net, NUM_ACTIONS, cfg, 0, mesh)
-    step = learner.make_train_step(net, NUM_ACTIONS, cfg, mesh)
+    (net, num_actions), cfg = tiny_setup(method), tiny_learner(method)
+    state = learner.init_train_state(net, num_actions, cfg, 0, mesh, GAMES)
+    step = learner.make_train_step(net, num_actions, cfg, mesh, games=GAMES)
     sharding = learner.batch_sharding(mesh)
     losses = []
     for b in batches:
-        local = TransitionBatch(*(x[rows] for x in b))
+        local = type(b)(*(x[rows] for x in b))
         state, metrics = step(state, learner.put_batch(local, sharding))
         losses.append(float(metrics["loss"]))
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(jax.device_get(v))
@@ -72,7 +109,8 @@ def train(mesh, batches, rows=slice(None), method: str = "scaled-ql"):
 
 def _main(argv: list[str]) -> None:
     mode, out = argv[0], argv[1]
-    batches = [random_batch(100 + i) for i in range(STEPS)]
+    method = argv[3] if mode == "devices" and len(argv) > 3 else "scaled-ql"
+    batches = make_batches(method)
     if mode == "distributed":
         from sqlcli_core.training import learner
 
@@ -83,18 +121,18 @@ def _main(argv: list[str]) -> None:
     from sqlcli_core.training import learner
 
     if mode == "devices":
-        method = argv[3] if len(argv) > 3 else "scaled-ql"
         mesh4 = learner.make_mesh()
         params4, losses4, state4 = train(mesh4, batches, method=method)
         from sqlcli_core.training import checkpoint
 
-        identity = checkpoint.run_identity(tiny_network().to_dict(), ["Breakout", "Pong"], NUM_ACTIONS, method)
+        net, num_actions = tiny_setup(method)
+        identity = checkpoint.run_identity(net.to_dict(), list(GAMES), num_actions, method)
         ckpt = checkpoint.Checkpointer(argv[2], identity, every=1)
         ckpt.save(STEPS, state4, {"position": 7})
         ckpt.close()
         facts = {"devices": len(jax.devices()),
                  "shard_rows": [s.data.shape[0] for s in learner.put_batch(batches[0], learner.batch_sharding(mesh4))
-                                .state.addressable_shards]}
+                                .game.addressable_shards]}
         try:
             learner.check_batch_size(6, mesh4)
             facts["indivisible_error"] = None

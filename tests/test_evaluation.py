@@ -4,6 +4,7 @@ References: a plain one-emulator re-derivation of the batched loop (frame stack,
 the published random scores of the Atari-57 table, and hand-made policies whose actions are known.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from sqlcli_core.atari.env import PROTOCOLS, AtariGame
 from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import UsageError
 from sqlcli_core.evaluation import evaluate as ev
+from sqlcli_core.evaluation.sequence_acting import stream_key
 
 runner = CliRunner()
 
@@ -298,3 +300,110 @@ def test_an_episode_cut_at_the_protocols_own_cap_is_truncated(backend):
     results, _ = ev.evaluate(ev.RandomPolicy([Game("Pong")]), config, backend=backend)
     assert [(r.length, r.truncated) for r in results] == [(50, True), (50, True)]
     assert ev.protocol_block(config)["deviates_from_protocol"] is False
+@pytest.fixture(scope="module")
+def tiny_dt_run(tmp_path_factory):
+    """A real run directory with a real Orbax checkpoint of a tiny Decision Transformer for Pong and Breakout."""
+    from sqlcli_core import networks
+    from sqlcli_core.networks import decision_transformer as dt
+    from sqlcli_core.training import checkpoint, learner
+
+    run = tmp_path_factory.mktemp("dt-run")
+    config = dt.DecisionTransformerConfig(arch="dt-10m", width=1 / 16)
+    games = ["Pong", "Breakout"]
+    num_actions = networks.num_actions_for(config, [Game(g) for g in games])
+    identity = checkpoint.run_identity(config.to_dict(), games, num_actions, "dt")
+    state = learner.init_train_state(config, num_actions, learner.LearnerConfig(method="dt"), 0, learner.make_mesh(),
+                                     games)
+    checkpoint.prepare_run_dir(run, identity=identity, config={}, seed=0,
+                               parameter_counts=dt.count_parameters(state.params))
+    saver = checkpoint.Checkpointer(run, identity)
+    saver.save(5, state, None, force=True)
+    saver.close()
+    return run
+
+
+def reference_dt_stream(policy, game, seed, head, episodes, epsilon, max_steps):
+    """One (game, seed) stream played by a one-slot actor of `policy` in a plain loop, the same seeds and keys."""
+    actor = policy.actor(1)
+    env_seed, rng = ev.stream_seeds(game, seed)
+    env = AtariGame(Game(game), seed=env_seed)
+    out = []
+    for episode in range(episodes):
+        stack = np.concatenate([np.zeros((3, 84, 84), np.uint8), env.reset()[None]])
+        actor.start_episodes([0], [head])
+        score, length, over = 0.0, 0, False
+        while not over and length < max_steps:
+            chosen = int(actor.act([0], stack[None], stream_key(game, seed, episode, length)[None])[0])
+            action = int(rng.integers(env.num_actions)) if rng.random() < epsilon else chosen
+            frame, reward, over = env.step(action)
+            actor.record([0], [reward], [over], [action])
+            stack = np.concatenate([stack[1:], frame[None]])
+            score += reward
+            length += 1
+        out.append((score, length, not over))
+    env.close()
+    return out
+
+
+class RecordingPolicy:
+    """A SequencePolicy whose actors log every action they choose, by the stream's key of the draw."""
+
+    def __init__(self, policy):
+        self.policy, self.games, self.run_config = policy, policy.games, policy.run_config
+        self.step, self.num_actions = policy.step, policy.num_actions
+        self.log: dict[tuple[int, int], tuple[int, float]] = {}
+
+    def actor(self, num_envs):
+        inner, log = self.policy.actor(num_envs), self.log
+
+        class Actor:
+            start_episodes, record = inner.start_episodes, inner.record
+
+            def act(self, slots, frames, keys):
+                actions = inner.act(slots, frames, keys)
+                for key, frame, action in zip(keys, frames, actions):
+                    log[tuple(int(k) for k in key)] = (int(action), float(frame.mean()))
+                return actions
+
+        return Actor()
+
+
+@pytest.mark.slow
+def test_decision_transformer_run_is_played_by_expert_action_inference(tiny_dt_run):
+    """`sql eval` of a dt run: each stream keeps its own context whatever its slot, as a plain loop plays it."""
+    from sqlcli_core.methods.decision_transformer import DecisionTransformerPolicy
+    from sqlcli_core.training.checkpoint import SequenceRunPolicy, load_policy
+
+    loaded = load_policy(tiny_dt_run)
+    assert isinstance(loaded, SequenceRunPolicy) and isinstance(loaded, ev.SequencePolicy)
+    assert isinstance(loaded.actor(2), DecisionTransformerPolicy) and loaded.num_actions == (6, 4)
+    policy = RecordingPolicy(loaded)
+    config = ev.EvalConfig(games=("Breakout", "Pong"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=30)
+    batched, stats = ev.evaluate(policy, config, num_envs=3)  # 4 streams in 3 slots: slots are reused
+    assert stats.episodes == 8
+    by_key, batched_actions = {r.key: r for r in batched}, dict(policy.log)
+    assert len(batched_actions) == stats.env_steps  # one draw per step, each with its own key
+    assert len({a for a, _ in batched_actions.values()}) > 1  # the model's actions are not constant
+    policy.log.clear()
+    for seed in config.seeds:
+        for game in config.games:
+            reference = reference_dt_stream(policy, game, seed, ["Pong", "Breakout"].index(game), 2, 0.3, 30)
+            got = [by_key[(game, seed, e)] for e in range(2)]
+            assert [(r.score, r.length, r.truncated) for r in got] == reference, (game, seed)
+    assert policy.log == batched_actions  # every step's action and frame, as one stream alone plays them
+    policy.log.clear()
+    one_at_a_time, _ = ev.evaluate(policy, config, num_envs=1)
+    assert {r.key: r for r in one_at_a_time} == by_key and policy.log == batched_actions
+    # one episode per stream in one slot: each new stream's episode 0 follows another stream's episode 0
+    policy.log.clear()
+    firsts, _ = ev.evaluate(policy, dataclasses.replace(config, episodes=1), num_envs=1)
+    assert {r.key: r for r in firsts} == {k: r for k, r in by_key.items() if k[2] == 0}
+    assert policy.log.items() <= batched_actions.items()
+
+    res = runner.invoke(app, ["eval", str(tiny_dt_run), "--seeds", "3", "--episodes", "1", "--max-steps", "40",
+                              "--bootstrap-reps", "200", "--json"])
+    assert res.exit_code == 0, res.output
+    (out,) = (tiny_dt_run / "eval").glob("*.json")
+    result = json.loads(out.read_text())
+    assert result["policy"]["arch"] == "dt-10m" and result["policy"]["step"] == 5
+    assert [len(result["games"][g]["scores"]) for g in ("Pong", "Breakout")] == [1, 1]

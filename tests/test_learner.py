@@ -60,8 +60,13 @@ def four_devices_bc(tmp_path_factory):
     return _train_on_four_devices(tmp_path_factory, "bc")
 
 
+@pytest.fixture(scope="module")
+def four_devices_dt(tmp_path_factory):
+    return _train_on_four_devices(tmp_path_factory, "dt")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("result", ["four_devices", "four_devices_bc"])
+@pytest.mark.parametrize("result", ["four_devices", "four_devices_bc", "four_devices_dt"])
 def test_four_devices_match_one_device(result, request):
     four_devices = request.getfixturevalue(result)
     facts = eval(str(four_devices["facts"]))  # written by our own worker
@@ -69,8 +74,12 @@ def test_four_devices_match_one_device(result, request):
     assert facts["shard_rows"] == [2, 2, 2, 2]  # the batch really is split over the 4 devices
     p4, p1 = _params(four_devices, "p4/"), _params(four_devices, "p1/")
     assert set(p4) == set(p1) and len(p4) >= 8
+    # The DT's shared position embeddings sum gradients over every token of the batch; where that sum is
+    # near zero, Adam's normalisation turns float32 reduction-order differences into ~1e-6 (dropout masks
+    # differ not at all: a different mask would move every parameter by ~lr = 1e-2).
+    atol = 1e-5 if result == "four_devices_dt" else 1e-6
     for name in p1:
-        np.testing.assert_allclose(p4[name], p1[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(p4[name], p1[name], rtol=1e-5, atol=atol, err_msg=name)
     np.testing.assert_allclose(four_devices["losses4"], four_devices["losses1"], rtol=1e-5)
     # training moved the parameters (a no-op step would also "match")
     assert four_devices["losses1"][0] != four_devices["losses1"][-1]
@@ -380,3 +389,42 @@ def test_identity_compares_known_keys_and_new_keys_at_their_default(tmp_path):
     checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
     with pytest.raises(UsageError, match="network normalize_features True vs False"):
         checkpoint.prepare_run_dir(tmp_path, identity=changed, config={}, parameter_counts={}, seed=0)
+
+
+def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
+    """One DT update equals Adam on the gradient of the DT loss with the key fold_in(run key, step)."""
+    import jax
+    import optax
+
+    from sqlcli_core.methods import decision_transformer as mdt
+    from sqlcli_core.networks import decision_transformer as dt
+    from sqlcli_core.training import learner
+
+    net, num_actions = lw.tiny_setup("dt")
+    cfg = lw.tiny_learner("dt")
+    mesh = learner.make_mesh(jax.devices()[:1])
+    state = learner.init_train_state(net, num_actions, cfg, 0, mesh, lw.GAMES)
+    params, rng = jax.device_get(state.params), jax.device_get(state.rng)
+    batch = lw.random_sequences(7)
+    model = dt.build_decision_transformer(net, dt.action_sets_for(lw.GAMES, num_actions))
+    loss_fn = mdt.make_loss_fn(model.apply, net, num_games=2)
+    (want_loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, jax.random.fold_in(rng, 0))
+    eval_loss, _ = loss_fn(params, batch, None)
+    updates, _ = optax.adam(cfg.learning_rate, eps=cfg.adam_eps).update(grads, optax.adam(
+        cfg.learning_rate, eps=cfg.adam_eps).init(params), params)
+    want = optax.apply_updates(params, updates)
+
+    step = learner.make_train_step(net, num_actions, cfg, mesh, games=lw.GAMES)
+    new, metrics = step(state, learner.put_batch(batch, learner.batch_sharding(mesh)))
+    assert float(metrics["loss"]) == pytest.approx(float(want_loss), rel=1e-6)
+    assert abs(float(want_loss) - float(eval_loss)) > 1e-4  # dropout was on
+    assert new.target_params == {}  # no target network
+    got = jax.device_get(new.params)
+    for module in want:
+        for name in want[module]:
+            # Adam's first step is about lr * sign(g) = 1e-2 per weight; where |g| ~ eps, jit's other float32
+            # reduction order shows as ~1e-6 (another dropout key would differ by ~1e-2 almost everywhere)
+            np.testing.assert_allclose(got[module][name], want[module][name], rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{module}/{name}")
+    with pytest.raises(UsageError, match="needs the games"):
+        learner.make_train_step(net, num_actions, cfg, mesh)

@@ -23,6 +23,10 @@ RUN_ARGS = ["--games", "pong,breakout", "--arch", "dqn", "--width", "0.25", "--n
             "--steps", str(STEPS), "--checkpoint-every", "4", "--keep", "2", "--log-every", "4", "--seed", "3",
             "--lr", "1e-3", "--target-update-period", "6", "--cache-bytes", "8000000"]
 BC_ARGS = [*RUN_ARGS, "--method", "bc"]
+# The tiny Decision Transformer: 4 layers, 32 wide, one head; windows of 4 steps; dropout on.
+DT_ARGS = ["--games", "pong,breakout", "--method", "dt", "--arch", "dt-10m", "--width", "0.0625", "--batch-size", "8",
+           "--steps", str(STEPS), "--checkpoint-every", "4", "--keep", "2", "--log-every", "4", "--seed", "3",
+           "--lr", "1e-3", "--cache-bytes", "8000000"]
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +128,41 @@ def test_bc_run_records_its_method_and_resumes_bit_identically(store, env, unint
     # the same run directory under another method is another run
     other = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS], env)
     assert other.returncode == 2 and "holds a different run (method bc vs scaled-ql)" in other.stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_dt(store, env, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "dt"
+    proc = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *DT_ARGS, "--json"], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run, json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_dt_run_trains_on_windows_and_resumes_bit_identically(store, env, uninterrupted_dt, tmp_path):
+    from sqlcli_core.networks import decision_transformer as dt
+
+    run, summary = uninterrupted_dt
+    record = json.loads((run / "run.json").read_text())
+    assert summary["method"] == "dt" and record["identity"]["method"] == "dt"
+    network = record["identity"]["network"]
+    assert network["arch"] == "dt-10m" and network["context_steps"] == 4 and "num_atoms" not in network
+    counts = dt.parameter_table(dt.DecisionTransformerConfig(arch="dt-10m", width=0.0625), ["Pong", "Breakout"])
+    assert record["parameter_counts"] == counts["parts"] and summary["num_parameters"] == counts["total"]
+    lines = metric_lines(run)
+    assert {"action_loss", "return_loss", "reward_loss", "action_accuracy", "game_action_loss"} <= set(lines[-1])
+    for m in lines:
+        assert m["loss"] == pytest.approx(m["action_loss"] + m["return_loss"] + m["reward_loss"], rel=1e-5)
+    # the sampler's position is in the checkpoint (exact resume of the windows, not only of the weights)
+    meta = json.loads((run / "checkpoints" / str(STEPS) / "meta" / "metadata").read_text())
+    assert meta["sampler_states"][0]["format"] == "sql-sequence-sampler"
+    assert meta["sampler_states"][0]["step"] == STEPS and meta["sampler_states"][0]["config"]["window"] == 4
+    _kill_then_rerun_matches(store, env, uninterrupted_dt, tmp_path, DT_ARGS)
+    # fine-tuning a DT run is refused in one line, before any network is built
+    ft = sql(["finetune-offline", "--from", str(run), "--run-dir", str(tmp_path / "ft"), "--game", "pong",
+              "--data", str(store)], env)
+    assert ft.returncode == 2 and "runs of method dt cannot be fine-tuned" in ft.stderr
+    assert len(ft.stderr.strip().splitlines()) == 1
 
 
 def _kill_then_rerun_matches(store, env, uninterrupted, tmp_path, run_args):
@@ -238,8 +277,42 @@ def test_dry_run_of_behaviour_cloning_counts_policy_heads():
              "projection": (16384 + 1) * 1024, "heads": (1024 + 1) * 501}
     assert summary["method"] == "bc" and summary["parts"] == parts and summary["total"] == sum(parts.values())
     assert "total" in result.output and "bc" in result.output
-    result = runner.invoke(app, ["pretrain", "--method", "dt", "--dry-run"])
-    assert result.exit_code == 2 and "'dt' is not one of" in result.output
+    result = runner.invoke(app, ["pretrain", "--method", "xyz", "--dry-run"])
+    assert result.exit_code == 2 and "'xyz' is not one of" in result.output
+
+
+@pytest.mark.parametrize("arch, layers, d, low, high", [("dt-80m", 12, 768, 80e6, 90e6), ("dt-40m", 6, 768, 40e6, 45e6)])
+def test_dry_run_of_the_decision_transformer_presets(arch, layers, d, low, high):
+    result = runner.invoke(app, ["pretrain", "--method", "dt", "--arch", arch, "--games", "atari40", "--dry-run",
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # hand count: 36 patches of 14x14 -> d (+ positions), return/action/reward tables and 4 x 39 token
+    # positions, per layer 12 d^2 + 13 d, the final LayerNorm, and the three heads (120, 18, 4 classes)
+    parts = {"patch_embedding": 196 * d + d + 36 * d, "token_embeddings": (120 + 18 + 4 + 4 * 39) * d,
+             "transformer": layers * (12 * d * d + 13 * d) + 2 * d, "heads": (d + 1) * (120 + 18 + 4)}
+    assert summary["method"] == "dt" and summary["parts"] == parts and summary["total"] == sum(parts.values())
+    assert low < summary["total"] < high and summary["num_games"] == 40
+    assert "transformer" in result.output and "total" in result.output
+
+
+def test_dt_settings_are_checked_against_the_method_and_the_arch(tmp_path):
+    for args, message in [
+        (["--method", "dt"], "--method dt trains a Decision Transformer, not --arch resnet101"),
+        (["--arch", "dt-40m"], "--arch dt-40m is a Decision Transformer, which --method scaled-ql does not train"),
+        (["--method", "dt", "--arch", "dt-40m", "--num-atoms", "11"], "num_atoms does not apply to the Decision"),
+        (["--method", "dt", "--arch", "dt-40m", "--bf16"], "compute_dtype does not apply"),
+    ]:
+        result = runner.invoke(app, ["pretrain", "--dry-run", *args])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    cfg = tmp_path / "dt.toml"
+    cfg.write_text('method = "dt"\narch = "dt-10m"\ncontext_steps = 2\nnum_return_bins = 60\n')
+    result = runner.invoke(app, ["pretrain", "--dry-run", "--config", str(cfg), "--games", "pong", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    d = 512  # fewer return bins and a shorter context: smaller embeddings and return head
+    assert summary["context_steps"] == 2 and summary["parts"]["token_embeddings"] == (60 + 18 + 4 + 2 * 39) * d
+    assert summary["parts"]["heads"] == (d + 1) * (60 + 18 + 4)
 
 
 def test_toml_config_is_shared_by_the_training_commands(tmp_path):

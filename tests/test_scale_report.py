@@ -305,6 +305,43 @@ def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
     assert summary["fits"][0]["b"] == pytest.approx(np.polyfit(np.log(totals), np.log([0.1, 0.2, 0.3]), 1)[0])
 
 
+def test_decision_transformer_runs_are_their_own_method(tmp_path):
+    """dt runs from the real writer (pretrain's config, the DT's own parameter table) next to scaled-ql runs."""
+    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
+    learner = pytest.importorskip("sqlcli_core.training.learner")
+    from sqlcli_core import networks
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.networks import decision_transformer as dt
+
+    games = ["Pong", "Breakout"]
+    data = make_store(tmp_path, "near-optimal")
+    runs, dt_totals = [], []
+    for i, (arch, width) in enumerate([("dqn", 0.25), ("dqn", 0.5), ("dt-10m", 0.25), ("dt-40m", 0.25)]):
+        is_dt = arch.startswith("dt-")
+        config = (dt.DecisionTransformerConfig(arch=arch, width=width) if is_dt
+                  else networks.NetworkConfig(arch=arch, width=width, projection_dim=64))
+        table = networks.parameter_table(config, [Game(g) for g in games])
+        method = "dt" if is_dt else "scaled-ql"
+        identity = checkpoint.run_identity(config.to_dict(), games, table["num_actions"], method)
+        run = tmp_path / f"{arch}-w{width}"
+        pretrain = learner.PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config,
+                                          learner=learner.LearnerConfig(method=method))
+        checkpoint.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
+                                   parameter_counts=table["parts"], seed=0)
+        add_eval(run, "final", 0.1 * (i % 2 + 1))
+        runs.append(run)
+        if is_dt:
+            dt_totals.append(table["total"])
+    res = cli(*runs, "--out", tmp_path / "out", "--json", "--bootstrap", "200")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "out" / "scale_report.json").read_text())
+    dt_points = [p for p in summary["points"] if p["method"] == "dt"]
+    assert [p["params"] for p in dt_points] == dt_totals and [p["family"] for p in dt_points] == ["dt", "dt"]
+    groups = {f["group"]["method"]: f for f in summary["fits"]}
+    assert set(groups) == {"dt", "scaled-ql(alpha=0.05)"} and groups["dt"]["status"] == "exact"
+    assert groups["dt"]["b"] == pytest.approx(np.log(0.2 / 0.1) / np.log(dt_totals[1] / dt_totals[0]))
+
+
 def test_composition_is_read_from_the_data_store(tmp_path):
     assert sr.composition_from_store(str(make_store(tmp_path, "near-optimal")), ("Pong", "Breakout")) == "near-optimal"
     assert sr.composition_from_store(str(make_store(tmp_path, "sub-optimal")), ("Pong",)) == "sub-optimal"

@@ -1,4 +1,5 @@
-"""`sql pretrain`: train one multi-game network (Scaled QL, C51 or behaviour cloning) on a Zarr store; resumable.
+"""`sql pretrain`: train one multi-game network (Scaled QL, C51, behaviour cloning or a Decision Transformer) on a
+Zarr store; resumable.
 
 Settings come from, in increasing priority: the config dataclasses' defaults (docs/defaults.md), `--config`
 (a TOML file with flat keys named like the options, `-` or `_`, or a run's RUN/run.json to re-create its
@@ -101,8 +102,11 @@ def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
 
 
 def _parts_table(table: dict, method: str) -> Table:
+    shape = (f"torso output {table['torso_output']}" if "torso_output" in table else
+             f"{table['layers']} layers x {table['model_dim']} wide, {table['heads']} heads, "
+             f"context {table['context_steps']} steps")
     t = Table(title=f"{method}: {table['arch']} width {table['width']}: {table['num_games']} games, "
-              f"{sum(table['num_actions'])} actions, torso output {table['torso_output']}")
+              f"{sum(table['num_actions'])} actions, {shape}")
     t.add_column("part")
     t.add_column("parameters", justify="right")
     for part, n in table["parts"].items():
@@ -122,7 +126,7 @@ def pretrain(
     coordinator: Coordinator = None, num_processes: NumProcesses = None, process_id: ProcessId = None,
     config_file: ConfigFile = None, dry_run: DryRun = False, as_json: bool = JSON_OPTION,
 ) -> None:
-    """Pre-train one network on offline data from many games (Scaled QL, C51 or behaviour cloning), resumably."""
+    """Pre-train one network on offline data from many games (Scaled QL, C51, BC or a Decision Transformer), resumably."""
     flags = {
         "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch,
         "width": width, "batch_size": batch_size, "learning_rate": lr, "adam_eps": adam_eps, "alpha": alpha,

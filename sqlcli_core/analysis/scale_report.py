@@ -141,8 +141,9 @@ def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
 
 
 def arch_family(arch: str) -> str:
-    """The architecture family: the name without its size suffix (resnet101 -> resnet, impala-cnn-4x -> impala-cnn)."""
-    family = re.sub(r"[-_]?(\d+x?|x\d+)$", "", arch.lower())
+    """The architecture family: the name without its size suffix (resnet101 -> resnet, impala-cnn-4x -> impala-cnn,
+    dt-40m -> dt)."""
+    family = re.sub(r"[-_]?(\d+[xm]?|x\d+)$", "", arch.lower())
     return family or arch.lower()
 
 

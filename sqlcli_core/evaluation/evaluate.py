@@ -15,7 +15,10 @@ which come out exactly as an uninterrupted run would have had them. Parallelism 
 
 Per step, the frame stacks of all running emulators (whatever their games) go through ONE
 `policy.q_values(obs (N, 4, 84, 84) uint8, game (N,) int32)` call; the batch is padded to a fixed N so a
-jitted policy compiles once.
+jitted policy compiles once. A `SequencePolicy` (the Decision Transformer) acts on each stream's context of
+past steps instead: `SequenceActing` keeps every stream in a fixed slot of its actor and tells it where
+episodes start and what each step gave; its random draws come from keys of the stream's own (seed, game,
+episode, step), so its scores do not depend on the number of emulators either.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sqlcli_core.atari.env import FRAME_SHAPE, ActingProtocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.atari.vector import Emulator, EmulatorPool
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation.sequence_acting import GreedyActing, SequenceActing, SequencePolicy
 
 FRAME_STACK = 4
 
@@ -153,13 +157,17 @@ def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
     return {g: game_index(policy.games, g) for g in games}
 
 
-def check_action_sets(policy: QPolicy, heads: dict[str, int]) -> None:
+def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int]) -> None:
     """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
     names = list(heads)
-    obs = np.zeros((len(names), FRAME_STACK, *FRAME_SHAPE), np.uint8)
-    q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
-    for row, name in zip(q, names):
-        have, want = int(np.isfinite(row).sum()), Game(name).num_actions
+    if isinstance(policy, SequencePolicy):
+        sizes = [policy.num_actions[heads[g]] for g in names]
+    else:
+        obs = np.zeros((len(names), FRAME_STACK, *FRAME_SHAPE), np.uint8)
+        q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
+        sizes = [int(np.isfinite(row).sum()) for row in q]
+    for have, name in zip(sizes, names):
+        want = Game(name).num_actions
         if have != want:
             raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
                              f"has {want}", hint="evaluate with the ale-py version the checkpoint was trained with")
@@ -240,7 +248,8 @@ def _finish_steps(streams: Sequence[_Stream]) -> None:
         stream.finish_step()
 
 
-def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1, backend: str = "auto",
+def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
+             backend: str = "auto",
              done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
              record_frames: int = 3000,
              on_episode: Callable[[EpisodeResult], None] | None = None,
@@ -276,6 +285,7 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
                              max_episode_steps=config.max_steps)
     pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
+    choose = SequenceActing(policy, width) if isinstance(policy, SequencePolicy) else GreedyActing(policy)
     pending = iter(plans)
     streams: list[_Stream] = []
 
@@ -320,13 +330,15 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
                     game_batch[i] = stream.head
                 game_batch[n:] = game_batch[0]  # padding rows: any valid game id, results ignored
                 t = time.perf_counter()
-                greedy = np.argmax(np.asarray(policy.q_values(obs_batch, game_batch))[:n], axis=1)
+                greedy = choose(streams, obs_batch, game_batch)
                 stats.policy_seconds += time.perf_counter() - t
             else:
                 greedy = np.zeros(n, np.int64)
-            for stream, g in zip(streams, greedy):
-                explore = stream.rng.random() < config.epsilon
-                stream.env.send(int(stream.rng.integers(stream.num_actions)) if explore else int(g))
+            actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
+                       for s, g in zip(streams, greedy)]
+            choose.taken(streams, actions)
+            for stream, action in zip(streams, actions):
+                stream.env.send(action)
             if pool is None:
                 _finish_steps(streams)
             else:

@@ -5,10 +5,11 @@ generic learner, the CLI and acting need to know about one way of training a pol
 learner never names a loss, a metric or a network output; it asks the run's `Method`:
 
     method = get_method(learner_config.method)
-    network = method.network(network_config, num_actions)            # hk.Transformed, typed outputs
+    network = method.network(network_config, num_actions, games)     # hk.Transformed, typed outputs
     params = network.init(rng, *method.init_inputs(network_config))
     loss_fn = method.make_loss(LossSetup(network, mask, network_config, learner_config))
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, target_params, batch)
+    #   ... or (params, target_params, batch, fold_in(state.rng, state.step)) when method.loss_rng
     metrics = {"loss": loss, **{k: aux[k] for k in method.metrics}, "grad_norm": ...,
                method.game_metric: aux["per_game_" + method.per_game_metric], "game_count": aux["per_game_count"]}
     act = method.make_action_values(network, mask)                    # (params, obs, game) -> (N, A) scores
@@ -16,13 +17,17 @@ learner never names a loss, a metric or a network output; it asks the run's `Met
 Contract of each field (see the `Method` docstring) and of the callables:
 - `make_loss(setup) -> loss_fn(params, target_params, batch) -> (loss, aux)`, pure and jittable; `batch` is
   the method's batch type (`batch_kind`); aux holds every name of `metrics` (scalars) and the (G,) vectors
-  `per_game_<per_game_metric>` and `per_game_count`.
+  `per_game_<per_game_metric>` and `per_game_count`. With `loss_rng`, loss_fn takes a fourth argument: the
+  step's PRNG key (fold_in(run key, step), so a resumed run draws the same), e.g. for dropout.
 - `make_action_values(network, mask) -> fn(params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max)`
   float32 scores, -inf outside each sample's game: acting plays argmax of them. For methods whose acting
-  needs more than the current frame stack (a sequence model), `make_action_values` may be None and the
-  method provides its own policy object to evaluation.
-- `network(network_config, num_actions) -> hk.Transformed` and `init_inputs(network_config) -> tuple` of
-  example arrays for `network.init(rng, *inputs)`; default: the multi-game torso/neck/heads network of
+  needs more than the current frame stack (a sequence model), `make_action_values` is None and the method
+  gives `make_actor(network, params, network_config, num_envs) -> actor` instead: an object with
+  `start_episodes(slots, games)`, `act(slots, frames, keys)` and `record(slots, rewards, terminals, actions)`
+  that keeps each emulator slot's context (evaluation drives it; see evaluation/evaluate.py).
+- `network(network_config, num_actions, games) -> hk.Transformed` (games: the game names in head order;
+  the standard network ignores them, the Decision Transformer needs them for the games' ALE action sets) and `init_inputs(network_config) -> tuple` of example arrays
+  for `network.init(rng, *inputs)`; default: the multi-game torso/neck/heads network of
   `sqlcli_core.networks` with the method's `head` kind.
 
 Adding a method: write `methods/<name>.py` that builds a `Method` and calls `register(...)`, import it in
@@ -54,8 +59,9 @@ class LossSetup(NamedTuple):
     learner_config: Any  # training.update.LearnerConfig
 
 
-def _standard_network(head: str) -> Callable[[Any, tuple[int, ...]], hk.Transformed]:
-    def build(network_config, num_actions):
+def _standard_network(head: str) -> Callable[..., hk.Transformed]:
+    def build(network_config, num_actions, games=None):
+        del games  # the heads are sized by num_actions alone
         from sqlcli_core import networks
 
         return networks.build_network(network_config, num_actions, head)
@@ -104,7 +110,8 @@ class Method:
         `target_update_period` steps); without one the train state holds an empty target.
     learner_fields: the `LearnerConfig` fields besides the optimiser's that the method reads (docs, --help).
     finetune: None when fine-tuning a run of this method is supported, else the reason it is refused.
-    make_loss, make_action_values, network, init_inputs: see the module docstring.
+    loss_rng: whether loss_fn takes the step's PRNG key as a fourth argument (dropout).
+    make_loss, make_action_values, make_actor, network, init_inputs: see the module docstring.
     """
 
     name: str
@@ -119,9 +126,11 @@ class Method:
     learner_fields: tuple[str, ...]
     make_loss: Callable[[LossSetup], Callable]
     make_action_values: Callable | None = None
-    network: Callable[[Any, tuple[int, ...]], hk.Transformed] | None = None
+    network: Callable[..., hk.Transformed] | None = None
     init_inputs: Callable[[Any], tuple] = _standard_init_inputs
     finetune: str | None = None
+    loss_rng: bool = False
+    make_actor: Callable | None = None
 
     def __post_init__(self):
         if self.batch_kind not in BATCH_KINDS:
@@ -130,6 +139,8 @@ class Method:
             object.__setattr__(self, "network", _standard_network(self.head))
         if self.make_action_values is None and self.acting_output:
             object.__setattr__(self, "make_action_values", greedy_output(self.acting_output))
+        if (self.make_action_values is None) == (self.make_actor is None):
+            raise ValueError(f"method {self.name}: give make_action_values (or acting_output) or make_actor, not both")
 
     @property
     def game_metric(self) -> str:

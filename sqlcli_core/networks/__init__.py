@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.networks import decision_transformer
+from sqlcli_core.networks.decision_transformer import DT_ARCHS, DecisionTransformerConfig
 from sqlcli_core.networks.dqn_cnn import DqnCnn
 from sqlcli_core.networks.heads import MultiGameHeads, SpatialEmbedding, l2_normalize, padded_action_mask
 from sqlcli_core.networks.impala import ImpalaCnn
@@ -78,7 +80,8 @@ class NetworkConfig:
     The C51 support (num_atoms atoms evenly spaced in [v_min, v_max]) is read by categorical heads only.
     """
 
-    arch: str = setting("resnet101", "Torso: dqn, impala, resnet18/34/50/101/152.", tag="paper: the family")
+    arch: str = setting("resnet101", "Torso: dqn, impala, resnet18/34/50/101/152; or a Decision Transformer preset "
+                        "dt-10m/40m/80m/200m (with --method dt).", tag="paper: the family")
     width: float = setting(1.0, "Channel multiplier of the torso (1.0 = the standard model).")
     num_atoms: int = setting(51, "C51 atoms (categorical heads only).", tag="ours: the C51 default")
     v_min: float = setting(-10.0, "Lowest atom (return units, clipped rewards).", tag="ours: the C51 default")
@@ -130,7 +133,55 @@ class NetworkConfig:
         return cls(**dict(d))
 
 
-def num_actions_for(config: NetworkConfig, games: Sequence[Any]) -> tuple[int, ...]:
+# ---------------------------------------------------------------------------------------------------------
+# The two network families behind one flat set of settings: an arch dt-* selects the Decision Transformer.
+
+AnyNetworkConfig = NetworkConfig | DecisionTransformerConfig
+SHARED_FIELDS = ("arch", "width", "full_action_space")
+
+
+def config_class(arch: str) -> type:
+    """The config class of `arch`: DecisionTransformerConfig for dt-*, NetworkConfig otherwise."""
+    return DecisionTransformerConfig if str(arch).startswith("dt-") else NetworkConfig
+
+
+def network_setting_names() -> tuple[str, ...]:
+    """Every flat network setting of both families (NetworkConfig's, then the DT's own)."""
+    own = tuple(f.name for f in dataclasses.fields(DecisionTransformerConfig) if f.name not in SHARED_FIELDS)
+    return tuple(f.name for f in dataclasses.fields(NetworkConfig)) + own
+
+
+def network_defaults() -> dict[str, Any]:
+    """{flat network setting: default} of both families (NetworkConfig's values for the shared ones)."""
+    return {**DecisionTransformerConfig().to_dict(), **NetworkConfig().to_dict()}
+
+
+def network_config(settings: Mapping[str, Any]) -> AnyNetworkConfig:
+    """The network config that flat `settings` describe (missing keys at their defaults).
+
+    The arch picks the family; a setting of the other family that is not at its default is refused, since it
+    would silently do nothing (e.g. --num-atoms for a Decision Transformer).
+    """
+    defaults = network_defaults()
+    values = {**defaults, **{k: v for k, v in settings.items() if k in defaults}}
+    cls = config_class(values["arch"])
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = sorted(k for k in defaults if k not in own and values[k] != defaults[k])
+    if foreign:
+        family = "the Decision Transformer" if cls is DecisionTransformerConfig else f"the {values['arch']} network"
+        hint = ("the DT computes in float32; drop --bf16" if foreign == ["compute_dtype"] else
+                f"leave {', '.join(foreign)} at the default, or choose another --arch")
+        verb = "does" if len(foreign) == 1 else "do"
+        raise UsageError(f"{', '.join(foreign)} {verb} not apply to {family}", hint=hint)
+    return cls(**{k: values[k] for k in own})
+
+
+def config_from_dict(d: Mapping[str, Any]) -> AnyNetworkConfig:
+    """Inverse of `config.to_dict()` for either family (the arch says which); unknown keys are a DataError."""
+    return config_class(d.get("arch", NetworkConfig.arch)).from_dict(d)
+
+
+def num_actions_for(config: AnyNetworkConfig, games: Sequence[Any]) -> tuple[int, ...]:
     """Head sizes for `games` (Game objects or ints): their minimal action sets, or 18 each in full mode."""
     if config.full_action_space:
         return (FULL_ACTION_SPACE,) * len(games)
@@ -245,12 +296,16 @@ def abstract_params(config: NetworkConfig, num_actions: Sequence[int], head: str
     return jax.eval_shape(network.init, jax.random.PRNGKey(0), obs, game)
 
 
-def parameter_table(config: NetworkConfig, games: Sequence[Any], head: str = "categorical") -> dict[str, Any]:
+def parameter_table(config: NetworkConfig | DecisionTransformerConfig, games: Sequence[Any],
+                    head: str = "categorical") -> dict[str, Any]:
     """Parameter counts of `config` for `games` (Game objects or action-set sizes), via jax.eval_shape.
 
     Returns {"arch", "width", "num_games", "num_actions": [...], "parts": {part: int}, "total": int,
     "torso_output": [H, W, C]}. Fast even for resnet152: nothing is allocated or initialised.
+    A DecisionTransformerConfig (games as Game objects or names) gets decision_transformer.parameter_table.
     """
+    if isinstance(config, DecisionTransformerConfig):
+        return decision_transformer.parameter_table(config, games)
     num_actions = num_actions_for(config, games)
     params = abstract_params(config, num_actions, head)
     parts = count_parameters(params)
@@ -267,7 +322,9 @@ def parameter_table(config: NetworkConfig, games: Sequence[Any], head: str = "ca
 
 
 __all__ = [
-    "ARCHS", "CategoricalOutputs", "FULL_ACTION_SPACE", "HEAD_KINDS", "INPUT_SHAPE", "NetworkConfig", "PARTS",
-    "PolicyOutputs", "abstract_params", "action_mask", "build_network", "categorical_mean", "count_parameters",
-    "make_torso", "num_actions_for", "parameter_table", "shared_features", "values_per_action",
+    "ARCHS", "AnyNetworkConfig", "SHARED_FIELDS", "config_class", "config_from_dict", "network_config",
+    "network_defaults", "network_setting_names", "CategoricalOutputs", "DT_ARCHS", "DecisionTransformerConfig", "FULL_ACTION_SPACE", "HEAD_KINDS",
+    "INPUT_SHAPE", "NetworkConfig", "PARTS", "PolicyOutputs", "abstract_params", "action_mask", "build_network",
+    "categorical_mean", "count_parameters", "make_torso", "num_actions_for", "parameter_table", "shared_features",
+    "values_per_action",
 ]

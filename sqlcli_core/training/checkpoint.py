@@ -60,7 +60,7 @@ def _identity_difference(saved: dict, wanted: dict) -> str | None:
     Network settings are compared on the keys both sides know; a key only one side has is equal when the
     other side's value is its NetworkConfig default (a field added later does not change an older run).
     """
-    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.networks import config_class
     from sqlcli_core.training.lifecycle import settings_difference
 
     if identity_method(saved) != identity_method(wanted):
@@ -68,7 +68,9 @@ def _identity_difference(saved: dict, wanted: dict) -> str | None:
     if saved.get("games") != wanted.get("games"):
         return f"games {_short(saved.get('games'))} vs {_short(wanted.get('games'))}"
     saved_net, wanted_net = saved.get("network", {}), wanted.get("network", {})
-    defaults = NetworkConfig().to_dict()
+    if config_class(saved_net.get("arch", "")) is not config_class(wanted_net.get("arch", "")):
+        return f"network arch {saved_net.get('arch')!r} vs {wanted_net.get('arch')!r}"
+    defaults = config_class(wanted_net.get("arch", ""))().to_dict()
     for key in settings_difference({k: v for k, v in saved_net.items() if k not in NUMERICS_ONLY},
                                    {k: v for k, v in wanted_net.items() if k not in NUMERICS_ONLY}, defaults):
         return f"network {key} {saved_net.get(key, defaults.get(key))!r} vs {wanted_net.get(key, defaults.get(key))!r}"
@@ -411,7 +413,30 @@ class RunPolicy:
         return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game)))
 
 
-def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD) -> Callable:
+@dataclasses.dataclass
+class SequenceRunPolicy:
+    """A trained sequence model of a run (the Decision Transformer), ready to act (`evaluation.SequencePolicy`).
+
+    Same fields as RunPolicy; instead of q_values it hands out actors that keep each emulator slot's context:
+    `actor(num_envs)` -> an object with start_episodes / act / record (`Method.make_actor`; for dt a
+    `methods.decision_transformer.DecisionTransformerPolicy`, acting by expert action inference).
+    """
+
+    games: list[Game]
+    run_config: dict
+    step: int
+    params: Any
+    network_config: Any
+    num_actions: tuple[int, ...]
+    method: str
+    _network: Any = dataclasses.field(repr=False, default=None)
+
+    def actor(self, num_envs: int):
+        return get_method(self.method).make_actor(self._network, self.params, self.network_config, num_envs)
+
+
+def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD,
+              games: Sequence[str] | None = None) -> Callable:
     """Jitted (params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max) action values, -inf off each game.
 
     The values are the method's acting output (`Method.make_action_values`): Q for scaled-ql and c51, the
@@ -420,7 +445,7 @@ def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_
     from sqlcli_core import networks
 
     m = get_method(method)
-    network = m.network(network_config, tuple(num_actions))
+    network = m.network(network_config, tuple(num_actions), None if games is None else tuple(games))
     return m.make_action_values(network, networks.action_mask(tuple(num_actions)))
 
 
@@ -436,8 +461,9 @@ def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
                     hint="pass RUN (newest checkpoint) or RUN/checkpoints/STEP")
 
 
-def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
-    """The online network of a run's newest intact checkpoint (or of RUN/checkpoints/STEP) as a RunPolicy.
+def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy | SequenceRunPolicy:
+    """The online network of a run's newest intact checkpoint (or of RUN/checkpoints/STEP): a RunPolicy, or a
+    SequenceRunPolicy for a method that acts on a context of steps (dt).
 
     Checkpoints are verified against their checksums: from RUN, a damaged newest checkpoint is skipped with a
     SqlWarning for the newest intact one; a damaged RUN/checkpoints/STEP (or none intact) is a DataError.
@@ -451,10 +477,11 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
     run_dir, step = _resolve_checkpoint(path)
     record = read_run(run_dir)
     identity = record["identity"]
-    network_config = networks.NetworkConfig.from_dict(identity["network"])
+    network_config = networks.config_from_dict(identity["network"])
     num_actions = tuple(identity["num_actions"])
     method = get_method(identity_method(identity))
-    expected = jax.eval_shape(method.network(network_config, num_actions).init, jax.random.PRNGKey(0),
+    network = method.network(network_config, num_actions, tuple(identity["games"]))
+    expected = jax.eval_shape(network.init, jax.random.PRNGKey(0),
                               *method.init_inputs(network_config))
     checkpointer = Checkpointer(run_dir, identity, read_only=True)
     try:
@@ -480,8 +507,13 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy:
     finally:
         checkpointer.close()
 
-    q_fn = make_q_fn(network_config, num_actions, method.name)
-    return RunPolicy(games=[Game(n) for n in identity["games"]], run_config=record, step=int(step), params=params,
+    games = [Game(n) for n in identity["games"]]
+    if method.make_action_values is None:
+        return SequenceRunPolicy(games=games, run_config=record, step=int(step), params=params,
+                                 network_config=network_config, num_actions=num_actions, method=method.name,
+                                 _network=network)
+    q_fn = make_q_fn(network_config, num_actions, method.name, identity["games"])
+    return RunPolicy(games=games, run_config=record, step=int(step), params=params,
                      network_config=network_config, num_actions=num_actions, method=method.name, _q_fn=q_fn)
 
 
@@ -491,7 +523,8 @@ def _read_params(checkpointer: Checkpointer, run_dir: Path, step: int, expected:
 
     meta = checkpointer.read_meta(step)
     saved = saved_param_shapes(checkpointer.directory / str(step) / "state")
-    if not any(m.split("/", 1)[0] == "torso" for m in saved):
+    has_torso = any(m.split("/", 1)[0] == "torso" for m in expected)  # a sequence model (dt) has none
+    if has_torso and not any(m.split("/", 1)[0] == "torso" for m in saved):
         raise DataError(f"checkpoint of {run_dir} holds no torso parameters",
                         hint="pass a run written by `sql pretrain` (its checkpoints save the whole network)")
     order = {part: i for i, part in enumerate(networks.PARTS)}

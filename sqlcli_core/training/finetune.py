@@ -79,7 +79,7 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     record = checkpoint.read_run(run_dir)
     identity = record.get("identity") or {}
     method = get_method(checkpoint.identity_method(identity))
-    if method.finetune is not None:
+    if method.finetune is not None:  # before reading the network: a dt run has another network config
         raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
                          hint="fine-tune a scaled-ql, c51 or bc run")
     policy = checkpoint.load_policy(path)  # verified; the architecture checked against run.json

@@ -1,7 +1,9 @@
 """The pre-training recipe: store -> sampler -> the method's update step -> the run directory.
 
 A run's settings are one flat dict (what `--config FILE.toml` and the flags give, and what run.json's
-config re-creates): the fields of `PretrainConfig`, `NetworkConfig` and `LearnerConfig` by name.
+config re-creates): the fields of `PretrainConfig`, the network's (`NetworkConfig`, or
+`DecisionTransformerConfig` for an arch dt-*) and `LearnerConfig` by name. The method's batch kind picks the
+sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from typing import Any
 import jax
 
 from sqlcli_core.errors import UsageError
-from sqlcli_core.networks import NetworkConfig
+from sqlcli_core.networks import (
+    AnyNetworkConfig,
+    NetworkConfig,
+    network_config,
+    network_defaults,
+    network_setting_names,
+)
 from sqlcli_core.settings import field_names, merge_settings, setting
 from sqlcli_core.training.update import LearnerConfig
 
@@ -30,10 +38,10 @@ class PretrainConfig:
     run_dir: str = setting(None, "Run directory: created if missing, resumed from its newest checkpoint if present. "
                            "Required.")
     games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper")
-    network: NetworkConfig = NetworkConfig()
+    network: AnyNetworkConfig = NetworkConfig()
     learner: LearnerConfig = LearnerConfig()
     batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper")
-    n_step: int = setting(3, "n of the n-step returns (transitions).", tag="paper")
+    n_step: int = setting(3, "n of the n-step returns (transitions; not read by dt).", tag="paper")
     steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper")
     seed: int = setting(0, "Seed of the initial parameters and of the sampler.")
     checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).")
@@ -63,7 +71,7 @@ class PretrainConfig:
 # Flat settings <-> PretrainConfig
 
 _TOP_FIELDS = tuple(n for n in field_names(PretrainConfig) if n not in ("network", "learner"))
-SETTING_NAMES = _TOP_FIELDS + field_names(NetworkConfig) + field_names(LearnerConfig)
+SETTING_NAMES = _TOP_FIELDS + network_setting_names() + field_names(LearnerConfig)
 # Other spellings accepted in files: the CLI's short flag and the boolean form of the compute dtype.
 SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
 
@@ -71,7 +79,7 @@ SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
 def default_settings() -> dict[str, Any]:
     """Every flat setting with its default, read from the dataclasses."""
     out = {n: PretrainConfig.__dataclass_fields__[n].default for n in _TOP_FIELDS}
-    out.update(NetworkConfig().to_dict())
+    out.update(network_defaults())
     out.update({n: getattr(LearnerConfig(), n) for n in field_names(LearnerConfig)})
     return out
 
@@ -113,8 +121,9 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
         raise UsageError("no data store given", hint="pass --data STORE (a Zarr store written by `sql shard`)")
     if not s["run_dir"]:
         raise UsageError("no run directory given", hint="pass --run-dir RUN (created if missing, resumed if present)")
-    network = NetworkConfig(**{k: s[k] for k in field_names(NetworkConfig)})
+    network = network_config({k: s[k] for k in network_setting_names() if k in s})
     learner = LearnerConfig(**{k: s[k] for k in field_names(LearnerConfig)})
+    _check_method_fits_network(learner, network)
     data = str(s["data"])
     return PretrainConfig(
         # Absolute, so that run.json still names the store when read from another directory (scale-report).
@@ -124,6 +133,18 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
         log_every=int(s["log_every"]), game_weights=s["game_weights"],
         cache_bytes=None if s["cache_bytes"] is None else int(s["cache_bytes"]), prefetch=int(s["prefetch"]),
         prefetch_units=int(s["prefetch_units"]))
+
+
+def _check_method_fits_network(learner: LearnerConfig, network: AnyNetworkConfig) -> None:
+    """A sequence method trains a Decision Transformer arch, every other method a torso arch."""
+    wants_dt = learner.get_method().batch_kind == "sequences"
+    is_dt = not isinstance(network, NetworkConfig)
+    if wants_dt and not is_dt:
+        raise UsageError(f"--method {learner.method} trains a Decision Transformer, not --arch {network.arch}",
+                         hint="pass --arch dt-40m (or dt-10m, dt-80m, dt-200m)")
+    if is_dt and not wants_dt:
+        raise UsageError(f"--arch {network.arch} is a Decision Transformer, which --method {learner.method} "
+                         "does not train", hint="pass --method dt, or a torso arch such as resnet101")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,6 +160,25 @@ def _sampler_weights(config: PretrainConfig, games) -> list[float] | None:
     return [float(config.game_weights.get(g.name, 1.0)) for g in games]
 
 
+def make_sampler(config: PretrainConfig, games, local_batch: int):
+    """The sampler of the method's batch kind over `games`, this process's share of the batch.
+
+    transitions: `ReplaySampler` (n-step transitions); sequences: `SequenceSampler` (windows of the network's
+    context_steps steps). Both are seeded by the run's seed and resume from their JSON state_dict.
+    """
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.data.sequences import SequenceSampler
+
+    common = dict(games=[g.name for g in games], batch_size=local_batch, seed=config.seed,
+                  game_weights=_sampler_weights(config, games),
+                  **({} if config.cache_bytes is None else {"cache_bytes": config.cache_bytes}),
+                  process_index=jax.process_index(), process_count=jax.process_count())
+    if config.learner.get_method().batch_kind == "sequences":
+        return SequenceSampler(config.data, window=config.network.context_steps, **common)
+    return ReplaySampler(config.data, n_step=config.n_step, gamma=config.learner.gamma,
+                         prefetch_units=config.prefetch_units, **common)
+
+
 def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] | None = None,
                     on_log: Callable[[dict], None] | None = None,
                     on_step: Callable[[int], None] | None = None) -> dict:
@@ -152,7 +192,6 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     """
     from sqlcli_core import networks
     from sqlcli_core.atari.games import resolve_games
-    from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.training import checkpoint
     from sqlcli_core.training.lifecycle import TrainingRun
     from sqlcli_core.training.loop import Prefetcher, fit
@@ -161,9 +200,6 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
 
     started = time.perf_counter()
     method = config.learner.get_method()
-    if method.batch_kind != "transitions":
-        raise UsageError(f"method {method.name} needs {method.batch_kind} batches, which `sql pretrain` cannot feed yet",
-                         hint="choose a method that trains on transitions")
     games = resolve_games(config.games)
     game_names = [g.name for g in games]
     num_actions = networks.num_actions_for(config.network, games)
@@ -171,11 +207,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     local_batch = check_batch_size(config.batch_size, mesh)
     primary = jax.process_index() == 0
 
-    sampler = ReplaySampler(
-        config.data, games=game_names, batch_size=local_batch, n_step=config.n_step,
-        gamma=config.learner.gamma, seed=config.seed, game_weights=_sampler_weights(config, games),
-        **({} if config.cache_bytes is None else {"cache_bytes": config.cache_bytes}),
-        prefetch_units=config.prefetch_units, process_index=jax.process_index(), process_count=jax.process_count())
+    sampler = make_sampler(config, games, local_batch)
     try:
         sampler_games = [g.name for g in sampler.games]
         if sampler_games != game_names:
@@ -184,10 +216,11 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
 
         counts = networks.parameter_table(config.network, games, method.head)["parts"]
         identity = checkpoint.run_identity(config.network.to_dict(), game_names, num_actions, method.name)
+        names = tuple(game_names)
         with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
                          parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,
                          keep=config.keep, write=primary) as run:
-            abstract = abstract_train_state(config.network, num_actions, config.learner, mesh)
+            abstract = abstract_train_state(config.network, num_actions, config.learner, mesh, names)
             resumed = run.resume(lambda meta: abstract)
             resumed_from = None if resumed is None else resumed[2]
             if resumed is not None:
@@ -200,7 +233,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
                         f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
                 sampler.load_state_dict(saved[jax.process_index()])
             else:
-                state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh)
+                state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names)
                 run.start_fresh()
             start_step = int(jax.device_get(state.step))
             if on_start is not None:
@@ -208,7 +241,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
                           "devices": mesh.devices.size, "processes": jax.process_count(), "games": game_names,
                           "method": method.name})
 
-            step_fn = make_train_step(config.network, num_actions, config.learner, mesh)
+            step_fn = make_train_step(config.network, num_actions, config.learner, mesh, games=names)
 
             def log(record: dict) -> None:
                 record = {**record, "time": time.time()}
