@@ -112,7 +112,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.evaluation import evaluate as evaluation
     from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.finetune_online import ParamsPolicy
+    from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
     from sqlcli_core.training.lifecycle import (
         TrainingRun,
         check_resume_settings,
@@ -201,6 +201,8 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                 policy = ParamsPolicy(game, q_fn, state.params, grad_steps)
                 results, _ = evaluation.evaluate(policy, cfg, num_envs=min(config.eval_envs,
                                                                            config.final_seeds * config.final_episodes))
+                run.metrics.drop(lambda r: r.get("kind") == "eval")  # of an attempt that died before final.json
+                run.log(eval_record(grad_steps, grad_steps, results, final=True))
                 write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed,
                                  eval_config=cfg, results=results, run_dir=run_dir, step=grad_steps,
                                  arch=net_config.arch, num_params=sum(counts.values()),

@@ -1,8 +1,9 @@
 """One run lifecycle for the three training commands (pretrain, finetune-offline, finetune-online).
 
     validate settings -> check_resume_settings -> TrainingRun(...)    run.json written or checked, Orbax opened
-      -> run.latest_step(): restore(abstract) or start_fresh()        metrics.jsonl cut back to the checkpoint
+      -> run.latest_step(): restore(abstract) or start_fresh()        metrics cut back to the checkpoint
       -> the command's own loop, calling run.log(record) and run.save(step, state, meta)
+         (records go to RUN/metrics.jsonl and RUN/tensorboard/: training/metrics.py)
       -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()
 
 Each runner (training/pretrain.py, finetune_offline.py, finetune_online.py) reads as its recipe: what it
@@ -16,9 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlcli_core.atomic import append_jsonl, write_json
+from sqlcli_core.atomic import write_json
 from sqlcli_core.errors import UsageError
 from sqlcli_core.training import checkpoint
+from sqlcli_core.training.metrics import MetricsLog
 
 
 def settings_difference(had: Mapping[str, Any], wanted: Mapping[str, Any],
@@ -64,7 +66,7 @@ def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[s
 
 class TrainingRun:
     """An open run directory: run.json written (or checked against the identity), an Orbax checkpointer, and
-    the metrics file. Only the primary process (`write=True`) writes run.json and metrics; all processes
+    the metrics (`MetricsLog`: metrics.jsonl and TensorBoard events). Only the primary process (`write=True`) writes run.json and metrics; all processes
     take part in saves (Orbax writes each array once).
     """
 
@@ -76,7 +78,8 @@ class TrainingRun:
                                                  parameter_counts=parameter_counts, seed=seed, command=command,
                                                  write=write)
         self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
-        self.metrics_path = self.run_dir / checkpoint.METRICS_FILE
+        self.metrics = MetricsLog(self.run_dir, write=write)
+        self.metrics_path = self.metrics.path
 
     def latest_step(self) -> int | None:
         return self.checkpointer.latest_step()
@@ -87,18 +90,16 @@ class TrainingRun:
     def restore(self, abstract_state: Any, step: int, *, metrics_step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of checkpoint `step`; metric lines past `metrics_step` (default: step) are dropped."""
         state, meta = self.checkpointer.restore(abstract_state, step)
-        if self.write:
-            checkpoint.truncate_metrics(self.run_dir, step if metrics_step is None else metrics_step)
+        self.metrics.resume(step if metrics_step is None else metrics_step)
         return state, meta
 
     def start_fresh(self) -> None:
         """A run without a checkpoint: drop the metric lines of an attempt killed before its first save."""
-        if self.write and self.metrics_path.exists():
-            self.metrics_path.unlink()
+        self.metrics.reset()
 
-    def log(self, record: dict) -> None:
-        if self.write:
-            append_jsonl(self.metrics_path, record)
+    def log(self, record: dict) -> dict:
+        """Append a metrics record (flat columns, `kind` train unless given); returns the record as written."""
+        return self.metrics.log(record)
 
     def save(self, step: int, state: Any, meta: Any, *, force: bool = False) -> bool:
         return self.checkpointer.save(step, state, meta, force=force)
@@ -107,6 +108,7 @@ class TrainingRun:
         self.checkpointer.wait()
 
     def close(self) -> None:
+        self.metrics.close()
         self.checkpointer.close()
 
     def __enter__(self) -> TrainingRun:
