@@ -43,6 +43,10 @@ ConfigFile = Annotated[Path | None, typer.Option(
     "--config", help="Settings file: TOML (flat keys named like the options, '-' or '_') or a run's RUN/run.json "
     "(re-creates its settings); flags override it. Unknown keys are refused.")]
 
+Wandb = Annotated[str | None, typer.Option(
+    "--wandb", metavar="PROJECT", help="Also log the metrics to this Weights & Biases project (needs pip install "
+    "'scaled-ql[wandb]'; wandb's login and WANDB_MODE apply). Default: off (metrics.jsonl and TensorBoard only).")]
+
 # The options both fine-tuning commands take, declared once.
 From = Annotated[Path | None, typer.Option("--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
                                            "With --init scratch it only sets the architecture.")]

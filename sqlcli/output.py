@@ -128,6 +128,16 @@ def handles_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def write_curves(run_dir: str | Path) -> str | None:
+    """RUN/learning_curves.png at the end of a training command (its path, None when nothing was logged)."""
+    from sqlcli_core.analysis.plots import write_learning_curves
+
+    path = write_learning_curves(run_dir)
+    if path is not None:
+        console.print(f"learning curves: {path}", markup=False, highlight=False)
+    return None if path is None else str(path)
+
+
 def metrics_line(record: dict[str, Any], method, sep: str = "  ") -> str:
     """`loss 0.1234  td 0.1200  cql 0.070  Q 0.512`: a training record's loss and its method's progress fields
     (`Method.progress`), so that no command names a method's metrics."""
@@ -188,6 +198,7 @@ class _Task:
     completed: float
     status: str = ""
     first: float = 0.0  # completed when this invocation started (a resumed command does not count it in rates)
+    origin: tuple[float, float] | None = None  # (time, completed) of its first move
     rich_id: Any = None
 
 
@@ -219,6 +230,7 @@ class ProgressReport:
         self._thread: threading.Thread | None = None
         self._rich = None
         self._started_at: float | None = None
+        self._origin: tuple[float, float] | None = None  # (time, amount) of the first move: rates start there
 
     # --- feeding it
 
@@ -244,6 +256,12 @@ class ProgressReport:
                 t.status = status
             if restart:
                 t.first = t.completed
+            elif self._started_at is not None and t.completed > t.first:
+                # the first unit of work often includes start-up (compilation): rates count from after it
+                if t.origin is None:
+                    t.origin = (self.clock(), t.completed)
+                if self._origin is None:
+                    self._origin = (self.clock(), sum(x.completed - x.first for x in self.tasks))
             if self._rich is not None:
                 self._rich.update(t.rich_id, completed=t.completed, total=t.total, **self._fields(t))
 
@@ -308,13 +326,16 @@ class ProgressReport:
         stream.write(line + "\n")
         stream.flush()
 
-    def _rate(self, done: float, now: float) -> float | None:
-        elapsed = now - (self._started_at if self._started_at is not None else now)
-        return done / elapsed if elapsed > 0 and done > 0 else None
+    @staticmethod
+    def _rate(amount: float, origin: tuple[float, float] | None, now: float) -> float | None:
+        """Amount per second since the first move (None until there is a second one to measure)."""
+        if origin is None:
+            return None
+        since, base = origin
+        return (amount - base) / (now - since) if now > since and amount > base else None
 
     def _fields(self, t: _Task) -> dict:
-        now = self.clock()
-        rate = self._rate(t.completed - t.first, now)
+        rate = self._rate(t.completed, t.origin, self.clock())
         count = format_amount(t.completed, self.unit) + (f"/{format_amount(t.total, self.unit)}" if t.total else "")
         return {"count": count, "status": t.status,
                 "rate": "" if rate is None else format_rate(rate, self.unit)}
@@ -333,7 +354,7 @@ class ProgressReport:
             unit = "" if self.unit == "bytes" else f" {self.unit}"
             amount += f"/{format_amount(total, self.unit)}{unit} ({100 * done / total:.1f}%)" if total else unit
             parts.append(amount)
-            rate = self._rate(fresh, now)
+            rate = self._rate(fresh, self._origin, now)
             parts.append("-" if rate is None else format_rate(rate, self.unit))
             if total and rate:
                 parts.append(f"ETA {format_duration(max(total - done, 0) / rate)}")

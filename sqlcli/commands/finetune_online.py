@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path, write_curves
+from sqlcli.tracking import open_wandb
 from sqlcli_core.training.finetune_online import OnlineConfig
 
 Game = Annotated[str | None, o.option(OnlineConfig, "game")]
@@ -33,30 +34,43 @@ def finetune_online(
     replay_capacity: ReplayCapacity = None, protocol: o.Protocol = None, eval_every: EvalEvery = None,
     eval_episodes: EvalEpisodes = None, final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None,
     eval_max_steps: o.EvalMaxSteps = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
-    seed: o.Seed = None, config_file: o.ConfigFile = None, as_json: bool = JSON_OPTION,
+    seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
     flags = dict(locals())
     from sqlcli_core.training.finetune_online import resolve_config, run_online
-    for name in ("run_dir", "source", "config_file", "as_json"):
+    for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
         flags.pop(name)
     flags["learning_rate"] = flags.pop("lr")
     config = resolve_config(config_file, flags)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
 
-    def progress(record: dict) -> None:
-        if record["kind"] == "train":
-            rets = record["episode_returns"]
-            console.print(f"step {record['step']:>8}  updates {record['grad_steps']:>7}  eps {record['epsilon']:.3f}  "
-                          f"episodes {record['episodes']}  return {(sum(rets) / len(rets)) if rets else float('nan'):.1f}  "
-                          f"loss {record.get('loss', float('nan')):.3f}  {record['agent_steps_per_s']:.0f} steps/s",
-                          highlight=False)
-        else:
-            console.print(f"step {record['step']:>8}  {'final ' if record.get('final') else ''}eval "
-                          f"{record['mean']:.1f} +- {record['std']:.1f} over {len(record['scores'])} episodes",
-                          highlight=False)
+    wandb = open_wandb(wandb_project, run_dir, "finetune-online", config.identity_fields())
+    report = ProgressReport("finetune-online", unit="agent steps")
+    task = report.add("finetune-online", total=config.steps, status="starting")
 
-    summary = run_online(config, run_dir=run_dir, source=source, on_progress=progress)
+    def progress(record: dict) -> None:
+        report.start()  # at the first record: a refusal before training stays one line
+        if record["kind"] == "train":
+            ret = record.get("episode_return_mean")
+            report.update(task, completed=record["step"], status=(
+                f"updates {record['grad_steps']}  eps {record['epsilon']:.3f}  episodes {record['episodes']}  "
+                f"return {float('nan') if ret is None else ret:.1f}  loss {record.get('loss', float('nan')):.3f}"))
+            if record["step"] >= config.steps:
+                report.set_status("final evaluation")
+        else:
+            report.print(f"step {record['step']:>8}  {'final ' if record.get('final') else ''}eval "
+                         f"{record['mean']:.1f} +- {record['std']:.1f} over {len(record['scores'])} episodes")
+        if wandb is not None:
+            wandb.log(record)
+
+    try:
+        summary = run_online(config, run_dir=run_dir, source=source, on_progress=progress)
+    finally:
+        report.stop()
+        if wandb is not None:
+            wandb.close()
+    summary["learning_curves"] = write_curves(run_dir)
     console.print(f"{summary['game']} mode {summary['mode']} difficulty {summary['difficulty']}: final score "
                   f"{summary['final_mean']:.1f} +- {summary['final_std']:.1f} after {summary['agent_steps']} agent steps "
                   f"({summary['init']}); {summary['eval_file']}", highlight=False)

@@ -13,11 +13,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.options import ConfigFile, option
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, metrics_line, require_path
+from sqlcli.options import ConfigFile, Wandb, option
+from sqlcli.output import (
+    JSON_OPTION,
+    ProgressReport,
+    console,
+    emit_summary,
+    handles_errors,
+    metrics_line,
+    require_path,
+    write_curves,
+)
+from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
 from sqlcli_core.networks import NetworkConfig
@@ -120,7 +129,7 @@ def pretrain(
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, keep: Keep = None, log_every: LogEvery = None,
     bf16: Bf16 = None, game_weights: GameWeights = None, cache_bytes: CacheBytes = None, prefetch: Prefetch = None,
     coordinator: Coordinator = None, num_processes: NumProcesses = None, process_id: ProcessId = None,
-    config_file: ConfigFile = None, dry_run: DryRun = False, as_json: bool = JSON_OPTION,
+    config_file: ConfigFile = None, dry_run: DryRun = False, wandb_project: Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Pre-train one network on offline data from many games (Scaled QL, C51 or behaviour cloning), resumably."""
     flags = {
@@ -144,10 +153,9 @@ def pretrain(
     import jax
 
     primary = jax.process_index() == 0
-    progress = Progress(
-        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not primary, transient=False)
-    task = progress.add_task("steps", total=config.steps, status="compiling")
+    wandb = open_wandb(wandb_project, config.run_dir, "pretrain", settings) if primary else None
+    report = ProgressReport("pretrain", unit="steps", enabled=primary)
+    task = report.add("pretrain", total=config.steps, status="compiling")
 
     def on_start(info: dict) -> None:
         start = info["start_step"]
@@ -156,22 +164,25 @@ def pretrain(
             console.print(f"{what}: {info['method']}, {sum(info['parameter_counts'].values()):,} parameters, "
                           f"{len(info['games'])} games, "
                           f"{info['devices']} devices in {info['processes']} processes -> {config.run_dir}")
-        progress.update(task, completed=start)
-        progress.start()  # only now: errors while opening the store or run stay one line
+        report.update(task, completed=start, restart=True)
+        report.start()  # only now: errors while opening the store or run stay one line
 
     method_spec = config.learner.get_method()
 
     def on_log(record: dict) -> None:
-        progress.update(task, status=f"{metrics_line(record, method_spec, sep=' ')} "
-                        f"{record['samples_per_s'] or 0:.0f} samples/s")
+        report.update(task, status=f"{metrics_line(record, method_spec)}  {record['samples_per_s'] or 0:.0f} samples/s")
+        if wandb is not None:
+            wandb.log(record)
 
     def on_step(step: int) -> None:
-        progress.update(task, completed=step)
+        report.update(task, completed=step)
 
     try:
         summary = learner.run_pretraining(config, on_start=on_start, on_log=on_log, on_step=on_step)
     finally:
-        progress.stop()
+        report.stop()
+        if wandb is not None:
+            wandb.close()
     if primary:
         last = summary["last_metrics"]
         if last is None:
@@ -179,6 +190,7 @@ def pretrain(
         else:
             console.print(f"step {summary['steps']}: loss {last['loss']:.4f}; checkpoint {summary['checkpoint_step']} "
                           f"in {config.run_dir}")
+        summary["learning_curves"] = write_curves(config.run_dir)
         emit_summary({**summary, "config": settings}, as_json)
 
 

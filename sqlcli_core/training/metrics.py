@@ -110,7 +110,7 @@ class MetricsLog:
     def log(self, record: Mapping[str, Any]) -> dict:
         """Append one record (flattened; `kind` "train" unless given) and its scalars; returns what was written."""
         flat = flatten(record)
-        flat.setdefault("kind", "train")
+        flat = {"step": flat.get("step"), "kind": flat.get("kind", "train"), **flat}  # the index first
         if flat["kind"] not in KINDS:
             raise ValueError(f"metrics record kind must be one of {KINDS}, got {flat['kind']!r}")
         if self.write:
