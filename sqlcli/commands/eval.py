@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
@@ -51,46 +50,56 @@ def _policy_block(kind: str, policy, source: Path | None, run_dir: Path | None, 
     }
 
 
-def _header(settings: dict) -> str:
-    return json.dumps({"format": EPISODES_FORMAT, "settings": settings}) + "\n"
+def settings_digest(settings: dict) -> str:
+    """What every line of an episodes log carries to say which settings played it."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _episode_line(r: ev.EpisodeResult) -> dict:
+def _episode_line(r: ev.EpisodeResult, digest: str) -> dict:
     return {"game": r.game, "seed": r.seed, "episode": r.episode, "score": r.score, "length": r.length,
-            "truncated": r.truncated}
+            "truncated": r.truncated, "settings": digest}
 
 
 def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
-    """Episodes already played under the same settings (a new log is started when there is none).
+    """Episodes already played under the same settings ([] for a new log).
 
-    A log of other settings is refused. A line cut by a crash is dropped and the log rewritten without
-    it (atomically), so the next append starts on a fresh line; that episode is simply played again.
+    Every line is one episode of the same shape (`settings`: `settings_digest`). A log of other settings is
+    refused. A line cut by a crash is dropped and the log rewritten without it (atomically), so the next
+    append starts on a fresh line; that episode is simply played again. A log written by sql 0.1 (a header
+    line with the settings, then episodes) is read and rewritten in the current shape.
     """
     if not path.exists():
-        with atomic_output(path, "w") as f:
-            f.write(_header(settings))
         return []
-    lines = path.read_text().splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        header = {}
-    if header.get("format") != EPISODES_FORMAT:
-        raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
-    if header.get("settings") != settings:
-        raise UsageError(f"{path} holds episodes played with other settings",
-                         hint="pass another --out (or --name), or delete it to start over")
-    results = []
-    for line in lines[1:]:
+    digest = settings_digest(settings)
+    results, rewrite = [], False
+    for number, line in enumerate(path.read_text().splitlines()):
         try:
             d = json.loads(line)
+        except json.JSONDecodeError:
+            rewrite = True
+            continue
+        if not isinstance(d, dict) or ("format" not in d and "game" not in d):
+            raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
+        if "format" in d and number == 0:  # the 0.1 header
+            if d.get("format") != EPISODES_FORMAT:
+                raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
+            if d.get("settings") != settings:
+                raise UsageError(f"{path} holds episodes played with other settings",
+                                 hint="pass another --out (or --name), or delete it to start over")
+            rewrite = True
+            continue
+        if "format" not in d and d.get("settings", digest) != digest:
+            raise UsageError(f"{path} holds episodes played with other settings",
+                             hint="pass another --out (or --name), or delete it to start over")
+        try:
             results.append(ev.EpisodeResult(d["game"], d["seed"], d["episode"], float(d["score"]),
                                             int(d["length"]), bool(d["truncated"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-    if len(results) != len(lines) - 1:
+            rewrite = rewrite or "settings" not in d
+        except (KeyError, TypeError, ValueError):
+            rewrite = True
+    if rewrite:
         with atomic_output(path, "w") as f:
-            f.write(_header(settings) + "".join(json.dumps(_episode_line(r)) + "\n" for r in results))
+            f.write("".join(json.dumps(_episode_line(r, digest)) + "\n" for r in results))
     return results
 
 
@@ -218,13 +227,14 @@ def eval_command(
         gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
         ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=not console.is_terminal) as progress:
-        task = progress.add_task(f"eval {len(config.games)} games", total=total, completed=len(previous))
+    digest = settings_digest(settings)
+    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes")
+    report.add("episodes", total=total, completed=len(previous))
+    with report:
 
         def played(result: ev.EpisodeResult) -> None:
-            append_jsonl(episodes_path, _episode_line(result))
-            progress.update(task, advance=1, description=f"{result.game}: {result.score:g}")
+            append_jsonl(episodes_path, _episode_line(result, digest))
+            report.update(advance=1, status=f"{result.game} seed {result.seed}: {result.score:g}")
 
         new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads,
                                  done={r.key for r in previous}, record=record_item, record_frames=record_steps,
@@ -245,13 +255,16 @@ def eval_command(
     md_path = out.with_suffix(".md")
     with atomic_output(md_path, "w") as f:
         f.write(ev.markdown_report(result))
+    from sqlcli_core.analysis.plots import write_eval_bars
+
+    png_path = write_eval_bars(result, out.with_suffix(".png"))
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
                   f"({num_envs} emulators)", markup=False)
-    console.print(f"wrote {out}, {md_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
+    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
     emit_summary({
-        "out": str(out), "markdown": str(md_path), "gif": str(gif_path) if gif_path else None,
+        "out": str(out), "markdown": str(md_path), "plot": str(png_path), "gif": str(gif_path) if gif_path else None,
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),
