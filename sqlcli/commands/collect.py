@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.atari.env import PROTOCOLS, get_protocol
 from sqlcli_core.data import collect as core
@@ -46,21 +45,16 @@ def collect(
     core.check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
 
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        tasks = {(c.game, c.run): bar.add_task(f"{c.game}/{c.run}", total=c.transitions, rate="", start=False)
-                 for c in configs}
-        started: dict[tuple[str, int], tuple[float, int]] = {}
+    report = ProgressReport("collect", unit="steps")
+    tasks = {(c.game, c.run): report.add(f"{c.game}/{c.run}", total=c.transitions) for c in configs}
+    seen: set[tuple[str, int]] = set()
 
-        def progress(game: str, run: int, steps: int) -> None:
-            key, now = (game, run), time.perf_counter()
-            if key not in started:
-                started[key] = (now, steps)
-                bar.start_task(tasks[key])
-            t_first, s_first = started[key]
-            rate = (steps - s_first) / (now - t_first) if now > t_first and steps > s_first else None
-            bar.update(tasks[key], completed=steps, rate=f"{rate:,.0f} steps/s" if rate else "")
+    def progress(game: str, run: int, steps: int) -> None:
+        first = (game, run) not in seen  # a resumed run reports where it starts first
+        seen.add((game, run))
+        report.update(tasks[(game, run)], completed=steps, restart=first)
 
+    with report:
         results = core.collect_all(configs, out, jobs=jobs, progress=progress)
     wall = time.perf_counter() - t0
 

@@ -27,11 +27,12 @@ class StepFailed(SqlError):
     exit_code = 1
 
 
-def _run(argv: list[str], script: list[str]) -> dict:
-    """Run `sql ARGV --json`, echoing the command; return its JSON summary."""
+def _run(argv: list[str], script: list[str], total: int) -> dict:
+    """Run `sql ARGV --json`, echoing the command and which step of `total` it is; return its JSON summary.
+    The step's own progress (bars, or timed lines in a log file) goes to the same stderr."""
     line = "sql " + shlex.join(argv)
     script.append(line)
-    console.print(f"\n[bold cyan]$ {line}[/]")
+    console.print(f"\n[bold cyan]demo step {len(script)} of {total}: $ {line}[/]", soft_wrap=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sqlcli.main", *argv, "--json"], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -81,11 +82,12 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     script: list[str] = []
     started = time.perf_counter()
+    total = 2 + 2 * len(method_list) * len(width_list) + 2  # collect, shard, (pretrain, eval) per run, random, report
 
     data, store = out / "data", out / "store"
     _run(["collect", "--games", game_list, "--transitions", str(transitions), "--capacity", str(max(1000, transitions // 2)),
-          "--policy", policy, "--epsilon", str(epsilon), "--seed", str(seed), "--out", str(data), "--jobs", "2"], script)
-    shard = _run(["shard", str(data), str(store)], script)
+          "--policy", policy, "--epsilon", str(epsilon), "--seed", str(seed), "--out", str(data), "--jobs", "2"], script, total)
+    shard = _run(["shard", str(data), str(store)], script, total)
 
     runs = []
     for method, width in ((m, w) for m in method_list for w in width_list):
@@ -95,15 +97,15 @@ def demo(
               "--width", f"{width:g}", "--batch-size", str(batch_size), "--steps", str(steps),
               "--target-update-period", str(max(1, steps // 4)), "--checkpoint-every", str(max(1, steps // 2)),
               "--log-every", str(max(1, steps // 20)), "--seed", str(seed)]
-             + ([] if method == DEFAULT_METHOD else ["--method", method]), script)
+             + ([] if method == DEFAULT_METHOD else ["--method", method]), script, total)
         result = _run(["eval", str(run_dir), "--episodes", "1", "--seeds", eval_seeds, "--max-steps", str(eval_max_steps),
-                       "--name", "demo", "--bootstrap-reps", "5000"], script)
+                       "--name", "demo", "--bootstrap-reps", "5000"], script, total)
         runs.append({"run_dir": str(run_dir), "width": width, "eval": result,
                      **({} if method == DEFAULT_METHOD else {"method": method})})
     random_eval = _run(["eval", "--policy", "random", "--games", game_list, "--episodes", "1", "--seeds", eval_seeds,
                         "--max-steps", str(eval_max_steps), "--out", str(out / "random-policy.json"),
-                        "--bootstrap-reps", "5000"], script)
-    report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script)
+                        "--bootstrap-reps", "5000"], script, total)
+    report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script, total)
 
     with atomic_output(out / "demo.sh", "w") as f:
         f.write("#!/usr/bin/env bash\n# The commands `sql demo` ran, in order.\nset -euo pipefail\n" + "\n".join(script) + "\n")

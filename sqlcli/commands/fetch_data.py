@@ -7,10 +7,9 @@ from collections import defaultdict
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors
 from sqlcli_core.data import fetch as F
 from sqlcli_core.errors import DataError, SourceUnavailable, UsageError
 
@@ -87,25 +86,24 @@ def fetch_data(
 
 
 def _fetch_with_progress(selection, out, source, cfg) -> F.FetchReport:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    report = ProgressReport("fetch-data", unit="bytes")
+    bar = report.add("checking", total=None)
     lock = threading.Lock()
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("checking", total=None)
-        files_done = [0]
+    files_done = [0]
 
-        def on_event(event: str, n: int) -> None:
-            with lock:
-                if event == "total":
-                    progress.update(bar, total=n, description="downloading" if n else "verifying")
-                elif event == "total_add":
-                    progress.update(bar, total=(progress.tasks[0].total or 0) + n)
-                elif event == "bytes":
-                    progress.advance(bar, n)
-                elif event == "file":
-                    files_done[0] += n
-                    progress.update(bar, description=f"{files_done[0]} files done")
+    def on_event(event: str, n: int) -> None:
+        with lock:
+            if event == "total":
+                report.update(bar, total=n, status="downloading" if n else "verifying")
+            elif event == "total_add":
+                report.update(bar, total=(report.tasks[bar].total or 0) + n)
+            elif event == "bytes":
+                report.update(bar, advance=n)
+            elif event == "file":
+                files_done[0] += n
+                report.update(bar, status=f"{files_done[0]} of {selection.num_files} files done")
 
+    with report:
         return F.fetch(selection, out, source, cfg, progress=on_event)
 
 

@@ -6,10 +6,9 @@ import os
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
@@ -17,29 +16,21 @@ from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_range_set
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-                    TextColumn("[dim]{task.fields[rate]}"), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
 class _Bars:
-    """One rich progress bar per game/run, fed with row counts (speed shown in rows/s as 'B/s')."""
+    """One progress task per game/run, fed with row counts."""
 
-    def __init__(self, progress: Progress):
-        self.progress = progress
+    def __init__(self, report: ProgressReport):
+        self.report = report
         self.tasks: dict[str, int] = {}
 
     def plan(self, totals: dict[str, int]) -> None:
         for key, total in totals.items():
-            self.tasks[key] = self.progress.add_task(key, total=total, rate="")
+            self.tasks[key] = self.report.add(key, total=total)
+        self.report.start()  # idempotent: verify plans once, shard may plan again after a scan
 
     def advance(self, key: str, rows: int) -> None:
         if key in self.tasks:
-            task_id = self.tasks[key]
-            self.progress.advance(task_id, rows)
-            speed = self.progress.tasks[task_id].speed
-            self.progress.update(task_id, rate=f"{speed:,.0f} rows/s" if speed else "")
+            self.report.update(self.tasks[key], advance=rows)
 
 
 @handles_errors
@@ -77,10 +68,12 @@ def shard(
     config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step)
     prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
                                 "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
-    with _progress() as progress:
-        bars = _Bars(progress)
+    bars = _Bars(ProgressReport("shard", unit="rows"))  # shown from the plan on: earlier errors stay one line
+    try:
         result = st.shard(src, dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
+    finally:
+        bars.report.stop()
     for note in result["notes"]:
         console.print(note, style="dim", markup=False, highlight=False)
     table = Table(title=f"{dst}: {result['transitions_selected']:,} transitions selected, "
@@ -97,9 +90,11 @@ def shard(
 
 
 def _verify(store: Path, game_names, run_set, as_json: bool) -> None:
-    with _progress() as progress:
-        bars = _Bars(progress)
+    bars = _Bars(ProgressReport("shard --verify", unit="rows"))  # shown from the plan on: earlier errors stay one line
+    try:
         result = st.verify(store, games=game_names, runs=run_set, on_plan=bars.plan, progress=bars.advance)
+    finally:
+        bars.report.stop()
     for r in result["runs"]:
         status = "ok" if r["ok"] else "FAILED: " + "; ".join(r["problems"])
         console.print(f"{r['game']}/{r['run']}: {r['rows']:,} rows, checkpoints {r['checkpoints']}: {status}",
