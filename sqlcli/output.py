@@ -90,9 +90,42 @@ def _usage_error_line(exc: Exception) -> str:
     return f"{message} (see '{ctx.command_path if ctx is not None else 'sql'} --help')"
 
 
+def plain_help(command) -> None:
+    """How every option reads in `--help`: our help text states the default (typer would print it a second
+    time) and a flag shows no `<bool>` value it does not take."""
+    for param in command.params:
+        if hasattr(param, "show_default"):
+            param.show_default = False
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    make_help_option = command.get_help_option  # --help is made per call, not a param
+
+    def get_help_option(ctx):
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
 class OneLineErrors(TyperGroup):
     """The `sql` command group: click's parse errors print like our own errors, one `error:` line on stderr
-    and exit 2, instead of typer's boxed panel. Runs as click's standalone mode otherwise."""
+    and exit 2, instead of typer's boxed panel (and `plain_help` for every command's help). Runs as click's
+    standalone mode otherwise."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        plain_help(self)
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:  # typer's completion options join late
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:

@@ -160,7 +160,7 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
     cases = [
         (["eval", "--policy", "random"], "--policy random needs --games"),
         (["eval", "--policy", "random", "--games", "pongg"], "unknown game 'pongg' (did you mean 'Pong'?)"),
-        (["eval", "--policy", "random", "--games", "pong", "--protocol", "x"], "unknown protocol 'x'"),
+        (["eval", "--policy", "random", "--games", "pong", "--protocol", "x"], "'x' is not one of 'dopamine', 'no-sticky'"),
         (["eval", "--policy", "random", "--games", "pong", "--seeds", "a"], "bad --seeds 'a'"),
         (["eval", "--policy", "random", "--games", "pong", "--record", "breakout"],
          "--record Breakout is not among the evaluated games"),

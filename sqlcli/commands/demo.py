@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.atomic import atomic_output, write_json
@@ -43,24 +44,26 @@ def _run(argv: list[str], script: list[str], total: int) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
+EXAMPLE = "Example: sql demo --out sql-demo"
+
 @handles_errors
 def demo(
-    out: Path = typer.Option(Path("sql-demo"), "--out", help="Directory for everything the demo makes. Default: ./sql-demo."),
-    games: str = typer.Option("freeway,breakout", "--games", help="Games to collect, pre-train on and evaluate. Default: freeway,breakout."),
-    policy: str = typer.Option("pattern:1", "--policy", help="Behaviour policy of the collected data (see `sql collect --help`). "
+    out: Path = typer.Option(Path("sql-demo"), "--out", rich_help_panel=o.OUTPUT, help="Directory for everything the demo makes. Default: ./sql-demo."),
+    games: str = typer.Option("freeway,breakout", "--games", rich_help_panel=o.DATA, help="Games to collect, pre-train on and evaluate. Default: freeway,breakout."),
+    policy: str = typer.Option("pattern:1", "--policy", rich_help_panel=o.DATA, help="Behaviour policy of the collected data (see `sql collect --help`). "
                                "Default: pattern:1, epsilon-greedy around action 1 (UP in Freeway, FIRE in Breakout)."),
-    epsilon: float = typer.Option(0.5, "--epsilon", min=0.0, max=1.0, help="Random-action probability of the behaviour policy. Default: 0.5."),
-    transitions: int = typer.Option(5000, "--transitions", min=500, help="Agent steps of data collected per game. Default: 5000."),
-    steps: int = typer.Option(400, "--steps", min=10, help="Gradient steps of each pre-training run. Default: 400."),
-    widths: str = typer.Option("0.5,1", "--widths", help="Torso width multipliers: one run each, for the scaling fit. Default: 0.5,1."),
-    arch: str = typer.Option("dqn", "--arch", help="Torso of the runs (dqn, impala, resnet18, ...). Default: dqn (fast on CPU)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Batch size of pre-training. Default: 32."),
-    eval_seeds: str = typer.Option("0-2", "--eval-seeds", help="Evaluation seeds (runs of the confidence intervals). Default: 0-2."),
-    eval_max_steps: int = typer.Option(2500, "--eval-max-steps", min=100,
+    epsilon: float = typer.Option(0.5, "--epsilon", rich_help_panel=o.DATA, min=0.0, max=1.0, help="Random-action probability of the behaviour policy. Default: 0.5."),
+    transitions: int = typer.Option(5000, "--transitions", rich_help_panel=o.DATA, min=500, help="Agent steps of data collected per game. Default: 5000."),
+    steps: int = typer.Option(400, "--steps", rich_help_panel=o.OPTIMISATION, min=10, help="Gradient steps of each pre-training run. Default: 400."),
+    widths: str = typer.Option("0.5,1", "--widths", rich_help_panel=o.NETWORK, help="Torso width multipliers: one run each, for the scaling fit. Default: 0.5,1."),
+    arch: str = typer.Option("dqn", "--arch", rich_help_panel=o.NETWORK, help="Torso of the runs (dqn, impala, resnet18, ...). Default: dqn (fast on CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", rich_help_panel=o.OPTIMISATION, min=1, help="Batch size of pre-training. Default: 32."),
+    eval_seeds: str = typer.Option("0-2", "--eval-seeds", rich_help_panel=o.EVALUATION, help="Evaluation seeds (runs of the confidence intervals). Default: 0-2."),
+    eval_max_steps: int = typer.Option(2500, "--eval-max-steps", rich_help_panel=o.EVALUATION, min=100,
                                        help="Cap on evaluation episodes, in agent steps (a quick look, marked as such "
                                        "in the results; the full protocol caps at 27,000; a Freeway game lasts about 2,050). Default: 2500."),
-    seed: int = typer.Option(0, "--seed", help="Seed of collection and pre-training. Default: 0."),
-    methods: str = typer.Option("scaled-ql", "--methods", help="Pre-training methods, comma-separated (e.g. "
+    seed: int = typer.Option(0, "--seed", rich_help_panel=o.RUN, help="Seed of collection and pre-training. Default: 0."),
+    methods: str = typer.Option("scaled-ql", "--methods", rich_help_panel=o.OPTIMISATION, help="Pre-training methods, comma-separated (e.g. "
                                 "scaled-ql,bc): each trains every width and is its own group of the report. "
                                 "Default: scaled-ql."),
     as_json: bool = JSON_OPTION,

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
@@ -19,6 +20,7 @@ from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
+PolicyChoice = o.choices("PolicyChoice", POLICIES)
 EPISODES_FORMAT = "sql-eval-episodes"
 
 
@@ -110,53 +112,56 @@ def _default_name(label: str, settings: dict, config: ev.EvalConfig) -> str:
     return f"{label}_{config.protocol.name}_{games}{capped}_{digest}"
 
 
+EXAMPLE = "Example: sql eval runs/r50 --games atari40 --seeds 0-4 --episodes 2"
+
 @handles_errors
 def eval_command(
     checkpoint_or_run: Path = typer.Argument(
         None, help="A run directory of `sql pretrain` (its newest checkpoint) or RUN/checkpoints/STEP. "
         "Not used with --policy random."),
     games: str = typer.Option(
-        None, "--games", help="Comma-separated games or sets (see `sql games`). Default: all games of the "
+        None, "--games", rich_help_panel=o.EVALUATION, help="Comma-separated games or sets (see `sql games`). Default: all games of the "
         "checkpoint; required with --policy random."),
-    episodes: int = typer.Option(2, "--episodes", help="Episodes per game and seed. Default: 2."),
+    episodes: int = typer.Option(2, "--episodes", rich_help_panel=o.EVALUATION, help="Episodes per game and seed. Default: 2."),
     seeds: str = typer.Option(
-        "0-4", "--seeds", help="Evaluation seeds, e.g. 0,1,2 or 0-4; each seed is one run for the confidence "
+        "0-4", "--seeds", rich_help_panel=o.EVALUATION, help="Evaluation seeds, e.g. 0,1,2 or 0-4; each seed is one run for the confidence "
         "intervals. Default: 0-4."),
-    protocol_name: str = typer.Option(
-        "dopamine", "--protocol", help="dopamine (sticky actions 0.25, epsilon 0.001, 27,000-step cap: the "
+    protocol_name: o.ProtocolChoice = typer.Option(
+        "dopamine", "--protocol", rich_help_panel=o.EVALUATION, help="dopamine (sticky actions 0.25, epsilon 0.001, 27,000-step cap: the "
         "protocol that produced the data) or no-sticky (Multi-Game DT's variant). Default: dopamine."),
     mode: int = typer.Option(
-        None, "--mode", help="ALE game mode (validated against ALE). Default: the game's default."),
+        None, "--mode", rich_help_panel=o.EVALUATION, help="ALE game mode (validated against ALE). Default: the game's default."),
     difficulty: int = typer.Option(
-        None, "--difficulty", help="ALE difficulty (validated against ALE). Default: the game's default."),
+        None, "--difficulty", rich_help_panel=o.EVALUATION, help="ALE difficulty (validated against ALE). Default: the game's default."),
     max_steps: int = typer.Option(
-        None, "--max-steps", help="Cap episodes at this many agent steps for a quick look; the result then says "
+        None, "--max-steps", rich_help_panel=o.EVALUATION, help="Cap episodes at this many agent steps for a quick look; the result then says "
         "it deviates from the protocol. Default: the protocol's 27,000."),
-    policy_kind: str = typer.Option(
-        "checkpoint", "--policy", help="checkpoint (the trained network) or random (uniform actions, the "
+    policy_kind: PolicyChoice = typer.Option(
+        "checkpoint", "--policy", rich_help_panel=o.EVALUATION, help="checkpoint (the trained network) or random (uniform actions, the "
         "baseline of the human-normalized scale). Default: checkpoint."),
     num_envs: int = typer.Option(
-        32, "--num-envs", help="Emulators stepped together; one batched policy call per step. Default: 32."),
+        32, "--num-envs", rich_help_panel=o.RUN, help="Emulators stepped together; one batched policy call per step. Default: 32."),
     threads: int = typer.Option(
-        1, "--threads", help="Threads stepping the emulators (ALE's act holds the GIL, so the gain is small: "
+        1, "--threads", rich_help_panel=o.RUN, help="Threads stepping the emulators (ALE's act holds the GIL, so the gain is small: "
         "see docs/eval.md). Default: 1."),
     record: str = typer.Option(
-        None, "--record", help="Save a GIF of this game's first episode (first seed) beside the result. "
+        None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
         "Default: none."),
     record_steps: int = typer.Option(
-        3000, "--record-steps", help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
+        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
     out: Path = typer.Option(
-        None, "--out", help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
+        None, "--out", rich_help_panel=o.OUTPUT, help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
         "RUN/eval/NAME.json for a checkpoint, ./eval/NAME.json otherwise."),
     name: str = typer.Option(
-        None, "--name", help="NAME of the default output path. Default: derived from step, protocol, games and "
+        None, "--name", rich_help_panel=o.OUTPUT, help="NAME of the default output path. Default: derived from step, protocol, games and "
         "a hash of the settings."),
     bootstrap_reps: int = typer.Option(
-        50_000, "--bootstrap-reps", help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
+        50_000, "--bootstrap-reps", rich_help_panel=o.OUTPUT, help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
         "(rliable's)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Play ALE episodes and report raw and human-normalized scores with IQM/median/mean and 95% CIs."""
+    protocol_name, policy_kind = o.plain(protocol_name), o.plain(policy_kind)
     protocol = get_protocol(protocol_name)
     seed_list = parse_seeds(seeds)
     if policy_kind not in POLICIES:

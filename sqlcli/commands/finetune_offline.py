@@ -16,16 +16,21 @@ from sqlcli.output import (
     write_curves,
 )
 from sqlcli.tracking import open_wandb
+from sqlcli_core.data.slices import SLICE_RULES
 from sqlcli_core.training.finetune_offline import OfflineConfig
 
-Game = Annotated[str | None, o.option(OfflineConfig, "game")]
-Data = Annotated[str | None, o.option(OfflineConfig, "data")]
-Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions")]
-SliceRule = Annotated[str | None, o.option(OfflineConfig, "slice_rule", "--slice")]
-Runs = Annotated[str | None, o.option(OfflineConfig, "runs")]
-Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints")]
-CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes")]
-EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs")]
+SliceChoice = o.choices("SliceChoice", SLICE_RULES)
+Game = Annotated[str | None, o.option(OfflineConfig, "game", panel=o.DATA)]
+Data = Annotated[str | None, o.option(OfflineConfig, "data", panel=o.DATA)]
+Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions", panel=o.DATA)]
+SliceRule = Annotated[SliceChoice | None, o.option(OfflineConfig, "slice_rule", "--slice", panel=o.DATA)]
+Runs = Annotated[str | None, o.option(OfflineConfig, "runs", panel=o.DATA)]
+Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints", panel=o.DATA)]
+CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes", panel=o.DATA)]
+EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs", panel=o.EVALUATION)]
+
+EXAMPLE = ("Example: sql finetune-offline --from runs/pretrain --game Alien --data store --transitions 2000000 "
+           "--run-dir runs/alien-ft")
 
 
 @handles_errors
@@ -40,7 +45,7 @@ def finetune_offline(
     seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
-    flags = dict(locals())
+    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.methods import get_method
     from sqlcli_core.training.finetune_offline import resolve_config, run_offline
     for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):

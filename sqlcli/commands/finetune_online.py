@@ -9,18 +9,21 @@ from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, ha
 from sqlcli.tracking import open_wandb
 from sqlcli_core.training.finetune_online import OnlineConfig
 
-Game = Annotated[str | None, o.option(OnlineConfig, "game")]
-Mode = Annotated[int | None, o.option(OnlineConfig, "mode")]
-Difficulty = Annotated[int | None, o.option(OnlineConfig, "difficulty")]
-NumEnvs = Annotated[int | None, o.option(OnlineConfig, "num_envs")]
-UpdatePeriod = Annotated[int | None, o.option(OnlineConfig, "update_period")]
-MinReplay = Annotated[int | None, o.option(OnlineConfig, "min_replay")]
-EpsilonStart = Annotated[float | None, o.option(OnlineConfig, "epsilon_start")]
-EpsilonEnd = Annotated[float | None, o.option(OnlineConfig, "epsilon_end")]
-EpsilonDecaySteps = Annotated[int | None, o.option(OnlineConfig, "epsilon_decay_steps")]
-ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity")]
-EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every")]
-EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes")]
+Game = Annotated[str | None, o.option(OnlineConfig, "game", panel=o.DATA)]
+Mode = Annotated[int | None, o.option(OnlineConfig, "mode", panel=o.DATA)]
+Difficulty = Annotated[int | None, o.option(OnlineConfig, "difficulty", panel=o.DATA)]
+NumEnvs = Annotated[int | None, o.option(OnlineConfig, "num_envs", panel=o.DATA)]
+UpdatePeriod = Annotated[int | None, o.option(OnlineConfig, "update_period", panel=o.DATA)]
+MinReplay = Annotated[int | None, o.option(OnlineConfig, "min_replay", panel=o.DATA)]
+EpsilonStart = Annotated[float | None, o.option(OnlineConfig, "epsilon_start", panel=o.DATA)]
+EpsilonEnd = Annotated[float | None, o.option(OnlineConfig, "epsilon_end", panel=o.DATA)]
+EpsilonDecaySteps = Annotated[int | None, o.option(OnlineConfig, "epsilon_decay_steps", panel=o.DATA)]
+ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity", panel=o.DATA)]
+EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every", panel=o.EVALUATION)]
+EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes", panel=o.EVALUATION)]
+
+EXAMPLE = ("Example: sql finetune-online --from runs/pretrain --game breakout --mode 12 --steps 20000 "
+           "--run-dir runs/breakout-m12")
 
 
 @handles_errors
@@ -37,7 +40,7 @@ def finetune_online(
     seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
-    flags = dict(locals())
+    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.training.finetune_online import resolve_config, run_online
     for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
         flags.pop(name)

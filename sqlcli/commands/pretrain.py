@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from sqlcli.options import ConfigFile, Wandb, option
+from sqlcli.options import DATA, DISTRIBUTED, NETWORK, OPTIMISATION, RUN, ConfigFile, Wandb, choices, option
 from sqlcli.output import (
     JSON_OPTION,
     ProgressReport,
@@ -29,48 +29,53 @@ from sqlcli.output import (
 from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
-from sqlcli_core.networks import NetworkConfig
+from sqlcli_core.networks import ARCHS, NetworkConfig
 from sqlcli_core.training.pretrain import PretrainConfig
 from sqlcli_core.training.update import LearnerConfig
 
 P, N, L = PretrainConfig, NetworkConfig, LearnerConfig
-Data = Annotated[str | None, option(P, "data")]
-RunDir = Annotated[Path | None, option(P, "run_dir")]
-Games = Annotated[str | None, option(P, "games")]
+Data = Annotated[str | None, option(P, "data", panel=DATA)]
+RunDir = Annotated[Path | None, option(P, "run_dir", panel=RUN)]
+Games = Annotated[str | None, option(P, "games", panel=DATA)]
 # The registered methods, as a choice list (shown in --help, refused with the list otherwise).
 MethodName = enum.Enum("MethodName", {name: name for name in method_names()}, type=str)
-Method = Annotated[MethodName | None, option(L, "method")]
-Arch = Annotated[str | None, option(N, "arch")]
-Width = Annotated[float | None, option(N, "width")]
-BatchSize = Annotated[int | None, option(P, "batch_size")]
-Lr = Annotated[float | None, option(L, "learning_rate", "--lr")]
-AdamEps = Annotated[float | None, option(L, "adam_eps")]
-Alpha = Annotated[float | None, option(L, "alpha")]
-NStep = Annotated[int | None, option(P, "n_step")]
-Gamma = Annotated[float | None, option(L, "gamma")]
-NumAtoms = Annotated[int | None, option(N, "num_atoms")]
-VMin = Annotated[float | None, option(N, "v_min")]
-VMax = Annotated[float | None, option(N, "v_max")]
-TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period")]
-MaxGradNorm = Annotated[float | None, option(L, "max_grad_norm")]
-Steps = Annotated[int | None, option(P, "steps")]
-Seed = Annotated[int | None, option(P, "seed")]
-CheckpointEvery = Annotated[int | None, option(P, "checkpoint_every")]
-Keep = Annotated[int | None, option(P, "keep")]
-LogEvery = Annotated[int | None, option(P, "log_every")]
+Method = Annotated[MethodName | None, option(L, "method", panel=OPTIMISATION)]
+ArchName = choices("ArchName", ARCHS)
+Arch = Annotated[ArchName | None, option(N, "arch", panel=NETWORK)]
+Width = Annotated[float | None, option(N, "width", panel=NETWORK)]
+BatchSize = Annotated[int | None, option(P, "batch_size", panel=OPTIMISATION)]
+Lr = Annotated[float | None, option(L, "learning_rate", "--lr", panel=OPTIMISATION)]
+AdamEps = Annotated[float | None, option(L, "adam_eps", panel=OPTIMISATION)]
+Alpha = Annotated[float | None, option(L, "alpha", panel=OPTIMISATION)]
+NStep = Annotated[int | None, option(P, "n_step", panel=DATA)]
+Gamma = Annotated[float | None, option(L, "gamma", panel=OPTIMISATION)]
+NumAtoms = Annotated[int | None, option(N, "num_atoms", panel=NETWORK)]
+VMin = Annotated[float | None, option(N, "v_min", panel=NETWORK)]
+VMax = Annotated[float | None, option(N, "v_max", panel=NETWORK)]
+TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period", panel=OPTIMISATION)]
+MaxGradNorm = Annotated[float | None, option(L, "max_grad_norm", panel=OPTIMISATION)]
+Steps = Annotated[int | None, option(P, "steps", panel=OPTIMISATION)]
+Seed = Annotated[int | None, option(P, "seed", panel=RUN)]
+CheckpointEvery = Annotated[int | None, option(P, "checkpoint_every", panel=RUN)]
+Keep = Annotated[int | None, option(P, "keep", panel=RUN)]
+LogEvery = Annotated[int | None, option(P, "log_every", panel=RUN)]
 Bf16 = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="Compute the network in bfloat16 (params and "
-                                           "Adam stay float32): compute_dtype bfloat16. Default: off (ours).")]
-GameWeights = Annotated[str | None, option(P, "game_weights")]
-CacheBytes = Annotated[int | None, option(P, "cache_bytes")]
-Prefetch = Annotated[int | None, option(P, "prefetch")]
+                                           "Adam stay float32): compute_dtype bfloat16. Default: off (ours).",
+                                           rich_help_panel=NETWORK)]
+GameWeights = Annotated[str | None, option(P, "game_weights", panel=DATA)]
+CacheBytes = Annotated[int | None, option(P, "cache_bytes", panel=DATA)]
+Prefetch = Annotated[int | None, option(P, "prefetch", panel=DATA)]
 Coordinator = Annotated[str | None, typer.Option("--coordinator", help="HOST:PORT of process 0 for a multi-process run "
-                                                 "(or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process.")]
+                                                 "(or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process.",
+                                                 rich_help_panel=DISTRIBUTED)]
 NumProcesses = Annotated[int | None, typer.Option("--num-processes", help="Processes of a multi-process run "
-                                                  "(or SQL_NUM_PROCESSES). Default: 1.")]
+                                                  "(or SQL_NUM_PROCESSES). Default: 1.", rich_help_panel=DISTRIBUTED)]
 ProcessId = Annotated[int | None, typer.Option("--process-id", help="This process's id, 0..N-1 (or SQL_PROCESS_ID). "
-                                               "Default: 0.")]
+                                               "Default: 0.", rich_help_panel=DISTRIBUTED)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the parameter count per part and exit without "
-                                      "reading data or training.")]
+                                      "reading data or training.", rich_help_panel=RUN)]
+
+EXAMPLE = "Example: sql pretrain --data store --games atari40 --arch resnet50 --steps 100000 --run-dir runs/r50"
 
 
 def parse_game_weights(value: Any) -> dict[str, float] | None:
@@ -133,7 +138,7 @@ def pretrain(
 ) -> None:
     """Pre-train one network on offline data from many games (Scaled QL, C51 or behaviour cloning), resumably."""
     flags = {
-        "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch,
+        "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch and arch.value,
         "width": width, "batch_size": batch_size, "learning_rate": lr, "adam_eps": adam_eps, "alpha": alpha,
         "n_step": n_step, "gamma": gamma, "num_atoms": num_atoms, "v_min": v_min, "v_max": v_max,
         "target_update_period": target_update_period, "max_grad_norm": max_grad_norm, "steps": steps, "seed": seed,

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data import store as st
@@ -33,23 +34,25 @@ class _Bars:
             self.report.update(self.tasks[key], advance=rows)
 
 
+EXAMPLE = "Example: sql shard dqn-replay store --games atari40 --checkpoints 0-9"
+
 @handles_errors
 def shard(
     src: Path = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
                                "with --verify: the store to check."),
     dst: Path | None = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
-    verify: bool = typer.Option(False, "--verify", help="Re-read the store SRC and check it against its recorded "
+    verify: bool = typer.Option(False, "--verify", rich_help_panel=o.RUN, help="Re-read the store SRC and check it against its recorded "
                                 "content hashes and counts; writes nothing."),
-    games: str | None = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
+    games: str | None = typer.Option(None, "--games", rich_help_panel=o.DATA, help="Games or game sets, comma-separated (default: every "
                                         "game directory under SRC)."),
-    runs: str | None = typer.Option(None, "--runs", help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
-    checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes, e.g. 0-9 for the "
+    runs: str | None = typer.Option(None, "--runs", rich_help_panel=o.DATA, help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
+    checkpoints: str | None = typer.Option(None, "--checkpoints", rich_help_panel=o.DATA, help="Checkpoint suffixes, e.g. 0-9 for the "
                                               "sub-optimal 20% (default: all present)."),
-    jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", min=1, help="Game/runs sharded in parallel "
+    jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", rich_help_panel=o.RUN, min=1, help="Game/runs sharded in parallel "
                              "worker processes (default: min(4, CPUs))."),
-    frame_chunk: int = typer.Option(st.FRAME_CHUNK, "--frame-chunk", min=8, help=f"Frames per Zarr chunk of a new "
+    frame_chunk: int = typer.Option(st.FRAME_CHUNK, "--frame-chunk", rich_help_panel=o.STORE, min=8, help=f"Frames per Zarr chunk of a new "
                                     f"run's frames array (default {st.FRAME_CHUNK}; see docs/store-format.md)."),
-    n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", min=1, help="n of the 'sampleable transitions' count "
+    n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", rich_help_panel=o.STORE, min=1, help="n of the 'sampleable transitions' count "
                                f"in the summary (default {st.DEFAULT_N_STEP})."),
     as_json: bool = JSON_OPTION,
 ) -> None:
