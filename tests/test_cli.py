@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from sqlcli_core import __version__
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.data import store as st
 from tests.replay_fixture import write_run
+from tests.tensorboard_events import read_tensorboard_scalars
 
 BOX_DRAWING = set("╭╮╰╯│─┃━")
 
@@ -154,23 +154,6 @@ def test_no_third_party_warnings_unless_verbose(tiny_run, tmp_path):
     verbose = sql("--verbose", *args, "--out", tmp_path / "verbose.json")
     assert verbose.returncode == 0, verbose.stderr
     assert "WARNING:absl:" in verbose.stderr  # orbax's lines are really there, and --verbose brings them back
-
-
-def read_tensorboard_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} of the event files in `folder`, parsed from the TFRecord framing by hand
-    (u64 length, u32 crc, payload, u32 crc) and decoded with the Event protobuf."""
-    from tensorboardX.proto import event_pb2
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.glob("events.out.tfevents.*")):
-        data, offset = path.read_bytes(), 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-            offset += 12 + length + 4
-            for value in event.summary.value:
-                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
-    return scalars
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -116,22 +117,35 @@ class MetricsLog:
         if self.write:
             append_jsonl(self.path, flat)
             if self.tensorboard:
-                writer = self._tensorboard_writer()
-                for tag, value in scalars(flat).items():
-                    if math.isfinite(value):
-                        writer.add_scalar(tag, value, global_step=int(flat["step"]), walltime=flat.get("time"))
+                self._write_event(flat)
         return flat
+
+    def _write_event(self, flat: Mapping[str, Any]) -> None:
+        """One event with the record's finite scalars, written and flushed at once (tensorboardX's
+        SummaryWriter queues events for a background thread: a kill would lose what the metrics file has)."""
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars(flat).items()
+                  if math.isfinite(value)]
+        writer = self._tensorboard_writer()
+        writer.write_event(Event(wall_time=flat.get("time") or time.time(), step=int(flat["step"]),
+                                 summary=Summary(value=values)))
+        writer.flush()
 
     def _tensorboard_writer(self):
         if self._writer is None:
-            from tensorboardX import SummaryWriter
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-            self._writer = SummaryWriter(str(self.tensorboard_dir), purge_step=self._purge_step, flush_secs=30)
+            self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
+            # Each invocation writes its own file; the number orders files made within the same second.
+            number = len(list(self.tensorboard_dir.glob("events.out.tfevents.*")))
+            self._writer = EventsWriter(str(self.tensorboard_dir / "events"), filename_suffix=f".{number:04d}")
+            if self._purge_step is not None:  # TensorBoard hides the earlier events at steps >= purge_step
+                self._writer.write_event(Event(wall_time=time.time(), step=self._purge_step,
+                                               session_log=SessionLog(status=SessionLog.START)))
         return self._writer
-
-    def flush(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
