@@ -83,7 +83,8 @@ _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "C
 
 def _usage_error_line(exc: Exception) -> str:
     """click's usage error as one line in our style: `<what is wrong> (see 'sql CMD --help')`."""
-    message = " ".join(exc.format_message().split()).rstrip(".")
+    # typer's enumerations say "Value error, 'x' is not one of ..."; the first two words add nothing
+    message = " ".join(exc.format_message().split()).rstrip(".").replace(": Value error, ", ": ")
     if message[:1].isupper() and message[1:2].islower():
         message = message[0].lower() + message[1:]
     ctx = getattr(exc, "ctx", None)
