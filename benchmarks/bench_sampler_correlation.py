@@ -13,29 +13,24 @@ of 512 and reports mean X^2 / dof over all (batch, game) pairs with m >= 2, next
 same sizes (the baseline, ~1) and the formula. Default cache sizes for atari40 (unit 2048 rows):
 2 GiB = 3 slots per game (before), 10 GiB = 18 (now: 256 MiB per game).
 
-    python benchmarks/bench_sampler_correlation.py [--slots 3,8,18] [--batches 100] [--store DIR]
+    python -m benchmarks.bench_sampler_correlation [--slots 3,8,18] [--batches 100] [--store DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from replay_fixture import write_run  # noqa: E402
-
 from sqlcli_core.atari.games import minimal_action_set, resolve_games  # noqa: E402
 from sqlcli_core.data import store as st  # noqa: E402
 from sqlcli_core.data import transitions as tr  # noqa: E402
-from sqlcli_core.data.sampler import ReplaySampler, SamplerCacheWarning  # noqa: E402
+from sqlcli_core.data.sampler import ReplaySampler, slot_bytes  # noqa: E402
+from tests.replay_fixture import write_run  # noqa: E402
 
 CHUNK, N_STEP, BATCH = 32, 3, 512
 
@@ -74,16 +69,12 @@ def chi2_per_dof(unit_of_sample: np.ndarray, p: np.ndarray) -> float | None:
 
 
 def measure(store: Path, games: list[str], probs: list[np.ndarray], slots: int, batches: int) -> dict:
-    slot_bytes = (CHUNK + tr.PADDING_ROWS + N_STEP) * (st.FRAME_BYTES + 9) + CHUNK * 4
-    cache = (slots * len(games) + 2) * slot_bytes
+    cache = (slots * len(games) + 2) * slot_bytes(CHUNK, N_STEP)
     rng = np.random.default_rng(0)
     fast, iid, sizes = [], [], []
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SamplerCacheWarning)
-        sampler = ReplaySampler(store, games=games, batch_size=BATCH, n_step=N_STEP, seed=1, cache_bytes=cache,
-                                unit_chunks=1)
-    with sampler as s:
+    with ReplaySampler(store, games=games, batch_size=BATCH, n_step=N_STEP, seed=1, cache_bytes=cache,
+                       unit_chunks=1) as s:
         assert s.slots_per_game == slots, (s.slots_per_game, slots)
         for _ in range(batches):
             _, keys = s.next_batch_with_keys()

@@ -275,3 +275,33 @@ def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
         ((score, length, truncated),) = reference_stream(policy, name, 3, head, 1, 0.001, 60)
         g = result["games"][name]
         assert (g["scores"], g["lengths"], g["truncated"]) == ([score], [length], [truncated])
+
+
+@pytest.mark.slow
+def test_backends_give_the_same_episodes_and_variants_use_the_python_path():
+    """ale_py's vector emulators and AtariGame: same episodes, sticky actions on (dopamine protocol)."""
+    policy = PixelPolicy(["Pong", "Breakout"])
+    config = ev.EvalConfig(games=("Breakout", "Pong"), seeds=(3, 4), episodes=2, epsilon=0.3, max_steps=60)
+    vector, _ = ev.evaluate(policy, config, num_envs=3, backend="vector")
+    python, _ = ev.evaluate(PixelPolicy(["Pong", "Breakout"]), config, num_envs=3, backend="python")
+    assert sorted(vector, key=lambda r: r.key) == sorted(python, key=lambda r: r.key)
+    variant = ev.EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, epsilon=1.0, max_steps=30, mode=4)
+    with pytest.raises(UsageError, match="mode or difficulty"):
+        ev.evaluate(ev.RandomPolicy([Game("Breakout")]), variant, backend="vector")
+    played, _ = ev.evaluate(ev.RandomPolicy([Game("Breakout")]), variant)  # auto: the python path
+    assert len(played) == 1 and played[0].length <= 30
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["vector", "python"])
+def test_an_episode_cut_at_the_protocols_own_cap_is_truncated(backend):
+    """Issue 11: the emulator itself ends the episode at the protocol's cap (ALE reported game over there);
+    the result must still say truncated. A protocol with a 50-step cap plays it in a few hundred steps."""
+    import dataclasses
+
+    protocol = dataclasses.replace(PROTOCOLS["dopamine"], max_episode_steps=50)
+    config = ev.EvalConfig(games=("Pong",), seeds=(0, 1), episodes=1, protocol=protocol, epsilon=1.0,
+                           max_steps=50)
+    results, _ = ev.evaluate(ev.RandomPolicy([Game("Pong")]), config, backend=backend)
+    assert [(r.length, r.truncated) for r in results] == [(50, True), (50, True)]
+    assert ev.protocol_block(config)["deviates_from_protocol"] is False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -159,9 +158,12 @@ def test_store_urls_and_row_selections(store, reference):
     with make(store) as a, make(f"file://{Path(store).absolute()}") as b:
         for _ in range(3):
             assert_batches_equal(a.next_batch(), b.next_batch())
-    for url in ("s3://bucket/store", "gs://bucket/store", "https://example.org/store"):
-        with pytest.raises(UsageError, match="not supported yet"):
-            make(url)
+    # Object storage is tested against a loopback S3 server in tests/test_remote_store.py; here only the
+    # refusals that need no server: an unknown scheme, and a write to a read-only one.
+    with pytest.raises(UsageError, match="ftp:// stores are not supported"):
+        make("ftp://example.org/store")
+    with pytest.raises(UsageError, match="https:// stores are read-only"):
+        st.create_store("https://example.org/store")
     data = open_run_set(store)
     assert data.games == ("Breakout", "Pong") and [r.run for r in data.runs_of("Pong")] == [1, 2]
     pong1 = data.runs_of("Pong", [1])[0]
@@ -179,13 +181,13 @@ def test_store_urls_and_row_selections(store, reference):
     assert {int(i) for i in rows} <= valid
 
 
-def test_a_cache_with_few_units_per_game_warns(store):
-    from sqlcli_core.data.sampler import QUIET_SLOTS_PER_GAME, SamplerCacheWarning
+def test_the_default_cache_is_sized_per_game(store):
+    from sqlcli_core.data.sampler import cache_slots, default_cache_bytes, slot_bytes
 
-    with pytest.warns(SamplerCacheWarning, match="holds 3 units per game"):
-        make(store).close()
-    enough = (QUIET_SLOTS_PER_GAME * 2 + 2) * UNIT_BYTES
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", SamplerCacheWarning)
-        with make(store, cache_bytes=enough) as s:
-            assert s.slots_per_game == QUIET_SLOTS_PER_GAME
+    assert slot_bytes(CHUNK, 3) == UNIT_BYTES
+    with make(store) as s:
+        assert s.slots_per_game == cache_slots(s.cache_bytes, 2, CHUNK, 3) == 3
+    # atari40 with 2048-row units: 2 GiB gave 3 units per game; the default now gives 18 (docs/sampler.md)
+    assert cache_slots(2 << 30, 40, 2048, 3) == 3
+    assert default_cache_bytes(40) == 10 << 30 and cache_slots(default_cache_bytes(40), 40, 2048, 3) == 18
+    assert default_cache_bytes(2) == 2 << 30  # up to 8 games: as before

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,9 +10,7 @@ from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.data.slices import even_shares, select_segments, slice_run_set, spread_segments
 from sqlcli_core.data.view import RunView
 from sqlcli_core.errors import UsageError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from replay_fixture import write_run  # noqa: E402
+from tests.replay_fixture import write_run
 
 
 def _view(run, records, rows):

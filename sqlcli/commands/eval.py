@@ -13,6 +13,7 @@ from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
+from sqlcli_core.atari.vector import BACKENDS, choose_backend
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.evaluation import evaluate as ev
@@ -21,6 +22,7 @@ from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
 PolicyChoice = o.choices("PolicyChoice", POLICIES)
+BackendChoice = o.choices("BackendChoice", BACKENDS)
 EPISODES_FORMAT = "sql-eval-episodes"
 
 
@@ -142,8 +144,12 @@ def eval_command(
     num_envs: int = typer.Option(
         32, "--num-envs", rich_help_panel=o.RUN, help="Emulators stepped together; one batched policy call per step. Default: 32."),
     threads: int = typer.Option(
-        1, "--threads", rich_help_panel=o.RUN, help="Threads stepping the emulators (ALE's act holds the GIL, so the gain is small: "
-        "see docs/eval.md). Default: 1."),
+        1, "--threads", rich_help_panel=o.RUN, help="Threads stepping python-backend emulators (ALE's act holds the "
+        "GIL, so the gain is small: see docs/eval.md). Default: 1."),
+    backend: BackendChoice = typer.Option(
+        "auto", "--backend", rich_help_panel=o.RUN, help="Emulators: vector (ale_py's C++ vector environment, "
+        "parallel threads), python (AtariGame), or auto (vector unless --mode/--difficulty is given). Scores are "
+        "the same. Default: auto."),
     record: str = typer.Option(
         None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
         "Default: none."),
@@ -195,6 +201,7 @@ def eval_command(
     config = ev.EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
                            epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
     ev.validate_config(config)
+    backend = choose_backend(o.plain(backend), mode, difficulty)
     heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
         ev.check_action_sets(policy, heads)
@@ -241,19 +248,19 @@ def eval_command(
             append_jsonl(episodes_path, _episode_line(result, digest))
             report.update(advance=1, status=f"{result.game} seed {result.seed}: {result.score:g}")
 
-        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads,
+        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  done={r.key for r in previous}, record=record_item, record_frames=record_steps,
                                  on_episode=played, on_record=save_gif)
 
     summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
-    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "record": record,
+    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
     result = {
         "provenance": provenance("eval", cli_config, seed_list[0]),
         "protocol": ev.protocol_block(config),
         "policy": policy_block,
         **summary,
-        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads,
+        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
                        "episodes_reused": len(previous)},
     }
     write_json(out, result)
@@ -266,7 +273,7 @@ def eval_command(
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
-                  f"({num_envs} emulators)", markup=False)
+                  f"({num_envs} {backend} emulators)", markup=False)
     console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
     emit_summary({
         "out": str(out), "markdown": str(md_path), "plot": str(png_path), "gif": str(gif_path) if gif_path else None,

@@ -38,9 +38,10 @@ EXAMPLE = "Example: sql shard dqn-replay store --games atari40 --checkpoints 0-9
 
 @handles_errors
 def shard(
-    src: Path = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
-                               "with --verify: the store to check."),
-    dst: Path | None = typer.Argument(None, help="Zarr v3 store directory to create or extend."),
+    src: str = typer.Argument(..., help="Directory with {Game}/{run}/replay_logs/*.gz (the bucket's layout); "
+                              "with --verify: the store to check (a path or URL)."),
+    dst: str | None = typer.Argument(None, help="Zarr v3 store to create or extend: a directory, or an s3:// or "
+                                     "gs:// URL (object storage; see docs/store-format.md)."),
     verify: bool = typer.Option(False, "--verify", rich_help_panel=o.RUN, help="Re-read the store SRC and check it against its recorded "
                                 "content hashes and counts; writes nothing."),
     games: str | None = typer.Option(None, "--games", rich_help_panel=o.DATA, help="Games or game sets, comma-separated (default: every "
@@ -54,6 +55,9 @@ def shard(
                                     f"run's frames array (default {st.FRAME_CHUNK}; see docs/store-format.md)."),
     n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", rich_help_panel=o.STORE, min=1, help="n of the 'sampleable transitions' count "
                                f"in the summary (default {st.DEFAULT_N_STEP})."),
+    lease_seconds: float = typer.Option(st.ShardConfig.lease_seconds, "--lease-seconds", rich_help_panel=o.STORE, min=1.0,
+                                        help="Object storage only: lease time of the one writer of each run "
+                                        f"group (default {st.ShardConfig.lease_seconds:g}; see docs/store-format.md)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Convert DQN-Replay checkpoints into a resumable, verified Zarr v3 store for the sampler."""
@@ -68,12 +72,12 @@ def shard(
     if dst is None:
         raise UsageError("missing DST", hint="sql shard SRC DST")
     ckpt_set = parse_range_set(checkpoints, "--checkpoints", example="0-9 or 0-9,20")
-    config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step)
+    config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step, lease_seconds=lease_seconds)
     prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
                                 "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
     bars = _Bars(ProgressReport("shard", unit="rows"))  # shown from the plan on: earlier errors stay one line
     try:
-        result = st.shard(src, dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
+        result = st.shard(Path(src), dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
     finally:
         bars.report.stop()
@@ -92,7 +96,7 @@ def shard(
     emit_summary({"provenance": prov, **result}, as_json)
 
 
-def _verify(store: Path, game_names, run_set, as_json: bool) -> None:
+def _verify(store: str, game_names, run_set, as_json: bool) -> None:
     bars = _Bars(ProgressReport("shard --verify", unit="rows"))  # shown from the plan on: earlier errors stay one line
     try:
         result = st.verify(store, games=game_names, runs=run_set, on_plan=bars.plan, progress=bars.advance)

@@ -2,28 +2,30 @@
 
 Per agent step: repeat the action for `frame_skip` emulator frames (ALE applies sticky actions per
 frame), sum the raw rewards, max-pool the grayscale screens of the last two frames, resize to 84x84
-with area interpolation. Episodes end at game over only (never on a lost life); the caller applies the
-27,000-step cap. The emulator is created through gymnasium (which validates mode and difficulty) and
-then driven through its ALE interface directly, which avoids building an RGB observation per frame.
+with OpenCV's INTER_AREA (reproduced exactly in numpy). Episodes end at game over (never on a lost
+life); the caller applies the 27,000-step cap. The emulator is a bare `ale_py.ALEInterface`: its `random_seed` (which drives
+sticky actions and nothing else) is the seed given here, exactly as ale_py's vector environment
+(`sqlcli_core.atari.vector`) sets it, so the two paths play the same game for the same seed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
 from sqlcli_core.atari.games import Game, minimal_action_set, validate_variant
 from sqlcli_core.errors import UsageError
 
-SCREEN_SHAPE = (210, 160)  # most games; a few (Carnival, Pooyan, AirRaid, JourneyEscape) are taller
-OBS_SHAPE = (84, 84)
+FRAME_SHAPE = (84, 84)  # one preprocessed frame; the agent's observation stacks 4 of them
 MAX_EPISODE_STEPS = 27_000  # agent steps = 108,000 frames
+MAX_SEED = 2**31 - 1  # ALE's vector environment takes seeds in [0, 2^31)
 
 
 @dataclasses.dataclass(frozen=True)
-class Protocol:
+class ActingProtocol:
     """How the emulator is driven. `dopamine` produced DQN-Replay; `no-sticky` is the Multi-Game DT variant."""
 
     name: str = "dopamine"
@@ -37,81 +39,136 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "dopamine": Protocol(),
-    "no-sticky": Protocol(name="no-sticky", sticky_action_prob=0.0),
+    "dopamine": ActingProtocol(),
+    "no-sticky": ActingProtocol(name="no-sticky", sticky_action_prob=0.0),
 }
 
 
-def get_protocol(name: str) -> Protocol:
+def get_protocol(name: str) -> ActingProtocol:
     try:
         return PROTOCOLS[name]
     except KeyError:
         raise UsageError(f"unknown protocol '{name}'", hint=f"choose one of {', '.join(PROTOCOLS)}") from None
 
 
-def _area_weights(src: int, dst: int) -> np.ndarray:
-    """(dst, src) matrix of area-interpolation weights: each output cell averages the source span it covers."""
-    scale = src / dst
-    w = np.zeros((dst, src), dtype=np.float64)
-    for i in range(dst):
-        lo, hi = i * scale, (i + 1) * scale
-        for j in range(int(np.floor(lo)), int(np.ceil(hi))):
-            w[i, j] = min(hi, j + 1) - max(lo, j)
-    return (w / scale).astype(np.float32)
+def check_seed(seed: int) -> int:
+    """An emulator seed as ALE takes it (both paths): an int in [0, 2^31)."""
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"emulator seed {seed} is outside [0, 2^31)")
+    return int(seed)
 
 
 @functools.cache
-def _resize_matrices(src_shape: tuple[int, int], dst_shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    return _area_weights(src_shape[0], dst_shape[0]), _area_weights(src_shape[1], dst_shape[1]).T.copy()
+def _area_table(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """OpenCV's INTER_AREA table for one axis: (k, dst) source indices and float32 weights, in its order.
+
+    Output cell d covers the source span [d*scale, (d+1)*scale) with scale = 1 / (dst / src), as
+    cv::resize computes it; partly covered source cells get the covered fraction. Rows past a cell's
+    entries are padded with weight 0 (adding 0.0 leaves a float32 sum unchanged).
+    """
+    scale = 1.0 / (dst / src)
+    cells = []
+    for d in range(dst):
+        lo = d * scale
+        hi = lo + scale
+        width = min(scale, src - lo)
+        first, last = math.ceil(lo), min(math.floor(hi), src - 1)
+        first = min(first, last)
+        entries = []
+        if first - lo > 1e-3:
+            entries.append((first - 1, (first - lo) / width))
+        entries += [(s, 1.0 / width) for s in range(first, last)]
+        if hi - last > 1e-3:
+            entries.append((last, min(hi - last, 1.0, width) / width))
+        cells.append(entries)
+    k = max(len(c) for c in cells)
+    index = np.zeros((k, dst), np.intp)
+    weight = np.zeros((k, dst), np.float32)
+    for d, entries in enumerate(cells):
+        for m, (s, w) in enumerate(entries):
+            index[m, d], weight[m, d] = s, np.float32(w)
+    return index, weight
 
 
-def area_resize(frame: np.ndarray, out_shape: tuple[int, int] = OBS_SHAPE) -> np.ndarray:
-    """Area-interpolated resize of a 2-D uint8 frame, rounded to nearest (what cv2.INTER_AREA computes)."""
-    rows, cols = _resize_matrices(tuple(frame.shape), tuple(out_shape))
-    out = rows @ frame.astype(np.float32) @ cols
+def area_resize(frame: np.ndarray, out_shape: tuple[int, int] = FRAME_SHAPE) -> np.ndarray:
+    """cv2.resize(frame, INTER_AREA) of a 2-D uint8 frame, bit for bit (Dopamine's resize; ALE's vector env's).
+
+    Same float32 operations in the same order as OpenCV's generic area resize: each row is reduced along
+    x (sum of pixel * weight), then rows are combined along y, then rounded half to even.
+    """
+    y_index, y_weight = _area_table(frame.shape[0], out_shape[0])
+    x_index, x_weight = _area_table(frame.shape[1], out_shape[1])
+    rows = np.zeros((frame.shape[0], out_shape[1]), np.float32)
+    for m in range(len(x_index)):
+        rows += frame[:, x_index[m]] * x_weight[m]
+    out = np.zeros(out_shape, np.float32)
+    for m in range(len(y_index)):
+        out += rows[y_index[m]] * y_weight[m][:, None]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-class AtariGame:
-    """One preprocessed Atari emulator. Actions are indices into the game's minimal action set."""
+def new_ale(game: Game, *, sticky_action_prob: float, seed: int, mode: int | None = None,
+            difficulty: int | None = None):
+    """A bare ALEInterface with the ROM loaded: random_seed = seed, mode and difficulty set.
 
-    def __init__(self, game: Game, *, protocol: Protocol = PROTOCOLS["dopamine"], mode: int | None = None,
+    ALE's own frame cap (`max_num_frames_per_episode`, 108,000 in gymnasium's envs) is left off: callers
+    cap episodes by agent steps, as Dopamine's runner does. (ALE's cap also counts from 1 in some games,
+    Pooyan for one, so it ended their capped episodes a frame early.)
+    """
+    import ale_py
+    from ale_py import roms
+
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
+    ale = ale_py.ALEInterface()
+    ale.setFloat("repeat_action_probability", sticky_action_prob)
+    ale.setInt("random_seed", check_seed(seed))
+    ale.loadROM(str(roms.get_rom_path(game.rom)))
+    if mode is not None:
+        ale.setMode(mode)
+    if difficulty is not None:
+        ale.setDifficulty(difficulty)
+    return ale
+
+
+class AtariGame:
+    """One preprocessed Atari emulator. Actions are indices into the game's minimal action set.
+
+    `step` reports game over only; the caller applies the step cap (and decides truncation by length).
+    """
+
+    def __init__(self, game: Game, *, protocol: ActingProtocol = PROTOCOLS["dopamine"], mode: int | None = None,
                  difficulty: int | None = None, seed: int = 0):
         import ale_py
-        import gymnasium as gym
 
         validate_variant(game, mode, difficulty)
-        gym.register_envs(ale_py)
-        ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         self.game = game
         self.protocol = protocol
         self.mode = mode
         self.difficulty = difficulty
-        self._env = gym.make(
-            game.gym_id, frameskip=1, repeat_action_probability=protocol.sticky_action_prob,
-            full_action_space=False, mode=mode, difficulty=difficulty, obs_type="grayscale",
-            max_episode_steps=None,
-        )
-        self._ale = self._env.unwrapped.ale
+        self._ale = new_ale(game, sticky_action_prob=protocol.sticky_action_prob, seed=seed, mode=mode,
+                            difficulty=difficulty)
         self._actions = [ale_py.Action(a) for a in minimal_action_set(game.name)]
-        if len(self._env.unwrapped._action_set) != len(self._actions):  # pragma: no cover - ALE invariant
-            raise RuntimeError("gymnasium and ALE disagree on the minimal action set")
         height, width = self._ale.getScreenDims()
         self._buffers = np.zeros((2, height, width), dtype=np.uint8)
-        self._seed = seed
-        self._seeded = False
 
     @property
     def num_actions(self) -> int:
         return len(self._actions)
 
+    def reseed(self, seed: int) -> None:
+        """Start over as a fresh emulator with this seed (reloads the ROM: the only way ALE re-seeds)."""
+        from ale_py import roms
+
+        self._ale.setInt("random_seed", check_seed(seed))
+        self._ale.loadROM(str(roms.get_rom_path(self.game.rom)))
+        if self.mode is not None:
+            self._ale.setMode(self.mode)
+        if self.difficulty is not None:
+            self._ale.setDifficulty(self.difficulty)
+
     def reset(self) -> np.ndarray:
-        """Start a new episode; returns the first 84x84 uint8 frame. The first reset seeds the emulator."""
-        if not self._seeded:
-            self._env.reset(seed=self._seed)
-            self._seeded = True
-        else:
-            self._env.reset()
+        """Start a new episode; returns the first 84x84 uint8 frame."""
+        self._ale.reset_game()
         self._ale.getScreenGrayscale(self._buffers[0])
         self._buffers[1].fill(0)
         return self._observation()
@@ -148,8 +205,6 @@ class AtariGame:
         """
         import ale_py
 
-        if not self._seeded:  # the first reset loads the ROM with this mode and difficulty
-            self.reset()
         n = self._buffers.nbytes
         self._buffers[...] = np.frombuffer(state[:n], dtype=np.uint8).reshape(self._buffers.shape)
         self._ale.restoreState(ale_py.ALEState(state[n:]))
@@ -158,4 +213,4 @@ class AtariGame:
         return area_resize(np.maximum(self._buffers[0], self._buffers[1]))
 
     def close(self) -> None:
-        self._env.close()
+        self._ale = None

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS, AtariGame, Protocol
+from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol, AtariGame
 from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.data import replay_format as rf
@@ -110,7 +110,7 @@ class RunConfig:
     run: int
     transitions: int
     capacity: int = rf.BUCKET_CAPACITY
-    protocol: Protocol = PROTOCOLS["dopamine"]
+    protocol: ActingProtocol = PROTOCOLS["dopamine"]
     mode: int | None = None
     difficulty: int | None = None
     seed: int = 0
@@ -414,7 +414,7 @@ class _Run:
             self.env_steps += 1
             ep = self.episode
             ep["length"] += 1
-            capped = not game_over and ep["length"] >= max_steps
+            capped = ep["length"] >= max_steps  # by length: ALE reports game over at the cap itself
             clipped = np.float32(np.clip(reward, -1.0, 1.0))
             ep["return"] += reward
             ep["clipped_return"] += float(clipped)

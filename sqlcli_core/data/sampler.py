@@ -33,7 +33,6 @@ import dataclasses
 import fractions
 import queue
 import threading
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,14 +47,26 @@ from sqlcli_core.errors import DataError, ResourceError, UsageError
 
 DEFAULT_CACHE_BYTES = 2 << 30  # at least this much by default (up to 8 games: ~18 units per game or more)
 DEFAULT_CACHE_BYTES_PER_GAME = 256 << 20  # ~18 units of 2048 rows per game (docs/sampler.md: correlation)
-QUIET_SLOTS_PER_GAME = 8  # fewer units per game than this warn
+SPARE_SLOTS = 2  # default prefetch_units: slots the loader threads decode into ahead of the schedule
 STATE_FORMAT = "sql-replay-sampler"
 STATE_VERSION = 1
 FRAME_BYTES = rf.FRAME_SHAPE[0] * rf.FRAME_SHAPE[1]
+FILL_THREADS = 4  # units loaded at once when the cache is (re)filled
 
 
-class SamplerCacheWarning(UserWarning):
-    """The cache holds so few units per game that batches are strongly correlated within a game."""
+def slot_bytes(unit_rows: int, n_step: int) -> int:
+    """Bytes of one cache slot: a unit's rows plus its halo (frames, actions, rewards, terminals) and its valid list."""
+    return (unit_rows + rf.PADDING_ROWS + n_step) * (FRAME_BYTES + 9) + unit_rows * 4
+
+
+def default_cache_bytes(num_games: int) -> int:
+    """The cache when none is given: the larger of DEFAULT_CACHE_BYTES and DEFAULT_CACHE_BYTES_PER_GAME per game."""
+    return max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * num_games)
+
+
+def cache_slots(cache_bytes: int, num_games: int, unit_rows: int, n_step: int, spares: int = SPARE_SLOTS) -> int:
+    """Units per game that `cache_bytes` holds (after the `spares` slots the loader decodes into)."""
+    return int((cache_bytes // slot_bytes(unit_rows, n_step) - spares) // num_games)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,19 +105,21 @@ class ReplaySampler:
       seed: everything is a function of (seed, process_index, step).
       game_weights: per-game sampling probabilities (normalised); None = uniform over games.
       cache_bytes: bytes of decompressed units kept in RAM (frames + actions/rewards/terminals); None =
-        the larger of DEFAULT_CACHE_BYTES and DEFAULT_CACHE_BYTES_PER_GAME per game. Fewer than QUIET_SLOTS_PER_GAME units per game warn
-        (SamplerCacheWarning): each batch then draws a game's samples from very few units.
+        `default_cache_bytes(games)`, about 18 units per game (see docs/sampler.md on correlation).
       process_index, process_count: this host's stream among process_count independent ones.
       unit_chunks: chunks of `frames` per unit (unit rows U = unit_chunks * chunk).
       reuse: how many times a loaded row is sampled on average before its unit is replaced.
       prefetch: batches computed ahead on the background thread.
+      prefetch_units: units loaded ahead of their turn, concurrently (one loader thread each, into spare
+        cache slots). Hides a store's latency (object storage); memory counts against cache_bytes.
       runs: restrict to these run numbers (None = all runs of each game).
     """
 
     def __init__(self, store: Any, games: Sequence[str] | str | None = None, batch_size: int = 32, n_step: int = 3,
                  gamma: float = 0.99, seed: int = 0, game_weights: Sequence[float] | None = None,
                  cache_bytes: int | None = None, process_index: int = 0, process_count: int = 1, *,
-                 unit_chunks: int = 4, reuse: float = 4.0, prefetch: int = 2, runs: Sequence[int] | None = None):
+                 unit_chunks: int = 4, reuse: float = 4.0, prefetch: int = 2, prefetch_units: int = SPARE_SLOTS,
+                 runs: Sequence[int] | None = None):
         if batch_size < 1 or n_step < 1 or not 0.0 <= gamma <= 1.0:
             raise UsageError(f"bad sampler settings batch_size={batch_size} n_step={n_step} gamma={gamma}",
                              hint="batch_size >= 1, n_step >= 1, 0 <= gamma <= 1")
@@ -114,6 +127,8 @@ class ReplaySampler:
             raise UsageError(f"process_index {process_index} outside [0, {process_count})")
         if reuse <= 0:
             raise UsageError(f"reuse {reuse} must be positive")
+        if prefetch_units < 1:
+            raise UsageError(f"prefetch_units {prefetch_units} must be at least 1")
         self._data = open_run_set(store)
         if games is None:
             names = list(self._data.games)
@@ -155,8 +170,9 @@ class ReplaySampler:
         if not self._runs:
             raise UsageError("no rows to sample in the selected games/runs")
         self.unit_rows = U = unit_chunks * chunk
-        self._runs = [dataclasses.replace(r, unit_valid=_unit_valid_counts(views[i], n_step, U))
-                      for i, r in enumerate(self._runs)]
+        with cf.ThreadPoolExecutor(min(16, len(views))) as pool:  # concurrent reads: a remote store's latency
+            counts = list(pool.map(lambda v: _unit_valid_counts(v, n_step, U), views))
+        self._runs = [dataclasses.replace(r, unit_valid=c) for r, c in zip(self._runs, counts)]
         self._game_units = []  # per game: (run ids, unit ids, cumulative valid counts)
         for gi in range(G):
             rid, uid, cnt = [], [], []
@@ -174,22 +190,13 @@ class ReplaySampler:
 
         # ---- cache geometry
         self.slot_rows = R = U + rf.PADDING_ROWS + n_step
-        slot_bytes = R * (FRAME_BYTES + 9) + U * 4
-        self.spares = 2
-        if cache_bytes is None:
-            cache_bytes = max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * G)
-        self.cache_bytes = int(cache_bytes)
-        total = cache_bytes // slot_bytes - self.spares
-        self.slots_per_game = int(total // G)
+        self.spares = int(prefetch_units)
+        self.cache_bytes = int(default_cache_bytes(G) if cache_bytes is None else cache_bytes)
+        self.slots_per_game = cache_slots(self.cache_bytes, G, U, n_step, spares=self.spares)
         if self.slots_per_game < 1:
-            need = (G + self.spares) * slot_bytes
-            raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
-                                hint=f"give at least {need} bytes or lower unit_chunks")
-        if self.slots_per_game < QUIET_SLOTS_PER_GAME:
-            warnings.warn(f"the sampler cache holds {self.slots_per_game} units per game ({G} games, "
-                          f"cache_bytes={cache_bytes}): a batch draws each game's samples from only that many "
-                          f"{U}-row units (see docs/sampler.md); give about {(G * QUIET_SLOTS_PER_GAME + self.spares) * slot_bytes} "
-                          "bytes for less correlated batches", SamplerCacheWarning, stacklevel=2)
+            need = (G + self.spares) * slot_bytes(U, n_step)
+            raise ResourceError(f"cache_bytes={self.cache_bytes} holds no unit per game ({G} games, "
+                                f"{slot_bytes(U, n_step)} bytes a unit)", hint=f"give at least {need} bytes or lower unit_chunks")
         self.slots = K = self.slots_per_game * G
         P = K + self.spares
         self._frames = np.zeros((P * R, *rf.FRAME_SHAPE), dtype=np.uint8)
@@ -238,10 +245,13 @@ class ReplaySampler:
         hi = min(r.rows, lo + self.slot_rows)
         n = hi - lo
         R = self.slot_rows
+        # The four arrays are read at once (zarr itself fetches the chunks of each read concurrently): in
+        # object storage a unit then costs about one round trip instead of four.
+        small = {k: self._io_pool().submit(arrays[k].__getitem__, slice(lo, hi)) for k in ("actions", "rewards", "terminals")}
         self._frames[phys * R:phys * R + n] = arrays["frames"][lo:hi]
-        self._actions[phys, :n] = arrays["actions"][lo:hi]
-        self._rewards[phys, :n] = arrays["rewards"][lo:hi]
-        terms = arrays["terminals"][lo:hi]
+        self._actions[phys, :n] = small["actions"].result()
+        self._rewards[phys, :n] = small["rewards"].result()
+        terms = small["terminals"].result()
         self._terminals[phys, :n] = terms
         self._terminals[phys, n:] = 0
         mask = tr.valid_mask(terms, r.segments, self.n_step, offset=lo)
@@ -254,12 +264,18 @@ class ReplaySampler:
         self._slot_run[phys] = run_id
         self._slot_start[phys] = lo
 
+    def _io_pool(self) -> cf.ThreadPoolExecutor:
+        """Threads for the small arrays' reads of concurrent unit loads (a bounded pool of requests)."""
+        if getattr(self, "_io", None) is None:
+            self._io = cf.ThreadPoolExecutor(3 * max(FILL_THREADS, self.spares), thread_name_prefix="sampler-io")
+        return self._io
+
     def _start(self) -> None:
-        """Fill the cache for the current step and start the loader and producer threads."""
+        """Fill the cache for the current step and start the loader threads and the producer thread."""
         t0 = self._step
         ev = self._events_before(t0)
         self._logical = np.arange(self.slots, dtype=np.int64)  # logical slot -> physical slot
-        with cf.ThreadPoolExecutor(4) as pool:
+        with cf.ThreadPoolExecutor(max(FILL_THREADS, self.spares)) as pool:
             list(pool.map(lambda s: self._load(s, *self._slot_unit_at(s, ev)), range(self.slots)))
         self._free: list[int] = list(range(self.slots, self.slots + self.spares))
         self._ready: dict[int, int] = {}
@@ -267,13 +283,16 @@ class ReplaySampler:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._out: queue.Queue = queue.Queue(maxsize=max(1, self.prefetch))
-        self._threads = [threading.Thread(target=self._loader, args=(ev,), daemon=True, name="sampler-loader"),
-                         threading.Thread(target=self._producer, args=(t0, ev), daemon=True, name="sampler-producer")]
+        self._next_event = ev
+        self._threads = [threading.Thread(target=self._loader, daemon=True, name=f"sampler-loader-{k}")
+                         for k in range(self.spares)]
+        self._threads.append(threading.Thread(target=self._producer, args=(t0, ev), daemon=True, name="sampler-producer"))
         self._running = True
         for th in self._threads:
             th.start()
 
-    def _loader(self, e: int) -> None:
+    def _loader(self) -> None:
+        """One of `prefetch_units` loaders: takes the next event and a free spare slot, loads its unit."""
         try:
             while not self._stop.is_set():
                 with self._cond:
@@ -282,11 +301,12 @@ class ReplaySampler:
                     if self._stop.is_set():
                         return
                     phys = self._free.pop()
+                    e = self._next_event
+                    self._next_event += 1
                 self._load(phys, *self._event_unit(e))
                 with self._cond:
                     self._ready[e] = phys
                     self._cond.notify_all()
-                e += 1
         except BaseException as exc:  # noqa: BLE001 - surfaced by next_batch
             self._error = exc
             self._stop.set()
@@ -410,6 +430,9 @@ class ReplaySampler:
             th.join()
         self._threads = []
         self._running = False
+        if getattr(self, "_io", None) is not None:
+            self._io.shutdown(wait=True)
+            self._io = None
 
     def close(self) -> None:
         """Stop the background threads (the sampler can be used again: it restarts at its step)."""

@@ -14,8 +14,8 @@ copied, and the sampler's validity rule keeps every stack and n-step window insi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
+from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet, RunView, open_run_set
 from sqlcli_core.errors import UsageError
 from sqlcli_core.ranges import parse_range_set
@@ -132,6 +132,6 @@ def slice_run_set(data, game: str, *, runs: str | None, checkpoints: str | None,
         raise UsageError(f"no rows of {game} match --runs {runs or 'all'} --checkpoints {checkpoints or 'all'}",
                          hint="see `sql shard --verify` for the runs and checkpoints the store holds")
     rows = sum(r["rows"] for r in record)
-    location = str(Path(data).absolute()) if not isinstance(data, RunSet) else data.location
+    location = absolute_location(data) if not isinstance(data, RunSet) else data.location
     return RunSet(source.games, tuple(chosen), source.location), {
         "store": location, "game": game, "rule": rule, "requested_rows": budget, "rows": rows, "runs": record}

@@ -15,6 +15,7 @@ it (`open_run_set` for a Zarr replay store, or any other source that can hand ou
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -74,17 +75,22 @@ class RunSet:
 
 def open_run_set(source: Any, games: Iterable[str] | None = None, runs: Iterable[int] | None = None) -> RunSet:
     """The run set of a replay store: `source` is a RunSet (returned as is), a store's root group, a path or a
-    URL (see `store.store_path`). `games` / `runs` keep only those runs (the set still lists every game)."""
+    URL (see `store.store_location`). `games` / `runs` keep only those runs (the set still lists every game)."""
     if isinstance(source, RunSet):
         return source
     root = source if hasattr(source, "attrs") else st.open_store(source, "r")
     location = str(getattr(root, "store_path", "") or (os.fspath(source) if not hasattr(source, "attrs") else ""))
     run_set = None if runs is None else {int(r) for r in runs}
-    views = []
-    for game, run, group in st.iter_runs(root, games=None if games is None else set(games), runs=run_set):
+
+    def view(game: str, run: int, group) -> RunView:
         meta = st.run_meta(group)
         rows = int(meta["rows"])
         arrays = {k: group[k] for k in ARRAY_NAMES} if rows else {}
-        views.append(RunView(game, run, rows, tuple((int(s), int(e), int(ss)) for s, e, ss, *_ in meta["segments"]),
-                             arrays, tuple(meta.get("checkpoints", [])), f"{location}/{game}/{run}"))
+        return RunView(game, run, rows, tuple((int(s), int(e), int(ss)) for s, e, ss, *_ in meta["segments"]),
+                       arrays, tuple(meta.get("checkpoints", [])), f"{location}/{game}/{run}")
+
+    # Runs are opened concurrently: in object storage each array's metadata is a round trip.
+    found = list(st.iter_runs(root, games=None if games is None else set(games), runs=run_set))
+    with cf.ThreadPoolExecutor(min(16, max(1, len(found)))) as pool:
+        views = list(pool.map(lambda item: view(*item), found))
     return RunSet(tuple(sorted(root.group_keys())), tuple(views), location)

@@ -6,8 +6,10 @@ the data), epsilon-greedy with the protocol's epsilon, episodes ended at game ov
 
 Each (game, seed) is a *stream*: one emulator, seeded once, and one epsilon generator, both derived from
 (seed, game) only, that plays the episodes 0, 1, ... of that seed one after the other (as Dopamine's
-evaluation does; loading a ROM costs about as much as a few hundred steps, so emulators are not re-created
-per episode). Scores therefore do not depend on how many emulators run at once or in which order. A resumed
+evaluation does). Emulators come from `sqlcli_core.atari.vector.EmulatorPool`: ale_py's C++ vector
+environment (the emulators step in parallel threads without the GIL) where it plays the protocol bit for
+bit, `AtariGame` otherwise (ALE modes/difficulties); both give the same scores. A finished stream's
+emulator is re-seeded for the next stream of its game rather than created again. Scores therefore do not depend on how many emulators run at once or in which order. A resumed
 evaluation replays the streams it had not finished from their start and reports only the missing episodes,
 which come out exactly as an uninterrupted run would have had them. Parallelism is games x seeds streams.
 
@@ -23,21 +25,21 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol as TypingProtocol
-from typing import runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sqlcli_core.atari.env import OBS_SHAPE, AtariGame, Protocol
+from sqlcli_core.atari.env import FRAME_SHAPE, ActingProtocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
+from sqlcli_core.atari.vector import Emulator, EmulatorPool
 from sqlcli_core.errors import UsageError
 
 FRAME_STACK = 4
 
 
 @runtime_checkable
-class QPolicy(TypingProtocol):
+class QPolicy(Protocol):
     """What `evaluate` needs of a policy (the contract of `sqlcli_core.training.checkpoint.load_policy`)."""
 
     games: list[Game]
@@ -74,7 +76,7 @@ class EvalConfig:
     games: tuple[str, ...]
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     episodes: int = 2  # per game and seed
-    protocol: Protocol = Protocol()
+    protocol: ActingProtocol = ActingProtocol()
     epsilon: float = 0.001
     max_steps: int = 27_000
     mode: int | None = None
@@ -109,7 +111,7 @@ class EpisodeResult:
     episode: int
     score: float  # raw (unclipped) return
     length: int  # agent steps
-    truncated: bool  # ended by the step cap, not by game over
+    truncated: bool  # cut by the step cap (length >= max_steps; ALE reports game over at the cap itself)
 
     @property
     def key(self) -> tuple[str, int, int]:
@@ -154,7 +156,7 @@ def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
 def check_action_sets(policy: QPolicy, heads: dict[str, int]) -> None:
     """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
     names = list(heads)
-    obs = np.zeros((len(names), FRAME_STACK, *OBS_SHAPE), np.uint8)
+    obs = np.zeros((len(names), FRAME_STACK, *FRAME_SHAPE), np.uint8)
     q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
     for row, name in zip(q, names):
         have, want = int(np.isfinite(row).sum()), Game(name).num_actions
@@ -206,28 +208,25 @@ def plan_streams(config: EvalConfig, done: set[tuple[str, int, int]], record: tu
 class _Stream:
     """One running stream: its emulator, frame stack, epsilon generator and the current episode's totals."""
 
-    def __init__(self, plan: _StreamPlan, head: int, config: EvalConfig, record_frames: int):
-        env_seed, self.rng = stream_seeds(plan.game, plan.seed)
-        self.plan = plan
-        self.head = head
-        self.env = AtariGame(Game(plan.game), protocol=config.protocol, mode=config.mode,
-                             difficulty=config.difficulty, seed=env_seed)
+    def __init__(self, plan: _StreamPlan, head: int, env: Emulator, first: np.ndarray, rng: np.random.Generator,
+                 record_frames: int):
+        self.plan, self.head, self.env, self.rng = plan, head, env, rng
         self.num_actions = self.env.num_actions
         self.record_frames = record_frames if plan.record else 0
-        self.stack = np.zeros((FRAME_STACK, *OBS_SHAPE), np.uint8)
+        self.stack = np.zeros((FRAME_STACK, *FRAME_SHAPE), np.uint8)
         self.episode = -1
-        self.start_episode()
+        self.start_episode(first)
 
-    def start_episode(self) -> None:
+    def start_episode(self, first: np.ndarray | None = None) -> None:
         self.episode += 1
         self.stack[:] = 0
-        self.stack[-1] = self.env.reset()
+        self.stack[-1] = self.env.reset() if first is None else first
         self.score, self.length, self.over = 0.0, 0, False
         recording = self.record_frames and self.episode == 0
         self.frames: list[np.ndarray] | None = [self.stack[-1].copy()] if recording else None
 
-    def step(self, action: int) -> None:
-        frame, reward, self.over = self.env.step(action)
+    def finish_step(self) -> None:
+        frame, reward, self.over = self.env.recv()
         self.stack[:-1] = self.stack[1:]
         self.stack[-1] = frame
         self.score += reward
@@ -236,12 +235,12 @@ class _Stream:
             self.frames.append(frame.copy())
 
 
-def _step_streams(streams: Sequence[_Stream], actions: Sequence[int]) -> None:
-    for stream, action in zip(streams, actions):
-        stream.step(int(action))
+def _finish_steps(streams: Sequence[_Stream]) -> None:
+    for stream in streams:
+        stream.finish_step()
 
 
-def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
+def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1, backend: str = "auto",
              done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
              record_frames: int = 3000,
              on_episode: Callable[[EpisodeResult], None] | None = None,
@@ -250,10 +249,12 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
     """Play every episode of `config` whose (game, seed, episode) key is not in `done`.
 
     Returns the new results (in completion order) and stats. Up to num_envs streams run at once; each step
-    makes one policy call for all of them (none when epsilon is 1). threads > 1 steps the emulators in that
-    many threads. `record` = (game, seed) hands that stream's first episode's 84x84 frames (at most
-    `record_frames`, from its start) to `on_record`; it is played again if already in `done`, and then not
-    reported twice.
+    makes one policy call for all of them (none when epsilon is 1), sends every action, then collects every
+    emulator's step (ale_py's vector emulators run meanwhile in their own threads). `backend`: 'auto'
+    (the vector emulators unless a mode/difficulty is set), 'vector' or 'python' (`AtariGame`; threads > 1
+    steps those in that many threads). Scores do not depend on the backend. `record` = (game, seed) hands
+    that stream's first episode's 84x84 frames (at most `record_frames`, from its start) to `on_record`;
+    it is played again if already in `done`, and then not reported twice.
     """
     validate_config(config)
     if num_envs < 1 or threads < 1:
@@ -270,23 +271,28 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
         return results, stats
 
     width = min(num_envs, len(plans))
-    obs_batch = np.zeros((width, FRAME_STACK, *OBS_SHAPE), np.uint8)
+    obs_batch = np.zeros((width, FRAME_STACK, *FRAME_SHAPE), np.uint8)
     game_batch = np.zeros((width,), np.int32)
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
+                             max_episode_steps=config.max_steps)
+    pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
     pending = iter(plans)
     streams: list[_Stream] = []
 
     def refill() -> None:
         t = time.perf_counter()
-        while len(streams) < width and (plan := next(pending, None)) is not None:
-            streams.append(_Stream(plan, heads[plan.game], config, record_frames))
+        new = [plan for _, plan in zip(range(width - len(streams)), pending)]
+        seeds = [stream_seeds(plan.game, plan.seed) for plan in new]
+        started = emulators.take_many([(Game(plan.game), env_seed) for plan, (env_seed, _) in zip(new, seeds)])
+        for plan, (_, rng), (env, first) in zip(new, seeds, started):
+            streams.append(_Stream(plan, heads[plan.game], env, first, rng, record_frames))
         stats.setup_seconds += time.perf_counter() - t
 
     def finish_episode(stream: _Stream) -> bool:
         """Report the episode that just ended; start the next one. False when the stream is finished."""
         plan = stream.plan
         result = EpisodeResult(plan.game, plan.seed, stream.episode, float(stream.score), stream.length,
-                               truncated=not stream.over)
+                               truncated=stream.length >= config.max_steps)
         if stream.frames is not None and on_record is not None:
             on_record(WorkItem(*result.key), stream.frames)
         if stream.episode in plan.report:
@@ -295,13 +301,13 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
             if on_episode is not None:
                 on_episode(result)
         if stream.episode >= plan.last:
-            stream.env.close()
+            emulators.give_back(stream.env)
             return False
         stream.start_episode()
         return True
 
-    # The 84x84 resize is a small matmul; OpenBLAS's own threads only fight the emulators (and each other)
-    # for cores, which made stepping 20-30x slower on a busy machine. Parallelism comes from the emulators.
+    # The 84x84 resize of the python backend is numpy work; OpenBLAS's own threads only fight the emulators
+    # for cores. Parallelism comes from the emulators.
     blas_limit = threadpool_limits(limits=1, user_api="blas")
     start = time.perf_counter()
     try:
@@ -318,22 +324,21 @@ def evaluate(policy: QPolicy, config: EvalConfig, *, num_envs: int = 32, threads
                 stats.policy_seconds += time.perf_counter() - t
             else:
                 greedy = np.zeros(n, np.int64)
-            actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
-                       for s, g in zip(streams, greedy)]
+            for stream, g in zip(streams, greedy):
+                explore = stream.rng.random() < config.epsilon
+                stream.env.send(int(stream.rng.integers(stream.num_actions)) if explore else int(g))
             if pool is None:
-                _step_streams(streams, actions)
+                _finish_steps(streams)
             else:
                 chunks = np.array_split(np.arange(n), min(threads, n))
-                list(pool.map(lambda idx, acts=actions: _step_streams([streams[i] for i in idx], [acts[i] for i in idx]),
-                              chunks))
+                list(pool.map(lambda idx: _finish_steps([streams[i] for i in idx]), chunks))
             stats.env_steps += n
             if any(s.over or s.length >= config.max_steps for s in streams):
                 streams[:] = [s for s in streams
                               if not (s.over or s.length >= config.max_steps) or finish_episode(s)]
                 refill()
     finally:
-        for stream in streams:
-            stream.env.close()
+        emulators.close()
         if pool is not None:
             pool.shutdown()
         blas_limit.restore_original_limits()

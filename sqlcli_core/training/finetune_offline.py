@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data.slices import SLICE_RULES, select_segments, slice_run_set  # noqa: F401 - select_segments re-exported
+from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
 from sqlcli_core.settings import setting
@@ -124,7 +125,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
     game = Game(canonical_name(config.game))
-    config = dataclasses.replace(config, game=game.name, data=str(Path(config.data).absolute()))
+    config = dataclasses.replace(config, game=game.name, data=absolute_location(config.data))
     protocol = get_protocol(config.protocol)
     if config.eval_max_steps > protocol.max_episode_steps:
         raise UsageError(f"--eval-max-steps must be <= {protocol.max_episode_steps}, got {config.eval_max_steps}",

@@ -43,9 +43,11 @@ class PretrainConfig:
                                         "games left out weigh 1 (none: uniform over games).")
     cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).")
     prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.")
+    prefetch_units: int = setting(2, "Sampler cache units loaded ahead by its loader threads (hides a remote "
+                                  "store's latency; TOML-only, docs/sampler.md).")
 
     def __post_init__(self):
-        for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch"):
+        for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch", "prefetch_units"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.seed < 0:
@@ -120,7 +122,8 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
         network=network, learner=learner, batch_size=int(s["batch_size"]), n_step=int(s["n_step"]),
         steps=int(s["steps"]), seed=int(s["seed"]), checkpoint_every=int(s["checkpoint_every"]), keep=int(s["keep"]),
         log_every=int(s["log_every"]), game_weights=s["game_weights"],
-        cache_bytes=None if s["cache_bytes"] is None else int(s["cache_bytes"]), prefetch=int(s["prefetch"]))
+        cache_bytes=None if s["cache_bytes"] is None else int(s["cache_bytes"]), prefetch=int(s["prefetch"]),
+        prefetch_units=int(s["prefetch_units"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,7 +175,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
         config.data, games=game_names, batch_size=local_batch, n_step=config.n_step,
         gamma=config.learner.gamma, seed=config.seed, game_weights=_sampler_weights(config, games),
         **({} if config.cache_bytes is None else {"cache_bytes": config.cache_bytes}),
-        process_index=jax.process_index(), process_count=jax.process_count())
+        prefetch_units=config.prefetch_units, process_index=jax.process_index(), process_count=jax.process_count())
     try:
         sampler_games = [g.name for g in sampler.games]
         if sampler_games != game_names:

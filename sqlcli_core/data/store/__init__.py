@@ -28,6 +28,7 @@ from sqlcli_core.data.store.schema import (
     STORE_FORMAT_VERSION,
     ZSTD_LEVEL,
     ShardConfig,
+    absolute_location,
     create_arrays,
     create_store,
     disk_bytes,
@@ -37,6 +38,7 @@ from sqlcli_core.data.store.schema import (
     open_store,
     run_meta,
     segments_of,
+    store_location,
     store_path,
     truncate_rows,
 )
@@ -48,8 +50,8 @@ from sqlcli_core.errors import DataError, UsageError
 __all__ = [
     "ARRAY_DTYPES", "DEFAULT_N_STEP", "FRAME_BYTES", "FRAME_CHUNK", "SCALAR_CHUNK", "SOURCE_KIND", "STORE_FORMAT",
     "STORE_FORMAT_VERSION", "ZSTD_LEVEL", "DataError", "PlannedCheckpoint", "ShardConfig", "SourceCheckpoint",
-    "UsageError", "append_checkpoint", "create_arrays", "create_store", "disk_bytes", "ensure_run_group",
+    "UsageError", "absolute_location", "append_checkpoint", "create_arrays", "create_store", "disk_bytes", "ensure_run_group",
     "episode_returns", "file_order", "iter_runs", "open_store", "plan_run", "run_meta", "run_report",
-    "run_statistics", "scan_run", "scan_source", "segments_of", "shard", "shard_run", "store_path", "truncate_rows",
+    "run_statistics", "scan_run", "scan_source", "segments_of", "shard", "shard_run", "store_location", "store_path", "truncate_rows",
     "valid_mask", "verify",
 ]

@@ -8,6 +8,7 @@ record.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import gzip
 import hashlib
 import multiprocessing as mp
@@ -22,6 +23,7 @@ import numpy as np
 
 from sqlcli_core.atari.games import minimal_action_set
 from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data.store import remote
 from sqlcli_core.data.store.scan import PlannedCheckpoint, SourceCheckpoint, plan_run, scan_source
 from sqlcli_core.data.store.schema import (
     ARRAY_DTYPES,
@@ -37,11 +39,11 @@ from sqlcli_core.data.store.schema import (
     remove_partial_files,
     run_meta,
     segments_of,
-    store_path,
+    store_location,
     truncate_rows,
 )
 from sqlcli_core.data.store.stats import run_report, run_statistics
-from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.errors import DataError, SqlError, UsageError
 
 # ------------------------------------------------------------------------------------------- hashing
 
@@ -137,11 +139,14 @@ def _runs_of(dest: np.ndarray) -> list[tuple[int, int]]:
 
 
 def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: ShardConfig,
-                      progress: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> dict:
+                      progress: Callable[[int], None] | None = None, stop: threading.Event | None = None,
+                      may_write: Callable[[], None] | None = None) -> dict:
     """Validate one checkpoint's files and write its new rows at store rows [rows_start, rows_end).
 
     Returns the completion record (not yet committed). On any error the caller truncates the arrays.
+    `may_write()` is called before every write and raises when this writer must stop (a lost lease).
     """
+    may_write = may_write or (lambda: None)
     c = item.source
     first, _, phys = rf.new_rows(c.add_count, c.capacity, item.first)
     sources: dict[str, dict] = {}
@@ -161,6 +166,7 @@ def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: 
         _check_small(c.files[kind], kind, small[kind], num_actions)
 
     n_new = item.rows_end - item.rows_start
+    may_write()
     for name in ARRAY_DTYPES:
         arr = group[name]
         arr.resize((item.rows_end, *arr.shape[1:]))
@@ -194,6 +200,7 @@ def append_checkpoint(group, item: PlannedCheckpoint, num_actions: int, config: 
             row0, block = msg
             dest = dest_of_phys[row0:row0 + len(block)]
             written = 0
+            may_write()
             for a, b in _runs_of(dest):
                 frames[int(dest[a]):int(dest[a]) + (b - a)] = block[a:b]
                 h.update(block[a:b].tobytes())
@@ -244,11 +251,26 @@ def shard_run(dst: str | os.PathLike, game: str, run: int, ckpts: Sequence[Sourc
         return _shard_run(dst, game, run, ckpts, config, progress, stop)
 
 
+def _run_writer(root, dst, game: str, run: int, config: ShardConfig):
+    """What keeps a run group to one writer: a lease in object storage; nothing extra on a local disk."""
+    if isinstance(dst, str):
+        return remote.writer_lease(root.store, f"{root.store_path.path.strip('/')}/{game}/{run}".strip("/"),
+                                   what=f"{dst}/{game}/{run}", seconds=config.lease_seconds)
+    return contextlib.nullcontext()
+
+
 def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
-    dst = store_path(dst)
+    dst = store_location(dst)
     root = open_store(dst, "a")
+    with _run_writer(root, dst, game, run, config) as lease:
+        return _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop,
+                                 lease.check if lease is not None else (lambda: None))
+
+
+def _shard_locked_run(root, dst, game, run, ckpts, config, progress, stop, may_write) -> dict:
     group = root[game][str(run)]
-    remove_partial_files(Path(dst) / game / str(run))
+    if isinstance(dst, Path):
+        remove_partial_files(dst / game / str(run))
     plan = plan_run(ckpts)
     meta = run_meta(group)
     done = list(meta["checkpoints"])
@@ -262,7 +284,7 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
         if k == len(plan):
             notes.append(f"{game}/{run}: store already holds checkpoints {[r['checkpoint'] for r in done[k:]]} beyond the selection")
         elif extra:
-            raise UsageError(f"{Path(dst) / game / str(run)} holds checkpoints {extra} that the source or --checkpoints "
+            raise UsageError(f"{dst}/{game}/{run} holds checkpoints {extra} that the source or --checkpoints "
                              "does not provide", hint="select them too, or shard into a new DST")
         else:
             notes.append(f"{game}/{run}: sources changed from checkpoint {done[k]['checkpoint']} on; re-appending from there")
@@ -273,6 +295,7 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
     if progress and committed:
         progress(key, committed)
     if todo or done != meta["checkpoints"] or "frames" not in group or group["frames"].shape[0] != committed:
+        may_write()
         create_arrays(group, config)
         truncate_rows(group, committed)
         if done != meta["checkpoints"]:
@@ -284,9 +307,13 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
     for item in todo:
         try:
             record = append_checkpoint(group, item, num_actions, config,
-                                       progress=(lambda n: progress(key, n)) if progress else None, stop=stop)
+                                       progress=(lambda n: progress(key, n)) if progress else None, stop=stop,
+                                       may_write=may_write)
+            may_write()
         except BaseException:
-            truncate_rows(group, committed)
+            with contextlib.suppress(SqlError):  # a writer that lost its lease leaves the rows to the next one
+                may_write()
+                truncate_rows(group, committed)
             raise
         done.append(record)
         committed = record["rows_end"]
@@ -296,6 +323,7 @@ def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:
         group.attrs["sql_run"] = meta  # the completion record: written after the rows, atomically
         appended.append(item.source.checkpoint)
     if "summary" not in meta or meta["summary"].get("n_step") != config.n_step:
+        may_write()
         meta = {**meta, "summary": run_statistics(group, meta, config.n_step)}
         group.attrs["sql_run"] = meta
     return {"game": game, "run": run, "appended": appended, "skipped": [r["checkpoint"] for r in done[:k]],
@@ -329,7 +357,7 @@ def shard(src: str | os.PathLike, dst: str | os.PathLike, *, games: Sequence[str
     Returns {"runs": [per-run report], "notes": [...], "appended": n, "transitions_selected": rows of the
     selected checkpoints (all runs), "store"}. Idempotent and resumable.
     """
-    dst = store_path(dst)
+    dst = store_location(dst)
     found, notes = scan_source(src, games, runs, checkpoints)
     plans = {k: plan_run(v) for k, v in found.items()}  # validates ordering before anything is written
     root = create_store(dst, provenance_block)

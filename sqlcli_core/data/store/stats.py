@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sqlcli_core.data.store.schema import FRAME_BYTES, disk_bytes, run_meta, store_path
+from sqlcli_core.data.store import remote
+from sqlcli_core.data.store.schema import FRAME_BYTES, disk_bytes, run_meta, store_location
 from sqlcli_core.data.transitions import valid_mask
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -55,8 +56,14 @@ def run_report(dst: str | os.PathLike, game: str, run: int, group) -> dict:
     """The per-run --json entry: the stored summary plus bytes on disk and the frames compression ratio."""
     meta = run_meta(group)
     summary = dict(meta.get("summary") or {})
-    base = store_path(dst) / game / str(run)
-    frames_bytes = disk_bytes(base / "frames")
-    return {"game": game, "run": run, **summary, "bytes_on_disk": disk_bytes(base),
+    where = store_location(dst)
+    if isinstance(where, str):  # object storage: the sizes of the run group's objects
+        prefix = group.store_path.path.strip("/")
+        frames_bytes = remote.store_bytes(group.store, f"{prefix}/frames")
+        total = remote.store_bytes(group.store, prefix)
+    else:
+        base = where / game / str(run)
+        frames_bytes, total = disk_bytes(base / "frames"), disk_bytes(base)
+    return {"game": game, "run": run, **summary, "bytes_on_disk": total,
             "frames_bytes_on_disk": frames_bytes,
             "compression_ratio": round(meta["rows"] * FRAME_BYTES / frames_bytes, 2) if frames_bytes else None}

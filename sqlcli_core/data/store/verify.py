@@ -15,7 +15,7 @@ from sqlcli_core.data.store.schema import (
     open_store,
     run_meta,
     segments_of,
-    store_path,
+    store_location,
 )
 from sqlcli_core.data.store.stats import run_statistics
 from sqlcli_core.errors import UsageError
@@ -29,7 +29,7 @@ def verify(dst: str | os.PathLike, *, games: Sequence[str] | None = None, runs: 
 
     Returns {"runs": [{"game", "run", "ok", "problems": [...]}, ...], "ok": bool}. Never writes.
     """
-    dst = store_path(dst)
+    dst = store_location(dst)
     root = open_store(dst, "r")
     selected = list(iter_runs(root, games, runs))
     if not selected:

@@ -1,0 +1,158 @@
+"""Acting speed of eval and collect against the single-environment gymnasium loop, side by side in one process.
+
+    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 300] [--collect-steps 5000]
+
+Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
+  baseline      gymnasium `ALE/Pong-v5` (sticky 0.25) + `AtariPreprocessing` (frame skip 4, 84x84 gray, no
+                noop starts), one environment, random actions (measured first and last).
+  eval random   `evaluate(RandomPolicy)` on Pong, --seeds seeds x --episodes episodes, the whole call
+                (emulator creation included), backend vector (ale_py's C++ vector env) and python (AtariGame).
+  eval dqn      the same with a jitted, randomly initialised Nature-DQN network (epsilon 0.001), episodes
+                capped at --dqn-steps agent steps so that every seed plays the same amount.
+  collect       bare AtariGame loop (random actions, nothing logged) vs `collect_run` (1 job) and
+                `collect_all` with 2 runs in 2 processes (--jobs 2).
+Each eval and collect row runs pinned to 1 core and to all cores (os.sched_setaffinity), to show scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+
+
+def gym_baseline(steps: int, seed: int = 0) -> float:
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing
+
+    gym.register_envs(ale_py)
+    env = AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1), noop_max=0, frame_skip=4, screen_size=84,
+                             terminal_on_life_loss=False, grayscale_obs=True)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int, backend: str) -> dict:
+    from sqlcli_core.evaluation import evaluate as ev
+
+    config = ev.EvalConfig(games=("Pong",), seeds=tuple(range(seeds)), episodes=episodes, epsilon=epsilon,
+                           max_steps=max_steps)
+    start = time.perf_counter()
+    results, stats = ev.evaluate(policy, config, num_envs=32, backend=backend)
+    wall = time.perf_counter() - start
+    return {"env_steps": stats.env_steps, "wall_s": round(wall, 2), "setup_s": round(stats.setup_seconds, 2),
+            "policy_s": round(stats.policy_seconds, 2), "env_steps_per_s": round(stats.env_steps / wall, 1),
+            "scores": [r.score for r in sorted(results, key=lambda r: r.key)]}
+
+
+def bare_loop(steps: int, game: str = "Breakout", seed: int = 0) -> float:
+    from sqlcli_core.atari.env import AtariGame
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.data import collect as core
+
+    env = AtariGame(Game(game), seed=seed)
+    rng = np.random.default_rng(seed)
+    with core.single_threaded_blas():
+        env.reset()
+        start = time.perf_counter()
+        length = 0
+        for _ in range(steps):
+            _, _, over = env.step(int(rng.integers(env.num_actions)))
+            length += 1
+            if over or length >= env.protocol.max_episode_steps:
+                env.reset()
+                length = 0
+        rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def collect_rates(steps: int, jobs: int, game: str = "Breakout") -> float:
+    """Agent steps per wall-clock second of collect_all over `jobs` runs in `jobs` processes."""
+    from sqlcli_core.data import collect as core
+
+    configs = [core.RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, jobs + 1)]
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        core.collect_all(configs, root, jobs=jobs)
+        return jobs * steps / (time.perf_counter() - start)
+
+
+def pinned(cores: set[int], fn, *args):
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        return fn(*args)
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--episodes", type=int, default=2)
+    parser.add_argument("--dqn-steps", type=int, default=300)
+    parser.add_argument("--collect-steps", type=int, default=5000)
+    parser.add_argument("--baseline-steps", type=int, default=3000)
+    args = parser.parse_args()
+
+
+    from benchmarks.bench_eval import NetworkPolicy
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.evaluation import evaluate as ev
+
+    all_cores = os.sched_getaffinity(0)
+    settings = [("1 core", {min(all_cores)}), (f"{len(all_cores)} cores", all_cores)]
+    rows = []
+
+    def emit(row: dict) -> None:
+        row["loadavg_1min"] = round(os.getloadavg()[0], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    baseline = gym_baseline(args.baseline_steps)
+    emit({"what": "baseline: gymnasium Pong-v5 + AtariPreprocessing, 1 env, random", "env_steps_per_s": round(baseline, 1)})
+    pong = [Game("Pong")]
+    network = NetworkPolicy(pong)
+    eval_random_cap = 27_000
+    for label, cores in settings:
+        for backend in ("vector", "python"):
+            r = pinned(cores, eval_call, ev.RandomPolicy(pong), args.seeds, args.episodes, 1.0, eval_random_cap, backend)
+            emit({"what": f"eval random, {args.seeds} seeds x {args.episodes} episodes, whole call", "backend": backend,
+                  "cores": label, **{k: v for k, v in r.items() if k != "scores"},
+                  "vs_baseline": round(r["env_steps_per_s"] / baseline, 2)})
+        pinned(cores, eval_call, network, 1, 1, 0.001, 10, "vector")  # compile outside the timed calls
+        for backend in ("vector", "python"):
+            r = pinned(cores, eval_call, network, args.seeds, 1, 0.001, args.dqn_steps, backend)
+            emit({"what": f"eval dqn network, {args.seeds} seeds x 1 episode (cap {args.dqn_steps}), whole call",
+                  "backend": backend, "cores": label, **{k: v for k, v in r.items() if k != "scores"},
+                  "vs_baseline": round(r["env_steps_per_s"] / baseline, 2)})
+    bare = bare_loop(args.collect_steps)
+    emit({"what": "collect baseline: bare AtariGame loop, Breakout, random", "env_steps_per_s": round(bare, 1)})
+    for label, cores in settings:
+        for jobs in sorted({1, len(cores)}):
+            rate = pinned(cores, collect_rates, args.collect_steps, jobs)
+            emit({"what": f"collect, Breakout, {jobs} run(s) in --jobs {jobs}, wall clock incl. checkpoints",
+                  "cores": label, "env_steps_per_s": round(rate, 1), "vs_bare_loop": round(rate / bare, 2)})
+    baseline_end = gym_baseline(args.baseline_steps)
+    emit({"what": "baseline again (end)", "env_steps_per_s": round(baseline_end, 1)})
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
