@@ -21,6 +21,7 @@ from sqlcli.commands import (
     finetune_offline,
     finetune_online,
     games,
+    plot,
     pretrain,
     scale_report,
     shard,
@@ -53,17 +54,21 @@ def _root(
     quiet_third_party(verbose)
 
 
-# In the order of the data flow, which is the order `sql --help` lists them.
-app.command("fetch-data")(fetch_data.fetch_data)
-app.command("collect")(collect.collect)
-app.command("shard")(shard.shard)
-app.command("pretrain")(pretrain.pretrain)
-app.command("eval")(eval.eval_command)
-app.command("finetune-offline")(finetune_offline.finetune_offline)
-app.command("finetune-online")(finetune_online.finetune_online)
-app.command("scale-report")(scale_report.scale_report)
-app.command("demo")(demo.demo)
-app.command("games")(games.games)
+# In the order of the data flow, which is the order `sql --help` lists them; each with one example.
+for name, module, function in (
+    ("fetch-data", fetch_data, fetch_data.fetch_data),
+    ("collect", collect, collect.collect),
+    ("shard", shard, shard.shard),
+    ("pretrain", pretrain, pretrain.pretrain),
+    ("eval", eval, eval.eval_command),
+    ("finetune-offline", finetune_offline, finetune_offline.finetune_offline),
+    ("finetune-online", finetune_online, finetune_online.finetune_online),
+    ("plot", plot, plot.plot),
+    ("scale-report", scale_report, scale_report.scale_report),
+    ("demo", demo, demo.demo),
+    ("games", games, games.games),
+):
+    app.command(name, epilog=module.EXAMPLE)(function)
 
 
 def main() -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from sqlcli_core import __version__
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.data import store as st
 from tests.replay_fixture import write_run
+from tests.tensorboard_events import read_tensorboard_scalars
 
 BOX_DRAWING = set("╭╮╰╯│─┃━")
 
@@ -151,3 +154,89 @@ def test_no_third_party_warnings_unless_verbose(tiny_run, tmp_path):
     verbose = sql("--verbose", *args, "--out", tmp_path / "verbose.json")
     assert verbose.returncode == 0, verbose.stderr
     assert "WARNING:absl:" in verbose.stderr  # orbax's lines are really there, and --verbose brings them back
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_leaves_tensorboard_events_curves_and_flat_metrics(tiny_run, tmp_path):
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["kind"] == "train" for r in records)
+    assert all(not isinstance(v, dict) for r in records for v in r.values())  # flat columns only
+    assert {"td_loss/Pong", "samples/Pong"} <= set(records[-1])
+    scalars = read_tensorboard_scalars(tiny_run / "tensorboard")
+    for column in ("loss", "td_loss", "q_data", "td_loss/Pong", "steps_per_s"):  # the same numbers, as float32
+        assert scalars[f"train/{column}"] == [(r["step"], pytest.approx(r[column], rel=1e-6)) for r in records
+                                              if r.get(column) is not None], column
+    png = (tiny_run / "learning_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    plotted = sql("plot", tiny_run, tiny_run, "--metric", "loss", "--metric", "td_loss/Pong", "--out",
+                  tmp_path / "cmp.png", "--json")
+    assert plotted.returncode == 0, plotted.stderr
+    assert json.loads(plotted.stdout)["panels"] == ["loss", "td_loss/Pong"]
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wrong = sql("plot", tiny_run, "--metric", "nope", "--out", tmp_path / "x.png")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: no metric nope in these runs")
+
+
+@pytest.mark.slow
+def test_progress_shows_in_a_log_file_while_pretrain_runs(tiny_run, tmp_path):
+    store = json.loads((tiny_run / "run.json").read_text())["config"]["data"]
+    log = tmp_path / "train.log"
+    env = {**os.environ, "SQL_PROGRESS_SECONDS": "0.2"}
+    with open(log, "w") as stderr:  # as nohup or SLURM would: stderr is a file
+        proc = subprocess.Popen([sys.executable, "-m", "sqlcli.main", "pretrain", "--data", store, "--games", "pong",
+                                 "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",
+                                 "--steps", "60", "--checkpoint-every", "20", "--log-every", "10",
+                                 "--cache-bytes", "8000000", "--run-dir", tmp_path / "run"],
+                                stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        seen_while_running = ""
+        while proc.poll() is None:
+            text = log.read_text()
+            if re.search(r"pretrain  \d+/60 steps", text):
+                seen_while_running = text
+            time.sleep(0.05)
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert seen_while_running, "no progress line appeared before the command ended"
+    lines = [line for line in log.read_text().splitlines() if "pretrain  " in line and "/60 steps" in line]
+    assert lines[-1].split("  ")[2] == "60/60 steps (100.0%)" and "steps/s" in lines[-1] and "loss " in lines[-1]
+    assert "\x1b" not in log.read_text() and not BOX_DRAWING & set(log.read_text())  # plain text, no bars
+
+
+def test_wandb_without_the_extra_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    (tmp_path / "wandb.py").write_text("raise ImportError('wandb is not installed here')\n")  # hides a real install
+    proc = sql("pretrain", "--data", tmp_path, "--run-dir", tmp_path / "run", "--wandb", "proj", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --wandb needs the wandb package, which is not installed "
+                                   "(pip install 'scaled-ql[wandb]', or drop --wandb)")
+
+
+COMMANDS = ("fetch-data", "collect", "shard", "pretrain", "eval", "finetune-offline", "finetune-online", "plot",
+            "scale-report", "demo", "games")
+
+
+def test_help_panels_examples_choices_and_defaults_once():
+    procs = sql_all([[command, "--help"] for command in COMMANDS])
+    for command, proc in zip(COMMANDS, procs):
+        assert proc.returncode == 0, (command, proc.stderr)
+        text = proc.stdout
+        assert "[default:" not in text and "<bool>" not in text, command  # defaults once, flags as flags
+        assert f"Example: sql {command}" in " ".join(text.split()), command
+    pretrain = procs[COMMANDS.index("pretrain")].stdout
+    for panel in ("Data", "Network", "Optimisation", "Run", "Distributed"):
+        assert f"─ {panel} ─" in pretrain, panel
+    assert "<scaled-ql|bc|c51>" in pretrain.replace(" ", "") or "scaled-ql|bc|c51" in pretrain
+    online = procs[COMMANDS.index("finetune-online")].stdout
+    assert "<pretrained|scratch>" in online and "<none|torso|shared>" in online and "<dopamine|no-sticky>" in online
+
+
+@pytest.mark.parametrize("args, value, allowed", [
+    (["finetune-offline", "--init", "bogus"], "bogus", "'pretrained', 'scratch'"),
+    (["finetune-online", "--freeze", "all"], "all", "'none', 'torso', 'shared'"),
+    (["eval", "--policy", "greedy"], "greedy", "'checkpoint', 'random'"),
+    (["scale-report", "r", "--metric", "max"], "max", "'iqm', 'median', 'mean'"),
+    (["finetune-offline", "--slice", "last"], "last", "'spread', 'first'"),
+])
+def test_a_bad_choice_is_one_line_naming_the_choices(args, value, allowed):
+    proc = sql(*args)
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert f"'{value}' is not one of {allowed}" in proc.stderr and not BOX_DRAWING & set(proc.stderr)

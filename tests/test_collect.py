@@ -256,7 +256,7 @@ def test_rerun_is_skipped_and_a_different_config_is_refused(cli_run):
     (["--games", "pong", "--policy", "greedy"], "unknown policy 'greedy'"),
     (["--games", "pong", "--policy", "pattern:0,9"], "policy pattern uses action 9 but Pong has 6 actions"),
     (["--games", "pong", "--epsilon", "1.5"], "--epsilon 1.5 is outside [0, 1]"),
-    (["--games", "pong", "--protocol", "nope"], "unknown protocol 'nope'"),
+    (["--games", "pong", "--protocol", "nope"], "invalid value for '--protocol': 'nope' is not one of 'dopamine', 'no-sticky'"),
     (["--games", "pong", "--capacity", "10000000000000"], "ring buffer(s) of 10000000000000 rows need"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, message):

@@ -162,7 +162,7 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
     cases = [
         (["eval", "--policy", "random"], "--policy random needs --games"),
         (["eval", "--policy", "random", "--games", "pongg"], "unknown game 'pongg' (did you mean 'Pong'?)"),
-        (["eval", "--policy", "random", "--games", "pong", "--protocol", "x"], "unknown protocol 'x'"),
+        (["eval", "--policy", "random", "--games", "pong", "--protocol", "x"], "'x' is not one of 'dopamine', 'no-sticky'"),
         (["eval", "--policy", "random", "--games", "pong", "--seeds", "a"], "bad --seeds 'a'"),
         (["eval", "--policy", "random", "--games", "pong", "--record", "breakout"],
          "--record Breakout is not among the evaluated games"),
@@ -184,6 +184,7 @@ def test_quick_look_is_marked_resumes_and_records(tmp_path):
     args = base + ["--max-steps", "40"]
     first = runner.invoke(app, args + ["--record", "breakout", "--record-steps", "25"])
     assert first.exit_code == 0, first.output
+    first_summary = json.loads(first.stdout.strip().splitlines()[-1])
     result = json.loads(out.read_text())
     assert result["protocol"]["deviates_from_protocol"] and result["protocol"]["max_episode_steps"] == 40
     assert any("DEVIATES FROM THE PROTOCOL" in n for n in result["notes"])
@@ -194,6 +195,9 @@ def test_quick_look_is_marked_resumes_and_records(tmp_path):
     assert result["games"]["Breakout"]["seeds"] == [0, 0, 1, 1]
     from PIL import Image
 
+    assert first_summary["plot"] == str(tmp_path / "quick.png")
+    with Image.open(tmp_path / "quick.png") as im:  # the per-game bar chart beside the result
+        assert im.format == "PNG" and im.size[0] > 600
     gif = tmp_path / "quick.Breakout.gif"
     with Image.open(gif) as im:
         assert im.size == (168, 168) and 1 < im.n_frames <= 25
@@ -206,7 +210,10 @@ def test_quick_look_is_marked_resumes_and_records(tmp_path):
     assert again.exit_code == 0, again.output
     summary = json.loads(again.stdout.strip().splitlines()[-1])
     assert summary["episodes_played"] == 2 and summary["episodes_reused"] == 6
-    assert [json.loads(line)["seed"] for line in log.read_text().splitlines()[1:]].count(1) == 4  # log is whole
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 8 and [r["seed"] for r in records].count(1) == 4  # log is whole
+    assert {frozenset(r) for r in records} == {frozenset(("game", "seed", "episode", "score", "length", "truncated",
+                                                          "settings"))}  # one record shape, no header
     redone = json.loads(out.read_text())
     assert redone["games"] == result["games"] and redone["aggregates"] == result["aggregates"]
 

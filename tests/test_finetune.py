@@ -315,7 +315,7 @@ def test_online_cli_runs_resumes_and_refuses_changed_settings(pretrained, tmp_pa
     (["--game", "Breakot"], "unknown game 'Breakot' (did you mean 'Breakout'?)"),
     (["--game", "Breakout", "--mode", 7], "Breakout has no mode 7 (ALE offers modes [0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44])"),
     (["--game", "Pong", "--difficulty", 5], "Pong has no difficulty 5 (ALE offers difficulties [0, 1, 2, 3])"),
-    (["--game", "Breakout", "--freeze", "head"], "unknown --freeze 'head'"),
+    (["--game", "Breakout", "--freeze", "head"], "invalid value for '--freeze': 'head' is not one of 'none', 'torso', 'shared'"),
     (["--game", "Breakout", "--init", "scratch", "--freeze", "torso"], "--freeze torso needs pre-trained parts"),
 ])
 def test_online_bad_input_is_one_line(pretrained, tmp_path, extra, message):

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from sqlcli.main import app
 from sqlcli_core.data import store as st
 from tests.replay_fixture import write_run
+from tests.tensorboard_events import read_tensorboard_scalars
 
 STEPS = 40
 RUN_ARGS = ["--games", "pong,breakout", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",
@@ -94,7 +95,11 @@ def test_uninterrupted_run_writes_the_run_directory(uninterrupted):
     lines = metric_lines(run)
     assert [m["step"] for m in lines] == list(range(4, STEPS + 1, 4))
     for m in lines:
-        assert set(m["game_td_loss"]) <= {"Pong", "Breakout"} and sum(m["game_samples"].values()) == 4 * 8
+        assert m["kind"] == "train" and not any(isinstance(v, dict) for v in m.values())  # flat columns
+        assert {k.split("/")[1] for k in m if k.startswith("td_loss/")} <= {"Pong", "Breakout"}
+        assert sum(v for k, v in m.items() if k.startswith("samples/")) == 4 * 8
+        assert {k.split("/")[1] for k in m if k.startswith("samples/")} == {k.split("/")[1] for k in m
+                                                                             if k.startswith("td_loss/")}
         assert np.isfinite(m["loss"]) and abs(m["loss"] - (m["td_loss"] + 0.05 * m["cql_loss"])) < 1e-4
     assert lines[-1]["samples_per_s"] > 0
 
@@ -121,7 +126,8 @@ def test_bc_run_records_its_method_and_resumes_bit_identically(store, env, unint
     # policy heads: one logit per action (10 actions over the two games), no atoms
     assert record["parameter_counts"]["heads"] == 1024 * 10 + 10
     lines = metric_lines(run)
-    assert {"ce_loss", "accuracy", "entropy", "game_ce_loss"} <= set(lines[-1]) and "td_loss" not in lines[-1]
+    assert {"ce_loss", "accuracy", "entropy"} <= set(lines[-1]) and "td_loss" not in lines[-1]
+    assert any(k.startswith("ce_loss/") for k in lines[-1]) and not any(k.startswith("td_loss/") for k in lines[-1])
     for m in lines:
         assert m["loss"] == pytest.approx(m["ce_loss"]) and 0.0 <= m["accuracy"] <= 1.0
     _kill_then_rerun_matches(store, env, uninterrupted_bc, tmp_path, BC_ARGS)
@@ -195,6 +201,10 @@ def _kill_then_rerun_matches(store, env, uninterrupted, tmp_path, run_args):
     a, b = metric_lines(reference_run), metric_lines(run)
     assert [m["step"] for m in b] == [m["step"] for m in a]
     np.testing.assert_array_equal([m["loss"] for m in b], [m["loss"] for m in a])
+    # and so do the TensorBoard events: the killed attempt's steps past the checkpoint are hidden
+    events = read_tensorboard_scalars(run / "tensorboard")["train/loss"]
+    assert [s for s, _ in events] == [m["step"] for m in a]
+    np.testing.assert_allclose([v for _, v in events], [m["loss"] for m in a], rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -126,8 +126,8 @@ def test_recovers_a_known_power_law(tmp_path):
     assert report["provenance"]["command"] == "scale-report" and report["provenance"]["seed"] == 0
     assert report["provenance"]["config"]["metric"] == "iqm"
     lines = Path(files["csv"]).read_text().splitlines()
-    assert lines[0].startswith("# provenance: ")
-    rows = list(csv.DictReader(lines[1:]))
+    assert lines[0] == ",".join(sr.POINT_COLUMNS)  # plain CSV; the provenance is in the JSON beside it
+    rows = list(csv.DictReader(lines))
     assert [int(r["params"]) for r in rows] == params.tolist()
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, rtol=1e-12)
     assert all(r["in_fit"] == "True" for r in rows)
@@ -204,8 +204,11 @@ def test_non_positive_scores_are_left_out_and_named(tmp_path):
     assert "tiny" not in fit["used"] and len(fit["used"]) == 5
     assert fit["b"] == pytest.approx(np.polyfit(np.log(params), np.log(scores), 1)[0], rel=1e-9)
     assert "left tiny out of the fit" in err(res)
-    rows = list(csv.DictReader((tmp_path / "out" / "scale_report.csv").read_text().splitlines()[1:]))
+    table = (tmp_path / "out" / "scale_report.csv").read_text()
+    assert table.splitlines()[0].startswith("run,arch,")  # plain CSV: the header first, no comment line
+    rows = list(csv.DictReader(table.splitlines()))
     assert {r["run"]: r["in_fit"] for r in rows}["tiny"] == "False"
+    assert json.loads((tmp_path / "out" / "scale_report.json").read_text())["provenance"]["command"] == "scale-report"
 
 
 def test_all_scores_non_positive_is_an_error(tmp_path):
@@ -228,7 +231,7 @@ def test_groups_by_composition_with_separate_exponents(tmp_path):
     assert res.exit_code == 0, res.output
     statuses = {f["group"]["composition"]: f["status"] for f in json.loads(res.stdout.strip().splitlines()[-1])["fits"]}
     assert statuses == {"sub-optimal": "fit", "checkpoints 46-50": "none"}
-    rows = list(csv.DictReader((tmp_path / "out2" / "scale_report.csv").read_text().splitlines()[1:]))
+    rows = list(csv.DictReader((tmp_path / "out2" / "scale_report.csv").read_text().splitlines()))
     assert {r["run"]: r["in_fit"] for r in rows}["lone"] == "False"
     assert "no fit: 1 point(s)" in (tmp_path / "out2" / "scale_report.md").read_text()
 
@@ -259,7 +262,7 @@ def test_metric_option_and_bad_options(tmp_path):
     assert [p["score"] for p in summary["points"]] == pytest.approx([0.2, 0.4, 0.8])  # the fixture's median
     assert summary["fits"][0]["b"] == pytest.approx(np.log(2) / np.log(10))
     res = cli(*runs, "--out", tmp_path / "o", "--metric", "max")
-    assert res.exit_code == 2 and "iqm, median, mean" in err(res)
+    assert res.exit_code == 2 and "'max' is not one of 'iqm', 'median', 'mean'" in err(res)
     res = cli(*runs, "--out", tmp_path / "o", "--json", "--group-by", "", "--bootstrap", "200")
     assert json.loads(res.stdout.strip().splitlines()[-1])["fits"][0]["group"] == {}
     res = cli(*runs, "--out", tmp_path / "o", "--group-by", "method,colour")
@@ -379,7 +382,7 @@ def test_params_option_picks_the_counted_parts(tmp_path):
         assert [p["params"] for p in summary["points"]] == xs
         assert summary["fits"][0]["b"] == pytest.approx(np.polyfit(np.log(xs), np.log([0.1, 0.2, 0.3]), 1)[0])
     res = cli(*runs, "--out", tmp_path / "bad", "--params", "heads")
-    assert res.exit_code == 2 and "total, shared, torso" in err(res)
+    assert res.exit_code == 2 and "'heads' is not one of 'total', 'shared', 'torso'" in err(res)
 
 
 def test_equal_scores_give_a_flat_line_and_no_r2():

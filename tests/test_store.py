@@ -83,6 +83,21 @@ def test_store_holds_the_stream_in_temporal_order_with_gaps(source, sharded):
             assert np.frombuffer(g["frames"][int(r)].reshape(-1)[:8].tobytes(), np.int64)[0] == pos[r]
 
 
+def test_a_run_group_opens_as_an_xarray_dataset(source, sharded):
+    xr = pytest.importorskip("xarray")
+    _, logs = source
+    dst, _ = sharded
+    log, present = logs[("Breakout", 1)]
+    pos = stored_positions(log, present)
+    ds = xr.open_zarr(dst, group="Breakout/1", consolidated=False)
+    assert dict(ds.sizes) == {"row": len(pos), "y": 84, "x": 84}
+    assert ds["frames"].dims == ("row", "y", "x") and ds["actions"].dims == ("row",)
+    k = len(pos) // 2  # one frame, and the scalars, as the generator wrote them
+    np.testing.assert_array_equal(ds["frames"][k].values, log.stream["frames"][pos[k]])
+    for name in ("actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(ds[name].values, log.stream[name][pos])
+
+
 def test_summary_counts_equal_the_generator_log(source, sharded):
     _, logs = source
     dst, result = sharded

@@ -5,35 +5,36 @@ from __future__ import annotations
 import time
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli import options as o
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.atari.env import PROTOCOLS, get_protocol
 from sqlcli_core.data import collect as core
 from sqlcli_core.data import replay_format as rf
 
+EXAMPLE = "Example: sql collect --games pong,breakout --transitions 100000 --out collected"
 
 @handles_errors
 def collect(
-    games: str = typer.Option(..., "--games", help="Games to play: a set (atari40, heldout5, ...) or comma-separated names, e.g. pong,breakout."),
-    runs: int = typer.Option(1, "--runs", min=1, help="Number of runs per game, numbered 1..RUNS like the bucket. Default 1."),
-    transitions: int = typer.Option(1_000_000, "--transitions", help="Agent steps (logged transitions) per run; rows = transitions + 3 padding rows per episode. Default 1,000,000."),
-    capacity: int = typer.Option(rf.BUCKET_CAPACITY, "--capacity", help="Ring-buffer rows per checkpoint file. Default 1,000,000 (the bucket's; 7 GB of frames in memory per run)."),
-    mode: int | None = typer.Option(None, "--mode", help="ALE game mode (default: the game's default); checked against ALE's list."),
-    difficulty: int | None = typer.Option(None, "--difficulty", help="ALE difficulty (default: the game's default); checked against ALE's list."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the emulators (sticky actions) and the policy; each game/run derives its own. Default 0."),
-    policy: str = typer.Option("random", "--policy", help="Behaviour policy: random, sticky-random (epsilon-greedy around repeating the last action), pattern:A,B,... (epsilon-greedy around a fixed action cycle) or checkpoint:RUN_DIR (epsilon-greedy around a trained run's argmax Q). Default random."),
-    epsilon: float = typer.Option(0.1, "--epsilon", help="Probability of a uniform random action for sticky-random, pattern and checkpoint (unused by random). Default 0.1."),
-    out: str = typer.Option("collected", "--out", help="Output root; runs go to OUT/{Game}/{run}/replay_logs/. Default ./collected."),
-    protocol: str = typer.Option("dopamine", "--protocol", help=f"Emulator protocol: {', '.join(PROTOCOLS)} (dopamine = sticky actions 0.25, as DQN-Replay). Default dopamine."),
-    jobs: int = typer.Option(1, "--jobs", min=1, help="Game/runs collected in parallel processes (each holds its own ring buffer). Default 1."),
+    games: str = typer.Option(..., "--games", rich_help_panel=o.DATA, help="Games to play: a set (atari40, heldout5, ...) or comma-separated names, e.g. pong,breakout."),
+    runs: int = typer.Option(1, "--runs", rich_help_panel=o.DATA, min=1, help="Number of runs per game, numbered 1..RUNS like the bucket. Default 1."),
+    transitions: int = typer.Option(1_000_000, "--transitions", rich_help_panel=o.DATA, help="Agent steps (logged transitions) per run; rows = transitions + 3 padding rows per episode. Default 1,000,000."),
+    capacity: int = typer.Option(rf.BUCKET_CAPACITY, "--capacity", rich_help_panel=o.DATA, help="Ring-buffer rows per checkpoint file. Default 1,000,000 (the bucket's; 7 GB of frames in memory per run)."),
+    mode: int | None = typer.Option(None, "--mode", rich_help_panel=o.DATA, help="ALE game mode (default: the game's default); checked against ALE's list."),
+    difficulty: int | None = typer.Option(None, "--difficulty", rich_help_panel=o.DATA, help="ALE difficulty (default: the game's default); checked against ALE's list."),
+    seed: int = typer.Option(0, "--seed", rich_help_panel=o.RUN, help="Seed of the emulators (sticky actions) and the policy; each game/run derives its own. Default 0."),
+    policy: str = typer.Option("random", "--policy", rich_help_panel=o.POLICY, help="Behaviour policy: random, sticky-random (epsilon-greedy around repeating the last action), pattern:A,B,... (epsilon-greedy around a fixed action cycle) or checkpoint:RUN_DIR (epsilon-greedy around a trained run's argmax Q). Default random."),
+    epsilon: float = typer.Option(0.1, "--epsilon", rich_help_panel=o.POLICY, help="Probability of a uniform random action for sticky-random, pattern and checkpoint (unused by random). Default 0.1."),
+    out: str = typer.Option("collected", "--out", rich_help_panel=o.OUTPUT, help="Output root; runs go to OUT/{Game}/{run}/replay_logs/. Default ./collected."),
+    protocol: o.ProtocolChoice = typer.Option("dopamine", "--protocol", rich_help_panel=o.DATA, help=f"Emulator protocol: {', '.join(PROTOCOLS)} (dopamine = sticky actions 0.25, as DQN-Replay). Default dopamine."),
+    jobs: int = typer.Option(1, "--jobs", rich_help_panel=o.RUN, min=1, help="Game/runs collected in parallel processes (each holds its own ring buffer). Default 1."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Play real ALE games and log every transition in the DQN-Replay checkpoint format (resumable)."""
     resolved = catalog.resolve_games(games)
-    proto = get_protocol(protocol)
+    proto = get_protocol(o.plain(protocol))
     spec = core.parse_policy(policy, epsilon)
     require_path(spec.run, "policy run", hint="pass a run directory written by `sql pretrain`")
     configs = [
@@ -46,21 +47,16 @@ def collect(
     core.check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
 
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False) as bar:
-        tasks = {(c.game, c.run): bar.add_task(f"{c.game}/{c.run}", total=c.transitions, rate="", start=False)
-                 for c in configs}
-        started: dict[tuple[str, int], tuple[float, int]] = {}
+    report = ProgressReport("collect", unit="steps")
+    tasks = {(c.game, c.run): report.add(f"{c.game}/{c.run}", total=c.transitions) for c in configs}
+    seen: set[tuple[str, int]] = set()
 
-        def progress(game: str, run: int, steps: int) -> None:
-            key, now = (game, run), time.perf_counter()
-            if key not in started:
-                started[key] = (now, steps)
-                bar.start_task(tasks[key])
-            t_first, s_first = started[key]
-            rate = (steps - s_first) / (now - t_first) if now > t_first and steps > s_first else None
-            bar.update(tasks[key], completed=steps, rate=f"{rate:,.0f} steps/s" if rate else "")
+    def progress(game: str, run: int, steps: int) -> None:
+        first = (game, run) not in seen  # a resumed run reports where it starts first
+        seen.add((game, run))
+        report.update(tasks[(game, run)], completed=steps, restart=first)
 
+    with report:
         results = core.collect_all(configs, out, jobs=jobs, progress=progress)
     wall = time.perf_counter() - t0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import typer
 
+from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.atomic import atomic_output, write_json
@@ -31,11 +32,12 @@ class StepFailed(SqlError):
         super().__init__(message, hint=hint)
 
 
-def _run(argv: list[str], script: list[str]) -> dict:
-    """Run `sql ARGV --json`, echoing the command; return its JSON summary."""
+def _run(argv: list[str], script: list[str], total: int) -> dict:
+    """Run `sql ARGV --json`, echoing the command and which step of `total` it is; return its JSON summary.
+    The step's own progress (bars, or timed lines in a log file) goes to the same stderr."""
     line = "sql " + shlex.join(argv)
     script.append(line)
-    console.print(f"\n[bold cyan]$ {line}[/]")
+    console.print(f"\n[bold cyan]demo step {len(script)} of {total}: $ {line}[/]", soft_wrap=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sqlcli.main", *argv, "--json"], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
@@ -45,6 +47,9 @@ def _run(argv: list[str], script: list[str]) -> dict:
     console.print(f"[dim]  done in {time.perf_counter() - started:.0f} s[/]")
     lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
+
+
+EXAMPLE = "Example: sql demo --out sql-demo"
 
 
 def _validate(games: str, policy: str, epsilon: float, transitions: int, widths: str, arch: str, batch_size: int,
@@ -95,22 +100,22 @@ def _pretrain_flags(arch: str, width: float, batch_size: int, steps: int, seed: 
 
 @handles_errors
 def demo(
-    out: Path = typer.Option(Path("sql-demo"), "--out", help="Directory for everything the demo makes. Default: ./sql-demo."),
-    games: str = typer.Option("freeway,breakout", "--games", help="Games to collect, pre-train on and evaluate. Default: freeway,breakout."),
-    policy: str = typer.Option("pattern:1", "--policy", help="Behaviour policy of the collected data (see `sql collect --help`). "
+    out: Path = typer.Option(Path("sql-demo"), "--out", rich_help_panel=o.OUTPUT, help="Directory for everything the demo makes. Default: ./sql-demo."),
+    games: str = typer.Option("freeway,breakout", "--games", rich_help_panel=o.DATA, help="Games to collect, pre-train on and evaluate. Default: freeway,breakout."),
+    policy: str = typer.Option("pattern:1", "--policy", rich_help_panel=o.DATA, help="Behaviour policy of the collected data (see `sql collect --help`). "
                                "Default: pattern:1, epsilon-greedy around action 1 (UP in Freeway, FIRE in Breakout)."),
-    epsilon: float = typer.Option(0.5, "--epsilon", min=0.0, max=1.0, help="Random-action probability of the behaviour policy. Default: 0.5."),
-    transitions: int = typer.Option(5000, "--transitions", min=500, help="Agent steps of data collected per game. Default: 5000."),
-    steps: int = typer.Option(400, "--steps", min=10, help="Gradient steps of each pre-training run. Default: 400."),
-    widths: str = typer.Option("0.5,1", "--widths", help="Torso width multipliers: one run each, for the scaling fit. Default: 0.5,1."),
-    arch: str = typer.Option("dqn", "--arch", help="Torso of the runs (dqn, impala, resnet18, ...). Default: dqn (fast on CPU)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Batch size of pre-training. Default: 32."),
-    eval_seeds: str = typer.Option("0-2", "--eval-seeds", help="Evaluation seeds (runs of the confidence intervals). Default: 0-2."),
-    eval_max_steps: int = typer.Option(2500, "--eval-max-steps", min=100,
+    epsilon: float = typer.Option(0.5, "--epsilon", rich_help_panel=o.DATA, min=0.0, max=1.0, help="Random-action probability of the behaviour policy. Default: 0.5."),
+    transitions: int = typer.Option(5000, "--transitions", rich_help_panel=o.DATA, min=500, help="Agent steps of data collected per game. Default: 5000."),
+    steps: int = typer.Option(400, "--steps", rich_help_panel=o.OPTIMISATION, min=10, help="Gradient steps of each pre-training run. Default: 400."),
+    widths: str = typer.Option("0.5,1", "--widths", rich_help_panel=o.NETWORK, help="Torso width multipliers: one run each, for the scaling fit. Default: 0.5,1."),
+    arch: str = typer.Option("dqn", "--arch", rich_help_panel=o.NETWORK, help="Torso of the runs (dqn, impala, resnet18, ...). Default: dqn (fast on CPU)."),
+    batch_size: int = typer.Option(32, "--batch-size", rich_help_panel=o.OPTIMISATION, min=1, help="Batch size of pre-training. Default: 32."),
+    eval_seeds: str = typer.Option("0-2", "--eval-seeds", rich_help_panel=o.EVALUATION, help="Evaluation seeds (runs of the confidence intervals). Default: 0-2."),
+    eval_max_steps: int = typer.Option(2500, "--eval-max-steps", rich_help_panel=o.EVALUATION, min=100,
                                        help="Cap on evaluation episodes, in agent steps (a quick look, marked as such "
                                        "in the results; the full protocol caps at 27,000; a Freeway game lasts about 2,050). Default: 2500."),
-    seed: int = typer.Option(0, "--seed", help="Seed of collection and pre-training. Default: 0."),
-    methods: str = typer.Option("scaled-ql", "--methods", help="Pre-training methods, comma-separated (e.g. "
+    seed: int = typer.Option(0, "--seed", rich_help_panel=o.RUN, help="Seed of collection and pre-training. Default: 0."),
+    methods: str = typer.Option("scaled-ql", "--methods", rich_help_panel=o.OPTIMISATION, help="Pre-training methods, comma-separated (e.g. "
                                 "scaled-ql,bc): each trains every width and is its own group of the report. "
                                 "Default: scaled-ql."),
     as_json: bool = JSON_OPTION,
@@ -122,11 +127,12 @@ def demo(
     out.mkdir(parents=True, exist_ok=True)
     script: list[str] = []
     started = time.perf_counter()
+    total = 2 + 2 * len(method_list) * len(width_list) + 2  # collect, shard, (pretrain, eval) per run, random, report
 
     data, store = out / "data", out / "store"
     _run(["collect", "--games", game_list, "--transitions", str(transitions), "--capacity", str(max(1000, transitions // 2)),
-          "--policy", policy, "--epsilon", str(epsilon), "--seed", str(seed), "--out", str(data), "--jobs", "2"], script)
-    shard = _run(["shard", str(data), str(store)], script)
+          "--policy", policy, "--epsilon", str(epsilon), "--seed", str(seed), "--out", str(data), "--jobs", "2"], script, total)
+    shard = _run(["shard", str(data), str(store)], script, total)
 
     runs = []
     for method, width in ((m, w) for m in method_list for w in width_list):
@@ -135,15 +141,15 @@ def demo(
         flags = _pretrain_flags(arch, width, batch_size, steps, seed, game_list)
         _run(["pretrain", "--data", str(store), "--run-dir", str(run_dir)]
              + [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", f"{v:g}" if isinstance(v, float) else str(v))]
-             + ([] if method == DEFAULT_METHOD else ["--method", method]), script)
+             + ([] if method == DEFAULT_METHOD else ["--method", method]), script, total)
         result = _run(["eval", str(run_dir), "--episodes", "1", "--seeds", eval_seeds, "--max-steps", str(eval_max_steps),
-                       "--name", "demo", "--bootstrap-reps", "5000"], script)
+                       "--name", "demo", "--bootstrap-reps", "5000"], script, total)
         runs.append({"run_dir": str(run_dir), "width": width, "eval": result,
                      **({} if method == DEFAULT_METHOD else {"method": method})})
     random_eval = _run(["eval", "--policy", "random", "--games", game_list, "--episodes", "1", "--seeds", eval_seeds,
                         "--max-steps", str(eval_max_steps), "--out", str(out / "random-policy.json"),
-                        "--bootstrap-reps", "5000"], script)
-    report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script)
+                        "--bootstrap-reps", "5000"], script, total)
+    report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script, total)
 
     with atomic_output(out / "demo.sh", "w") as f:
         f.write("#!/usr/bin/env bash\n# The commands `sql demo` ran, in order.\nset -euo pipefail\n" + "\n".join(script) + "\n")

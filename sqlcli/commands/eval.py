@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli import options as o
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
 from sqlcli_core.atari.games import canonical_name, resolve_games
-from sqlcli_core.atari.vector import choose_backend
+from sqlcli_core.atari.vector import BACKENDS, choose_backend
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError, from_os_error
 from sqlcli_core.evaluation import evaluate as ev
@@ -22,6 +22,8 @@ from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
+PolicyChoice = o.choices("PolicyChoice", POLICIES)
+BackendChoice = o.choices("BackendChoice", BACKENDS)
 EPISODES_FORMAT = "sql-eval-episodes"
 
 
@@ -53,46 +55,56 @@ def _policy_block(kind: str, policy, source: Path | None, run_dir: Path | None, 
     }
 
 
-def _header(settings: dict) -> str:
-    return json.dumps({"format": EPISODES_FORMAT, "settings": settings}) + "\n"
+def settings_digest(settings: dict) -> str:
+    """What every line of an episodes log carries to say which settings played it."""
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _episode_line(r: ev.EpisodeResult) -> dict:
+def _episode_line(r: ev.EpisodeResult, digest: str) -> dict:
     return {"game": r.game, "seed": r.seed, "episode": r.episode, "score": r.score, "length": r.length,
-            "truncated": r.truncated}
+            "truncated": r.truncated, "settings": digest}
 
 
 def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
-    """Episodes already played under the same settings (a new log is started when there is none).
+    """Episodes already played under the same settings ([] for a new log).
 
-    A log of other settings is refused. A line cut by a crash is dropped and the log rewritten without
-    it (atomically), so the next append starts on a fresh line; that episode is simply played again.
+    Every line is one episode of the same shape (`settings`: `settings_digest`). A log of other settings is
+    refused. A line cut by a crash is dropped and the log rewritten without it (atomically), so the next
+    append starts on a fresh line; that episode is simply played again. A log written by sql 0.1 (a header
+    line with the settings, then episodes) is read and rewritten in the current shape.
     """
     if not path.exists():
-        with atomic_output(path, "w") as f:
-            f.write(_header(settings))
         return []
-    lines = path.read_text().splitlines()
-    try:
-        header = json.loads(lines[0]) if lines else {}
-    except json.JSONDecodeError:
-        header = {}
-    if header.get("format") != EPISODES_FORMAT:
-        raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
-    if header.get("settings") != settings:
-        raise UsageError(f"{path} holds episodes played with other settings",
-                         hint="pass another --out (or --name), or delete it to start over")
-    results = []
-    for line in lines[1:]:
+    digest = settings_digest(settings)
+    results, rewrite = [], False
+    for number, line in enumerate(path.read_text().splitlines()):
         try:
             d = json.loads(line)
+        except json.JSONDecodeError:
+            rewrite = True
+            continue
+        if not isinstance(d, dict) or ("format" not in d and "game" not in d):
+            raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
+        if "format" in d and number == 0:  # the 0.1 header
+            if d.get("format") != EPISODES_FORMAT:
+                raise DataError(f"{path} is not an episodes log of `sql eval`", hint="delete it or pass another --out")
+            if d.get("settings") != settings:
+                raise UsageError(f"{path} holds episodes played with other settings",
+                                 hint="pass another --out (or --name), or delete it to start over")
+            rewrite = True
+            continue
+        if "format" not in d and d.get("settings", digest) != digest:
+            raise UsageError(f"{path} holds episodes played with other settings",
+                             hint="pass another --out (or --name), or delete it to start over")
+        try:
             results.append(ev.EpisodeResult(d["game"], d["seed"], d["episode"], float(d["score"]),
                                             int(d["length"]), bool(d["truncated"])))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-    if len(results) != len(lines) - 1:
+            rewrite = rewrite or "settings" not in d
+        except (KeyError, TypeError, ValueError):
+            rewrite = True
+    if rewrite:
         with atomic_output(path, "w") as f:
-            f.write(_header(settings) + "".join(json.dumps(_episode_line(r)) + "\n" for r in results))
+            f.write("".join(json.dumps(_episode_line(r, digest)) + "\n" for r in results))
     return results
 
 
@@ -103,56 +115,60 @@ def _default_name(label: str, settings: dict, config: ev.EvalConfig) -> str:
     return f"{label}_{config.protocol.name}_{games}{capped}_{digest}"
 
 
+EXAMPLE = "Example: sql eval runs/r50 --games atari40 --seeds 0-4 --episodes 2"
+
 @handles_errors
 def eval_command(
     checkpoint_or_run: Path = typer.Argument(
         None, help="A run directory of `sql pretrain` (its newest checkpoint) or RUN/checkpoints/STEP. "
         "Not used with --policy random."),
     games: str = typer.Option(
-        None, "--games", help="Comma-separated games or sets (see `sql games`). Default: all games of the "
+        None, "--games", rich_help_panel=o.EVALUATION, help="Comma-separated games or sets (see `sql games`). Default: all games of the "
         "checkpoint; required with --policy random."),
-    episodes: int = typer.Option(2, "--episodes", help="Episodes per game and seed. Default: 2."),
+    episodes: int = typer.Option(2, "--episodes", rich_help_panel=o.EVALUATION, help="Episodes per game and seed. Default: 2."),
     seeds: str = typer.Option(
-        "0-4", "--seeds", help="Evaluation seeds, e.g. 0,1,2 or 0-4; each seed is one run for the confidence "
+        "0-4", "--seeds", rich_help_panel=o.EVALUATION, help="Evaluation seeds, e.g. 0,1,2 or 0-4; each seed is one run for the confidence "
         "intervals. Default: 0-4."),
-    protocol_name: str = typer.Option(
-        "dopamine", "--protocol", help="dopamine (sticky actions 0.25, epsilon 0.001, 27,000-step cap: the "
+    protocol_name: o.ProtocolChoice = typer.Option(
+        "dopamine", "--protocol", rich_help_panel=o.EVALUATION, help="dopamine (sticky actions 0.25, epsilon 0.001, 27,000-step cap: the "
         "protocol that produced the data) or no-sticky (Multi-Game DT's variant). Default: dopamine."),
     mode: int = typer.Option(
-        None, "--mode", help="ALE game mode (validated against ALE). Default: the game's default."),
+        None, "--mode", rich_help_panel=o.EVALUATION, help="ALE game mode (validated against ALE). Default: the game's default."),
     difficulty: int = typer.Option(
-        None, "--difficulty", help="ALE difficulty (validated against ALE). Default: the game's default."),
+        None, "--difficulty", rich_help_panel=o.EVALUATION, help="ALE difficulty (validated against ALE). Default: the game's default."),
     max_steps: int = typer.Option(
-        None, "--max-steps", help="Cap episodes at this many agent steps for a quick look; the result then says "
+        None, "--max-steps", rich_help_panel=o.EVALUATION, help="Cap episodes at this many agent steps for a quick look; the result then says "
         "it deviates from the protocol. Default: the protocol's 27,000."),
-    policy_kind: str = typer.Option(
-        "checkpoint", "--policy", help="checkpoint (the trained network) or random (uniform actions, the "
+    policy_kind: PolicyChoice = typer.Option(
+        "checkpoint", "--policy", rich_help_panel=o.EVALUATION, help="checkpoint (the trained network) or random (uniform actions, the "
         "baseline of the human-normalized scale). Default: checkpoint."),
     num_envs: int = typer.Option(
-        32, "--num-envs", help="Emulators stepped together; one batched policy call per step. Default: 32."),
+        32, "--num-envs", rich_help_panel=o.RUN, help="Emulators stepped together; one batched policy call per step. Default: 32."),
     threads: int = typer.Option(
-        1, "--threads", help="Threads stepping python-backend emulators (ALE's act holds the GIL, so the gain is "
-        "small: see docs/eval.md). Default: 1."),
-    backend: str = typer.Option(
-        "auto", "--backend", help="Emulators: vector (ale_py's C++ vector environment, parallel threads), python "
-        "(AtariGame), or auto (vector unless --mode/--difficulty is given). Scores are the same. Default: auto."),
+        1, "--threads", rich_help_panel=o.RUN, help="Threads stepping python-backend emulators (ALE's act holds the "
+        "GIL, so the gain is small: see docs/eval.md). Default: 1."),
+    backend: BackendChoice = typer.Option(
+        "auto", "--backend", rich_help_panel=o.RUN, help="Emulators: vector (ale_py's C++ vector environment, "
+        "parallel threads), python (AtariGame), or auto (vector unless --mode/--difficulty is given). Scores are "
+        "the same. Default: auto."),
     record: str = typer.Option(
-        None, "--record", help="Save a GIF of this game's first episode (first seed) beside the result. "
+        None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
         "Default: none."),
     record_steps: int = typer.Option(
-        3000, "--record-steps", help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
+        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
     out: Path = typer.Option(
-        None, "--out", help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
+        None, "--out", rich_help_panel=o.OUTPUT, help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
         "RUN/eval/NAME.json for a checkpoint, ./eval/NAME.json otherwise."),
     name: str = typer.Option(
-        None, "--name", help="NAME of the default output path. Default: derived from step, protocol, games and "
+        None, "--name", rich_help_panel=o.OUTPUT, help="NAME of the default output path. Default: derived from step, protocol, games and "
         "a hash of the settings."),
     bootstrap_reps: int = typer.Option(
-        50_000, "--bootstrap-reps", help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
+        50_000, "--bootstrap-reps", rich_help_panel=o.OUTPUT, help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
         "(rliable's)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Play ALE episodes and report raw and human-normalized scores with IQM/median/mean and 95% CIs."""
+    protocol_name, policy_kind = o.plain(protocol_name), o.plain(policy_kind)
     protocol = get_protocol(protocol_name)
     seed_list = parse_seeds(seeds)
     if bootstrap_reps < 1:
@@ -190,7 +206,7 @@ def eval_command(
     config = ev.EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
                            epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
     ev.validate_config(config)
-    backend = choose_backend(backend, mode, difficulty)
+    backend = choose_backend(o.plain(backend), mode, difficulty)
     heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
         ev.check_action_sets(policy, heads)
@@ -246,13 +262,14 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
         ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=not console.is_terminal) as progress:
-        task = progress.add_task(f"eval {len(config.games)} games", total=total, completed=len(previous))
+    digest = settings_digest(settings)
+    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes")
+    report.add("episodes", total=total, completed=len(previous))
+    with report:
 
         def played(result: ev.EpisodeResult) -> None:
-            append_jsonl(episodes_path, _episode_line(result))
-            progress.update(task, advance=1, description=f"{result.game}: {result.score:g}")
+            append_jsonl(episodes_path, _episode_line(result, digest))
+            report.update(advance=1, status=f"{result.game} seed {result.seed}: {result.score:g}")
 
         new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  done={r.key for r in previous}, record=record_item, record_frames=record_steps,
@@ -273,13 +290,16 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     md_path = out.with_suffix(".md")
     with atomic_output(md_path, "w") as f:
         f.write(ev.markdown_report(result))
+    from sqlcli_core.analysis.plots import write_eval_bars
+
+    png_path = write_eval_bars(result, out.with_suffix(".png"))
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
                   f"({num_envs} {backend} emulators)", markup=False)
-    console.print(f"wrote {out}, {md_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
+    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
     emit_summary({
-        "out": str(out), "markdown": str(md_path), "gif": str(gif_path) if gif_path else None,
+        "out": str(out), "markdown": str(md_path), "plot": str(png_path), "gif": str(gif_path) if gif_path else None,
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),

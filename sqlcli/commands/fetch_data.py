@@ -7,44 +7,48 @@ from collections import defaultdict
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli import options as o
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors
 from sqlcli_core.data import fetch as F
 from sqlcli_core.errors import DataError, SourceUnavailable, UsageError
 
+LinkChoice = o.choices("LinkChoice", ("hard", "symlink"))
+
+
+EXAMPLE = "Example: sql fetch-data --games atari40 --subset sub-optimal --out dqn-replay"
 
 @handles_errors
 def fetch_data(
-    games: str = typer.Option(..., "--games", help="Game sets (e.g. dqn-replay60, atari40) or comma-separated "
+    games: str = typer.Option(..., "--games", rich_help_panel=o.DATA, help="Game sets (e.g. dqn-replay60, atari40) or comma-separated "
                               "names; only the 60 DQN-Replay games exist in the bucket."),
-    out: Path = typer.Option(..., "--out", help="Root directory; files land in OUT/{Game}/{run}/replay_logs/."),
-    runs: str | None = typer.Option(None, "--runs", help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3, or all. "
+    out: Path = typer.Option(..., "--out", rich_help_panel=o.OUTPUT, help="Root directory; files land in OUT/{Game}/{run}/replay_logs/."),
+    runs: str | None = typer.Option(None, "--runs", rich_help_panel=o.DATA, help="Runs 1-5 as a list or ranges, e.g. 1,2 or 1-3, or all. "
                                     "Default: run 1 for --subset sub-optimal (the paper's 400M over atari40; "
                                     "--runs 1-5 for the 5-run variant), all five otherwise."),
-    checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes 0-50 as ranges, "
+    checkpoints: str | None = typer.Option(None, "--checkpoints", rich_help_panel=o.DATA, help="Checkpoint suffixes 0-50 as ranges, "
                                               "e.g. 0-9 or 0-9,20, or 'all'. Give this or --subset."),
-    subset: str | None = typer.Option(None, "--subset", help="sub-optimal (checkpoints 0-9, a run's first 20%, of "
+    subset: str | None = typer.Option(None, "--subset", rich_help_panel=o.DATA, help="sub-optimal (checkpoints 0-9, a run's first 20%, of "
                                          "run 1 unless --runs), near-optimal (0-50) or last:N (the last N checkpoints)."),
-    base_url: str | None = typer.Option(None, "--base-url", help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
+    base_url: str | None = typer.Option(None, "--base-url", rich_help_panel=o.SOURCE, help=f"Mirror base URL (http/https) or gs://BUCKET/PATH "
                                            f"(needs: pip install 'scaled-ql\\[gcs]'). Default: {F.PUBLIC_BUCKET_URL}."),
-    from_dir: Path | None = typer.Option(None, "--from", help="Copy from a local directory with the same layout "
+    from_dir: Path | None = typer.Option(None, "--from", rich_help_panel=o.SOURCE, help="Copy from a local directory with the same layout "
                                             "instead of downloading."),
-    link: str | None = typer.Option(None, "--link", help="With --from: 'hard' (hard links) or 'symlink' "
+    link: LinkChoice | None = typer.Option(None, "--link", rich_help_panel=o.SOURCE, help="With --from: 'hard' (hard links) or 'symlink' "
                                        "instead of copying. Default: copy."),
-    jobs: int = typer.Option(4, "--jobs", min=1, max=64, help="Files transferred in parallel (threads). Default 4."),
-    retries: int = typer.Option(5, "--retries", min=0, help="Further tries per file after a failure (5xx, dropped "
+    jobs: int = typer.Option(4, "--jobs", rich_help_panel=o.TRANSFER, min=1, max=64, help="Files transferred in parallel (threads). Default 4."),
+    retries: int = typer.Option(5, "--retries", rich_help_panel=o.TRANSFER, min=0, help="Further tries per file after a failure (5xx, dropped "
                                 "connection, damaged bytes); a try that received bytes does not count. Default 5."),
-    backoff_base: float = typer.Option(1.0, "--backoff-base", min=0.0, help="Seconds before the first retry; "
+    backoff_base: float = typer.Option(1.0, "--backoff-base", rich_help_panel=o.TRANSFER, min=0.0, help="Seconds before the first retry; "
                                        "doubles per consecutive failure, capped at 60 s. Default 1.0."),
-    timeout: float = typer.Option(60.0, "--timeout", min=0.1, help="Seconds without any data before a connection "
+    timeout: float = typer.Option(60.0, "--timeout", rich_help_panel=o.TRANSFER, min=0.1, help="Seconds without any data before a connection "
                                   "counts as dropped. Default 60."),
-    verify_existing: bool = typer.Option(False, "--verify-existing", help="Re-hash every file already here against "
+    verify_existing: bool = typer.Option(False, "--verify-existing", rich_help_panel=o.RUN, help="Re-hash every file already here against "
                                          "the md5 its manifest recorded (and re-check its gzip CRC and .npy header) "
                                          "instead of trusting an unchanged size and mtime; damaged files are fetched "
                                          "again."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be fetched, with sizes (HEAD "
+    dry_run: bool = typer.Option(False, "--dry-run", rich_help_panel=o.RUN, help="Only list what would be fetched, with sizes (HEAD "
                                  "requests, or stat for --from); writes nothing."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -60,7 +64,7 @@ def fetch_data(
     )
     chosen = {"games": list(selection.games), "runs": list(selection.runs),
               "checkpoints": list(selection.checkpoints), "transitions": selection.transitions}
-    source = F.open_source(base_url, from_dir, link, timeout=timeout)
+    source = F.open_source(base_url, from_dir, o.plain(link), timeout=timeout)
     cfg = F.FetchConfig(jobs=jobs, retries=retries, backoff_base=backoff_base, dry_run=dry_run,
                         verify_existing=verify_existing)
     console.print(f"fetch-data: {len(selection.games)} games x {len(selection.runs)} runs x "
@@ -92,25 +96,24 @@ def fetch_data(
 
 
 def _fetch_with_progress(selection, out, source, cfg) -> F.FetchReport:
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    report = ProgressReport("fetch-data", unit="bytes")
+    bar = report.add("checking", total=None)
     lock = threading.Lock()
-    with Progress(*columns, console=console, transient=False) as progress:
-        bar = progress.add_task("checking", total=None)
-        files_done = [0]
+    files_done = [0]
 
-        def on_event(event: str, n: int) -> None:
-            with lock:
-                if event == "total":
-                    progress.update(bar, total=n, description="downloading" if n else "verifying")
-                elif event == "total_add":
-                    progress.update(bar, total=(progress.tasks[0].total or 0) + n)
-                elif event == "bytes":
-                    progress.advance(bar, n)
-                elif event == "file":
-                    files_done[0] += n
-                    progress.update(bar, description=f"{files_done[0]} files done")
+    def on_event(event: str, n: int) -> None:
+        with lock:
+            if event == "total":
+                report.update(bar, total=n, status="downloading" if n else "verifying")
+            elif event == "total_add":
+                report.update(bar, total=(report.tasks[bar].total or 0) + n)
+            elif event == "bytes":
+                report.update(bar, advance=n)
+            elif event == "file":
+                files_done[0] += n
+                report.update(bar, status=f"{files_done[0]} of {selection.num_files} files done")
 
+    with report:
         return F.fetch(selection, out, source, cfg, progress=on_event)
 
 

@@ -5,17 +5,32 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, metrics_line, require_path
+from sqlcli.output import (
+    JSON_OPTION,
+    ProgressReport,
+    console,
+    emit_summary,
+    handles_errors,
+    metrics_line,
+    require_path,
+    write_curves,
+)
+from sqlcli.tracking import open_wandb
+from sqlcli_core.data.slices import SLICE_RULES
 from sqlcli_core.training.finetune_offline import OfflineConfig
 
-Game = Annotated[str | None, o.option(OfflineConfig, "game")]
-Data = Annotated[str | None, o.option(OfflineConfig, "data")]
-Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions")]
-SliceRule = Annotated[str | None, o.option(OfflineConfig, "slice_rule", "--slice")]
-Runs = Annotated[str | None, o.option(OfflineConfig, "runs")]
-Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints")]
-CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes")]
-EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs")]
+SliceChoice = o.choices("SliceChoice", SLICE_RULES)
+Game = Annotated[str | None, o.option(OfflineConfig, "game", panel=o.DATA)]
+Data = Annotated[str | None, o.option(OfflineConfig, "data", panel=o.DATA)]
+Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions", panel=o.DATA)]
+SliceRule = Annotated[SliceChoice | None, o.option(OfflineConfig, "slice_rule", "--slice", panel=o.DATA)]
+Runs = Annotated[str | None, o.option(OfflineConfig, "runs", panel=o.DATA)]
+Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints", panel=o.DATA)]
+CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes", panel=o.DATA)]
+EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs", panel=o.EVALUATION)]
+
+EXAMPLE = ("Example: sql finetune-offline --from runs/pretrain --game Alien --data store --transitions 2000000 "
+           "--run-dir runs/alien-ft")
 
 
 @handles_errors
@@ -27,13 +42,13 @@ def finetune_offline(
     target_update_period: o.TargetUpdatePeriod = None, cache_bytes: CacheBytes = None, protocol: o.Protocol = None,
     final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None, eval_max_steps: o.EvalMaxSteps = None,
     eval_envs: EvalEnvs = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
-    seed: o.Seed = None, config_file: o.ConfigFile = None, as_json: bool = JSON_OPTION,
+    seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
-    flags = dict(locals())
+    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.methods import get_method
     from sqlcli_core.training.finetune_offline import resolve_config, run_offline
-    for name in ("run_dir", "source", "config_file", "as_json"):
+    for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
         flags.pop(name)
     flags["learning_rate"] = flags.pop("lr")
     config = resolve_config(config_file, {**flags, "data": None if data is None else str(data)})
@@ -41,11 +56,27 @@ def finetune_offline(
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
     require_path(config.data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
 
-    def progress(record: dict) -> None:
-        console.print(f"step {record['step']:>8}  {metrics_line(record, method)}  {record['steps_per_s']:.1f} steps/s",
-                      highlight=False)
+    wandb = open_wandb(wandb_project, run_dir, "finetune-offline", config.identity_fields())
+    report = ProgressReport("finetune-offline", unit="steps")
+    task = report.add("finetune-offline", total=config.steps, status="starting")
 
-    summary = run_offline(config, run_dir=run_dir, source=source, on_log=progress)
+    def progress(record: dict) -> None:
+        report.start()  # at the first record: a refusal before training stays one line
+        if record.get("kind", "train") == "train":
+            report.update(task, completed=record["step"],
+                          status=f"{metrics_line(record, method)}  {record['steps_per_s'] or 0:.1f} steps/s")
+            if record["step"] >= config.steps:
+                report.set_status("final evaluation")
+        if wandb is not None:
+            wandb.log(record)
+
+    try:
+        summary = run_offline(config, run_dir=run_dir, source=source, on_log=progress)
+    finally:
+        report.stop()
+        if wandb is not None:
+            wandb.close()
+    summary["learning_curves"] = write_curves(run_dir)
     hns = summary["human_normalized"]
     console.print(f"{summary['game']}: final score {summary['final_mean']:.1f} +- {summary['final_std']:.1f}"
                   + (f" ({100 * hns:.1f}% human-normalized)" if hns is not None else "")

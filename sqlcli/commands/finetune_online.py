@@ -5,21 +5,25 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path, write_curves
+from sqlcli.tracking import open_wandb
 from sqlcli_core.training.finetune_online import OnlineConfig
 
-Game = Annotated[str | None, o.option(OnlineConfig, "game")]
-Mode = Annotated[int | None, o.option(OnlineConfig, "mode")]
-Difficulty = Annotated[int | None, o.option(OnlineConfig, "difficulty")]
-NumEnvs = Annotated[int | None, o.option(OnlineConfig, "num_envs")]
-UpdatePeriod = Annotated[int | None, o.option(OnlineConfig, "update_period")]
-MinReplay = Annotated[int | None, o.option(OnlineConfig, "min_replay")]
-EpsilonStart = Annotated[float | None, o.option(OnlineConfig, "epsilon_start")]
-EpsilonEnd = Annotated[float | None, o.option(OnlineConfig, "epsilon_end")]
-EpsilonDecaySteps = Annotated[int | None, o.option(OnlineConfig, "epsilon_decay_steps")]
-ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity")]
-EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every")]
-EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes")]
+Game = Annotated[str | None, o.option(OnlineConfig, "game", panel=o.DATA)]
+Mode = Annotated[int | None, o.option(OnlineConfig, "mode", panel=o.DATA)]
+Difficulty = Annotated[int | None, o.option(OnlineConfig, "difficulty", panel=o.DATA)]
+NumEnvs = Annotated[int | None, o.option(OnlineConfig, "num_envs", panel=o.DATA)]
+UpdatePeriod = Annotated[int | None, o.option(OnlineConfig, "update_period", panel=o.DATA)]
+MinReplay = Annotated[int | None, o.option(OnlineConfig, "min_replay", panel=o.DATA)]
+EpsilonStart = Annotated[float | None, o.option(OnlineConfig, "epsilon_start", panel=o.DATA)]
+EpsilonEnd = Annotated[float | None, o.option(OnlineConfig, "epsilon_end", panel=o.DATA)]
+EpsilonDecaySteps = Annotated[int | None, o.option(OnlineConfig, "epsilon_decay_steps", panel=o.DATA)]
+ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity", panel=o.DATA)]
+EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every", panel=o.EVALUATION)]
+EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes", panel=o.EVALUATION)]
+
+EXAMPLE = ("Example: sql finetune-online --from runs/pretrain --game breakout --mode 12 --steps 20000 "
+           "--run-dir runs/breakout-m12")
 
 
 @handles_errors
@@ -33,30 +37,43 @@ def finetune_online(
     replay_capacity: ReplayCapacity = None, protocol: o.Protocol = None, eval_every: EvalEvery = None,
     eval_episodes: EvalEpisodes = None, final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None,
     eval_max_steps: o.EvalMaxSteps = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
-    seed: o.Seed = None, config_file: o.ConfigFile = None, as_json: bool = JSON_OPTION,
+    seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
-    flags = dict(locals())
+    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.training.finetune_online import resolve_config, run_online
-    for name in ("run_dir", "source", "config_file", "as_json"):
+    for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
         flags.pop(name)
     flags["learning_rate"] = flags.pop("lr")
     config = resolve_config(config_file, flags)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
 
-    def progress(record: dict) -> None:
-        if record["kind"] == "train":
-            rets = record["episode_returns"]
-            console.print(f"step {record['step']:>8}  updates {record['grad_steps']:>7}  eps {record['epsilon']:.3f}  "
-                          f"episodes {record['episodes']}  return {(sum(rets) / len(rets)) if rets else float('nan'):.1f}  "
-                          f"loss {record.get('loss', float('nan')):.3f}  {record['agent_steps_per_s']:.0f} steps/s",
-                          highlight=False)
-        else:
-            console.print(f"step {record['step']:>8}  {'final ' if record.get('final') else ''}eval "
-                          f"{record['mean']:.1f} +- {record['std']:.1f} over {len(record['scores'])} episodes",
-                          highlight=False)
+    wandb = open_wandb(wandb_project, run_dir, "finetune-online", config.identity_fields())
+    report = ProgressReport("finetune-online", unit="agent steps")
+    task = report.add("finetune-online", total=config.steps, status="starting")
 
-    summary = run_online(config, run_dir=run_dir, source=source, on_progress=progress)
+    def progress(record: dict) -> None:
+        report.start()  # at the first record: a refusal before training stays one line
+        if record["kind"] == "train":
+            ret = record.get("episode_return_mean")
+            report.update(task, completed=record["step"], status=(
+                f"updates {record['grad_steps']}  eps {record['epsilon']:.3f}  episodes {record['episodes']}  "
+                f"return {float('nan') if ret is None else ret:.1f}  loss {record.get('loss', float('nan')):.3f}"))
+            if record["step"] >= config.steps:
+                report.set_status("final evaluation")
+        else:
+            report.print(f"step {record['step']:>8}  {'final ' if record.get('final') else ''}eval "
+                         f"{record['mean']:.1f} +- {record['std']:.1f} over {len(record['scores'])} episodes")
+        if wandb is not None:
+            wandb.log(record)
+
+    try:
+        summary = run_online(config, run_dir=run_dir, source=source, on_progress=progress)
+    finally:
+        report.stop()
+        if wandb is not None:
+            wandb.close()
+    summary["learning_curves"] = write_curves(run_dir)
     console.print(f"{summary['game']} mode {summary['mode']} difficulty {summary['difficulty']}: final score "
                   f"{summary['final_mean']:.1f} +- {summary['final_std']:.1f} after {summary['agent_steps']} agent steps "
                   f"({summary['init']}); {summary['eval_file']}", highlight=False)

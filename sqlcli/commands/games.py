@@ -8,6 +8,7 @@ from rich.table import Table
 from sqlcli.output import JSON_OPTION, emit_summary, handles_errors, result_console
 from sqlcli_core.atari import games as catalog
 
+EXAMPLE = "Example: sql games atari40 | grep Breakout"
 
 @handles_errors
 def games(

@@ -14,55 +14,69 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.options import ConfigFile, option
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, metrics_line, require_path
+from sqlcli.options import DATA, DISTRIBUTED, NETWORK, OPTIMISATION, RUN, ConfigFile, Wandb, choices, option
+from sqlcli.output import (
+    JSON_OPTION,
+    ProgressReport,
+    console,
+    emit_summary,
+    handles_errors,
+    metrics_line,
+    require_path,
+    write_curves,
+)
+from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
-from sqlcli_core.networks import NetworkConfig
+from sqlcli_core.networks import ARCHS, NetworkConfig
 from sqlcli_core.training.pretrain import PretrainConfig
 from sqlcli_core.training.update import LearnerConfig
 
 P, N, L = PretrainConfig, NetworkConfig, LearnerConfig
-Data = Annotated[str | None, option(P, "data")]
-RunDir = Annotated[Path | None, option(P, "run_dir")]
-Games = Annotated[str | None, option(P, "games")]
+Data = Annotated[str | None, option(P, "data", panel=DATA)]
+RunDir = Annotated[Path | None, option(P, "run_dir", panel=RUN)]
+Games = Annotated[str | None, option(P, "games", panel=DATA)]
 # The registered methods, as a choice list (shown in --help, refused with the list otherwise).
 MethodName = enum.Enum("MethodName", {name: name for name in method_names()}, type=str)
-Method = Annotated[MethodName | None, option(L, "method")]
-Arch = Annotated[str | None, option(N, "arch")]
-Width = Annotated[float | None, option(N, "width")]
-BatchSize = Annotated[int | None, option(P, "batch_size")]
-Lr = Annotated[float | None, option(L, "learning_rate", "--lr")]
-AdamEps = Annotated[float | None, option(L, "adam_eps")]
-Alpha = Annotated[float | None, option(L, "alpha")]
-NStep = Annotated[int | None, option(P, "n_step")]
-Gamma = Annotated[float | None, option(L, "gamma")]
-NumAtoms = Annotated[int | None, option(N, "num_atoms")]
-VMin = Annotated[float | None, option(N, "v_min")]
-VMax = Annotated[float | None, option(N, "v_max")]
-TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period")]
-MaxGradNorm = Annotated[float | None, option(L, "max_grad_norm")]
-Steps = Annotated[int | None, option(P, "steps")]
-Seed = Annotated[int | None, option(P, "seed")]
-CheckpointEvery = Annotated[int | None, option(P, "checkpoint_every")]
-Keep = Annotated[int | None, option(P, "keep")]
-LogEvery = Annotated[int | None, option(P, "log_every")]
+Method = Annotated[MethodName | None, option(L, "method", panel=OPTIMISATION)]
+ArchName = choices("ArchName", ARCHS)
+Arch = Annotated[ArchName | None, option(N, "arch", panel=NETWORK)]
+Width = Annotated[float | None, option(N, "width", panel=NETWORK)]
+BatchSize = Annotated[int | None, option(P, "batch_size", panel=OPTIMISATION)]
+Lr = Annotated[float | None, option(L, "learning_rate", "--lr", panel=OPTIMISATION)]
+AdamEps = Annotated[float | None, option(L, "adam_eps", panel=OPTIMISATION)]
+Alpha = Annotated[float | None, option(L, "alpha", panel=OPTIMISATION)]
+NStep = Annotated[int | None, option(P, "n_step", panel=DATA)]
+Gamma = Annotated[float | None, option(L, "gamma", panel=OPTIMISATION)]
+NumAtoms = Annotated[int | None, option(N, "num_atoms", panel=NETWORK)]
+VMin = Annotated[float | None, option(N, "v_min", panel=NETWORK)]
+VMax = Annotated[float | None, option(N, "v_max", panel=NETWORK)]
+TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period", panel=OPTIMISATION)]
+MaxGradNorm = Annotated[float | None, option(L, "max_grad_norm", panel=OPTIMISATION)]
+Steps = Annotated[int | None, option(P, "steps", panel=OPTIMISATION)]
+Seed = Annotated[int | None, option(P, "seed", panel=RUN)]
+CheckpointEvery = Annotated[int | None, option(P, "checkpoint_every", panel=RUN)]
+Keep = Annotated[int | None, option(P, "keep", panel=RUN)]
+LogEvery = Annotated[int | None, option(P, "log_every", panel=RUN)]
 Bf16 = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="Compute the network in bfloat16 (params and "
-                                           "Adam stay float32): compute_dtype bfloat16. Default: off (ours).")]
-GameWeights = Annotated[str | None, option(P, "game_weights")]
-CacheBytes = Annotated[int | None, option(P, "cache_bytes")]
-Prefetch = Annotated[int | None, option(P, "prefetch")]
+                                           "Adam stay float32): compute_dtype bfloat16. Default: off (ours).",
+                                           rich_help_panel=NETWORK)]
+GameWeights = Annotated[str | None, option(P, "game_weights", panel=DATA)]
+CacheBytes = Annotated[int | None, option(P, "cache_bytes", panel=DATA)]
+Prefetch = Annotated[int | None, option(P, "prefetch", panel=DATA)]
 Coordinator = Annotated[str | None, typer.Option("--coordinator", help="HOST:PORT of process 0 for a multi-process run "
-                                                 "(or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process.")]
+                                                 "(or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process.",
+                                                 rich_help_panel=DISTRIBUTED)]
 NumProcesses = Annotated[int | None, typer.Option("--num-processes", help="Processes of a multi-process run "
-                                                  "(or SQL_NUM_PROCESSES). Default: 1.")]
+                                                  "(or SQL_NUM_PROCESSES). Default: 1.", rich_help_panel=DISTRIBUTED)]
 ProcessId = Annotated[int | None, typer.Option("--process-id", help="This process's id, 0..N-1 (or SQL_PROCESS_ID). "
-                                               "Default: 0.")]
+                                               "Default: 0.", rich_help_panel=DISTRIBUTED)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the parameter count per part and exit without "
-                                      "reading data or training.")]
+                                      "reading data or training.", rich_help_panel=RUN)]
+
+EXAMPLE = "Example: sql pretrain --data store --games atari40 --arch resnet50 --steps 100000 --run-dir runs/r50"
 
 
 def parse_game_weights(value: Any) -> dict[str, float] | None:
@@ -124,11 +138,11 @@ def pretrain(
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, keep: Keep = None, log_every: LogEvery = None,
     bf16: Bf16 = None, game_weights: GameWeights = None, cache_bytes: CacheBytes = None, prefetch: Prefetch = None,
     coordinator: Coordinator = None, num_processes: NumProcesses = None, process_id: ProcessId = None,
-    config_file: ConfigFile = None, dry_run: DryRun = False, as_json: bool = JSON_OPTION,
+    config_file: ConfigFile = None, dry_run: DryRun = False, wandb_project: Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Pre-train one network on offline data from many games (Scaled QL, C51, BC or a Decision Transformer), resumably."""
     flags = {
-        "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch,
+        "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch and arch.value,
         "width": width, "batch_size": batch_size, "learning_rate": lr, "adam_eps": adam_eps, "alpha": alpha,
         "n_step": n_step, "gamma": gamma, "num_atoms": num_atoms, "v_min": v_min, "v_max": v_max,
         "target_update_period": target_update_period, "max_grad_norm": max_grad_norm, "steps": steps, "seed": seed,
@@ -148,10 +162,9 @@ def pretrain(
     import jax
 
     primary = jax.process_index() == 0
-    progress = Progress(
-        TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not primary, transient=False)
-    task = progress.add_task("steps", total=config.steps, status="compiling")
+    wandb = open_wandb(wandb_project, config.run_dir, "pretrain", settings) if primary else None
+    report = ProgressReport("pretrain", unit="steps", enabled=primary)
+    task = report.add("pretrain", total=config.steps, status="compiling")
 
     def on_start(info: dict) -> None:
         start = info["start_step"]
@@ -160,22 +173,25 @@ def pretrain(
             console.print(f"{what}: {info['method']}, {sum(info['parameter_counts'].values()):,} parameters, "
                           f"{len(info['games'])} games, "
                           f"{info['devices']} devices in {info['processes']} processes -> {config.run_dir}")
-        progress.update(task, completed=start)
-        progress.start()  # only now: errors while opening the store or run stay one line
+        report.update(task, completed=start, restart=True)
+        report.start()  # only now: errors while opening the store or run stay one line
 
     method_spec = config.learner.get_method()
 
     def on_log(record: dict) -> None:
-        progress.update(task, status=f"{metrics_line(record, method_spec, sep=' ')} "
-                        f"{record['samples_per_s'] or 0:.0f} samples/s")
+        report.update(task, status=f"{metrics_line(record, method_spec)}  {record['samples_per_s'] or 0:.0f} samples/s")
+        if wandb is not None:
+            wandb.log(record)
 
     def on_step(step: int) -> None:
-        progress.update(task, completed=step)
+        report.update(task, completed=step)
 
     try:
         summary = learner.run_pretraining(config, on_start=on_start, on_log=on_log, on_step=on_step)
     finally:
-        progress.stop()
+        report.stop()
+        if wandb is not None:
+            wandb.close()
     if primary:
         last = summary["last_metrics"]
         if last is None:
@@ -183,6 +199,7 @@ def pretrain(
         else:
             console.print(f"step {summary['steps']}: loss {last['loss']:.4f}; checkpoint {summary['checkpoint_step']} "
                           f"in {config.run_dir}")
+        summary["learning_curves"] = write_curves(config.run_dir)
         emit_summary({**summary, "config": settings}, as_json)
 
 

@@ -7,38 +7,45 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 from sqlcli_core.analysis import scale_report as sr
 from sqlcli_core.provenance import provenance
 
+MetricChoice = o.choices("MetricChoice", sr.METRICS)
+ParamsChoice = o.choices("ParamsChoice", sr.PARAM_COUNTS)
+
+
+EXAMPLE = "Example: sql scale-report runs/r18 runs/r34 runs/r50 --out report"
 
 @handles_errors
 def scale_report(
     run_dirs: list[Path] = typer.Argument(
         ..., help="Run directories made by `sql pretrain`, each with RUN/run.json and RUN/eval/*.json."),
     out: Path = typer.Option(
-        Path("scale-report"), "--out",
+        Path("scale-report"), "--out", rich_help_panel=o.OUTPUT,
         help="Output directory for scale_report.{png,md,csv,json}; created if missing. Default: ./scale-report."),
-    metric: str = typer.Option(
-        "iqm", "--metric", help="Human-normalized aggregate to plot and fit: iqm, median or mean. Default: iqm."),
-    param_count: str = typer.Option(
-        "total", "--params",
+    metric: MetricChoice = typer.Option(
+        "iqm", "--metric", rich_help_panel=o.FIT, help="Human-normalized aggregate to plot and fit: iqm, median or mean. Default: iqm."),
+    param_count: ParamsChoice = typer.Option(
+        "total", "--params", rich_help_panel=o.FIT,
         help="Parameters on the x axis: total (as the paper counts its 80M model), shared (all but the "
         "per-game heads, which are the same ~26M for every atari40 model) or torso. Default: total."),
     eval_name: str = typer.Option(
-        None, "--eval-name",
+        None, "--eval-name", rich_help_panel=o.DATA,
         help="Which RUN/eval/NAME.json to use in every run (file name with or without .json). "
         "Default: each run's newest (by provenance.created, then file time)."),
     group_by: str = typer.Option(
-        ",".join(sr.DEFAULT_GROUP_BY), "--group-by",
+        ",".join(sr.DEFAULT_GROUP_BY), "--group-by", rich_help_panel=o.FIT,
         help=f"Comma-separated fields; one fit per distinct combination. Fields: {', '.join(sr.GROUP_FIELDS)}. "
         f"Default: {','.join(sr.DEFAULT_GROUP_BY)}."),
     n_bootstrap: int = typer.Option(
-        10_000, "--bootstrap", help="Bootstrap resamples for the 95% interval on the exponent b. Default: 10000."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling. Default: 0."),
+        10_000, "--bootstrap", rich_help_panel=o.FIT, help="Bootstrap resamples for the 95% interval on the exponent b. Default: 10000."),
+    seed: int = typer.Option(0, "--seed", rich_help_panel=o.FIT, help="Seed of the bootstrap resampling. Default: 0."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Fit score = a * params^b per method and data composition; write a plot, tables and a JSON."""
+    metric, param_count = o.plain(metric), o.plain(param_count)
     fields = sr.parse_group_by(group_by)
     points = sr.gather(run_dirs, metric, eval_name, param_count)
     fits = sr.fit_all(points, fields, n_bootstrap, seed)

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli import options as o
+from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
@@ -17,30 +17,24 @@ from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_range_set
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,.0f}/{task.total:,.0f} rows"),
-                    TextColumn("[dim]{task.fields[rate]}"), TimeRemainingColumn(),
-                    console=console, transient=False)
-
-
 class _Bars:
-    """One rich progress bar per game/run, fed with row counts (speed shown in rows/s as 'B/s')."""
+    """One progress task per game/run, fed with row counts."""
 
-    def __init__(self, progress: Progress):
-        self.progress = progress
+    def __init__(self, report: ProgressReport):
+        self.report = report
         self.tasks: dict[str, int] = {}
 
     def plan(self, totals: dict[str, int]) -> None:
         for key, total in totals.items():
-            self.tasks[key] = self.progress.add_task(key, total=total, rate="")
+            self.tasks[key] = self.report.add(key, total=total)
+        self.report.start()  # idempotent: verify plans once, shard may plan again after a scan
 
     def advance(self, key: str, rows: int) -> None:
         if key in self.tasks:
-            task_id = self.tasks[key]
-            self.progress.advance(task_id, rows)
-            speed = self.progress.tasks[task_id].speed
-            self.progress.update(task_id, rate=f"{speed:,.0f} rows/s" if speed else "")
+            self.report.update(self.tasks[key], advance=rows)
 
+
+EXAMPLE = "Example: sql shard dqn-replay store --games atari40 --checkpoints 0-9"
 
 @handles_errors
 def shard(
@@ -48,20 +42,20 @@ def shard(
                               "with --verify: the store to check (a path or URL)."),
     dst: str | None = typer.Argument(None, help="Zarr v3 store to create or extend: a directory, or an s3:// or "
                                      "gs:// URL (object storage; see docs/store-format.md)."),
-    verify: bool = typer.Option(False, "--verify", help="Re-read the store SRC and check it against its recorded "
+    verify: bool = typer.Option(False, "--verify", rich_help_panel=o.RUN, help="Re-read the store SRC and check it against its recorded "
                                 "content hashes and counts; writes nothing."),
-    games: str | None = typer.Option(None, "--games", help="Games or game sets, comma-separated (default: every "
+    games: str | None = typer.Option(None, "--games", rich_help_panel=o.DATA, help="Games or game sets, comma-separated (default: every "
                                         "game directory under SRC)."),
-    runs: str | None = typer.Option(None, "--runs", help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
-    checkpoints: str | None = typer.Option(None, "--checkpoints", help="Checkpoint suffixes, e.g. 0-9 for the "
+    runs: str | None = typer.Option(None, "--runs", rich_help_panel=o.DATA, help="Run numbers, e.g. 1-5 or 1,3 (default: all)."),
+    checkpoints: str | None = typer.Option(None, "--checkpoints", rich_help_panel=o.DATA, help="Checkpoint suffixes, e.g. 0-9 for the "
                                               "sub-optimal 20% (default: all present)."),
-    jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", min=1, help="Game/runs sharded in parallel "
+    jobs: int = typer.Option(min(4, os.cpu_count() or 1), "--jobs", rich_help_panel=o.RUN, min=1, help="Game/runs sharded in parallel "
                              "worker processes (default: min(4, CPUs))."),
-    frame_chunk: int = typer.Option(st.FRAME_CHUNK, "--frame-chunk", min=8, help=f"Frames per Zarr chunk of a new "
+    frame_chunk: int = typer.Option(st.FRAME_CHUNK, "--frame-chunk", rich_help_panel=o.STORE, min=8, help=f"Frames per Zarr chunk of a new "
                                     f"run's frames array (default {st.FRAME_CHUNK}; see docs/store-format.md)."),
-    n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", min=1, help="n of the 'sampleable transitions' count "
+    n_step: int = typer.Option(st.DEFAULT_N_STEP, "--n-step", rich_help_panel=o.STORE, min=1, help="n of the 'sampleable transitions' count "
                                f"in the summary (default {st.DEFAULT_N_STEP})."),
-    lease_seconds: float = typer.Option(st.ShardConfig.lease_seconds, "--lease-seconds", min=1.0,
+    lease_seconds: float = typer.Option(st.ShardConfig.lease_seconds, "--lease-seconds", rich_help_panel=o.STORE, min=1.0,
                                         help="Object storage only: lease time of the one writer of each run "
                                         f"group (default {st.ShardConfig.lease_seconds:g}; see docs/store-format.md)."),
     as_json: bool = JSON_OPTION,
@@ -81,10 +75,12 @@ def shard(
     config = st.ShardConfig(frame_chunk=frame_chunk, n_step=n_step, lease_seconds=lease_seconds)
     prov = provenance("shard", {"src": str(src), "dst": str(dst), "games": games, "runs": runs,
                                 "checkpoints": checkpoints, "frame_chunk": frame_chunk}, seed=None)
-    with _progress() as progress:
-        bars = _Bars(progress)
+    bars = _Bars(ProgressReport("shard", unit="rows"))  # shown from the plan on: earlier errors stay one line
+    try:
         result = st.shard(Path(src), dst, games=game_names, runs=run_set, checkpoints=ckpt_set, jobs=jobs, config=config,
                           provenance_block=prov, on_plan=bars.plan, progress=bars.advance)
+    finally:
+        bars.report.stop()
     for note in result["notes"]:
         console.print(note, style="dim", markup=False, highlight=False)
     table = Table(title=f"{dst}: {result['transitions_selected']:,} transitions selected, "
@@ -101,9 +97,11 @@ def shard(
 
 
 def _verify(store: str, game_names, run_set, as_json: bool) -> None:
-    with _progress() as progress:
-        bars = _Bars(progress)
+    bars = _Bars(ProgressReport("shard --verify", unit="rows"))  # shown from the plan on: earlier errors stay one line
+    try:
         result = st.verify(store, games=game_names, runs=run_set, on_plan=bars.plan, progress=bars.advance)
+    finally:
+        bars.report.stop()
     for r in result["runs"]:
         status = "ok" if r["ok"] else "FAILED: " + "; ".join(r["problems"])
         console.print(f"{r['game']}/{r['run']}: {r['rows']:,} rows, checkpoints {r['checkpoints']}: {status}",

@@ -547,10 +547,9 @@ def render_markdown(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], met
     return out.getvalue()
 
 
-def render_csv(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], prov: Mapping[str, Any]) -> str:
-    """One row per run. The first line is `# provenance: {json}` (read with pandas' comment='#')."""
+def render_csv(points: Sequence[RunPoint], fits: Sequence[PowerLawFit]) -> str:
+    """One row per run, plain CSV (header first); the provenance is in the JSON beside it."""
     out = io.StringIO()
-    out.write("# provenance: " + json.dumps(prov, default=str, separators=(",", ":")) + "\n")
     writer = csv.DictWriter(out, fieldnames=POINT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in _point_rows(points, fits):
@@ -585,23 +584,24 @@ def render_plot(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], group_b
                 continue
             x = np.array([p.params for p in sel], float)
             y = np.array([p.score for p in sel], float)
-            lo = np.array([p.score - p.ci_low if p.ci_low is not None else 0.0 for p in sel])
-            hi = np.array([p.ci_high - p.score if p.ci_high is not None else 0.0 for p in sel])
+            y = 100 * y  # percent, as the tables
+            lo = np.array([p.score - p.ci_low if p.ci_low is not None else 0.0 for p in sel]) * 100
+            hi = np.array([p.ci_high - p.score if p.ci_high is not None else 0.0 for p in sel]) * 100
             ax.errorbar(x, y, yerr=np.stack([np.maximum(lo, 0), np.maximum(hi, 0)]), fmt="o", color=color,
-                        mfc=color if kept else "none", capsize=3,
+                        mfc=color if kept else "none", ms=6, capsize=5, capthick=1.5, elinewidth=1.5, zorder=3,
                         label=None if kept else f"{label}: left out (score <= 0)")
         if fit is not None and fit.b is not None:
             used = [p.params for p in members if p.name in fit.used]
             grid = np.geomspace(min(used) / 1.3, max(used) * 1.3, 200)
             ci = "" if fit.b_ci95 is None else f" [{fit.b_ci95[0]:.3f}, {fit.b_ci95[1]:.3f}]"
-            ax.plot(grid, fit.a * grid ** fit.b, "-", color=color, label=f"{label}: b = {fit.b:.3f}{ci}")
+            ax.plot(grid, 100 * fit.a * grid ** fit.b, "-", color=color, label=f"{label}: b = {fit.b:.3f}{ci}")
         elif fit is not None:
             ax.plot([], [], "o", color=color, label=f"{label}: no fit")
     ax.set_xscale("log")
-    ax.axhline(0.0, color="0.7", lw=0.8, zorder=0)
+    ax.axhline(0.0, color="0.35", lw=1.0, ls="--", zorder=1, label="random policy (0%)")
     ax.set_xlabel(f"parameters ({points[0].param_count if points else 'total'}, log scale)")
-    ax.set_ylabel(f"human-normalized {metric.upper()}")
-    ax.set_title("score = a * params^b (error bars: eval 95% CIs)", fontsize=10)
+    ax.set_ylabel(f"human-normalized {metric.upper()} (%)")
+    ax.set_title("score = a * params^b (error bars: eval 95% intervals)", fontsize=10)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -622,7 +622,7 @@ def write_report(out_dir: str | Path, points: Sequence[RunPoint], fits: Sequence
     paths = report_paths(out_dir)
     png = render_plot(points, fits, group_by, metric)   # render everything before writing anything
     md = render_markdown(points, fits, metric, prov, notes)
-    table = render_csv(points, fits, prov)
+    table = render_csv(points, fits)
     with atomic_output(paths["png"], "wb") as f:
         f.write(png)
     with atomic_output(paths["md"], "w") as f:

@@ -33,9 +33,9 @@ from sqlcli_core.errors import DataError, NonFiniteError, SqlError, SqlWarning, 
 from sqlcli_core.methods import DEFAULT_METHOD, get_method
 from sqlcli_core.provenance import provenance
 from sqlcli_core.training import integrity
+from sqlcli_core.training.metrics import METRICS_FILE
 
 RUN_FILE = "run.json"
-METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged-checkpoints"
 # Network settings that change how the network computes but not its parameters: a run may switch them.

@@ -109,13 +109,14 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     """Fine-tune offline, then evaluate on real ALE; returns the summary (scores also in RUN/eval/final.json).
 
     Re-running with the same arguments resumes from the newest checkpoint, or only re-evaluates when the
-    training is complete and the result file is missing.
+    training is complete and the result file is missing. on_log(record) receives each metrics record (kind
+    "train", and the final "eval").
     """
     from sqlcli_core import networks
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.evaluation import evaluate as evaluation
     from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.finetune_online import ParamsPolicy
+    from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
     from sqlcli_core.training.lifecycle import (
         TrainingRun,
         check_resume_settings,
@@ -203,6 +204,10 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                 policy = ParamsPolicy(game, q_fn, state.params, grad_steps)
                 results, _ = evaluation.evaluate(policy, cfg, num_envs=min(config.eval_envs,
                                                                            config.final_seeds * config.final_episodes))
+                run.metrics.drop(lambda r: r.get("kind") == "eval")  # of an attempt that died before final.json
+                written = run.log(eval_record(grad_steps, grad_steps, results, final=True))
+                if on_log:
+                    on_log(written)
                 write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed,
                                  eval_config=cfg, results=results, run_dir=run_dir, step=grad_steps,
                                  arch=net_config.arch, num_params=sum(counts.values()),

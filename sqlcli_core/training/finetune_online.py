@@ -34,7 +34,7 @@ import numpy as np
 
 from sqlcli_core.atari.env import AtariGame, get_protocol
 from sqlcli_core.atari.games import Game, canonical_name, validate_variant
-from sqlcli_core.atomic import append_jsonl, atomic_output
+from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
 from sqlcli_core.settings import require_finite, setting
@@ -411,6 +411,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                     record = {"step": agent_steps, "kind": "train", "grad_steps": grad_steps, "epsilon": eps,
                               "agent_steps_per_s": (agent_steps - tick_steps) / max(now - tick, 1e-9),
                               "episodes": len(episodes),
+                          "episode_return_mean": float(np.mean([e["return"] for e in episodes])) if episodes else None,
                               "episode_returns": [e["return"] for e in episodes],
                               "episode_lengths": [e["length"] for e in episodes]}
                     if window:
@@ -424,7 +425,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                     tick, tick_steps = now, agent_steps
                 if _crossed(before, agent_steps, config.eval_every) and agent_steps < config.steps:
                     results, _ = evaluate_now((10_000 + config.seed,), config.eval_episodes)
-                    _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress)
+                    _log_eval(run.log, agent_steps, grad_steps, results, on_progress)
                 if _crossed(before, agent_steps, config.checkpoint_every):
                     save(force=True)
             save(force=True)
@@ -433,9 +434,9 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
             final_path = run_dir / "eval" / "final.json"
             grad_steps = int(jax.device_get(state.step))
             if not final_eval_is_current(final_path, "agent_steps", agent_steps):
-                _drop_final_eval_lines(metrics_path)
+                run.metrics.drop(_is_final_eval)  # an earlier attempt died before writing its result file
                 results, cfg = evaluate_now(range(config.final_seeds), config.final_episodes)
-                _log_eval(metrics_path, agent_steps, grad_steps, results, on_progress, final=True)
+                _log_eval(run.log, agent_steps, grad_steps, results, on_progress, final=True)
                 write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed, eval_config=cfg,
                                  results=results, run_dir=run_dir, step=grad_steps, arch=net_config.arch,
                                  num_params=sum(counts.values()),
@@ -463,33 +464,23 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _log_eval(path: Path, agent_steps: int, grad_steps: int, results, on_progress, final: bool = False) -> None:
+def eval_record(step: int, grad_steps: int, results, final: bool = False) -> dict:
+    """The metrics record of an evaluation (kind "eval"): mean and std of the scores, and the episodes."""
     scores = [r.score for r in results]
-    record = {"step": agent_steps, "kind": "eval", "grad_steps": grad_steps, "final": final,
-              "mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
-              "lengths": [r.length for r in results], "truncated": [r.truncated for r in results]}
-    append_jsonl(path, record)
+    return {"step": step, "kind": "eval", "grad_steps": grad_steps, "final": final,
+            "mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
+            "lengths": [r.length for r in results], "truncated": [r.truncated for r in results]}
+
+
+def _log_eval(log: Callable[[dict], dict], agent_steps: int, grad_steps: int, results, on_progress,
+              final: bool = False) -> None:
+    record = log(eval_record(agent_steps, grad_steps, results, final))
     if on_progress:
         on_progress(record)
 
 
-def _drop_final_eval_lines(path: Path) -> None:
-    """Remove the final-evaluation line of an earlier attempt that died before writing its result file."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines()
-    kept = [ln for ln in lines if ln.strip() and not _is_final_eval(ln)]
-    if len(kept) != len(lines):
-        with atomic_output(path, "w") as f:
-            f.write("".join(ln + "\n" for ln in kept))
-
-
-def _is_final_eval(line: str) -> bool:
-    try:
-        rec = json.loads(line)
-    except json.JSONDecodeError:
-        return True  # a line cut by a crash
-    return rec.get("kind") == "eval" and bool(rec.get("final"))
+def _is_final_eval(record: dict) -> bool:
+    return record.get("kind") == "eval" and bool(record.get("final"))
 
 
 def _abstract_replay(replay: OnlineReplay, state: dict) -> dict:

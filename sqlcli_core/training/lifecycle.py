@@ -5,6 +5,7 @@
       -> run.resume(abstract_for) or start_fresh()                    newest intact checkpoint (checksums
                                                                       verified), metrics.jsonl cut back to it
       -> the command's own loop, calling run.log(record) and run.save(step, state, meta)
+         (records go to RUN/metrics.jsonl and RUN/tensorboard/: training/metrics.py)
       -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()   lock released
 
 A non-finite state is never saved (NonFiniteError, exit 6); the error leaving the `with TrainingRun` block
@@ -25,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from sqlcli_core import locks
-from sqlcli_core.atomic import append_jsonl, write_json
+from sqlcli_core.atomic import write_json
 from sqlcli_core.errors import NonFiniteError, SqlError, UsageError, from_os_error
 from sqlcli_core.training import checkpoint
+from sqlcli_core.training.metrics import MetricsLog
 
 
 def settings_difference(had: Mapping[str, Any], wanted: Mapping[str, Any],
@@ -100,7 +102,8 @@ class TrainingRun:
         except BaseException:
             self._lock.close()
             raise
-        self.metrics_path = self.run_dir / checkpoint.METRICS_FILE
+        self.metrics = MetricsLog(self.run_dir, write=write)
+        self.metrics_path = self.metrics.path
 
     def _take_lock(self, command: str) -> None:
         import jax
@@ -142,21 +145,19 @@ class TrainingRun:
                 self.checkpointer.set_aside([bad for bad, _ in damaged])
             _sync_processes("sql-set-aside")
             self.checkpointer.manager.reload()
-        if self.write:
-            checkpoint.truncate_metrics(self.run_dir, step if metrics_step_for is None else metrics_step_for(meta))
+        self.metrics.resume(step if metrics_step_for is None else metrics_step_for(meta))
         return state, meta, step
 
     def start_fresh(self) -> None:
         """A run without a checkpoint: drop the metric lines of an attempt killed before its first save."""
-        if self.write and self.metrics_path.exists():
-            self.metrics_path.unlink()
+        self.metrics.reset()
 
-    def log(self, record: dict) -> None:
-        if self.write:
-            try:
-                append_jsonl(self.metrics_path, record)
-            except OSError as exc:
-                raise from_os_error(exc, f"writing {self.metrics_path}") from None
+    def log(self, record: dict) -> dict:
+        """Append a metrics record (flat columns, `kind` train unless given); returns the record as written."""
+        try:
+            return self.metrics.log(record)
+        except OSError as exc:
+            raise from_os_error(exc, f"writing {self.metrics_path}") from None
 
     def save(self, step: int, state: Any, meta: Any, *, force: bool = False) -> bool:
         return self.checkpointer.save(step, state, meta, force=force)
@@ -166,6 +167,7 @@ class TrainingRun:
 
     def close(self) -> None:
         try:
+            self.metrics.close()
             self.checkpointer.close()
         finally:
             self._lock.close()

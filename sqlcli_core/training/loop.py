@@ -88,17 +88,18 @@ class Prefetcher:
 def summarize_metrics(window: list[dict], game_names: Sequence[str], method: Method | None = None) -> dict:
     """Average the step metrics of one logging window (host numpy dicts) into one JSON-able record.
 
-    Scalars (`method.scalar_metrics`) are plain means over the steps; the per-game loss
-    (`method.game_metric`, e.g. game_td_loss) is weighted by each game's sample count, and games without
-    samples in the window are left out.
+    Scalars (`method.scalar_metrics`) are plain means over the steps; the per-game loss (step metric
+    `method.game_metric`) becomes one column per game, `<per_game_metric>/<Game>` (e.g. `td_loss/Pong`),
+    weighted by each game's sample count, next to `samples/<Game>`; games without samples in the window are
+    left out.
     """
     method = get_method(None) if method is None else method
     record = {k: float(np.mean([m[k] for m in window])) for k in method.scalar_metrics}
     counts = np.sum([m["game_count"] for m in window], axis=0)
-    per_game = method.game_metric
-    sums = np.sum([m[per_game] * m["game_count"] for m in window], axis=0)
-    record[per_game] = {name: float(sums[g] / counts[g]) for g, name in enumerate(game_names) if counts[g] > 0}
-    record["game_samples"] = {name: int(counts[g]) for g, name in enumerate(game_names) if counts[g] > 0}
+    sums = np.sum([m[method.game_metric] * m["game_count"] for m in window], axis=0)
+    sampled = [(g, name) for g, name in enumerate(game_names) if counts[g] > 0]
+    record.update({f"{method.per_game_metric}/{name}": float(sums[g] / counts[g]) for g, name in sampled})
+    record.update({f"samples/{name}": int(counts[g]) for g, name in sampled})
     return record
 
 

@@ -195,6 +195,10 @@ def iter_runs(root, games: Iterable[str] | None = None, runs: set[int] | None = 
                 yield game, int(run), groups[f"{game}/{run}"]
 
 
+# The dimension names of each array of a run group (zarr v3 `dimension_names`).
+DIMENSIONS = {"frames": ("row", "y", "x"), "actions": ("row",), "rewards": ("row",), "terminals": ("row",)}
+
+
 def create_arrays(group, config: ShardConfig) -> None:
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
@@ -206,8 +210,10 @@ def create_arrays(group, config: ShardConfig) -> None:
             shape, chunks = (0, *rf.FRAME_SHAPE), (config.frame_chunk, *rf.FRAME_SHAPE)
         else:
             shape, chunks = (0,), (config.scalar_chunk,)
+        # Named dimensions (one `row` axis shared by a run's arrays) make a run group an xarray Dataset;
+        # arrays of stores written before carry none and read as before.
         group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-                           compressors=codecs)
+                           compressors=codecs, dimension_names=DIMENSIONS[name])
 
 
 def truncate_rows(group, rows: int) -> None:
