@@ -83,7 +83,7 @@ def require_path(path: str | Path | None, what: str, hint: str) -> None:
 
 
 # Loggers of the libraries that print on normal runs (orbax logs through absl: "WARNING:absl:...").
-THIRD_PARTY_LOGGERS = ("absl", "jax", "orbax", "chex", "haiku", "optax", "zarr", "numcodecs")
+THIRD_PARTY_LOGGERS = ("absl", "jax", "orbax", "chex", "haiku", "optax", "zarr", "numcodecs", "asyncio")
 
 
 def quiet_third_party(verbose: bool) -> None:

@@ -248,13 +248,19 @@ def test_second_writer_of_a_run_group_is_refused(server, long_source):
     root, _, _ = long_source
     url = f"s3://{BUCKET}/busy"
     cmd = ["shard", str(root), url, "--games", "Pong", *SHARD_FLAGS, "--lease-seconds", "3"]
-    first = subprocess.Popen([sys.executable, "-m", "sqlcli.main", *cmd], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while run_records(server, "busy", "Pong", 1) < 1 and first.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    second = sql(cmd)
-    first_err = first.communicate(timeout=600)[1]
+    # The first writer talks through a proxy that delays every request, so that it is surely still writing
+    # when the second one (direct, and slowed by nothing) starts, however fast or busy the machine is.
+    slow = FaultProxy(server.endpoint, latency=0.05)
+    try:
+        first = subprocess.Popen([sys.executable, "-m", "sqlcli.main", *cmd], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "AWS_ENDPOINT_URL": slow.endpoint})
+        deadline = time.time() + 300
+        while run_records(server, "busy", "Pong", 1) < 1 and first.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        second = sql(cmd)
+        first_err = first.communicate(timeout=600)[1]
+    finally:
+        slow.stop()
     assert first.returncode == 0, first_err
     assert second.returncode == 2, second.stderr
     assert f"{url}/Pong/1 is being written by pid {first.pid}" in second.stderr

@@ -32,12 +32,13 @@ class StepFailed(SqlError):
         super().__init__(message, hint=hint)
 
 
-def _run(argv: list[str], script: list[str], total: int) -> dict:
+def _run(argv: list[str], script: list[str], total: int | None = None) -> dict:
     """Run `sql ARGV --json`, echoing the command and which step of `total` it is; return its JSON summary.
     The step's own progress (bars, or timed lines in a log file) goes to the same stderr."""
     line = "sql " + shlex.join(argv)
     script.append(line)
-    console.print(f"\n[bold cyan]demo step {len(script)} of {total}: $ {line}[/]", soft_wrap=True)
+    step = f"{len(script)} of {total}" if total else str(len(script))
+    console.print(f"\n[bold cyan]demo step {step}: $ {line}[/]", soft_wrap=True)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sqlcli.main", *argv, "--json"], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:

@@ -30,7 +30,7 @@ from sqlcli.output import (
 from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
-from sqlcli_core.networks import ARCHS, NetworkConfig
+from sqlcli_core.networks import ARCHS, DT_ARCHS, NetworkConfig
 from sqlcli_core.training.pretrain import PretrainConfig
 from sqlcli_core.training.update import LearnerConfig
 
@@ -41,7 +41,7 @@ Games = Annotated[str | None, option(P, "games", panel=DATA)]
 # The registered methods, as a choice list (shown in --help, refused with the list otherwise).
 MethodName = enum.Enum("MethodName", {name: name for name in method_names()}, type=str)
 Method = Annotated[MethodName | None, option(L, "method", panel=OPTIMISATION)]
-ArchName = choices("ArchName", ARCHS)
+ArchName = choices("ArchName", (*ARCHS, *DT_ARCHS))
 Arch = Annotated[ArchName | None, option(N, "arch", panel=NETWORK)]
 Width = Annotated[float | None, option(N, "width", panel=NETWORK)]
 BatchSize = Annotated[int | None, option(P, "batch_size", panel=OPTIMISATION)]
