@@ -144,9 +144,12 @@ def test_eval_outputs_are_locked_per_file(tmp_path):
 # ------------------------------------------------------------------------------- checkpoint integrity
 
 
-def _largest_array_file(step_dir: Path) -> Path:
-    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
-    return max(files, key=lambda p: p.stat().st_size)
+def _array_data_files(step_dir: Path) -> list[Path]:
+    """The files OCDBT packs the state's array values into (not its manifests or tree nodes). Which of them
+    holds the params depends on the write, so a test damages all of them."""
+    files = [p for p in (step_dir / "state").glob("ocdbt.process_*/d/*") if p.is_file()]
+    assert files, f"no array data files under {step_dir}"
+    return files
 
 
 def _flip(path: Path) -> None:
@@ -171,7 +174,8 @@ def test_damaged_newest_checkpoint_is_detected_and_the_resume_ends_bit_identical
                                                                                 damage):
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    DAMAGES[damage](_largest_array_file(run / "checkpoints" / "12"))
+    for path in _array_data_files(run / "checkpoints" / "12"):
+        DAMAGES[damage](path)
 
     # eval of RUN: warns and uses checkpoint 8; of the damaged step itself: exit 3 naming it
     named = sql(["eval", run / "checkpoints" / "12", "--games", "pong", "--episodes", "1", "--seeds", "0",
@@ -204,7 +208,8 @@ def test_no_intact_checkpoint_is_exit_3_for_training_eval_and_finetune(store, en
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     for step in (8, 12):
-        _flip(_largest_array_file(run / "checkpoints" / str(step)))
+        for path in _array_data_files(run / "checkpoints" / str(step)):
+            _flip(path)
     proc = pretrain(store, run, env)
     assert_one_error_line(proc, 3, f"checkpoint {run / 'checkpoints' / '12'} is damaged", "and 1 older checkpoint")
     proc = sql(["eval", run, "--games", "pong", "--episodes", "1", "--seeds", "0", "--max-steps", "20"], env)
