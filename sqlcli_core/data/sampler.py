@@ -42,6 +42,7 @@ from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import transitions as tr
 from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import RunView, open_run_set
 from sqlcli_core.errors import DataError, ResourceError, UsageError
 
@@ -94,7 +95,7 @@ def _unit_valid_counts(view: RunView, n_step: int, unit_rows: int) -> np.ndarray
     return counts
 
 
-class ReplaySampler:
+class ReplaySampler(UnitSchedule):
     """Batches of n-step transitions from many games of a replay store (see the module docstring).
 
     Args:
@@ -212,30 +213,6 @@ class ReplaySampler:
         self._threads: list[threading.Thread] = []
         self._running = False
         self.last_keys: np.ndarray | None = None
-
-    # ------------------------------------------------------------------------------ schedule (pure)
-
-    def _events_before(self, t: int) -> int:
-        """Number of unit replacements applied before batch t: floor(t * B / (reuse * U))."""
-        return (t * self.batch_size * self.reuse.denominator) // (self.unit_rows * self.reuse.numerator)
-
-    def _rng(self, kind: int, n: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.process_index, self.process_count, kind, n])
-
-    def _draw_unit(self, slot: int, kind: int, n: int) -> tuple[int, int]:
-        """(run id, unit id) for logical `slot`, drawn with probability proportional to valid counts."""
-        rid, uid, cdf = self._game_units[slot // self.slots_per_game]
-        j = int(np.searchsorted(cdf, self._rng(kind, n).integers(cdf[-1]), side="right"))
-        return int(rid[j]), int(uid[j])
-
-    def _event_unit(self, e: int) -> tuple[int, int]:
-        return self._draw_unit(e % self.slots, 1, e)
-
-    def _slot_unit_at(self, slot: int, events: int) -> tuple[int, int]:
-        """What logical slot holds after `events` replacements."""
-        if events <= slot:
-            return self._draw_unit(slot, 0, slot)
-        return self._event_unit(slot + self.slots * ((events - 1 - slot) // self.slots))
 
     # ------------------------------------------------------------------------------ loading
 

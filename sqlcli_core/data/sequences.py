@@ -36,6 +36,7 @@ import numpy as np
 from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.sampler import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME, FRAME_BYTES
+from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import ARRAY_NAMES, open_run_set
 from sqlcli_core.errors import DataError, ResourceError, UsageError
 
@@ -131,7 +132,7 @@ def _terminal_rows(arrays, rows: int, block: int = 1 << 22) -> np.ndarray:
     return np.concatenate(found).astype(np.int64) if found else np.zeros(0, np.int64)
 
 
-class SequenceSampler:
+class SequenceSampler(UnitSchedule):
     """Batches of K-step windows from many games of a replay store (see the module docstring).
 
     Args:
@@ -228,26 +229,6 @@ class SequenceSampler:
         self._applied = -1  # replacement events reflected in the cache; -1 = cache not built
         self._step = 0
         self.last_keys: np.ndarray | None = None
-
-    # ------------------------------------------------------------------------------ schedule (pure)
-
-    def _events_before(self, t: int) -> int:
-        return (t * self.batch_size * self.reuse.denominator) // (self.unit_rows * self.reuse.numerator)
-
-    def _rng(self, kind: int, n: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.process_index, self.process_count, kind, n])
-
-    def _draw_unit(self, slot: int, kind: int, n: int) -> tuple[int, int]:
-        rid, uid, cdf = self._game_units[slot // self.slots_per_game]
-        j = int(np.searchsorted(cdf, self._rng(kind, n).integers(cdf[-1]), side="right"))
-        return int(rid[j]), int(uid[j])
-
-    def _slot_unit_at(self, slot: int, events: int) -> tuple[int, int]:
-        """What slot `slot` holds after `events` replacements (replacement e goes to slot e % slots)."""
-        if events <= slot:
-            return self._draw_unit(slot, 0, slot)
-        e = slot + self.slots * ((events - 1 - slot) // self.slots)
-        return self._draw_unit(e % self.slots, 1, e)
 
     # ------------------------------------------------------------------------------ loading
 
