@@ -51,6 +51,7 @@ Alpha = Annotated[float | None, option(L, "alpha", panel=OPTIMISATION)]
 NStep = Annotated[int | None, option(P, "n_step", panel=DATA)]
 Gamma = Annotated[float | None, option(L, "gamma", panel=OPTIMISATION)]
 NumAtoms = Annotated[int | None, option(N, "num_atoms", panel=NETWORK)]
+ProjectionDim = Annotated[int | None, option(N, "projection_dim", panel=NETWORK)]
 VMin = Annotated[float | None, option(N, "v_min", panel=NETWORK)]
 VMax = Annotated[float | None, option(N, "v_max", panel=NETWORK)]
 TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period", panel=OPTIMISATION)]
@@ -133,7 +134,7 @@ def _parts_table(table: dict, method: str) -> Table:
 def pretrain(
     data: Data = None, run_dir: RunDir = None, games: Games = None, method: Method = None, arch: Arch = None,
     width: Width = None, batch_size: BatchSize = None, lr: Lr = None, adam_eps: AdamEps = None, alpha: Alpha = None,
-    n_step: NStep = None, gamma: Gamma = None, num_atoms: NumAtoms = None, v_min: VMin = None, v_max: VMax = None,
+    n_step: NStep = None, gamma: Gamma = None, num_atoms: NumAtoms = None, projection_dim: ProjectionDim = None, v_min: VMin = None, v_max: VMax = None,
     target_update_period: TargetUpdatePeriod = None, max_grad_norm: MaxGradNorm = None, steps: Steps = None,
     seed: Seed = None, checkpoint_every: CheckpointEvery = None, keep: Keep = None, log_every: LogEvery = None,
     bf16: Bf16 = None, game_weights: GameWeights = None, cache_bytes: CacheBytes = None, prefetch: Prefetch = None,
@@ -144,7 +145,7 @@ def pretrain(
     flags = {
         "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch and arch.value,
         "width": width, "batch_size": batch_size, "learning_rate": lr, "adam_eps": adam_eps, "alpha": alpha,
-        "n_step": n_step, "gamma": gamma, "num_atoms": num_atoms, "v_min": v_min, "v_max": v_max,
+        "n_step": n_step, "gamma": gamma, "num_atoms": num_atoms, "projection_dim": projection_dim, "v_min": v_min, "v_max": v_max,
         "target_update_period": target_update_period, "max_grad_norm": max_grad_norm, "steps": steps, "seed": seed,
         "checkpoint_every": checkpoint_every, "keep": keep, "log_every": log_every, "compute_dtype": bf16,
         "game_weights": game_weights, "cache_bytes": cache_bytes, "prefetch": prefetch,

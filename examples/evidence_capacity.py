@@ -1,0 +1,75 @@
+"""Experiment 2 (docs/results.md): Scaled QL at three sizes of one family on the multi-game data, score against
+parameters through `sql scale-report` (fitted exponent and its bootstrap interval).
+
+    python examples/evidence_capacity.py [--root sql-evidence] [--quick]
+
+The family is the DQN torso at channel widths 0.25, 0.5 and 1.0 with a projection of 1024 * width units
+(so the shared network grows about 14x; the per-game heads grow with the projection). The width-0.5 runs
+are the Scaled QL runs of the methods experiment, shared through the same ROOT. The paper's claim: score
+grows with size for Scaled QL. Writes ROOT/results/capacity.json, ROOT/results/capacity/scale_report.* and
+prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from evidence_common import Lab, game_means, human_normalized, mean_interval, parse_args
+
+
+def run(lab: Lab) -> dict:
+    s = lab.scale
+    lab.make_data()
+    runs, rows = [], []
+    for width in s.widths:
+        per_seed = []
+        for seed in s.seeds:
+            run_dir = lab.pretrain("scaled-ql", width, seed)
+            scores = game_means(lab.evaluate(run_dir))
+            per_seed.append(float(np.mean([human_normalized(g, scores[g]) for g in s.games])))
+            runs.append(run_dir)
+        summary = json.loads((run_dir / "run.json").read_text())
+        counts = summary.get("parameter_counts") or {}
+        rows.append({"width": width, "projection_dim": round(1024 * width),
+                     "parameters": int(sum(counts.values())) if counts else None,
+                     "shared_parameters": int(sum(v for k, v in counts.items() if k != "heads")) if counts else None,
+                     "human_normalized_mean": mean_interval(per_seed)})
+    out = lab.root / "results" / "capacity"
+    report = {}
+    for params in ("total", "shared"):
+        report[params] = lab.sql("scale-report", *runs, "--eval-name", "evidence", "--params", params,
+                                 "--metric", "iqm", "--out", out / params, refusal_ok=True)
+    return {"games": list(s.games), "sizes": rows, "scale_report": report, "runs": [str(r) for r in runs]}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| width | projection | parameters (total / shared) | human-normalized mean [95% CI over seeds] |",
+             "|---:|---:|---:|---:|"]
+    for row in result["sizes"]:
+        h = row["human_normalized_mean"]
+        ci = f" [{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]" if h["ci95"] else ""
+        total = f"{row['parameters']:,}" if row["parameters"] else "?"
+        shared = f"{row['shared_parameters']:,}" if row["shared_parameters"] else "?"
+        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {total} / {shared} | {h['mean']:.3f}{ci} |")
+    for params, rep in result["scale_report"].items():
+        if "refused" in rep:
+            lines.append(f"\nscale-report ({params} parameters): refused: {rep['refused']}")
+        for fit in rep.get("fits", []):
+            interval = "-" if fit["b_ci95"] is None else f"[{fit['b_ci95'][0]:.3f}, {fit['b_ci95'][1]:.3f}]"
+            b = "-" if fit["b"] is None else f"{fit['b']:.3f}"
+            lines.append(f"\nscale-report ({params} parameters, {', '.join(fit['group'].values()) or 'all runs'}): exponent b = {b}, "
+                         f"95% bootstrap interval {interval}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    lab = Lab(args.root, args.quick)
+    result = run(lab)
+    lab.write_result("capacity", result)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

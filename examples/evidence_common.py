@@ -1,0 +1,223 @@
+"""Shared parts of the laptop-scale evidence experiments (examples/evidence_*.py; results in docs/results.md).
+
+The data is made here, so that the answer is known: every game is played by the same epsilon-noisy scripted
+behaviour (`sql collect --policy pattern:1 --epsilon 0.5`: action 1 of the game's minimal set, FIRE in the
+shooters and UP in Freeway, replaced by a uniform action half the time). Its own returns are recorded in the
+collect logs, random play comes from `sql eval --policy random` under the same protocol and cap.
+
+Every step is a real `sql` command, run in this process (typer's CliRunner; one JAX import for the whole
+experiment instead of one per command), printed as the shell line it stands for and recorded in the result
+JSON. Each command is resumable and idempotent, so re-running an experiment continues where it stopped
+and finished steps cost nothing: collect skips finished runs, pretrain continues up to --steps, evaluations
+whose JSON exists are read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+# The experiments are many small matmuls next to emulators on a small CPU: BLAS threads only contend.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+PRETRAIN_GAMES = ("Freeway", "Breakout", "DemonAttack", "Assault", "ChopperCommand", "Centipede")
+HELDOUT_GAME = "SpaceInvaders"  # one of the paper's held-out games; never in PRETRAIN_GAMES
+BEHAVIOUR = ("--policy", "pattern:1", "--epsilon", "0.5")
+METHODS = ("scaled-ql", "bc", "dt")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """How big each experiment is; FULL is what docs/results.md reports, QUICK only proves the chain runs."""
+
+    games: tuple[str, ...]
+    """Pre-training games (the held-out game is collected too, for offline fine-tuning)."""
+    transitions: int
+    """Agent steps collected per game (one run each), all kept in the replay buffer."""
+    steps: int
+    """Gradient steps of every pre-training run."""
+    batch_size: int
+    """Samples per gradient step."""
+    seeds: tuple[int, ...]
+    """Training seeds: every reported number is a mean over them with a 95% interval."""
+    eval_seeds: str
+    """`sql eval --seeds` of every evaluation (one episode each)."""
+    eval_max_steps: int
+    """Agent-step cap of every evaluation episode (Freeway's episodes are 2,048 steps)."""
+    widths: tuple[float, ...]
+    """Capacity sweep: the DQN torso's channel multiplier; the projection is 1024 * width units."""
+    method_width: float
+    """Width every method of the methods experiment uses (also one point of the capacity sweep)."""
+    dt_width: float
+    """Width multiplier of the dt-10m preset in the methods experiment."""
+    online_steps: int
+    """Agent steps of online fine-tuning (one gradient step per online_update_period after online_min_replay)."""
+    online_update_period: int
+    online_min_replay: int
+    """Agent steps played before the first online update (also the epsilon decay's length)."""
+    online_eval_every: int
+    """Agent steps between the periodic evaluations of online fine-tuning."""
+    offline_transitions: int
+    """Rows of the held-out game's data that offline fine-tuning may use (the small data budget)."""
+    offline_steps: int
+
+
+FULL = Scale(games=PRETRAIN_GAMES, transitions=25_000, steps=6_000, batch_size=64, seeds=(0, 1, 2), eval_seeds="0,1",
+             eval_max_steps=2_500, widths=(0.25, 0.5, 1.0), method_width=0.5, dt_width=0.125, online_steps=20_000,
+             online_update_period=4, online_min_replay=1_600, online_eval_every=4_000, offline_transitions=5_000, offline_steps=2_000)
+QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_size=8, seeds=(0,), eval_seeds="0",
+              eval_max_steps=40, widths=(0.25, 0.5, 1.0), method_width=0.25, dt_width=0.0625, online_steps=32,
+              online_update_period=4, online_min_replay=16, online_eval_every=16, offline_transitions=200, offline_steps=8)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", type=Path, default=Path("sql-evidence"),
+                   help="working directory: data, runs and results (shared by the three experiments)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny version that only proves the chain runs (seconds; its numbers mean nothing)")
+    return p.parse_args()
+
+
+class Lab:
+    """The experiments' shared working directory, and the one way they run `sql` commands."""
+
+    def __init__(self, root: Path, quick: bool):
+        self.root = root.resolve()
+        self.quick = quick
+        self.scale = QUICK if quick else FULL
+        self.commands: list[str] = []
+        self.started = time.time()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- running commands -------------------------------------------------------------------------------------
+    def sql(self, *args: object, refusal_ok: bool = False) -> dict:
+        """Run `sql ARGS --json` in this process; the final JSON summary, or exit with the command's error
+        (refusal_ok: a refusal, exit 2 or 3, comes back as {"refused": the error line, "exit_code": code})."""
+        from typer.testing import CliRunner
+
+        from sqlcli.main import app
+
+        argv = [str(a) for a in args] + ["--json"]
+        line = "sql " + shlex.join(argv)
+        self.commands.append(line)
+        print(f"$ {line}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = CliRunner().invoke(app, argv)
+        if refusal_ok and result.exit_code in (2, 3):
+            print(f"  refused: {result.stderr.strip()}", file=sys.stderr, flush=True)
+            return {"refused": result.stderr.strip(), "exit_code": result.exit_code}
+        if result.exit_code != 0:
+            sys.exit(f"{line}\nfailed with exit code {result.exit_code}:\n{result.stderr or result.output}")
+        print(f"  done in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        lines = [x for x in result.stdout.splitlines() if x.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
+
+    # -- the data ---------------------------------------------------------------------------------------------
+    @property
+    def store(self) -> Path:
+        return self.root / "store.zarr"
+
+    def make_data(self) -> Path:
+        """Collect every game (pre-training games and the held-out one) with the behaviour, then shard."""
+        s = self.scale
+        games = ",".join((*s.games, HELDOUT_GAME))
+        self.sql("collect", "--games", games, "--transitions", s.transitions, "--capacity", s.transitions,
+                 *BEHAVIOUR, "--seed", 0, "--jobs", 2, "--out", self.root / "replay")
+        self.sql("shard", self.root / "replay", self.store)
+        return self.store
+
+    def data_returns(self, game: str) -> np.ndarray:
+        """The behaviour's own returns: every complete episode of the collected run."""
+        log = json.loads((self.root / "replay" / game / "1" / "collect_log.json").read_text())
+        return np.asarray([e["return"] for e in log["episodes"] if e["terminal"]], dtype=float)
+
+    # -- pre-training and evaluation --------------------------------------------------------------------------
+    def pretrain(self, method: str, width: float, seed: int) -> Path:
+        s = self.scale
+        if method == "dt":
+            width = s.dt_width
+            arch = ("--arch", "dt-10m")
+        else:
+            arch = ("--arch", "dqn", "--projection-dim", round(1024 * width))
+        run = self.root / "runs" / f"{method}-w{width:g}-s{seed}"
+        self.sql("pretrain", "--method", method, "--data", self.store, "--games", ",".join(s.games), *arch,
+                 "--width", width, "--batch-size", s.batch_size,
+                 "--steps", s.steps, "--target-update-period", max(1, s.steps // 6), "--seed", seed,
+                 "--checkpoint-every", s.steps, "--log-every", max(1, s.steps // 12), "--run-dir", run)
+        return run
+
+    def evaluate(self, run: Path | None, games: Sequence[str] | None = None, name: str = "evidence") -> dict:
+        """`sql eval` of a run's newest checkpoint (or random play when run is None) under the shared cap."""
+        s = self.scale
+        games = ",".join(games or s.games)
+        if run is None:
+            out = self.root / "random" / f"{name}.json"
+            if not out.exists():
+                self.sql("eval", "--policy", "random", "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
+                         "--max-steps", s.eval_max_steps, "--out", out)
+        else:
+            out = run / "eval" / f"{name}.json"
+            if not out.exists():
+                self.sql("eval", run, "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
+                         "--max-steps", s.eval_max_steps, "--name", name)
+        return json.loads(out.read_text())
+
+    # -- results ----------------------------------------------------------------------------------------------
+    def write_result(self, name: str, result: Mapping) -> Path:
+        from sqlcli_core import provenance
+
+        out = self.root / "results" / f"{name}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "experiment": name, "quick": self.quick, "scale": dataclasses.asdict(self.scale),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "loadavg_at_end": list(os.getloadavg())},
+            "seconds": round(time.time() - self.started, 1), "commands": self.commands,
+            "versions": provenance.package_versions(), **result,
+        }
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(out)
+        print(f"wrote {out} ({record['seconds']:.0f} s)", file=sys.stderr)
+        return out
+
+
+def game_means(evaluation: Mapping) -> dict[str, float]:
+    """Mean episode score per game of one `sql eval` result."""
+    return {game: float(v["mean"]) for game, v in evaluation["games"].items()}
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean and Student-t interval over independent values (training seeds); no interval below 2 values."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if x.size < 2:
+        return {"mean": mean, "ci95": None, "n": int(x.size), "values": x.tolist()}
+    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(x.size), "values": x.tolist()}
+
+
+def human_normalized(game: str, score: float) -> float:
+    from sqlcli_core.atari.games import resolve_games
+
+    return resolve_games(game)[0].human_normalized(score)
+
+
+def save_figure(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,117 @@
+"""Experiment 1 (docs/results.md): Scaled QL vs behaviour cloning vs the Decision Transformer, next to the data's
+own returns and random play, at equal gradient steps and batch, on data whose behaviour is known.
+
+    python examples/evidence_methods.py [--root sql-evidence] [--quick]
+
+The paper's claim: only Q-learning improves over the offline data. Writes ROOT/results/methods.json (every
+number, the commands, the machine, the time) and ROOT/results/methods.png, and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from evidence_common import (
+    HELDOUT_GAME,
+    METHODS,
+    Lab,
+    game_means,
+    human_normalized,
+    mean_interval,
+    parse_args,
+    save_figure,
+)
+
+LABELS = {"random": "random play", "data": "data (behaviour)", "scaled-ql": "Scaled QL", "bc": "BC",
+          "dt": "Decision Transformer"}
+
+
+def run(lab: Lab) -> dict:
+    s = lab.scale
+    lab.make_data()
+    random_scores = game_means(lab.evaluate(None))
+    per_method: dict[str, list[dict[str, float]]] = {}
+    runs: dict[str, list[str]] = {}
+    for method in METHODS:
+        for seed in s.seeds:
+            run_dir = lab.pretrain(method, s.method_width, seed)
+            per_method.setdefault(method, []).append(game_means(lab.evaluate(run_dir)))
+            runs.setdefault(method, []).append(str(run_dir))
+
+    table: dict[str, dict] = {}
+    for game in s.games:
+        data = lab.data_returns(game)
+        row = {"random": {"mean": random_scores[game]}, "data": {**mean_interval(data), "episodes": int(data.size)}}
+        for method, seeds in per_method.items():
+            row[method] = mean_interval([scores[game] for scores in seeds])
+            lower = row[method]["ci95"][0] if row[method]["ci95"] else row[method]["mean"]
+            row[method]["above_data"] = bool(lower > row["data"]["mean"])
+        table[game] = row
+
+    # Aggregate: per training seed, the mean human-normalized score over games; interval over seeds.
+    aggregate = {
+        "random": float(np.mean([human_normalized(g, random_scores[g]) for g in s.games])),
+        "data": float(np.mean([human_normalized(g, table[g]["data"]["mean"]) for g in s.games])),
+    }
+    for method, seeds in per_method.items():
+        aggregate[method] = mean_interval([np.mean([human_normalized(g, sc[g]) for g in s.games]) for sc in seeds])
+    return {"games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": list(METHODS),
+            "per_game": table, "human_normalized_mean": aggregate, "runs": runs}
+
+
+def markdown(result: dict) -> str:
+    cols = ["random", "data", *result["methods"]]
+    lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+
+    def cell(v: dict, digits: int = 1) -> str:
+        text = f"{v['mean']:,.{digits}f}"
+        if v.get("ci95"):
+            text += f" [{v['ci95'][0]:,.{digits}f}, {v['ci95'][1]:,.{digits}f}]"
+        return f"**{text}**" if v.get("above_data") else text
+
+    for game, row in result["per_game"].items():
+        lines.append(f"| {game} | " + " | ".join(cell(row[c]) for c in cols) + " |")
+    agg = result["human_normalized_mean"]
+    lines.append("| human-normalized mean | " + " | ".join(
+        cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["random", "data", *result["methods"]]
+    games = result["games"]
+    fig, axes = plt.subplots(1, len(games), figsize=(2.3 * len(games), 3.2))
+    colors = ["#9e9e9e", "#424242", "#1f77b4", "#ff7f0e", "#2ca02c"]
+    for ax, game in zip(np.atleast_1d(axes), games):
+        row = result["per_game"][game]
+        means = [row[c]["mean"] for c in cols]
+        errs = np.array([[m - row[c]["ci95"][0], row[c]["ci95"][1] - m] if row[c].get("ci95") else [0, 0]
+                         for c, m in zip(cols, means)]).T
+        ax.bar(range(len(cols)), means, yerr=errs, color=colors[:len(cols)], capsize=3)
+        ax.axhline(row["data"]["mean"], color="#424242", lw=0.8, ls="--")
+        ax.set_title(game, fontsize=9)
+        ax.set_xticks(range(len(cols)), [LABELS[c].replace(" ", "\n", 1) for c in cols], fontsize=6, rotation=90)
+        ax.tick_params(axis="y", labelsize=7)
+    fig.suptitle("Score per game: mean over training seeds, 95% t-interval (data: over its episodes)", fontsize=9)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    lab = Lab(args.root, args.quick)
+    result = run(lab)
+    lab.write_result("methods", result)
+    plot(result, lab.root / "results" / "methods.png")
+    print(markdown(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The laptop-scale evidence experiments (examples/evidence_*.py, docs/results.md): their --quick variants run the
+whole chain (collect, shard, pretrain with each method, eval, scale-report, both fine-tunings) as a user runs
+them, from the script files, in one shared root. Only that the chain runs and writes its records is asserted,
+never the scientific outcome (the quick numbers mean nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("evidence")
+
+
+def run_quick(name: str, root: Path) -> dict:
+    proc = subprocess.run([sys.executable, str(EXAMPLES / f"evidence_{name}.py"), "--quick", "--root", str(root)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((root / "results" / f"{name}.json").read_text())
+    assert record["quick"] is True and record["experiment"] == name
+    assert record["commands"] and all(c.startswith("sql ") for c in record["commands"])
+    assert {"versions", "machine", "seconds", "scale"} <= set(record)
+    assert proc.stdout.startswith("|")  # the Markdown table docs/results.md is made of
+    return record
+
+
+def test_methods_quick(root):
+    record = run_quick("methods", root)
+    assert set(record["human_normalized_mean"]) == {"random", "data", "scaled-ql", "bc", "dt"}
+    for game in record["games"]:
+        assert set(record["per_game"][game]) == {"random", "data", "scaled-ql", "bc", "dt"}
+    assert (root / "results" / "methods.png").stat().st_size > 0
+
+
+def test_capacity_quick(root):
+    record = run_quick("capacity", root)
+    params = [row["parameters"] for row in record["sizes"]]
+    assert len(params) == 3 and params == sorted(params) and len(set(params)) == 3
+    # A tiny run's score may be non-positive, which the power law refuses: then the refusal is recorded.
+    for report in record["scale_report"].values():
+        assert "fits" in report or "refused" in report
+
+
+def test_transfer_quick(root):
+    record = run_quick("transfer", root)
+    for kind in ("online", "offline"):
+        assert {"pretrained", "scratch"} <= set(record[kind])
+    assert record["online"]["pretrained"]["curve"]
+    assert (root / "results" / "transfer.png").stat().st_size > 0
