@@ -7,7 +7,10 @@ Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
                 noop starts), one environment, random actions (measured first and last).
   eval random   `evaluate(RandomPolicy)` on Pong, --seeds seeds x --episodes episodes, the whole call
                 (emulator creation included), backend vector (ale_py's C++ vector env) and python (AtariGame).
-  eval dqn      the same with a jitted, randomly initialised Nature-DQN network (epsilon 0.001), episodes
+  dqn baseline  the baseline loop driven by the same jitted, randomly initialised Nature-DQN network as `eval
+                dqn` (batch 1, one forward pass per step, epsilon 0.001, 4-frame stack shifted in place):
+                the fair reference for the network rows (measured first and last).
+  eval dqn      `evaluate` with that network (epsilon 0.001, one batched forward pass per step), episodes
                 capped at --dqn-steps agent steps so that every seed plays the same amount.
   collect       bare AtariGame loop (random actions, nothing logged) vs `collect_run` (1 job) and
                 `collect_all` with 2 runs in 2 processes (--jobs 2).
@@ -41,6 +44,41 @@ def gym_baseline(steps: int, seed: int = 0) -> float:
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
         if terminated or truncated:
             env.reset()
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def gym_dqn_baseline(policy, steps: int, epsilon: float = 0.001, seed: int = 0) -> float:
+    """The same single-environment loop driven by `policy` (batch 1, one forward pass per step, epsilon-greedy).
+
+    The agent's state is the last 4 frames (zeros before the episode's first), shifted in place: the cheap
+    frame stack. The network is the one `eval dqn` uses, compiled before the clock starts.
+    """
+    import ale_py
+    import gymnasium as gym
+    from gymnasium.wrappers import AtariPreprocessing
+
+    gym.register_envs(ale_py)
+    env = AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1), noop_max=0, frame_skip=4, screen_size=84,
+                             terminal_on_life_loss=False, grayscale_obs=True)
+    rng = np.random.default_rng(seed)
+    stack = np.zeros((1, 4, 84, 84), np.uint8)
+    game = np.zeros((1,), np.int32)
+    num_actions = int(env.action_space.n)
+    policy.q_values(stack, game)  # compile (batch 1) outside the timed loop
+    frame, _ = env.reset(seed=seed)
+    stack[0, -1] = frame
+    start = time.perf_counter()
+    for _ in range(steps):
+        greedy = int(np.argmax(policy.q_values(stack, game)[0, :num_actions]))
+        action = int(rng.integers(num_actions)) if rng.random() < epsilon else greedy
+        frame, _, terminated, truncated, _ = env.step(action)
+        stack[0, :-1] = stack[0, 1:]
+        stack[0, -1] = frame
+        if terminated or truncated:
+            stack[...] = 0
+            stack[0, -1], _ = env.reset()
     rate = steps / (time.perf_counter() - start)
     env.close()
     return rate
@@ -128,6 +166,9 @@ def main() -> None:
     emit({"what": "baseline: gymnasium Pong-v5 + AtariPreprocessing, 1 env, random", "env_steps_per_s": round(baseline, 1)})
     pong = [Game("Pong")]
     network = NetworkPolicy(pong)
+    dqn_baseline = gym_dqn_baseline(network, args.baseline_steps)
+    emit({"what": "dqn baseline: the same loop, 1 env, the same jitted DQN network (batch 1), epsilon 0.001",
+          "env_steps_per_s": round(dqn_baseline, 1)})
     eval_random_cap = 27_000
     for label, cores in settings:
         for backend in ("vector", "python"):
@@ -135,12 +176,14 @@ def main() -> None:
             emit({"what": f"eval random, {args.seeds} seeds x {args.episodes} episodes, whole call", "backend": backend,
                   "cores": label, **{k: v for k, v in r.items() if k != "scores"},
                   "vs_baseline": round(r["env_steps_per_s"] / baseline, 2)})
-        pinned(cores, eval_call, network, 1, 1, 0.001, 10, "vector")  # compile outside the timed calls
+        # compile at the timed calls' batch width outside them (the dqn baseline is compiled outside its loop too)
+        pinned(cores, eval_call, network, args.seeds, 1, 0.001, 10, "vector")
         for backend in ("vector", "python"):
             r = pinned(cores, eval_call, network, args.seeds, 1, 0.001, args.dqn_steps, backend)
             emit({"what": f"eval dqn network, {args.seeds} seeds x 1 episode (cap {args.dqn_steps}), whole call",
                   "backend": backend, "cores": label, **{k: v for k, v in r.items() if k != "scores"},
-                  "vs_baseline": round(r["env_steps_per_s"] / baseline, 2)})
+                  "vs_dqn_baseline": round(r["env_steps_per_s"] / dqn_baseline, 2),
+                  "vs_random_baseline": round(r["env_steps_per_s"] / baseline, 2)})
     bare = bare_loop(args.collect_steps)
     emit({"what": "collect baseline: bare AtariGame loop, Breakout, random", "env_steps_per_s": round(bare, 1)})
     for label, cores in settings:
@@ -150,6 +193,8 @@ def main() -> None:
                   "cores": label, "env_steps_per_s": round(rate, 1), "vs_bare_loop": round(rate / bare, 2)})
     baseline_end = gym_baseline(args.baseline_steps)
     emit({"what": "baseline again (end)", "env_steps_per_s": round(baseline_end, 1)})
+    dqn_baseline_end = gym_dqn_baseline(network, args.baseline_steps)
+    emit({"what": "dqn baseline again (end)", "env_steps_per_s": round(dqn_baseline_end, 1)})
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
 

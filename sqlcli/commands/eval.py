@@ -209,7 +209,7 @@ def eval_command(
     backend = choose_backend(o.plain(backend), mode, difficulty)
     heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
-        ev.check_action_sets(policy, heads)
+        ev.check_action_sets(policy, heads, ev.batch_width(config, num_envs))  # evaluate's batch: one compile
     record_item = None
     if record_steps < 1:
         raise UsageError(f"--record-steps must be >= 1, got {record_steps}", hint="e.g. --record-steps 3000")

@@ -157,15 +157,28 @@ def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
     return {g: game_index(policy.games, g) for g in games}
 
 
-def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int]) -> None:
-    """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
+def batch_width(config: EvalConfig, num_envs: int) -> int:
+    """Rows of every policy call of `evaluate`: streams at once, padded to this fixed size (one jit compile)."""
+    return max(1, min(num_envs, len(config.seeds) * len(config.games)))
+
+
+def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int], width: int | None = None) -> None:
+    """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game.
+
+    The probe calls come in batches of `width` rows (padded), the shape of `evaluate`'s calls (`batch_width`),
+    so a jitted policy compiles here once for the whole evaluation.
+    """
     names = list(heads)
     if isinstance(policy, SequencePolicy):
         sizes = [policy.num_actions[heads[g]] for g in names]
     else:
-        obs = np.zeros((len(names), FRAME_STACK, *FRAME_SHAPE), np.uint8)
-        q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
-        sizes = [int(np.isfinite(row).sum()) for row in q]
+        width = width or len(names)
+        sizes = []
+        for first in range(0, len(names), width):
+            chunk = names[first:first + width]
+            ids = np.array([heads[g] for g in chunk] + [heads[chunk[0]]] * (width - len(chunk)), np.int32)
+            q = np.asarray(policy.q_values(np.zeros((width, FRAME_STACK, *FRAME_SHAPE), np.uint8), ids))
+            sizes += [int(np.isfinite(row).sum()) for row in q[:len(chunk)]]
     for have, name in zip(sizes, names):
         want = Game(name).num_actions
         if have != want:
@@ -271,15 +284,15 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
                          hint="pass --num-envs 32 --threads 1")
     heads = head_indices(policy, config.games)
     greedy_needed = config.epsilon < 1.0
+    width = batch_width(config, num_envs)
     if greedy_needed:
-        check_action_sets(policy, heads)
+        check_action_sets(policy, heads, width)
     plans = plan_streams(config, set(done), record)
     results: list[EpisodeResult] = []
     stats = EvalStats()
     if not plans:
         return results, stats
 
-    width = min(num_envs, len(plans))
     obs_batch = np.zeros((width, FRAME_STACK, *FRAME_SHAPE), np.uint8)
     game_batch = np.zeros((width,), np.int32)
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
