@@ -1,6 +1,6 @@
 """Acting speed of eval and collect against the single-environment gymnasium loop, side by side in one process.
 
-    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 300] [--collect-steps 5000]
+    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 2000] [--collect-steps 5000]
 
 Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
   baseline      gymnasium `ALE/Pong-v5` (sticky 0.25) + `AtariPreprocessing` (frame skip 4, 84x84 gray, no
@@ -12,8 +12,9 @@ Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
                 the fair reference for the network rows (measured first and last).
   eval dqn      `evaluate` with that network (epsilon 0.001, one batched forward pass per step), episodes
                 capped at --dqn-steps agent steps so that every seed plays the same amount.
-  collect       bare AtariGame loop (random actions, nothing logged) vs `collect_run` (1 job) and
-                `collect_all` with 2 runs in 2 processes (--jobs 2).
+  collect       bare AtariGame loop (random actions, nothing logged) vs `collect_all` (capacity 2,000: a
+                checkpoint every 2,000 rows) with 1 run and with one run per core (--jobs = runs), on the
+                vector backend (the runs play together in this process) and the python one (processes).
 Each eval and collect row runs pinned to 1 core and to all cores (os.sched_setaffinity), to show scaling.
 """
 
@@ -119,15 +120,16 @@ def bare_loop(steps: int, game: str = "Breakout", seed: int = 0) -> float:
     return rate
 
 
-def collect_rates(steps: int, jobs: int, game: str = "Breakout") -> float:
-    """Agent steps per wall-clock second of collect_all over `jobs` runs in `jobs` processes."""
+def collect_rates(steps: int, runs: int, jobs: int, backend: str, game: str = "Breakout") -> float:
+    """Agent steps per wall-clock second of collect_all over `runs` runs, `jobs` at a time (vector: together in
+    this process; python: in `jobs` processes)."""
     from sqlcli_core.data import collect as core
 
-    configs = [core.RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, jobs + 1)]
+    configs = [core.RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, runs + 1)]
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        core.collect_all(configs, root, jobs=jobs)
-        return jobs * steps / (time.perf_counter() - start)
+        core.collect_all(configs, root, jobs=jobs, backend=backend)
+        return runs * steps / (time.perf_counter() - start)
 
 
 def pinned(cores: set[int], fn, *args):
@@ -143,7 +145,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=2)
-    parser.add_argument("--dqn-steps", type=int, default=300)
+    parser.add_argument("--dqn-steps", type=int, default=2000)
     parser.add_argument("--collect-steps", type=int, default=5000)
     parser.add_argument("--baseline-steps", type=int, default=3000)
     args = parser.parse_args()
@@ -187,10 +189,12 @@ def main() -> None:
     bare = bare_loop(args.collect_steps)
     emit({"what": "collect baseline: bare AtariGame loop, Breakout, random", "env_steps_per_s": round(bare, 1)})
     for label, cores in settings:
-        for jobs in sorted({1, len(cores)}):
-            rate = pinned(cores, collect_rates, args.collect_steps, jobs)
-            emit({"what": f"collect, Breakout, {jobs} run(s) in --jobs {jobs}, wall clock incl. checkpoints",
-                  "cores": label, "env_steps_per_s": round(rate, 1), "vs_bare_loop": round(rate / bare, 2)})
+        for runs in sorted({1, len(cores)}):
+            for backend in ("vector", "python"):
+                rate = pinned(cores, collect_rates, args.collect_steps, runs, runs, backend)
+                emit({"what": f"collect, Breakout, {runs} run(s), --jobs {runs}, wall clock incl. checkpoints",
+                      "backend": backend, "cores": label, "env_steps_per_s": round(rate, 1),
+                      "vs_bare_loop": round(rate / bare, 2)})
     baseline_end = gym_baseline(args.baseline_steps)
     emit({"what": "baseline again (end)", "env_steps_per_s": round(baseline_end, 1)})
     dqn_baseline_end = gym_dqn_baseline(network, args.baseline_steps)
