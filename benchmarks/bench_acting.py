@@ -10,8 +10,8 @@ Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
   dqn baseline  the baseline loop driven by the same jitted, randomly initialised Nature-DQN network as `eval
                 dqn` (batch 1, one forward pass per step, epsilon 0.001, 4-frame stack shifted in place):
                 the fair reference for the network rows (measured first and last).
-  eval dqn      `evaluate` with that network (epsilon 0.001, one batched forward pass per step), episodes
-                capped at --dqn-steps agent steps so that every seed plays the same amount.
+  eval dqn      `evaluate` with that network (epsilon 0.001, one batched forward pass per step; with
+                overlap, two halves taking turns), episodes capped at --dqn-steps agent steps.
   collect       bare AtariGame loop (random actions, nothing logged) vs `collect_all` (capacity 2,000: a
                 checkpoint every 2,000 rows) with 1 run and with one run per core (--jobs = runs), on the
                 vector backend (the runs play together in this process) and the python one (processes).
@@ -85,13 +85,14 @@ def gym_dqn_baseline(policy, steps: int, epsilon: float = 0.001, seed: int = 0) 
     return rate
 
 
-def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int, backend: str) -> dict:
+def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int, backend: str,
+              overlap: bool = False) -> dict:
     from sqlcli_core.evaluation import evaluate as ev
 
     config = ev.EvalConfig(games=("Pong",), seeds=tuple(range(seeds)), episodes=episodes, epsilon=epsilon,
                            max_steps=max_steps)
     start = time.perf_counter()
-    results, stats = ev.evaluate(policy, config, num_envs=32, backend=backend)
+    results, stats = ev.evaluate(policy, config, num_envs=32, backend=backend, overlap=overlap)
     wall = time.perf_counter() - start
     return {"env_steps": stats.env_steps, "wall_s": round(wall, 2), "setup_s": round(stats.setup_seconds, 2),
             "policy_s": round(stats.policy_seconds, 2), "env_steps_per_s": round(stats.env_steps / wall, 1),
@@ -150,7 +151,6 @@ def main() -> None:
     parser.add_argument("--baseline-steps", type=int, default=3000)
     args = parser.parse_args()
 
-
     from benchmarks.bench_eval import NetworkPolicy
     from sqlcli_core.atari.games import Game
     from sqlcli_core.evaluation import evaluate as ev
@@ -177,13 +177,17 @@ def main() -> None:
             r = pinned(cores, eval_call, ev.RandomPolicy(pong), args.seeds, args.episodes, 1.0, eval_random_cap, backend)
             emit({"what": f"eval random, {args.seeds} seeds x {args.episodes} episodes, whole call", "backend": backend,
                   "cores": label, **{k: v for k, v in r.items() if k != "scores"},
+                  "steady_env_steps_per_s": round(r["env_steps"] / (r["wall_s"] - r["setup_s"]), 1),
                   "vs_baseline": round(r["env_steps_per_s"] / baseline, 2)})
-        # compile at the timed calls' batch width outside them (the dqn baseline is compiled outside its loop too)
-        pinned(cores, eval_call, network, args.seeds, 1, 0.001, 10, "vector")
-        for backend in ("vector", "python"):
-            r = pinned(cores, eval_call, network, args.seeds, 1, 0.001, args.dqn_steps, backend)
+        # compile at the timed calls' batch widths outside them (the dqn baseline is compiled outside its loop too)
+        for overlap in (False, True):
+            pinned(cores, eval_call, network, args.seeds, 1, 0.001, 10, "vector", overlap)
+        for backend, overlap in (("vector", False), ("vector", True), ("python", False)):
+            r = pinned(cores, eval_call, network, args.seeds, 1, 0.001, args.dqn_steps, backend, overlap)
             emit({"what": f"eval dqn network, {args.seeds} seeds x 1 episode (cap {args.dqn_steps}), whole call",
-                  "backend": backend, "cores": label, **{k: v for k, v in r.items() if k != "scores"},
+                  "backend": backend, "overlap": overlap, "cores": label,
+                  **{k: v for k, v in r.items() if k != "scores"},
+                  "steady_env_steps_per_s": round(r["env_steps"] / (r["wall_s"] - r["setup_s"]), 1),
                   "vs_dqn_baseline": round(r["env_steps_per_s"] / dqn_baseline, 2),
                   "vs_random_baseline": round(r["env_steps_per_s"] / baseline, 2)})
     bare = bare_loop(args.collect_steps)
