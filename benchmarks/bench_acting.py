@@ -1,6 +1,6 @@
 """Acting speed of eval and collect against the single-environment gymnasium loop, side by side in one process.
 
-    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 2000] [--collect-steps 5000]
+    python -m benchmarks.bench_acting [--seeds 8] [--episodes 2] [--dqn-steps 2000] [--collect-steps 20000]
 
 Rows (env steps/s = agent steps/s; one agent step = 4 emulator frames):
   baseline      gymnasium `ALE/Pong-v5` (sticky 0.25) + `AtariPreprocessing` (frame skip 4, 84x84 gray, no
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--episodes", type=int, default=2)
     parser.add_argument("--dqn-steps", type=int, default=2000)
-    parser.add_argument("--collect-steps", type=int, default=5000)
+    parser.add_argument("--collect-steps", type=int, default=20000)
     parser.add_argument("--baseline-steps", type=int, default=3000)
     args = parser.parse_args()
 
