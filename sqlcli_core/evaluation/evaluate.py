@@ -288,17 +288,18 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
                          hint="pass --num-envs 32 --threads 1")
     heads = head_indices(policy, config.games)
     greedy_needed = config.epsilon < 1.0
-    overlap = overlap and not isinstance(policy, SequencePolicy) and batch_width(config, num_envs) > 1
-    rows = batch_width(config, num_envs, overlap)
+    plans = plan_streams(config, set(done), record)
+    # A resumed call with fewer streams left batches fewer rows (and compiles once more than the CLI's check).
+    width = min(batch_width(config, num_envs), max(1, len(plans)))
+    overlap = overlap and not isinstance(policy, SequencePolicy) and width > 1
+    rows = (width + 1) // 2 if overlap else width
     if greedy_needed:
         check_action_sets(policy, heads, rows)
-    plans = plan_streams(config, set(done), record)
     results: list[EpisodeResult] = []
     stats = EvalStats()
     if not plans:
         return results, stats
 
-    width = batch_width(config, num_envs)
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
                              max_episode_steps=config.max_steps)
     pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
