@@ -295,6 +295,27 @@ def test_backends_give_the_same_episodes_and_variants_use_the_python_path():
 
 
 @pytest.mark.slow
+def test_overlapped_halves_play_the_plain_loops_episodes():
+    """overlap: two halves take turns (one's policy call while the other's emulators step); every stream still
+    plays what a plain one-emulator loop plays, and each call has the larger half's rows (one compile)."""
+    policy = PixelPolicy(["Boxing", "Breakout", "Pong"])
+    config = ev.EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
+    overlapped, stats = ev.evaluate(policy, config, num_envs=3, overlap=True)
+    assert stats.env_steps == sum(r.length for r in overlapped) and stats.episodes == 8
+    assert [len(b) for b in policy.batches] == [2, 2]  # the action-set check, then the first half's first step
+    heads = {"Boxing": 0, "Breakout": 1, "Pong": 2}
+    by_key = {r.key: r for r in overlapped}
+    for seed in config.seeds:
+        for game in config.games:
+            reference = reference_stream(policy, game, seed, heads[game], 2, 0.3, 40)
+            assert [(by_key[(game, seed, e)].score, by_key[(game, seed, e)].length,
+                     by_key[(game, seed, e)].truncated) for e in range(2)] == reference, (game, seed)
+    python, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=4, overlap=True,
+                            backend="python")
+    assert {r.key: r for r in python} == by_key
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["vector", "python"])
 def test_an_episode_cut_at_the_protocols_own_cap_is_truncated(backend):
     """Issue 11: the emulator itself ends the episode at the protocol's cap (ALE reported game over there);

@@ -11,9 +11,11 @@ from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari import games as catalog
 from sqlcli_core.atari.env import PROTOCOLS, get_protocol
+from sqlcli_core.atari.vector import BACKENDS, choose_backend
 from sqlcli_core.data import collect as core
 from sqlcli_core.data import replay_format as rf
 
+BackendChoice = o.choices("BackendChoice", BACKENDS)
 EXAMPLE = "Example: sql collect --games pong,breakout --transitions 100000 --out collected"
 
 @handles_errors
@@ -29,7 +31,8 @@ def collect(
     epsilon: float = typer.Option(0.1, "--epsilon", rich_help_panel=o.POLICY, help="Probability of a uniform random action for sticky-random, pattern and checkpoint (unused by random). Default 0.1."),
     out: str = typer.Option("collected", "--out", rich_help_panel=o.OUTPUT, help="Output root; runs go to OUT/{Game}/{run}/replay_logs/. Default ./collected."),
     protocol: o.ProtocolChoice = typer.Option("dopamine", "--protocol", rich_help_panel=o.DATA, help=f"Emulator protocol: {', '.join(PROTOCOLS)} (dopamine = sticky actions 0.25, as DQN-Replay). Default dopamine."),
-    jobs: int = typer.Option(1, "--jobs", rich_help_panel=o.RUN, min=1, help="Game/runs collected in parallel processes (each holds its own ring buffer). Default 1."),
+    jobs: int = typer.Option(1, "--jobs", rich_help_panel=o.RUN, min=1, help="Game/runs collected at once, each with its own ring buffer: in one process on the vector backend (one emulator thread each), in separate processes on the python backend. Default 1."),
+    backend: BackendChoice = typer.Option("auto", "--backend", rich_help_panel=o.RUN, help="Emulators: vector (ale_py's C++ vector environment), python (AtariGame), or auto (vector unless --mode/--difficulty is given). The files are the same. Default auto."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Play real ALE games and log every transition in the DQN-Replay checkpoint format (resumable)."""
@@ -44,6 +47,7 @@ def collect(
     ]
     for c in configs:
         core.validate(c)
+    backend_name = choose_backend(o.plain(backend), mode, difficulty)
     core.check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
 
     t0 = time.perf_counter()
@@ -57,7 +61,7 @@ def collect(
         report.update(tasks[(game, run)], completed=steps, restart=first)
 
     with report:
-        results = core.collect_all(configs, out, jobs=jobs, progress=progress)
+        results = core.collect_all(configs, out, jobs=jobs, progress=progress, backend=backend_name)
     wall = time.perf_counter() - t0
 
     table = Table(title=f"collect -> {out}")
@@ -76,5 +80,5 @@ def collect(
                       f"({proto.frame_skip * overall:,.0f} emulator frames/s)")
     emit_summary({
         "out": out, "runs": results, "env_steps": steps, "wall_s": wall, "env_steps_per_s": overall,
-        "per_run_env_steps_per_s": [r["env_steps_per_s"] for r in results],
+        "per_run_env_steps_per_s": [r["env_steps_per_s"] for r in results], "backend": backend_name, "jobs": jobs,
     }, as_json)

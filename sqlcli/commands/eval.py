@@ -151,6 +151,10 @@ def eval_command(
         "auto", "--backend", rich_help_panel=o.RUN, help="Emulators: vector (ale_py's C++ vector environment, "
         "parallel threads), python (AtariGame), or auto (vector unless --mode/--difficulty is given). Scores are "
         "the same. Default: auto."),
+    overlap: bool = typer.Option(
+        False, "--overlap", rich_help_panel=o.RUN, help="Split the emulators into two halves that take turns: one "
+        "half's policy call runs while the other half's emulators step (two calls of half the rows per step; "
+        "Q-policies only). Scores are the same. Default: off."),
     record: str = typer.Option(
         None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
         "Default: none."),
@@ -209,7 +213,7 @@ def eval_command(
     backend = choose_backend(o.plain(backend), mode, difficulty)
     heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
-        ev.check_action_sets(policy, heads)
+        ev.check_action_sets(policy, heads, ev.batch_width(config, num_envs, overlap))  # evaluate's batch: one compile
     record_item = None
     if record_steps < 1:
         raise UsageError(f"--record-steps must be >= 1, got {record_steps}", hint="e.g. --record-steps 3000")
@@ -235,7 +239,8 @@ def eval_command(
     with writer_lock(out.with_name(f".{out.name}.lock"), what=f"the eval result {out}",
                      hint="wait for that `sql eval` to finish, or pass another --name or --out"):
         _play_and_write(policy, config, policy_kind, policy_block, settings, out, num_envs, threads, backend,
-                        record, record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json)
+                        record, record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json,
+                        overlap=overlap)
 
 
 def check_name(name: str) -> None:
@@ -246,7 +251,8 @@ def check_name(name: str) -> None:
 
 
 def _play_and_write(policy, config, policy_kind, policy_block, settings, out, num_envs, threads, backend, record,
-                    record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json) -> None:
+                    record_item, record_steps, bootstrap_reps, seed_list, protocol, as_json, *,
+                    overlap: bool = False) -> None:
     episodes_path = out.with_name(out.stem + ".episodes.jsonl")
     previous = resume_episodes(episodes_path, settings)
     total = len(config.games) * len(config.seeds) * config.episodes
@@ -272,11 +278,11 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
             report.update(advance=1, status=f"{result.game} seed {result.seed}: {result.score:g}")
 
         new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
-                                 done={r.key for r in previous}, record=record_item, record_frames=record_steps,
+                                 overlap=overlap, done={r.key for r in previous}, record=record_item, record_frames=record_steps,
                                  on_episode=played, on_record=save_gif)
 
     summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
-    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "record": record,
+    cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "overlap": overlap, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
     result = {
         "provenance": provenance("eval", cli_config, seed_list[0]),
@@ -284,7 +290,7 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         "policy": policy_block,
         **summary,
         "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
-                       "episodes_reused": len(previous)},
+                       "overlap": overlap, "episodes_reused": len(previous)},
     }
     write_json(out, result)
     md_path = out.with_suffix(".md")

@@ -187,23 +187,29 @@ class EmulatorPool:
         return self.take_many([(game, seed)])[0]
 
     def take_many(self, wanted: list[tuple[Game, int]]) -> list[tuple[Emulator, np.ndarray]]:
-        """`take` for several (game, seed) at once: the ROM loads of the vector emulators' seeded starts run
-        in parallel threads (they release the GIL; creating an emulator does not)."""
-        emulators = []
-        for game, seed in wanted:
-            idle = self._idle.get(game.name)
-            if idle:
-                emulators.append(idle.pop())
-            else:
-                emulators.append(self._create(game, seed))
-                self._all.append(emulators[-1])
+        """`take` for several (game, seed) at once.
+
+        A vector emulator costs two ROM loads: its constructor's (holding the GIL; ale_py seeds it from the
+        clock) and its seeded start's (in C++, without the GIL). The starts run in worker threads as soon as
+        each emulator exists, so they overlap the next constructors (and each other).
+        """
         if self.backend != "vector" or len(wanted) < 2:
-            return [(e, e.start(seed)) for e, (_, seed) in zip(emulators, wanted)]
+            return [(e, e.start(seed)) for e, (_, seed) in zip(self._emulators(wanted), wanted)]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(min(len(wanted), os.cpu_count() or 1)) as threads:
-            firsts = list(threads.map(lambda e, seed: e.start(seed), emulators, [seed for _, seed in wanted]))
-        return list(zip(emulators, firsts))
+            starts = [(e, threads.submit(e.start, seed)) for e, (_, seed) in zip(self._emulators(wanted), wanted)]
+            return [(e, start.result()) for e, start in starts]
+
+    def _emulators(self, wanted: list[tuple[Game, int]]):
+        """One emulator per (game, seed), an idle one of the game where there is one, yielded as it exists."""
+        for game, seed in wanted:
+            idle = self._idle.get(game.name)
+            if idle:
+                yield idle.pop()
+            else:
+                self._all.append(self._create(game, seed))
+                yield self._all[-1]
 
     def give_back(self, emulator: Emulator) -> None:
         self._idle.setdefault(emulator.game.name, []).append(emulator)

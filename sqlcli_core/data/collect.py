@@ -8,8 +8,9 @@ its add_count (see `ring_buffer.RingBuffer.save`). The layout is the bucket's: R
 
 A run is written into ROOT/{Game}/.{run}.partial/ and renamed to ROOT/{Game}/{run}/ when it is complete, so
 the final directory only ever holds a finished run. After each checkpoint the collector also saves what it
-needs to continue (emulator state with its RNG, policy RNG, current episode); an interrupted run resumes
-from its last checkpoint and produces the same files as an uninterrupted one.
+needs to continue (the emulator's record, see `collect_actors`; policy RNG; current episode); an interrupted
+run resumes from its last checkpoint and produces the same files as an uninterrupted one. The emulators are
+ale_py's C++ vector environment or `AtariGame` (`--backend`): the same files either way.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol, AtariGame
+from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
+from sqlcli_core.atari.vector import choose_backend
 from sqlcli_core.atomic import atomic_output, writable_directory, write_json
 from sqlcli_core.data import replay_format as rf
+from sqlcli_core.data.collect_actors import make_actor, replay_stream
+from sqlcli_core.data.collect_policy import BehaviourPolicy, PolicySpec
+from sqlcli_core.data.collect_policy import parse_policy as parse_policy  # the CLI's and demo's import
 from sqlcli_core.data.ring_buffer import RingBuffer
 from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
 from sqlcli_core.locks import writer_lock
@@ -43,63 +48,10 @@ MIN_CAPACITY = rf.STACK_SIZE + 1  # Dopamine asserts capacity >= stack_size + up
 ROW_BYTES = 84 * 84 + 4 + 4 + 1  # observation + action + reward + terminal
 
 ProgressFn = Callable[[int], None]
+Step = tuple[np.ndarray, float, bool]  # what an emulator's step gives the play loop: frame, raw reward, over
 
 
 # --------------------------------------------------------------------------------------------- config
-
-
-@dataclasses.dataclass(frozen=True)
-class PolicySpec:
-    """The behaviour policy.
-
-    - `random`: uniform over the game's minimal action set at every step (epsilon unused).
-    - `sticky-random`: epsilon-greedy around "repeat the previous action": with probability epsilon a fresh
-      uniform action, otherwise the previous one (uniform on an episode's first step). Actions are held for
-      1/epsilon steps on average, which explores further than `random` in games that need sustained moves.
-    - `pattern`: epsilon-greedy around a fixed cycle of actions (`pattern:1,1,3,0`), indexed by the step
-      within the episode.
-    - `checkpoint`: epsilon-greedy around the argmax of a trained run's Q-values
-      (`checkpoint:RUN` or `checkpoint:RUN/checkpoints/STEP`, read with checkpoint.load_policy) on the
-      agent's state: the last 4 frames, zero frames before the episode's first (Dopamine's stack).
-    """
-
-    kind: str = "random"
-    epsilon: float = 0.1
-    pattern: tuple[int, ...] = ()
-    run: str | None = None
-
-    def to_dict(self) -> dict:
-        d: dict[str, Any] = {"kind": self.kind}
-        if self.kind != "random":
-            d["epsilon"] = self.epsilon
-        if self.kind == "pattern":
-            d["pattern"] = list(self.pattern)
-        if self.kind == "checkpoint":
-            d["run"] = self.run
-        return d
-
-
-def parse_policy(text: str, epsilon: float) -> PolicySpec:
-    """`random`, `sticky-random`, `pattern:A,B,...` (indices in the minimal action set) or `checkpoint:RUN`."""
-    if not 0.0 <= epsilon <= 1.0:
-        raise UsageError(f"--epsilon {epsilon} is outside [0, 1]", hint="pass a probability such as 0.1")
-    kind, _, arg = text.strip().partition(":")
-    kind = kind.lower()
-    if kind == "pattern":
-        try:
-            pattern = tuple(int(x) for x in arg.split(",") if x.strip())
-        except ValueError:
-            pattern = ()
-        if not pattern or min(pattern) < 0:
-            raise UsageError(f"bad policy '{text}'", hint="write pattern:A,B,... with action indices >= 0, e.g. pattern:1,1,3")
-        return PolicySpec("pattern", epsilon, pattern)
-    if kind == "checkpoint":
-        if not arg.strip():
-            raise UsageError(f"bad policy '{text}'", hint="write checkpoint:RUN_DIR (a run of `sql pretrain`)")
-        return PolicySpec("checkpoint", epsilon, run=str(Path(arg.strip()).expanduser().absolute()))
-    if kind in ("random", "sticky-random") and not arg:
-        return PolicySpec(kind, epsilon)
-    raise UsageError(f"unknown policy '{text}'", hint="choose random, sticky-random, pattern:A,B,... or checkpoint:RUN_DIR")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,57 +144,6 @@ def derive_seeds(seed: int, game: str, run: int) -> tuple[int, int]:
     return int(state[0] >> 1), int(state[1])
 
 
-# --------------------------------------------------------------------------------------------- policy
-
-
-class BehaviourPolicy:
-    """Chooses actions (indices into the minimal action set) from the (4, 84, 84) uint8 frame stack.
-
-    Per step, epsilon-greedy kinds draw u ~ U[0, 1) and, when u < epsilon, a uniform action; `random`
-    draws only the uniform action. `greedy` maps a state to an action (given for `checkpoint`).
-    """
-
-    def __init__(self, spec: PolicySpec, num_actions: int, seed: int,
-                 greedy: Callable[[np.ndarray], int] | None = None):
-        self.spec = spec
-        self.num_actions = num_actions
-        self.rng = np.random.default_rng(seed)
-        self._greedy = greedy
-        self._step = 0
-        self._previous: int | None = None
-
-    def begin_episode(self) -> None:
-        self._step = 0
-        self._previous = None
-
-    def act(self, state: np.ndarray) -> int:
-        """One action for `state` (4, 84, 84) uint8, the last four frames, oldest first."""
-        kind = self.spec.kind
-        if kind == "random":
-            action = int(self.rng.integers(self.num_actions))
-        elif self.rng.random() < self.spec.epsilon:
-            action = int(self.rng.integers(self.num_actions))
-        elif kind == "checkpoint":
-            action = self._greedy(state)
-        elif kind == "pattern":
-            action = self.spec.pattern[self._step % len(self.spec.pattern)]
-        elif self._previous is None:  # sticky-random, first step of an episode
-            action = int(self.rng.integers(self.num_actions))
-        else:
-            action = self._previous
-        self._step += 1
-        self._previous = action
-        return action
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state, "step": self._step, "previous": self._previous}
-
-    def load_state_dict(self, d: dict) -> None:
-        self.rng.bit_generator.state = d["rng"]
-        self._step = d["step"]
-        self._previous = d["previous"]
-
-
 # ------------------------------------------------------------------------------------------ collector
 
 
@@ -289,14 +190,13 @@ def finished_log(root: str | os.PathLike, config: RunConfig) -> dict | None:
 class _Run:
     """The state of one game/run being collected; everything `resume.json` must hold lives here."""
 
-    def __init__(self, config: RunConfig, work: Path):
+    def __init__(self, config: RunConfig, work: Path, backend: str = "auto"):
         self.config = config
         self.work = work
         self.logs = work / "replay_logs"
         self.game = Game(config.game)
         self.env_seed, self.policy_seed = derive_seeds(config.seed, config.game, config.run)
-        self.env = AtariGame(self.game, protocol=config.protocol, mode=config.mode,
-                             difficulty=config.difficulty, seed=self.env_seed)
+        self.env = make_actor(backend, self.game, config.protocol, config.mode, config.difficulty, self.env_seed)
         self.policy_info = config.policy.to_dict()
         greedy = None
         if config.policy.kind == "checkpoint":
@@ -308,11 +208,6 @@ class _Run:
         self.episodes: list[dict] = []
         self.episode: dict | None = None  # the episode being played
         self.padding_left = 0
-        # The emulator right after this episode's reset, and the actions since: ALE does not save the last
-        # applied action (sticky actions repeat it) but reset() sets it to NOOP, so replaying the episode's
-        # actions from here reproduces the emulator exactly.
-        self.episode_state: bytes = b""
-        self.episode_actions: list[int] = []
         self.checkpoints: list[dict] = []
         self.play_s = 0.0
         self.save_s = 0.0
@@ -333,15 +228,11 @@ class _Run:
     def save_resume(self) -> None:
         n = len(self.checkpoints) - 1
         state_path = self.work / f"resume_state.{n}.npz"
-        if self.episode is None:  # between episodes: the next call is reset(), which sets the last action
-            emulator, actions = self.env.save_state(), []
-        else:
-            emulator, actions = self.episode_state, self.episode_actions
         with atomic_output(state_path, "wb") as f:
-            np.savez(f, emulator=np.frombuffer(emulator, dtype=np.uint8), stack=self.stack,
-                     actions=np.asarray(actions, dtype=np.int32))
+            np.savez(f, stack=self.stack, **self.env.resume_record(self.episode is not None))
         write_json(self.work / RESUME_NAME, {
             "config": _normalised(self.config.to_dict()), "checkpoint": n, "state_file": state_path.name,
+            "emulator": self.env.kind,
             "add_count": self.buffer.add_count, "env_steps": self.env_steps, "episodes": self.episodes,
             "episode": self.episode, "padding_left": self.padding_left, "checkpoints": self.checkpoints,
             "policy": self.policy.state_dict(), "play_s": self.play_s, "save_s": self.save_s,
@@ -351,20 +242,21 @@ class _Run:
                 old.unlink()
 
     def load_resume(self, r: dict) -> None:
-        n = r["checkpoint"]
+        """Continue from resume.json `r`: the ring buffer from its checkpoint, the emulator by its kind of record
+        (the caller made `self.env` a PythonActor for a "state" record)."""
+        n, in_episode = r["checkpoint"], r["episode"] is not None
         self.buffer.load(self.logs, n, r["add_count"], hint=f"delete {self.work} to collect this run again")
         with np.load(self.work / r["state_file"], allow_pickle=False) as z:
-            emulator, actions = z["emulator"].tobytes(), [int(a) for a in z["actions"]]
-            self.stack[...] = z["stack"]
-        self.env.restore_state(emulator)
-        if r["episode"] is not None:
-            self.episode_state, self.episode_actions = emulator, actions
-            frame = self.stack[-1] if not actions else None
-            for a in actions:
-                frame, _, _ = self.env.step(a)
-            if not np.array_equal(frame, self.stack[-1]):
-                raise DataError(f"{self.work}: replaying the current episode does not reach the saved frame",
-                                hint=f"delete {self.work} to collect this run again")
+            record = {k: z[k] for k in z.files}
+        self.stack[...] = record.pop("stack")
+        if resume_kind(r) == "state":
+            frame = self.env.restore(record, in_episode)
+        else:
+            frame = replay_stream(self.env, record["stream_actions"], self.config.protocol.max_episode_steps,
+                                  in_episode)
+        if in_episode and frame is not None and not np.array_equal(frame, self.stack[-1]):
+            raise DataError(f"{self.work}: replaying the actions does not reach the saved frame",
+                            hint=f"delete {self.work} to collect this run again")
         self.policy.load_state_dict(r["policy"])
         self.env_steps, self.episodes, self.episode = r["env_steps"], r["episodes"], r["episode"]
         self.padding_left, self.checkpoints = r["padding_left"], r["checkpoints"]
@@ -387,15 +279,18 @@ class _Run:
         if self.buffer.cursor == self.config.capacity - 1:
             self._checkpoint()
 
-    def play(self, progress: ProgressFn | None = None, report_every: int = 500) -> None:
-        """Play until `transitions` agent steps are logged, checkpointing as the ring buffer wraps."""
+    def play(self, progress: ProgressFn | None = None, report_every: int = 500) -> Generator[int, Step, None]:
+        """Play until `transitions` agent steps are logged, checkpointing as the ring buffer wraps.
+
+        A coroutine, so that several runs can step their emulators at once: it yields each action and is sent
+        back that step's (frame, raw reward, episode over); resets and padding rows happen inside.
+        """
         cfg, max_steps = self.config, self.config.protocol.max_episode_steps
         self._mark = time.perf_counter()
         frame = self.stack[-1].copy()
         while self.env_steps < cfg.transitions:
             if self.episode is None:
                 frame = self.env.reset()
-                self.episode_state, self.episode_actions = self.env.save_state(), []
                 self.policy.begin_episode()
                 self.stack[...] = 0
                 self.stack[-1] = frame
@@ -409,13 +304,12 @@ class _Run:
                 self._add(None, 0, 0.0, False)
                 continue
             action = self.policy.act(self.stack)
-            next_frame, reward, game_over = self.env.step(action)
-            self.episode_actions.append(action)
+            next_frame, reward, game_over = yield action
             self.env_steps += 1
             ep = self.episode
             ep["length"] += 1
             capped = ep["length"] >= max_steps  # by length: ALE reports game over at the cap itself
-            clipped = np.float32(np.clip(reward, -1.0, 1.0))
+            clipped = np.float32(min(max(reward, -1.0), 1.0))
             ep["return"] += reward
             ep["clipped_return"] += float(clipped)
             ended = game_over or capped
@@ -468,58 +362,152 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
 
 
 def collect_run(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None = None,
-                progress_every: int = 500) -> dict:
+                progress_every: int = 500, backend: str = "auto") -> dict:
     """Collect one game/run into ROOT/{Game}/{run}/ (resuming or skipping as its files allow).
 
     Returns a summary: game, run, status ("collected", "resumed" or "skipped"), add_count, transitions,
     num_episodes, checkpoints, env_steps_per_s, path. `progress(env_steps)` is called every
     `progress_every` agent steps; an exception it raises (e.g. KeyboardInterrupt) leaves the run resumable.
+    `backend`: the emulators ('auto', 'vector' or 'python', as in `sqlcli_core.atari.vector`); the files
+    do not depend on it.
     """
-    validate(config)
-    final = run_dir(root, config.game, config.run)
-    log = finished_log(root, config)
-    status = "skipped"
-    if log is None:
-        with _run_lock(root, config.game, config.run):
-            log = finished_log(root, config)  # another process may have finished it meanwhile
-            if log is None:
-                try:
-                    log, resumed = _collect_unlocked(config, root, progress, progress_every)
-                except OSError as exc:  # a full or read-only disk: one line; the partial run stays resumable
-                    raise from_os_error(exc, f"writing {partial_dir(root, config.game, config.run)}") from None
-                status = "resumed" if resumed else "collected"
-    if status == "skipped" and progress is not None:
-        progress(log["transitions"])
+    report = (lambda game, run, steps: progress(steps)) if progress is not None else None
+    return collect_together([config], root, width=1, backend=backend, progress=report,
+                            progress_every=progress_every)[0]
+
+
+@dataclasses.dataclass
+class _Playing:
+    """A game/run being played by `collect_together`: its state, its play coroutine and its next action."""
+
+    index: int
+    state: _Run
+    steps: Generator[int, Step, None]
+    action: int | None
+    resumed: bool
+    lock: contextlib.ExitStack
+    t0: float
+
+
+def collect_together(configs: Sequence[RunConfig], root: str | os.PathLike, *, width: int = 1,
+                     backend: str = "auto", progress: Callable[[str, int, int], None] | None = None,
+                     progress_every: int = 500) -> list[dict]:
+    """Collect game/runs in this process, `width` at a time; summaries in the order of `configs`.
+
+    Each playing run always has one step in flight: the loop takes the runs' steps in turn, logs each and sends
+    that run's next action at once, so vector emulators step in their own threads (without the GIL) while
+    Python logs the other runs' steps. Runs never share state: each one's files are what it writes alone.
+    """
+    summaries: list[dict] = [{}] * len(configs)
+    waiting = list(enumerate(configs))
+    playing: list[_Playing] = []
+    try:
+        with single_threaded_blas():
+            while waiting or playing:
+                while waiting and len(playing) < width:
+                    index, config = waiting.pop(0)
+                    started = _start(index, config, root, backend, progress, progress_every)
+                    if isinstance(started, dict):
+                        summaries[index] = started
+                    elif started.action is None:  # resumed after its final checkpoint: nothing left to play
+                        summaries[index] = _finish(started, root)
+                    else:
+                        started.state.env.send(started.action)
+                        playing.append(started)
+                for run in list(playing):
+                    try:
+                        with _writing(root, run.state.config):
+                            run.action = run.steps.send(run.state.env.recv())
+                    except StopIteration:
+                        playing.remove(run)
+                        summaries[run.index] = _finish(run, root)
+                    else:
+                        run.state.env.send(run.action)
+    finally:
+        for run in playing:
+            run.state.env.close()
+            run.lock.close()
+    return summaries
+
+
+@contextlib.contextmanager
+def _writing(root: str | os.PathLike, config: RunConfig):
+    """A full or read-only disk while a run is written: one line naming it; the partial run stays resumable."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_os_error(exc, f"writing {partial_dir(root, config.game, config.run)}") from None
+
+
+def _summary(config: RunConfig, root: str | os.PathLike, status: str, log: dict) -> dict:
     return {
         "game": config.game, "run": config.run, "status": status, "add_count": log["add_count"],
         "transitions": log["transitions"], "num_episodes": log["num_episodes"],
-        "checkpoints": len(log["checkpoints"]), "env_steps_per_s": log["env_steps_per_s"], "path": str(final),
+        "checkpoints": len(log["checkpoints"]), "env_steps_per_s": log["env_steps_per_s"],
+        "path": str(run_dir(root, config.game, config.run)),
     }
 
 
-def _collect_unlocked(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None,
-                      progress_every: int) -> tuple[dict, bool]:
-    t0 = time.perf_counter()
-    work = partial_dir(root, config.game, config.run)
-    resume = _read_resume(work, config)
-    if resume is None and work.exists():
-        shutil.rmtree(work)  # our own scratch directory, from other settings or from before any checkpoint
-    work.mkdir(parents=True, exist_ok=True)
-    state = _Run(config, work)
+def _start(index: int, config: RunConfig, root: str | os.PathLike, backend: str,
+           progress: Callable[[str, int, int], None] | None, progress_every: int) -> _Playing | dict:
+    """Lock a game/run and set it playing (resumed where its files allow), or its summary if it is finished."""
+    validate(config)
+    lock = contextlib.ExitStack()
     try:
-        with single_threaded_blas():
-            if resume is not None:
-                state.load_resume(resume)  # replays the current episode: BLAS-bound like playing
-            state.play(progress, progress_every)
-        log = state.log(time.perf_counter() - t0)
-    finally:
+        log = finished_log(root, config)
+        if log is None:
+            lock.enter_context(_run_lock(root, config.game, config.run))
+            log = finished_log(root, config)  # another process may have finished it meanwhile
+        if log is not None:
+            lock.close()
+            if progress is not None:
+                progress(config.game, config.run, log["transitions"])
+            return _summary(config, root, "skipped", log)
+        t0 = time.perf_counter()
+        with _writing(root, config):
+            work = partial_dir(root, config.game, config.run)
+            resume = _read_resume(work, config)
+            if resume is None and work.exists():
+                shutil.rmtree(work)  # our own scratch directory, from other settings or from before any checkpoint
+            work.mkdir(parents=True, exist_ok=True)
+            # ALE's saved state can only be restored into AtariGame: such a run finishes on the python backend
+            state = _Run(config, work, "python" if resume and resume_kind(resume) == "state" else backend)
+            try:
+                if resume is not None:
+                    state.load_resume(resume)
+                report = None if progress is None else (lambda steps: progress(config.game, config.run, steps))
+                steps = state.play(report, progress_every)
+                action = next(steps, None)
+            except BaseException:
+                state.env.close()
+                raise
+    except BaseException:
+        lock.close()
+        raise
+    return _Playing(index, state, steps, action, resume is not None, lock, t0)
+
+
+def _finish(run: _Playing, root: str | os.PathLike) -> dict:
+    """Write a played run's log and publish it under its final name; release its lock."""
+    state = run.state
+    try:
         state.env.close()
-    write_json(work / LOG_NAME, log)
-    (work / RESUME_NAME).unlink()
-    for f in work.glob("resume_state.*.npz"):
-        f.unlink()
-    os.replace(work, run_dir(root, config.game, config.run))
-    return log, resume is not None
+        log = state.log(time.perf_counter() - run.t0)
+        with _writing(root, state.config):
+            write_json(state.work / LOG_NAME, log)
+            (state.work / RESUME_NAME).unlink()
+            for f in state.work.glob("resume_state.*.npz"):
+                f.unlink()
+            os.replace(state.work, run_dir(root, state.config.game, state.config.run))
+    finally:
+        run.lock.close()
+    return _summary(state.config, root, "resumed" if run.resumed else "collected", log)
+
+
+def resume_kind(resume: dict) -> str:
+    """How resume.json's emulator record continues the run: "state" (ALE's saved state; files written before
+    the vector backend have no key) or "actions" (every action since the stream's start)."""
+    return resume.get("emulator", "state")
 
 
 def _run_lock(root: str | os.PathLike, game: str, run: int) -> contextlib.AbstractContextManager:
@@ -541,27 +529,29 @@ def _read_resume(work: Path, config: RunConfig) -> dict | None:
 # ----------------------------------------------------------------------------------- many runs at once
 
 
-def _worker(config: RunConfig, root: str, queue: Any) -> dict:
+def _worker(config: RunConfig, root: str, queue: Any, backend: str) -> dict:
     def progress(steps: int) -> None:
         queue.put((config.game, config.run, steps))
 
-    return collect_run(config, root, progress)
+    return collect_run(config, root, progress, backend=backend)
 
 
 def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int = 1,
-                progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Collect every game/run, `jobs` processes at a time; progress(game, run, env_steps) as they play.
+                progress: Callable[[str, int, int], None] | None = None, backend: str = "auto") -> list[dict]:
+    """Collect every game/run, `jobs` at a time; progress(game, run, env_steps) as they play.
 
+    On the vector backend the `jobs` runs play together in this process (`collect_together`: one C++ thread
+    per emulator); on the python backend (ALE modes or difficulties, or asked for) in `jobs` processes.
     Summaries come back in the order of `configs`.
     """
     for c in configs:
         validate(c)
+    together = all(choose_backend(backend, c.mode, c.difficulty) == "vector" for c in configs)
     if configs:
         check_memory(max(c.capacity for c in configs), min(jobs, len(configs)))
         writable_directory(root, "--out")  # a file, /proc, read-only, a too long name: one line, exit 2
-    if jobs <= 1 or len(configs) <= 1:
-        return [collect_run(c, root, (lambda s, c=c: progress(c.game, c.run, s)) if progress else None)
-                for c in configs]
+    if together or jobs <= 1 or len(configs) <= 1:
+        return collect_together(configs, root, width=jobs if together else 1, backend=backend, progress=progress)
     import concurrent.futures as cf
     import multiprocessing as mp
     import queue as queue_mod
@@ -570,7 +560,7 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
     with ctx.Manager() as manager:
         q = manager.Queue()
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, c, str(root), q) for c in configs]
+            futures = [pool.submit(_worker, c, str(root), q, backend) for c in configs]
             pending = set(futures)
             while pending:
                 _, pending = cf.wait(pending, timeout=0.2)

@@ -157,15 +157,30 @@ def head_indices(policy: QPolicy, games: Sequence[str]) -> dict[str, int]:
     return {g: game_index(policy.games, g) for g in games}
 
 
-def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int]) -> None:
-    """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game."""
+def batch_width(config: EvalConfig, num_envs: int, overlap: bool = False) -> int:
+    """Rows of every policy call of `evaluate`, padded to this fixed size (one jit compile): the streams at
+    once, or the larger half of them with `overlap`."""
+    width = max(1, min(num_envs, len(config.seeds) * len(config.games)))
+    return (width + 1) // 2 if overlap else width
+
+
+def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int], width: int | None = None) -> None:
+    """Refuse a policy whose head of a game does not cover exactly ALE's minimal action set of that game.
+
+    The probe calls come in batches of `width` rows (padded), the shape of `evaluate`'s calls (`batch_width`),
+    so a jitted policy compiles here once for the whole evaluation.
+    """
     names = list(heads)
     if isinstance(policy, SequencePolicy):
         sizes = [policy.num_actions[heads[g]] for g in names]
     else:
-        obs = np.zeros((len(names), FRAME_STACK, *FRAME_SHAPE), np.uint8)
-        q = np.asarray(policy.q_values(obs, np.array([heads[g] for g in names], np.int32)))
-        sizes = [int(np.isfinite(row).sum()) for row in q]
+        width = width or len(names)
+        sizes = []
+        for first in range(0, len(names), width):
+            chunk = names[first:first + width]
+            ids = np.array([heads[g] for g in chunk] + [heads[chunk[0]]] * (width - len(chunk)), np.int32)
+            q = np.asarray(policy.q_values(np.zeros((width, FRAME_STACK, *FRAME_SHAPE), np.uint8), ids))
+            sizes += [int(np.isfinite(row).sum()) for row in q[:len(chunk)]]
     for have, name in zip(sizes, names):
         want = Game(name).num_actions
         if have != want:
@@ -249,7 +264,7 @@ def _finish_steps(streams: Sequence[_Stream]) -> None:
 
 
 def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: int = 32, threads: int = 1,
-             backend: str = "auto",
+             backend: str = "auto", overlap: bool = False,
              done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
              record_frames: int = 3000,
              on_episode: Callable[[EpisodeResult], None] | None = None,
@@ -259,9 +274,11 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
 
     Returns the new results (in completion order) and stats. Up to num_envs streams run at once; each step
     makes one policy call for all of them (none when epsilon is 1), sends every action, then collects every
-    emulator's step (ale_py's vector emulators run meanwhile in their own threads). `backend`: 'auto'
-    (the vector emulators unless a mode/difficulty is set), 'vector' or 'python' (`AtariGame`; threads > 1
-    steps those in that many threads). Scores do not depend on the backend. `record` = (game, seed) hands
+    emulator's step (ale_py's vector emulators run meanwhile in their own threads). `overlap` (Q-policies
+    only) splits the streams into two halves that take turns: one half's policy call runs while the other
+    half's emulators step (two calls of half the rows per step). `backend`: 'auto' (the vector emulators
+    unless a mode/difficulty is set), 'vector' or 'python' (`AtariGame`; threads > 1 steps those in that many
+    threads). Scores do not depend on the backend, on num_envs or on overlap. `record` = (game, seed) hands
     that stream's first episode's 84x84 frames (at most `record_frames`, from its start) to `on_record`;
     it is played again if already in `done`, and then not reported twice.
     """
@@ -271,27 +288,31 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
                          hint="pass --num-envs 32 --threads 1")
     heads = head_indices(policy, config.games)
     greedy_needed = config.epsilon < 1.0
-    if greedy_needed:
-        check_action_sets(policy, heads)
     plans = plan_streams(config, set(done), record)
+    # A resumed call with fewer streams left batches fewer rows (and compiles once more than the CLI's check).
+    width = min(batch_width(config, num_envs), max(1, len(plans)))
+    overlap = overlap and not isinstance(policy, SequencePolicy) and width > 1
+    rows = (width + 1) // 2 if overlap else width
+    if greedy_needed:
+        check_action_sets(policy, heads, rows)
     results: list[EpisodeResult] = []
     stats = EvalStats()
     if not plans:
         return results, stats
 
-    width = min(num_envs, len(plans))
-    obs_batch = np.zeros((width, FRAME_STACK, *FRAME_SHAPE), np.uint8)
-    game_batch = np.zeros((width,), np.int32)
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
                              max_episode_steps=config.max_steps)
     pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
     choose = SequenceActing(policy, width) if isinstance(policy, SequencePolicy) else GreedyActing(policy)
     pending = iter(plans)
-    streams: list[_Stream] = []
+    # the streams that take turns, each with its room and its own policy-call buffers
+    groups: list[list[_Stream]] = [[], []] if overlap else [[]]
+    rooms = [rows, width - rows] if overlap else [width]
+    batches = [(np.zeros((rows, FRAME_STACK, *FRAME_SHAPE), np.uint8), np.zeros((rows,), np.int32)) for _ in groups]
 
-    def refill() -> None:
+    def refill(streams: list[_Stream], room: int) -> None:
         t = time.perf_counter()
-        new = [plan for _, plan in zip(range(width - len(streams)), pending)]
+        new = [plan for _, plan in zip(range(room - len(streams)), pending)]
         seeds = [stream_seeds(plan.game, plan.seed) for plan in new]
         started = emulators.take_many([(Game(plan.game), env_seed) for plan, (env_seed, _) in zip(new, seeds)])
         for plan, (_, rng), (env, first) in zip(new, seeds, started):
@@ -316,39 +337,53 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
         stream.start_episode()
         return True
 
+    def act(streams: list[_Stream], obs_batch: np.ndarray, game_batch: np.ndarray) -> None:
+        """Choose every stream's action (one policy call) and send it to its emulator."""
+        n = len(streams)
+        if greedy_needed:
+            for i, stream in enumerate(streams):
+                obs_batch[i] = stream.stack
+                game_batch[i] = stream.head
+            game_batch[n:] = game_batch[0]  # padding rows: any valid game id, results ignored
+            t = time.perf_counter()
+            greedy = choose(streams, obs_batch, game_batch)
+            stats.policy_seconds += time.perf_counter() - t
+        else:
+            greedy = np.zeros(n, np.int64)
+        actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
+                   for s, g in zip(streams, greedy)]
+        choose.taken(streams, actions)
+        for stream, action in zip(streams, actions):
+            stream.env.send(action)
+
+    def finish(streams: list[_Stream], room: int) -> None:
+        """Collect the streams' steps; end finished episodes and streams, and start waiting streams."""
+        n = len(streams)
+        if pool is None:
+            _finish_steps(streams)
+        else:
+            chunks = np.array_split(np.arange(n), min(threads, n))
+            list(pool.map(lambda idx: _finish_steps([streams[i] for i in idx]), chunks))
+        stats.env_steps += n
+        if any(s.over or s.length >= config.max_steps for s in streams):
+            streams[:] = [s for s in streams if not (s.over or s.length >= config.max_steps) or finish_episode(s)]
+            refill(streams, room)
+
     # The 84x84 resize of the python backend is numpy work; OpenBLAS's own threads only fight the emulators
     # for cores. Parallelism comes from the emulators.
     blas_limit = threadpool_limits(limits=1, user_api="blas")
     start = time.perf_counter()
     try:
-        refill()
-        while streams:
-            n = len(streams)
-            if greedy_needed:
-                for i, stream in enumerate(streams):
-                    obs_batch[i] = stream.stack
-                    game_batch[i] = stream.head
-                game_batch[n:] = game_batch[0]  # padding rows: any valid game id, results ignored
-                t = time.perf_counter()
-                greedy = choose(streams, obs_batch, game_batch)
-                stats.policy_seconds += time.perf_counter() - t
-            else:
-                greedy = np.zeros(n, np.int64)
-            actions = [int(s.rng.integers(s.num_actions)) if s.rng.random() < config.epsilon else int(g)
-                       for s, g in zip(streams, greedy)]
-            choose.taken(streams, actions)
-            for stream, action in zip(streams, actions):
-                stream.env.send(action)
-            if pool is None:
-                _finish_steps(streams)
-            else:
-                chunks = np.array_split(np.arange(n), min(threads, n))
-                list(pool.map(lambda idx: _finish_steps([streams[i] for i in idx]), chunks))
-            stats.env_steps += n
-            if any(s.over or s.length >= config.max_steps for s in streams):
-                streams[:] = [s for s in streams
-                              if not (s.over or s.length >= config.max_steps) or finish_episode(s)]
-                refill()
+        for streams, room, batch in zip(groups, rooms, batches):
+            refill(streams, room)
+            if streams:
+                act(streams, *batch)
+        while any(groups):
+            for streams, room, batch in zip(groups, rooms, batches):
+                if streams:
+                    finish(streams, room)
+                    if streams:
+                        act(streams, *batch)
     finally:
         emulators.close()
         if pool is not None:

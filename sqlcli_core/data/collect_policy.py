@@ -1,0 +1,114 @@
+"""The behaviour policies of `sql collect`: what `--policy` names, and how each chooses an action per step."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sqlcli_core.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """The behaviour policy.
+
+    - `random`: uniform over the game's minimal action set at every step (epsilon unused).
+    - `sticky-random`: epsilon-greedy around "repeat the previous action": with probability epsilon a fresh
+      uniform action, otherwise the previous one (uniform on an episode's first step). Actions are held for
+      1/epsilon steps on average, which explores further than `random` in games that need sustained moves.
+    - `pattern`: epsilon-greedy around a fixed cycle of actions (`pattern:1,1,3,0`), indexed by the step
+      within the episode.
+    - `checkpoint`: epsilon-greedy around the argmax of a trained run's Q-values
+      (`checkpoint:RUN` or `checkpoint:RUN/checkpoints/STEP`, read with checkpoint.load_policy) on the
+      agent's state: the last 4 frames, zero frames before the episode's first (Dopamine's stack).
+    """
+
+    kind: str = "random"
+    epsilon: float = 0.1
+    pattern: tuple[int, ...] = ()
+    run: str | None = None
+
+    def to_dict(self) -> dict:
+        d: dict[str, Any] = {"kind": self.kind}
+        if self.kind != "random":
+            d["epsilon"] = self.epsilon
+        if self.kind == "pattern":
+            d["pattern"] = list(self.pattern)
+        if self.kind == "checkpoint":
+            d["run"] = self.run
+        return d
+
+
+def parse_policy(text: str, epsilon: float) -> PolicySpec:
+    """`random`, `sticky-random`, `pattern:A,B,...` (indices in the minimal action set) or `checkpoint:RUN`."""
+    if not 0.0 <= epsilon <= 1.0:
+        raise UsageError(f"--epsilon {epsilon} is outside [0, 1]", hint="pass a probability such as 0.1")
+    kind, _, arg = text.strip().partition(":")
+    kind = kind.lower()
+    if kind == "pattern":
+        try:
+            pattern = tuple(int(x) for x in arg.split(",") if x.strip())
+        except ValueError:
+            pattern = ()
+        if not pattern or min(pattern) < 0:
+            raise UsageError(f"bad policy '{text}'", hint="write pattern:A,B,... with action indices >= 0, e.g. pattern:1,1,3")
+        return PolicySpec("pattern", epsilon, pattern)
+    if kind == "checkpoint":
+        if not arg.strip():
+            raise UsageError(f"bad policy '{text}'", hint="write checkpoint:RUN_DIR (a run of `sql pretrain`)")
+        return PolicySpec("checkpoint", epsilon, run=str(Path(arg.strip()).expanduser().absolute()))
+    if kind in ("random", "sticky-random") and not arg:
+        return PolicySpec(kind, epsilon)
+    raise UsageError(f"unknown policy '{text}'", hint="choose random, sticky-random, pattern:A,B,... or checkpoint:RUN_DIR")
+
+
+class BehaviourPolicy:
+    """Chooses actions (indices into the minimal action set) from the (4, 84, 84) uint8 frame stack.
+
+    Per step, epsilon-greedy kinds draw u ~ U[0, 1) and, when u < epsilon, a uniform action; `random`
+    draws only the uniform action. `greedy` maps a state to an action (given for `checkpoint`).
+    """
+
+    def __init__(self, spec: PolicySpec, num_actions: int, seed: int,
+                 greedy: Callable[[np.ndarray], int] | None = None):
+        self.spec = spec
+        self.num_actions = num_actions
+        self.rng = np.random.default_rng(seed)
+        self._greedy = greedy
+        self._step = 0
+        self._previous: int | None = None
+
+    def begin_episode(self) -> None:
+        self._step = 0
+        self._previous = None
+
+    def act(self, state: np.ndarray) -> int:
+        """One action for `state` (4, 84, 84) uint8, the last four frames, oldest first."""
+        kind = self.spec.kind
+        if kind == "random":
+            action = int(self.rng.integers(self.num_actions))
+        elif self.rng.random() < self.spec.epsilon:
+            action = int(self.rng.integers(self.num_actions))
+        elif kind == "checkpoint":
+            action = self._greedy(state)
+        elif kind == "pattern":
+            action = self.spec.pattern[self._step % len(self.spec.pattern)]
+        elif self._previous is None:  # sticky-random, first step of an episode
+            action = int(self.rng.integers(self.num_actions))
+        else:
+            action = self._previous
+        self._step += 1
+        self._previous = action
+        return action
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "step": self._step, "previous": self._previous}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.rng.bit_generator.state = d["rng"]
+        self._step = d["step"]
+        self._previous = d["previous"]
