@@ -60,6 +60,9 @@ class Scale:
     """Width every method of the methods experiment uses (also one point of the capacity sweep)."""
     dt_width: float
     """Width multiplier of the dt-10m preset in the methods experiment."""
+    dt_batch_size: int
+    """The DT's batch: each of its samples is 4 steps x 39 tokens through the transformer, about 10x the compute
+    of a DQN-torso sample at these widths, so it trains on fewer samples in the same number of steps."""
     online_steps: int
     """Agent steps of online fine-tuning (one gradient step per online_update_period after online_min_replay)."""
     online_update_period: int
@@ -73,10 +76,12 @@ class Scale:
 
 
 FULL = Scale(games=PRETRAIN_GAMES, transitions=25_000, steps=6_000, batch_size=64, seeds=(0, 1, 2), eval_seeds="0,1",
-             eval_max_steps=2_500, widths=(0.25, 0.5, 1.0), method_width=0.5, dt_width=0.125, online_steps=20_000,
+             eval_max_steps=2_500, widths=(0.25, 0.5, 1.0), method_width=0.5, dt_width=0.125, dt_batch_size=16,
+             online_steps=20_000,
              online_update_period=4, online_min_replay=1_600, online_eval_every=4_000, offline_transitions=5_000, offline_steps=2_000)
 QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_size=8, seeds=(0,), eval_seeds="0",
-              eval_max_steps=40, widths=(0.25, 0.5, 1.0), method_width=0.25, dt_width=0.0625, online_steps=32,
+              eval_max_steps=40, widths=(0.25, 0.5, 1.0), method_width=0.25, dt_width=0.0625, dt_batch_size=8,
+              online_steps=32,
               online_update_period=4, online_min_replay=16, online_eval_every=16, offline_transitions=200, offline_steps=8)
 
 
@@ -152,7 +157,7 @@ class Lab:
             arch = ("--arch", "dqn", "--projection-dim", round(1024 * width))
         run = self.root / "runs" / f"{method}-w{width:g}-s{seed}"
         self.sql("pretrain", "--method", method, "--data", self.store, "--games", ",".join(s.games), *arch,
-                 "--width", width, "--batch-size", s.batch_size,
+                 "--width", width, "--batch-size", s.dt_batch_size if method == "dt" else s.batch_size,
                  "--steps", s.steps, "--target-update-period", max(1, s.steps // 6), "--seed", seed,
                  "--checkpoint-every", s.steps, "--log-every", max(1, s.steps // 12), "--run-dir", run)
         return run

@@ -27,6 +27,24 @@ LABELS = {"random": "random play", "data": "data (behaviour)", "scaled-ql": "Sca
           "dt": "Decision Transformer"}
 
 
+def greedy_agreement(run_dir, store, games, samples: int) -> dict:
+    """How often the trained network's greedy action is the behaviour's scripted action 1, on states drawn from
+    the data (uniformly within each game), next to how often the data itself took action 1 there."""
+    from sqlcli_core.data.sampler import ReplaySampler
+    from sqlcli_core.training.checkpoint import load_policy
+
+    policy = load_policy(run_dir)
+    sampler = ReplaySampler(store, games=list(games), batch_size=samples, seed=0)
+    try:
+        batch = sampler.next_batch()
+    finally:
+        sampler.close()
+    greedy = np.asarray(policy.q_values(batch.state, batch.game)).argmax(axis=1)
+    return {game: {"greedy_is_action_1": float(np.mean(greedy[batch.game == i] == 1)),
+                   "data_took_action_1": float(np.mean(batch.action[batch.game == i] == 1))}
+            for i, game in enumerate(games)}
+
+
 def run(lab: Lab) -> dict:
     s = lab.scale
     lab.make_data()
@@ -38,6 +56,9 @@ def run(lab: Lab) -> dict:
             run_dir = lab.pretrain(method, s.method_width, seed)
             per_method.setdefault(method, []).append(game_means(lab.evaluate(run_dir)))
             runs.setdefault(method, []).append(str(run_dir))
+    # Why the scores are what they are: which action the value and policy networks prefer on the data's states.
+    agreement = {method: greedy_agreement(runs[method][0], lab.store, s.games, 256 if lab.quick else 3072)
+                 for method in ("scaled-ql", "bc")}
 
     table: dict[str, dict] = {}
     for game in s.games:
@@ -57,7 +78,7 @@ def run(lab: Lab) -> dict:
     for method, seeds in per_method.items():
         aggregate[method] = mean_interval([np.mean([human_normalized(g, sc[g]) for g in s.games]) for sc in seeds])
     return {"games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": list(METHODS),
-            "per_game": table, "human_normalized_mean": aggregate, "runs": runs}
+            "per_game": table, "human_normalized_mean": aggregate, "greedy_agreement_seed0": agreement, "runs": runs}
 
 
 def markdown(result: dict) -> str:
@@ -75,6 +96,13 @@ def markdown(result: dict) -> str:
     agg = result["human_normalized_mean"]
     lines.append("| human-normalized mean | " + " | ".join(
         cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
+    lines += ["", "| greedy action = the behaviour's action 1, on the data's states (seed 0) | "
+              + " | ".join(result["games"]) + " |", "|---|" + "---:|" * len(result["games"])]
+    for method, per_game in result["greedy_agreement_seed0"].items():
+        lines.append(f"| {LABELS[method]} | " + " | ".join(
+            f"{100 * per_game[g]['greedy_is_action_1']:.1f}%" for g in result["games"]) + " |")
+    lines.append("| (the data took action 1) | " + " | ".join(
+        f"{100 * per_game[g]['data_took_action_1']:.1f}%" for g in result["games"]) + " |")
     return "\n".join(lines)
 
 
