@@ -142,9 +142,17 @@ class Lab:
         self.sql("shard", self.root / "replay", self.store)
         return self.store
 
-    def data_returns(self, game: str) -> np.ndarray:
+    def always_action_1(self) -> Path:
+        """The behaviour without its noise (`pattern:1`, epsilon 0), played for reference, never trained on."""
+        s = self.scale
+        self.sql("collect", "--games", ",".join(s.games), "--transitions", s.transitions // 5,
+                 "--capacity", s.transitions // 5, "--policy", "pattern:1", "--epsilon", 0, "--seed", 0,
+                 "--jobs", 2, "--out", self.root / "always-action-1")
+        return self.root / "always-action-1"
+
+    def data_returns(self, game: str, replay: Path | None = None) -> np.ndarray:
         """The behaviour's own returns: every complete episode of the collected run."""
-        log = json.loads((self.root / "replay" / game / "1" / "collect_log.json").read_text())
+        log = json.loads(((replay or self.root / "replay") / game / "1" / "collect_log.json").read_text())
         return np.asarray([e["return"] for e in log["episodes"] if e["terminal"]], dtype=float)
 
     # -- pre-training and evaluation --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from evidence_common import (
     save_figure,
 )
 
-LABELS = {"random": "random play", "data": "data (behaviour)", "scaled-ql": "Scaled QL", "bc": "BC",
+LABELS = {"random": "random play", "data": "data (behaviour)", "always_1": "always action 1", "scaled-ql": "Scaled QL", "bc": "BC",
           "dt": "Decision Transformer"}
 
 
@@ -49,6 +49,7 @@ def run(lab: Lab) -> dict:
     s = lab.scale
     lab.make_data()
     random_scores = game_means(lab.evaluate(None))
+    always_1 = lab.always_action_1()
     per_method: dict[str, list[dict[str, float]]] = {}
     runs: dict[str, list[str]] = {}
     for method in METHODS:
@@ -64,6 +65,9 @@ def run(lab: Lab) -> dict:
     for game in s.games:
         data = lab.data_returns(game)
         row = {"random": {"mean": random_scores[game]}, "data": {**mean_interval(data), "episodes": int(data.size)}}
+        reference = lab.data_returns(game, always_1)
+        if reference.size:
+            row["always_1"] = {**mean_interval(reference), "episodes": int(reference.size)}
         for method, seeds in per_method.items():
             row[method] = mean_interval([scores[game] for scores in seeds])
             lower = row[method]["ci95"][0] if row[method]["ci95"] else row[method]["mean"]
@@ -82,7 +86,7 @@ def run(lab: Lab) -> dict:
 
 
 def markdown(result: dict) -> str:
-    cols = ["random", "data", *result["methods"]]
+    cols = ["random", "data", "always_1", *result["methods"]]
     lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
 
     def cell(v: dict, digits: int = 1) -> str:
@@ -92,10 +96,10 @@ def markdown(result: dict) -> str:
         return f"**{text}**" if v.get("above_data") else text
 
     for game, row in result["per_game"].items():
-        lines.append(f"| {game} | " + " | ".join(cell(row[c]) for c in cols) + " |")
+        lines.append(f"| {game} | " + " | ".join(cell(row[c]) if c in row else "-" for c in cols) + " |")
     agg = result["human_normalized_mean"]
     lines.append("| human-normalized mean | " + " | ".join(
-        cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
+        "-" if c not in agg else cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
     lines += ["", "| greedy action = the behaviour's action 1, on the data's states (seed 0) | "
               + " | ".join(result["games"]) + " |", "|---|" + "---:|" * len(result["games"])]
     for method, per_game in result["greedy_agreement_seed0"].items():
