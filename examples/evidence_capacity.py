@@ -65,7 +65,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     args = parse_args(__doc__)
-    lab = Lab(args.root, args.quick)
+    lab = Lab(args.root, args.quick, args.scripted_action)
     result = run(lab)
     lab.write_result("capacity", result)
     print(markdown(result))

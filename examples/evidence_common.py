@@ -2,7 +2,7 @@
 
 The data is made here, so that the answer is known: every game is played by the same epsilon-noisy scripted
 behaviour (`sql collect --policy pattern:1 --epsilon 0.5`: action 1 of the game's minimal set, FIRE in the
-shooters and UP in Freeway, replaced by a uniform action half the time). Its own returns are recorded in the
+shooters and UP in Freeway, replaced by a uniform action half the time; `--scripted-action` picks another). Its own returns are recorded in the
 collect logs, random play comes from `sql eval --policy random` under the same protocol and cap.
 
 Every step is a real `sql` command, run in this process (typer's CliRunner; one JAX import for the whole
@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 PRETRAIN_GAMES = ("Freeway", "Breakout", "DemonAttack", "Assault", "ChopperCommand", "Centipede")
 HELDOUT_GAME = "SpaceInvaders"  # one of the paper's held-out games; never in PRETRAIN_GAMES
-BEHAVIOUR = ("--policy", "pattern:1", "--epsilon", "0.5")
+BEHAVIOUR_EPSILON = 0.5  # the behaviour: the scripted action, replaced by a uniform one this often
 METHODS = ("scaled-ql", "bc", "dt")
 
 
@@ -85,21 +85,27 @@ QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_s
               online_update_period=4, online_min_replay=16, online_eval_every=16, offline_transitions=200, offline_steps=8)
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, *extra) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", type=Path, default=Path("sql-evidence"),
                    help="working directory: data, runs and results (shared by the three experiments)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny version that only proves the chain runs (seconds; its numbers mean nothing)")
+    p.add_argument("--scripted-action", type=int, default=1,
+                   help="the behaviour's action (index in each game's minimal set): pattern:A with epsilon 0.5. "
+                        "Default 1 (UP in Freeway, FIRE in the others); another one needs another --root")
+    for add in extra:
+        add(p)
     return p.parse_args()
 
 
 class Lab:
     """The experiments' shared working directory, and the one way they run `sql` commands."""
 
-    def __init__(self, root: Path, quick: bool):
+    def __init__(self, root: Path, quick: bool, scripted_action: int = 1):
         self.root = root.resolve()
         self.quick = quick
+        self.scripted_action = scripted_action
         self.scale = QUICK if quick else FULL
         self.commands: list[str] = []
         self.started = time.time()
@@ -138,17 +144,19 @@ class Lab:
         s = self.scale
         games = ",".join((*s.games, HELDOUT_GAME))
         self.sql("collect", "--games", games, "--transitions", s.transitions, "--capacity", s.transitions,
-                 *BEHAVIOUR, "--seed", 0, "--jobs", 2, "--out", self.root / "replay")
+                 "--policy", f"pattern:{self.scripted_action}", "--epsilon", BEHAVIOUR_EPSILON, "--seed", 0,
+                 "--jobs", 2, "--out", self.root / "replay")
         self.sql("shard", self.root / "replay", self.store)
         return self.store
 
-    def always_action_1(self) -> Path:
-        """The behaviour without its noise (`pattern:1`, epsilon 0), played for reference, never trained on."""
+    def always_scripted(self) -> Path:
+        """The behaviour without its noise (`pattern:A`, epsilon 0), played for reference, never trained on."""
         s = self.scale
+        out = self.root / f"always-action-{self.scripted_action}"
         self.sql("collect", "--games", ",".join(s.games), "--transitions", s.transitions // 5,
-                 "--capacity", s.transitions // 5, "--policy", "pattern:1", "--epsilon", 0, "--seed", 0,
-                 "--jobs", 2, "--out", self.root / "always-action-1")
-        return self.root / "always-action-1"
+                 "--capacity", s.transitions // 5, "--policy", f"pattern:{self.scripted_action}", "--epsilon", 0,
+                 "--seed", 0, "--jobs", 2, "--out", out)
+        return out
 
     def data_returns(self, game: str, replay: Path | None = None) -> np.ndarray:
         """The behaviour's own returns: every complete episode of the collected run."""
@@ -194,6 +202,7 @@ class Lab:
         out.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "experiment": name, "quick": self.quick, "scale": dataclasses.asdict(self.scale),
+            "behaviour": {"policy": f"pattern:{self.scripted_action}", "epsilon": BEHAVIOUR_EPSILON},
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "loadavg_at_end": list(os.getloadavg())},
             "seconds": round(time.time() - self.started, 1), "commands": self.commands,

@@ -23,13 +23,13 @@ from evidence_common import (
     save_figure,
 )
 
-LABELS = {"random": "random play", "data": "data (behaviour)", "always_1": "always action 1", "scaled-ql": "Scaled QL", "bc": "BC",
+LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action", "scaled-ql": "Scaled QL", "bc": "BC",
           "dt": "Decision Transformer"}
 
 
-def greedy_agreement(run_dir, store, games, samples: int) -> dict:
-    """How often the trained network's greedy action is the behaviour's scripted action 1, on states drawn from
-    the data (uniformly within each game), next to how often the data itself took action 1 there."""
+def greedy_agreement(run_dir, store, games, samples: int, action: int) -> dict:
+    """How often the trained network's greedy action is the behaviour's scripted action, on states drawn from
+    the data (uniformly within each game), next to how often the data itself took that action there."""
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.training.checkpoint import load_policy
 
@@ -40,34 +40,35 @@ def greedy_agreement(run_dir, store, games, samples: int) -> dict:
     finally:
         sampler.close()
     greedy = np.asarray(policy.q_values(batch.state, batch.game)).argmax(axis=1)
-    return {game: {"greedy_is_action_1": float(np.mean(greedy[batch.game == i] == 1)),
-                   "data_took_action_1": float(np.mean(batch.action[batch.game == i] == 1))}
+    return {game: {"greedy_is_scripted": float(np.mean(greedy[batch.game == i] == action)),
+                   "data_took_scripted": float(np.mean(batch.action[batch.game == i] == action))}
             for i, game in enumerate(games)}
 
 
-def run(lab: Lab) -> dict:
+def run(lab: Lab, methods: tuple[str, ...] = METHODS) -> dict:
     s = lab.scale
     lab.make_data()
     random_scores = game_means(lab.evaluate(None))
-    always_1 = lab.always_action_1()
+    always = lab.always_scripted()
     per_method: dict[str, list[dict[str, float]]] = {}
     runs: dict[str, list[str]] = {}
-    for method in METHODS:
+    for method in methods:
         for seed in s.seeds:
             run_dir = lab.pretrain(method, s.method_width, seed)
             per_method.setdefault(method, []).append(game_means(lab.evaluate(run_dir)))
             runs.setdefault(method, []).append(str(run_dir))
     # Why the scores are what they are: which action the value and policy networks prefer on the data's states.
-    agreement = {method: greedy_agreement(runs[method][0], lab.store, s.games, 256 if lab.quick else 3072)
-                 for method in ("scaled-ql", "bc")}
+    agreement = {method: greedy_agreement(runs[method][0], lab.store, s.games, 256 if lab.quick else 3072,
+                                          lab.scripted_action)
+                 for method in ("scaled-ql", "bc") if method in runs}
 
     table: dict[str, dict] = {}
     for game in s.games:
         data = lab.data_returns(game)
         row = {"random": {"mean": random_scores[game]}, "data": {**mean_interval(data), "episodes": int(data.size)}}
-        reference = lab.data_returns(game, always_1)
+        reference = lab.data_returns(game, always)
         if reference.size:
-            row["always_1"] = {**mean_interval(reference), "episodes": int(reference.size)}
+            row["always"] = {**mean_interval(reference), "episodes": int(reference.size)}
         for method, seeds in per_method.items():
             row[method] = mean_interval([scores[game] for scores in seeds])
             lower = row[method]["ci95"][0] if row[method]["ci95"] else row[method]["mean"]
@@ -81,12 +82,13 @@ def run(lab: Lab) -> dict:
     }
     for method, seeds in per_method.items():
         aggregate[method] = mean_interval([np.mean([human_normalized(g, sc[g]) for g in s.games]) for sc in seeds])
-    return {"games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": list(METHODS),
+    return {"games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": list(methods),
+            "scripted_action": lab.scripted_action,
             "per_game": table, "human_normalized_mean": aggregate, "greedy_agreement_seed0": agreement, "runs": runs}
 
 
 def markdown(result: dict) -> str:
-    cols = ["random", "data", "always_1", *result["methods"]]
+    cols = ["random", "data", "always", *result["methods"]]
     lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
 
     def cell(v: dict, digits: int = 1) -> str:
@@ -100,13 +102,13 @@ def markdown(result: dict) -> str:
     agg = result["human_normalized_mean"]
     lines.append("| human-normalized mean | " + " | ".join(
         "-" if c not in agg else cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
-    lines += ["", "| greedy action = the behaviour's action 1, on the data's states (seed 0) | "
+    lines += ["", f"| greedy action = the scripted action {result['scripted_action']}, on the data's states (seed 0) | "
               + " | ".join(result["games"]) + " |", "|---|" + "---:|" * len(result["games"])]
     for method, per_game in result["greedy_agreement_seed0"].items():
         lines.append(f"| {LABELS[method]} | " + " | ".join(
-            f"{100 * per_game[g]['greedy_is_action_1']:.1f}%" for g in result["games"]) + " |")
-    lines.append("| (the data took action 1) | " + " | ".join(
-        f"{100 * per_game[g]['data_took_action_1']:.1f}%" for g in result["games"]) + " |")
+            f"{100 * per_game[g]['greedy_is_scripted']:.1f}%" for g in result["games"]) + " |")
+    lines.append("| (the data took it) | " + " | ".join(
+        f"{100 * per_game[g]['data_took_scripted']:.1f}%" for g in result["games"]) + " |")
     return "\n".join(lines)
 
 
@@ -136,9 +138,15 @@ def plot(result: dict, path) -> None:
 
 
 def main() -> None:
-    args = parse_args(__doc__)
-    lab = Lab(args.root, args.quick)
-    result = run(lab)
+    def methods_option(p):
+        p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+
+    args = parse_args(__doc__, methods_option)
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if not methods or set(methods) - set(METHODS):
+        sys.exit(f"--methods: choose from {','.join(METHODS)}")
+    lab = Lab(args.root, args.quick, args.scripted_action)
+    result = run(lab, methods)
     lab.write_result("methods", result)
     plot(result, lab.root / "results" / "methods.png")
     print(markdown(result))

@@ -134,7 +134,7 @@ def plot(result: dict, path) -> None:
 
 def main() -> None:
     args = parse_args(__doc__)
-    lab = Lab(args.root, args.quick)
+    lab = Lab(args.root, args.quick, args.scripted_action)
     result = run(lab)
     lab.write_result("transfer", result)
     plot(result, lab.root / "results" / "transfer.png")
