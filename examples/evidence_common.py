@@ -77,12 +77,12 @@ class Scale:
 
 FULL = Scale(games=PRETRAIN_GAMES, transitions=25_000, steps=6_000, batch_size=64, seeds=(0, 1, 2), eval_seeds="0,1",
              eval_max_steps=2_500, widths=(0.25, 0.5, 1.0), method_width=0.5, dt_width=0.125, dt_batch_size=16,
-             online_steps=20_000,
-             online_update_period=4, online_min_replay=1_600, online_eval_every=4_000, offline_transitions=5_000, offline_steps=2_000)
+             online_steps=20_000, online_update_period=4, online_min_replay=1_600, online_eval_every=4_000,
+             offline_transitions=5_000, offline_steps=2_000)
 QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_size=8, seeds=(0,), eval_seeds="0",
               eval_max_steps=40, widths=(0.25, 0.5, 1.0), method_width=0.25, dt_width=0.0625, dt_batch_size=8,
-              online_steps=32,
-              online_update_period=4, online_min_replay=16, online_eval_every=16, offline_transitions=200, offline_steps=8)
+              online_steps=32, online_update_period=4, online_min_replay=16, online_eval_every=16,
+              offline_transitions=200, offline_steps=8)
 
 
 def parse_args(description: str, *extra) -> argparse.Namespace:
