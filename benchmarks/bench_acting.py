@@ -100,25 +100,12 @@ def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int,
 
 
 def bare_loop(steps: int, game: str = "Breakout", seed: int = 0) -> float:
-    from sqlcli_core.atari.env import AtariGame
-    from sqlcli_core.atari.games import Game
+    """benchmarks.bench_collect's bare AtariGame loop, with OpenBLAS held to one thread as collect holds it."""
+    from benchmarks.bench_collect import bare_loop as collect_bare_loop
     from sqlcli_core.data import collect as core
 
-    env = AtariGame(Game(game), seed=seed)
-    rng = np.random.default_rng(seed)
     with core.single_threaded_blas():
-        env.reset()
-        start = time.perf_counter()
-        length = 0
-        for _ in range(steps):
-            _, _, over = env.step(int(rng.integers(env.num_actions)))
-            length += 1
-            if over or length >= env.protocol.max_episode_steps:
-                env.reset()
-                length = 0
-        rate = steps / (time.perf_counter() - start)
-    env.close()
-    return rate
+        return collect_bare_loop(game, steps, seed)
 
 
 def collect_rates(steps: int, runs: int, jobs: int, backend: str, game: str = "Breakout") -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from evidence_common import Lab, game_means, human_normalized, mean_interval, parse_args
+from evidence_common import Lab, format_interval, game_means, human_normalized, mean_interval, parse_args
 
 
 def run(lab: Lab) -> dict:
@@ -47,18 +47,18 @@ def markdown(result: dict) -> str:
     lines = ["| width | projection | parameters (total / shared) | human-normalized mean [95% CI over seeds] |",
              "|---:|---:|---:|---:|"]
     for row in result["sizes"]:
-        h = row["human_normalized_mean"]
-        ci = f" [{h['ci95'][0]:.3f}, {h['ci95'][1]:.3f}]" if h["ci95"] else ""
         total = f"{row['parameters']:,}" if row["parameters"] else "?"
         shared = f"{row['shared_parameters']:,}" if row["shared_parameters"] else "?"
-        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {total} / {shared} | {h['mean']:.3f}{ci} |")
+        score = format_interval(row["human_normalized_mean"], 3)
+        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {total} / {shared} | {score} |")
     for params, rep in result["scale_report"].items():
         if "refused" in rep:
             lines.append(f"\nscale-report ({params} parameters): refused: {rep['refused']}")
         for fit in rep.get("fits", []):
             interval = "-" if fit["b_ci95"] is None else f"[{fit['b_ci95'][0]:.3f}, {fit['b_ci95'][1]:.3f}]"
             b = "-" if fit["b"] is None else f"{fit['b']:.3f}"
-            lines.append(f"\nscale-report ({params} parameters, {', '.join(fit['group'].values()) or 'all runs'}): exponent b = {b}, "
+            group = ", ".join(fit["group"].values()) or "all runs"
+            lines.append(f"\nscale-report ({params} parameters, {group}): exponent b = {b}, "
                          f"95% bootstrap interval {interval}")
     return "\n".join(lines)
 

@@ -2,8 +2,8 @@
 
 The data is made here, so that the answer is known: every game is played by the same epsilon-noisy scripted
 behaviour (`sql collect --policy pattern:1 --epsilon 0.5`: action 1 of the game's minimal set, FIRE in the
-shooters and UP in Freeway, replaced by a uniform action half the time; `--scripted-action` picks another). Its own returns are recorded in the
-collect logs, random play comes from `sql eval --policy random` under the same protocol and cap.
+shooters and UP in Freeway, replaced by a uniform action half the time; `--scripted-action` picks another).
+Its own returns are recorded in the collect logs; random play comes from `sql eval --policy random` under the same protocol and cap.
 
 Every step is a real `sql` command, run in this process (typer's CliRunner; one JAX import for the whole
 experiment instead of one per command), printed as the shell line it stands for and recorded in the result
@@ -182,16 +182,11 @@ class Lab:
         """`sql eval` of a run's newest checkpoint (or random play when run is None) under the shared cap."""
         s = self.scale
         games = ",".join(games or s.games)
-        if run is None:
-            out = self.root / "random" / f"{name}.json"
-            if not out.exists():
-                self.sql("eval", "--policy", "random", "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
-                         "--max-steps", s.eval_max_steps, "--out", out)
-        else:
-            out = run / "eval" / f"{name}.json"
-            if not out.exists():
-                self.sql("eval", run, "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
-                         "--max-steps", s.eval_max_steps, "--name", name)
+        out = self.root / "random" / f"{name}.json" if run is None else run / "eval" / f"{name}.json"
+        if not out.exists():
+            policy = ("--policy", "random", "--out", out) if run is None else (run, "--name", name)
+            self.sql("eval", *policy, "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
+                     "--max-steps", s.eval_max_steps)
         return json.loads(out.read_text())
 
     # -- results ----------------------------------------------------------------------------------------------
@@ -230,6 +225,20 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
         return {"mean": mean, "ci95": None, "n": int(x.size), "values": x.tolist()}
     half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(x.size), "values": x.tolist()}
+
+
+def format_interval(v: Mapping, digits: int = 1) -> str:
+    """'mean [low, high]' of a mean_interval result (just the mean without an interval)."""
+    text = f"{v['mean']:,.{digits}f}"
+    if v.get("ci95"):
+        text += f" [{v['ci95'][0]:,.{digits}f}, {v['ci95'][1]:,.{digits}f}]"
+    return text
+
+
+def error_bars(entries: Sequence[Mapping]) -> np.ndarray:
+    """(2, N) distances below and above each mean for matplotlib's yerr (0 without an interval)."""
+    return np.array([[v["mean"] - v["ci95"][0], v["ci95"][1] - v["mean"]] if v.get("ci95") else [0.0, 0.0]
+                     for v in entries]).T
 
 
 def human_normalized(game: str, score: float) -> float:

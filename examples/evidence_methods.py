@@ -16,6 +16,8 @@ from evidence_common import (
     HELDOUT_GAME,
     METHODS,
     Lab,
+    error_bars,
+    format_interval,
     game_means,
     human_normalized,
     mean_interval,
@@ -23,8 +25,8 @@ from evidence_common import (
     save_figure,
 )
 
-LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action", "scaled-ql": "Scaled QL", "bc": "BC",
-          "dt": "Decision Transformer"}
+LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action",
+          "scaled-ql": "Scaled QL", "bc": "BC", "dt": "Decision Transformer"}
 
 
 def greedy_agreement(run_dir, store, games, samples: int, action: int) -> dict:
@@ -92,9 +94,7 @@ def markdown(result: dict) -> str:
     lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
 
     def cell(v: dict, digits: int = 1) -> str:
-        text = f"{v['mean']:,.{digits}f}"
-        if v.get("ci95"):
-            text += f" [{v['ci95'][0]:,.{digits}f}, {v['ci95'][1]:,.{digits}f}]"
+        text = format_interval(v, digits)
         return f"**{text}**" if v.get("above_data") else text
 
     for game, row in result["per_game"].items():
@@ -124,10 +124,8 @@ def plot(result: dict, path) -> None:
     colors = ["#9e9e9e", "#424242", "#1f77b4", "#ff7f0e", "#2ca02c"]
     for ax, game in zip(np.atleast_1d(axes), games):
         row = result["per_game"][game]
-        means = [row[c]["mean"] for c in cols]
-        errs = np.array([[m - row[c]["ci95"][0], row[c]["ci95"][1] - m] if row[c].get("ci95") else [0, 0]
-                         for c, m in zip(cols, means)]).T
-        ax.bar(range(len(cols)), means, yerr=errs, color=colors[:len(cols)], capsize=3)
+        ax.bar(range(len(cols)), [row[c]["mean"] for c in cols], yerr=error_bars([row[c] for c in cols]),
+               color=colors[:len(cols)], capsize=3)
         ax.axhline(row["data"]["mean"], color="#424242", lw=0.8, ls="--")
         ax.set_title(game, fontsize=9)
         ax.set_xticks(range(len(cols)), [LABELS[c].replace(" ", "\n", 1) for c in cols], fontsize=6, rotation=90)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
-from evidence_common import HELDOUT_GAME, Lab, mean_interval, parse_args, save_figure
+from evidence_common import HELDOUT_GAME, Lab, error_bars, format_interval, mean_interval, parse_args, save_figure
 
 ONLINE_GAME, ONLINE_MODE = "Freeway", 1
 INITS = ("pretrained", "scratch")
@@ -79,21 +79,18 @@ def run(lab: Lab) -> dict:
             "sources": [str(x) for x in sources]}
 
 
-def _fmt(v: dict, digits: int = 1) -> str:
-    ci = f" [{v['ci95'][0]:.{digits}f}, {v['ci95'][1]:.{digits}f}]" if v.get("ci95") else ""
-    return f"{v['mean']:.{digits}f}{ci}"
-
-
 def markdown(result: dict) -> str:
     on, off = result["online"], result["offline"]
     lines = ["| experiment | metric | pre-trained | scratch |", "|---|---|---:|---:|"]
-    lines.append(f"| online, {on['game']} mode {on['mode']} | final score | {_fmt(on['pretrained']['final'])} | "
-                 f"{_fmt(on['scratch']['final'])} |")
+    lines.append(f"| online, {on['game']} mode {on['mode']} | final score | "
+                 f"{format_interval(on['pretrained']['final'])} | "
+                 f"{format_interval(on['scratch']['final'])} |")
     lines.append(f"| online, {on['game']} mode {on['mode']} | mean score over the curve | "
-                 f"{_fmt(on['pretrained']['area_under_curve'])} | {_fmt(on['scratch']['area_under_curve'])} |")
+                 f"{format_interval(on['pretrained']['area_under_curve'])} | "
+                 f"{format_interval(on['scratch']['area_under_curve'])} |")
     lines.append(f"| offline, {off['game']} ({off['transitions']:,} transitions) | final score | "
-                 f"{_fmt(off['pretrained']['final'])} | {_fmt(off['scratch']['final'])} |")
-    lines.append(f"\n{off['game']}: data (behaviour) {_fmt(off['data'])}, random play {off['random']:.1f}")
+                 f"{format_interval(off['pretrained']['final'])} | {format_interval(off['scratch']['final'])} |")
+    lines.append(f"\n{off['game']}: data (behaviour) {format_interval(off['data'])}, random play {off['random']:.1f}")
     return "\n".join(lines)
 
 
@@ -118,10 +115,9 @@ def plot(result: dict, path) -> None:
     a.set_title(f"(a) online: {on['game']} mode {on['mode']}", fontsize=9)
     a.legend(fontsize=8)
     off = result["offline"]
-    means = [off[i]["final"]["mean"] for i in INITS]
-    errs = np.array([[m - off[i]["final"]["ci95"][0], off[i]["final"]["ci95"][1] - m] if off[i]["final"]["ci95"]
-                     else [0, 0] for i, m in zip(INITS, means)]).T
-    b.bar(range(len(INITS)), means, yerr=errs, color=[colors[i] for i in INITS], capsize=4)
+    finals = [off[i]["final"] for i in INITS]
+    b.bar(range(len(INITS)), [v["mean"] for v in finals], yerr=error_bars(finals), color=[colors[i] for i in INITS],
+          capsize=4)
     b.axhline(off["data"]["mean"], color="#424242", ls="--", lw=1, label="data (behaviour)")
     b.axhline(off["random"], color="#9e9e9e", ls=":", lw=1, label="random play")
     b.set_xticks(range(len(INITS)), INITS)

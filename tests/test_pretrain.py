@@ -236,6 +236,19 @@ def test_dry_run_counts_parameters_per_part():
     assert summary["total"] == 6440 + 6272 + 132096 + 112750
 
 
+def test_projection_dim_sets_the_neck_and_head_widths():
+    """--projection-dim D, by hand: the spatial embedding gives C * F = 32 * 8 = 256 features at width 0.5, so the
+    projection has 256 * D + D parameters and the heads (D + 1) * (6 + 4 actions) * 51 atoms."""
+    result = runner.invoke(app, ["pretrain", "--dry-run", "--arch", "dqn", "--width", "0.5", "--projection-dim", "256",
+                                 "--games", "pong,breakout", "--json"])
+    assert result.exit_code == 0, result.output
+    parts = json.loads(result.stdout.strip().splitlines()[-1])["parts"]
+    assert parts["projection"] == 256 * 256 + 256
+    assert parts["heads"] == (256 + 1) * (6 + 4) * 51
+    refused = runner.invoke(app, ["pretrain", "--dry-run", "--projection-dim", "0", "--games", "pong"])
+    assert refused.exit_code == 2 and "projection_dim must be at least 1" in refused.output
+
+
 def test_config_file_sets_what_flags_do_not(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text('arch = "dqn"\nwidth = 0.5\nnum-atoms = 11\nprojection_dim = 64\ngames = "pong"\n')
