@@ -247,7 +247,9 @@ def test_two_hosts_shard_different_games_into_one_store_at_once(server, long_sou
 def test_second_writer_of_a_run_group_is_refused(server, long_source):
     root, _, _ = long_source
     url = f"s3://{BUCKET}/busy"
-    cmd = ["shard", str(root), url, "--games", "Pong", *SHARD_FLAGS, "--lease-seconds", "3"]
+    # A lease long enough that the slowed first writer's renewals (given up after half of it without an answer)
+    # survive a busy machine: this test is about the second writer's refusal, not about expiry.
+    cmd = ["shard", str(root), url, "--games", "Pong", *SHARD_FLAGS, "--lease-seconds", "10"]
     # The first writer talks through a proxy that delays every request, so that it is surely still writing
     # when the second one (direct, and slowed by nothing) starts, however fast or busy the machine is.
     slow = FaultProxy(server.endpoint, latency=0.05)
