@@ -2,8 +2,8 @@
 
 import pytest
 
-from sqlcli_core.atari import games as catalog
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games import catalog
 
 # The published minimal action-set sizes (ale-py 0.12; docs/games.md lists them): an independent table.
 SPEC_ACTIONS = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlcli_core.atari import games as catalog
+from sqlcli_core.games import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 

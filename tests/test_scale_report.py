@@ -49,7 +49,7 @@ def make_run(root: Path, name: str, params: int, score: float, *, arch: str = "r
     parts = {"torso": params - heads - 100, "spatial_embedding": 60, "projection": 40, "heads": heads}
     network = {"arch": arch, "width": width, "num_atoms": 51, "v_min": -10.0, "v_max": 10.0}
     data = str(make_store(root, composition)) if composition else str(root / "gone.zarr")
-    # The record checkpoint.prepare_run_dir writes, with learner.PretrainConfig.to_dict() as config.
+    # The record run_record.prepare_run_dir writes, with PretrainConfig.to_dict() as config.
     config = {"data": data, "run_dir": str(run), "games": "Pong,Breakout", "network": network,
               "learner": {"learning_rate": 2e-4, "alpha": 0.05}, "batch_size": 512, "steps": 1000, "seed": 0}
     (run / "run.json").write_text(json.dumps({
@@ -280,21 +280,22 @@ def test_arch_family_and_parameter_totals():
 
 
 def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
-    """run.json from the real writer (checkpoint.prepare_run_dir) with real parameter counts."""
-    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
-    learner = pytest.importorskip("sqlcli_core.training.learner")
-    from sqlcli_core import networks
+    """run.json from the real writer (run_record.prepare_run_dir) with real parameter counts."""
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.networks.network import parameter_table
+    from sqlcli_core.runs import run_record
+    from sqlcli_core.training.pretrain import PretrainConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")
     runs, totals = [], []
     for i, width in enumerate((0.25, 0.5, 1.0)):
-        config = networks.NetworkConfig(arch="dqn", width=width, projection_dim=64)
-        table = networks.parameter_table(config, [6, 4])
-        identity = checkpoint.run_identity(config.to_dict(), games, table["num_actions"])
+        config = NetworkConfig(arch="dqn", width=width, projection_dim=64)
+        table = parameter_table(config, [6, 4])
+        identity = run_record.run_identity(config.to_dict(), games, table["num_actions"])
         run = tmp_path / f"dqn-w{width}"
-        pretrain = learner.PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config)
-        checkpoint.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
+        pretrain = PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config)
+        run_record.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
                                    parameter_counts=table["parts"], seed=0)
         add_eval(run, "final", 0.1 * (i + 1))
         runs.append(run)
@@ -310,11 +311,13 @@ def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
 
 def test_decision_transformer_runs_are_their_own_method(tmp_path):
     """dt runs from the real writer (pretrain's config, the DT's own parameter table) next to scaled-ql runs."""
-    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
-    learner = pytest.importorskip("sqlcli_core.training.learner")
-    from sqlcli_core import networks
-    from sqlcli_core.atari.games import Game
+    from sqlcli_core.games.catalog import Game
     from sqlcli_core.networks import decision_transformer as dt
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.networks.network import parameter_table
+    from sqlcli_core.runs import run_record
+    from sqlcli_core.training.pretrain import PretrainConfig
+    from sqlcli_core.training.update import LearnerConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")
@@ -322,14 +325,14 @@ def test_decision_transformer_runs_are_their_own_method(tmp_path):
     for i, (arch, width) in enumerate([("dqn", 0.25), ("dqn", 0.5), ("dt-10m", 0.25), ("dt-40m", 0.25)]):
         is_dt = arch.startswith("dt-")
         config = (dt.DecisionTransformerConfig(arch=arch, width=width) if is_dt
-                  else networks.NetworkConfig(arch=arch, width=width, projection_dim=64))
-        table = networks.parameter_table(config, [Game(g) for g in games])
+                  else NetworkConfig(arch=arch, width=width, projection_dim=64))
+        table = parameter_table(config, [Game(g) for g in games])
         method = "dt" if is_dt else "scaled-ql"
-        identity = checkpoint.run_identity(config.to_dict(), games, table["num_actions"], method)
+        identity = run_record.run_identity(config.to_dict(), games, table["num_actions"], method)
         run = tmp_path / f"{arch}-w{width}"
-        pretrain = learner.PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config,
-                                          learner=learner.LearnerConfig(method=method))
-        checkpoint.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
+        pretrain = PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config,
+                                          learner=LearnerConfig(method=method))
+        run_record.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
                                    parameter_counts=table["parts"], seed=0)
         add_eval(run, "final", 0.1 * (i % 2 + 1))
         runs.append(run)

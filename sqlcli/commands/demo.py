@@ -18,9 +18,9 @@ import typer
 
 from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
+from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.methods import DEFAULT_METHOD, get_method
 
 
@@ -58,10 +58,10 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
               ) -> tuple[str, list[float], list[str]]:
     """Every option checked as the steps will check it, before the first step runs (nothing is written)."""
     from sqlcli.commands.eval import parse_seeds
-    from sqlcli_core.atari.env import get_protocol
-    from sqlcli_core.data.collect import parse_policy
-    from sqlcli_core.evaluation import evaluate as ev
-    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.acting.policies import parse_policy
+    from sqlcli_core.acting.protocol import get_protocol
+    from sqlcli_core.evaluation.evaluate import EvalConfig, validate_config
+    from sqlcli_core.networks.config import NetworkConfig
     from sqlcli_core.training import pretrain
 
     game_list = ",".join(g.name for g in resolve_games(games))
@@ -85,7 +85,7 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
             pretrain.resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
                                              "data": "-", "run_dir": "-", "method": method})
     protocol = get_protocol("dopamine")
-    ev.validate_config(ev.EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,
+    validate_config(EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,
                                      protocol=protocol, epsilon=protocol.epsilon, max_steps=eval_max_steps))
     if transitions < 500:
         raise UsageError(f"--transitions must be >= 500, got {transitions}")

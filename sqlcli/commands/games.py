@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from sqlcli.output import JSON_OPTION, emit_summary, handles_errors, result_console
-from sqlcli_core.atari import games as catalog
+from sqlcli_core.games import catalog
 
 EXAMPLE = "Example: sql games atari40 | grep Breakout"
 

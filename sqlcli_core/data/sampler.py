@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import transitions as tr
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import RunView, open_run_set
 from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.games.catalog import Game, canonical_name
 
 DEFAULT_CACHE_BYTES = 2 << 30  # at least this much by default (up to 8 games: ~18 units per game or more)
 DEFAULT_CACHE_BYTES_PER_GAME = 256 << 20  # ~18 units of 2048 rows per game (docs/sampler.md: correlation)

@@ -54,23 +54,23 @@ class LossSetup(NamedTuple):
     """What a method's loss is built from: the network, the (G, A) action mask and both configs."""
 
     network: hk.Transformed
-    mask: Any  # (G, A_max) bool, networks.action_mask
-    network_config: Any  # networks.NetworkConfig
+    mask: Any  # (G, A_max) bool, action_mask
+    network_config: Any  # NetworkConfig
     learner_config: Any  # training.update.LearnerConfig
 
 
 def _standard_network(head: str) -> Callable[..., hk.Transformed]:
     def build(network_config, num_actions, games=None):
         del games  # the heads are sized by num_actions alone
-        from sqlcli_core import networks
+        from sqlcli_core.networks.network import build_network
 
-        return networks.build_network(network_config, num_actions, head)
+        return build_network(network_config, num_actions, head)
 
     return build
 
 
 def _standard_init_inputs(network_config) -> tuple[jax.Array, jax.Array]:
-    from sqlcli_core.networks import INPUT_SHAPE
+    from sqlcli_core.networks.network import INPUT_SHAPE
 
     return jnp.zeros((1,) + INPUT_SHAPE, jnp.uint8), jnp.zeros((1,), jnp.int32)
 

@@ -32,13 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.atari.env import AtariGame, get_protocol
-from sqlcli_core.atari.games import Game, canonical_name, validate_variant
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import Game, canonical_name, validate_variant
+from sqlcli_core.runs.policy import make_q_fn
 from sqlcli_core.settings import require_finite, setting
-from sqlcli_core.training.checkpoint import make_q_fn
 from sqlcli_core.training.loop import check_finite
 
 COMMAND = "finetune-online"
@@ -126,7 +127,7 @@ class OnlineConfig:
                             gamma=self.gamma)
 
     def learner_config(self):
-        from sqlcli_core.training.learner import LearnerConfig
+        from sqlcli_core.training.update import LearnerConfig
 
         return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
                              gamma=self.gamma, target_update_period=self.target_update_period)
@@ -211,7 +212,7 @@ class Actors:
 
 
 class ParamsPolicy:
-    """evaluation.QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
+    """QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
 
     def __init__(self, game: Game, q_fn: Callable, params: Any, step: int | None):
         self.games = [game]
@@ -234,7 +235,7 @@ def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game
 
 def write_curve_csv(run_dir: Path) -> Path:
     """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
-    from sqlcli_core.training.checkpoint import METRICS_FILE
+    from sqlcli_core.runs.metrics import METRICS_FILE
 
     rows = []
     for line in (run_dir / METRICS_FILE).read_text().splitlines():
@@ -281,15 +282,15 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     source: the pre-trained run (for init 'pretrained'; for 'scratch' it gives only the architecture).
     Re-running with the same arguments resumes from the newest checkpoint, or does nothing when finished.
     """
-    from sqlcli_core import networks
-    from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.lifecycle import (
-        TrainingRun,
-        check_resume_settings,
-        final_eval_is_current,
-        write_final_eval,
-    )
+    from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
+    from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
+    from sqlcli_core.networks.network import count_parameters
+    from sqlcli_core.runs.lifecycle import TrainingRun
+    from sqlcli_core.runs.metrics import METRICS_FILE
+    from sqlcli_core.runs.run_record import check_resume_settings, run_identity
+    from sqlcli_core.training import transfer
+    from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
+    from sqlcli_core.training.update import TrainState
 
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
@@ -302,8 +303,8 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     if source is None:
         raise UsageError("--from is required",
                          hint="pass the pre-trained run (with --init scratch it sets the architecture)")
-    finetune.trainable_labels({}, config.freeze)  # validates --freeze before anything loads
-    if config.init not in finetune.INITS:
+    transfer.trainable_labels({}, config.freeze)  # validates --freeze before anything loads
+    if config.init not in transfer.INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     replay_config = config.replay_config()
     learner_config = config.learner_config()
@@ -313,28 +314,28 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
 
     # The one-game network and its train state.
-    pretrained = finetune.load_pretrained(source)
+    pretrained = transfer.load_pretrained(source)
     net_config = pretrained.network_config
-    num_actions = finetune.finetune_num_actions(net_config, game)
-    mesh = learner.make_mesh(jax.local_devices()[:1])
-    params, origin = finetune.initial_params(net_config, num_actions, config.seed, init=config.init,
+    num_actions = transfer.finetune_num_actions(net_config, game)
+    mesh = make_mesh(jax.local_devices()[:1])
+    params, origin = transfer.initial_params(net_config, num_actions, config.seed, init=config.init,
                                              pretrained=pretrained, game=game, freeze=config.freeze)
-    optimizer, train_step = finetune.cached_finetune_step(net_config, tuple(num_actions), learner_config,
+    optimizer, train_step = transfer.cached_finetune_step(net_config, tuple(num_actions), learner_config,
                                                           config.freeze, tuple(mesh.devices.flat))
     rng = jax.random.PRNGKey(config.seed + 1)
-    state = learner.TrainState(params, method.initial_target(params), optimizer.init(params),
+    state = TrainState(params, method.initial_target(params), optimizer.init(params),
                                jnp.zeros((), jnp.int32), rng)
-    state = jax.device_put(state, learner.replicated(mesh))
+    state = jax.device_put(state, replicated(mesh))
     q_fn = make_q_fn(net_config, tuple(num_actions), method.name)
-    batch_sharding = learner.batch_sharding(mesh)
+    batch_sharding = batch_sharding(mesh)
 
-    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
+    identity = run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every,
                   "from": source_str, "origin": origin, "variant": {"mode": config.mode,
                                                                     "difficulty": config.difficulty}}
-    counts = networks.count_parameters(params)
-    metrics_path = run_dir / checkpoint.METRICS_FILE
+    counts = count_parameters(params)
+    metrics_path = run_dir / METRICS_FILE
 
     # The acting side: replay, emulators, exploration.
     replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
@@ -346,7 +347,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
             train_shapes = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated(mesh)), state)
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
 
             def abstract_for(saved_meta: dict) -> dict:
                 loop_state = saved_meta["sampler_states"][0]
@@ -359,7 +360,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 restored, saved_meta, _ = resumed
                 meta = saved_meta["sampler_states"][0]
                 restored = _from_saved_layout(restored)
-                state = learner.TrainState(*restored["train"])
+                state = TrainState(*restored["train"])
                 replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
                 actors.load(meta["actors"], np.asarray(restored["stacks"]))
                 actor_rng.bit_generator.state = meta["actor_rng"]
@@ -377,12 +378,12 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 run.save(agent_steps, _to_saved_layout(tree), meta, force=force)
 
             def evaluate_now(seeds, episodes) -> tuple[list, Any]:
-                cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
+                cfg = EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
                                             protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps,
                                             mode=config.mode, difficulty=config.difficulty)
                 policy = ParamsPolicy(game, q_fn, state.params, int(jax.device_get(state.step)))
                 width = min(config.num_envs * 2, _episode_count(seeds, episodes))
-                results, _ = evaluation.evaluate(policy, cfg, num_envs=width)
+                results, _ = evaluate(policy, cfg, num_envs=width)
                 return results, cfg
 
             window: list[dict] = []
@@ -402,7 +403,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 due = grad_steps_due(agent_steps, config)
                 grad_steps = int(jax.device_get(state.step))
                 while grad_steps < due:
-                    batch = learner.put_batch(replay.sample(config.batch_size), batch_sharding)
+                    batch = put_batch(replay.sample(config.batch_size), batch_sharding)
                     state, metrics = train_step(state, batch)
                     window.append(metrics)
                     grad_steps += 1

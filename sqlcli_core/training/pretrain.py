@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from sqlcli_core.errors import UsageError
-from sqlcli_core.networks import (
+from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     NetworkConfig,
     network_config,
@@ -167,7 +167,7 @@ def make_sampler(config: PretrainConfig, games, local_batch: int):
     context_steps steps). Both are seeded by the run's seed and resume from their JSON state_dict.
     """
     from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.data.sequences import SequenceSampler
+    from sqlcli_core.data.sequence_sampler import SequenceSampler
 
     common = dict(games=[g.name for g in games], batch_size=local_batch, seed=config.seed,
                   game_weights=_sampler_weights(config, games),
@@ -190,10 +190,11 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     parameter counts, devices); on_log(record) each metrics record (also appended to RUN/metrics.jsonl);
     on_step(step) every step.
     """
-    from sqlcli_core import networks
-    from sqlcli_core.atari.games import resolve_games
-    from sqlcli_core.training import checkpoint
-    from sqlcli_core.training.lifecycle import TrainingRun
+    from sqlcli_core.games.catalog import resolve_games
+    from sqlcli_core.networks.config import num_actions_for
+    from sqlcli_core.networks.network import parameter_table
+    from sqlcli_core.runs.lifecycle import TrainingRun
+    from sqlcli_core.runs.run_record import run_identity
     from sqlcli_core.training.loop import Prefetcher, fit
     from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
     from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
@@ -202,7 +203,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     method = config.learner.get_method()
     games = resolve_games(config.games)
     game_names = [g.name for g in games]
-    num_actions = networks.num_actions_for(config.network, games)
+    num_actions = num_actions_for(config.network, games)
     mesh = make_mesh()
     local_batch = check_batch_size(config.batch_size, mesh)
     primary = jax.process_index() == 0
@@ -214,8 +215,8 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
             raise UsageError(f"the sampler serves games {sampler_games}, not the {len(games)} asked for",
                              hint="pass --games in the store's order or check the store")
 
-        counts = networks.parameter_table(config.network, games, method.head)["parts"]
-        identity = checkpoint.run_identity(config.network.to_dict(), game_names, num_actions, method.name)
+        counts = parameter_table(config.network, games, method.head)["parts"]
+        identity = run_identity(config.network.to_dict(), game_names, num_actions, method.name)
         names = tuple(game_names)
         with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
                          parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,

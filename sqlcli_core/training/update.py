@@ -147,7 +147,7 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """One pure, jitted update of `config.method`: (state, batch) -> (state, metrics). The state is donated.
 
-    network_config: a networks.NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
+    network_config: a NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
     games' action-set sizes in head order. batch: the method's batch (a TransitionBatch, a SequenceBatch for dt)
     of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
     scalars `loss`, the method's `metrics` (scaled-ql: td_loss, cql_loss, q_data, q_other, q_max),
@@ -158,12 +158,12 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     games: the game names in head order (see `Method.network`). A method with `loss_rng` gets the key
     fold_in(state.rng, state.step): the same draws whatever the devices, and again after a resume.
     """
-    from sqlcli_core import networks
+    from sqlcli_core.networks.network import action_mask
 
     method = config.get_method()
     network = method.network(network_config, tuple(num_actions), _names(games))
     optimizer = make_optimizer(config) if optimizer is None else optimizer
-    loss_fn = method.make_loss(LossSetup(network, networks.action_mask(num_actions), network_config, config))
+    loss_fn = method.make_loss(LossSetup(network, action_mask(num_actions), network_config, config))
 
     def step(state: TrainState, batch):
         extra = (jax.random.fold_in(state.rng, state.step),) if method.loss_rng else ()

@@ -29,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol
-from sqlcli_core.atari.games import Game, game_index, validate_variant
-from sqlcli_core.atari.vector import choose_backend
+from sqlcli_core.acting.actors import make_actor, replay_stream
+from sqlcli_core.acting.ale_vector import choose_backend
+from sqlcli_core.acting.policies import BehaviourPolicy, PolicySpec
+from sqlcli_core.acting.policies import parse_policy as parse_policy
+from sqlcli_core.acting.protocol import PROTOCOLS, ActingProtocol
 from sqlcli_core.atomic import atomic_output, writable_directory, write_json
 from sqlcli_core.data import replay_format as rf
-from sqlcli_core.data.collect_actors import make_actor, replay_stream
-from sqlcli_core.data.collect_policy import BehaviourPolicy, PolicySpec
-from sqlcli_core.data.collect_policy import parse_policy as parse_policy  # the CLI's and demo's import
 from sqlcli_core.data.ring_buffer import RingBuffer
 from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
+from sqlcli_core.games.catalog import Game, game_index, validate_variant
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
 
@@ -76,7 +76,12 @@ class RunConfig:
         }
 
 
-def validate(config: RunConfig) -> None:
+# What plays a checkpoint policy: run directory -> a loaded policy (`runs.policy.load_policy`, passed in by the
+# caller so that acting never imports the run layer above it). Top-level, so that worker processes can take it.
+PolicyLoader = Callable[[str], Any]
+
+
+def validate(config: RunConfig, load_policy: PolicyLoader | None = None) -> None:
     """Raise UsageError for values the collector cannot honour (before any emulator starts)."""
     if config.transitions < 1:
         raise UsageError(f"--transitions {config.transitions} must be at least 1", hint="pass the agent steps per run, e.g. 100000")
@@ -95,20 +100,20 @@ def validate(config: RunConfig) -> None:
             hint=f"use indices 0..{game.num_actions - 1} of its minimal action set (see `sql games {game.name}`)",
         )
     if config.policy.kind == "checkpoint":
-        _checkpoint_head(config.policy.run, game)
+        _checkpoint_head(load_policy, config.policy.run, game)
 
 
 @functools.lru_cache(maxsize=4)
-def load_q_policy(run: str):
-    """checkpoint.load_policy, once per process and run (restoring an Orbax checkpoint takes seconds)."""
-    from sqlcli_core.training.checkpoint import load_policy
-
+def load_q_policy(load_policy: PolicyLoader | None, run: str):
+    """The checkpoint's policy, once per process and run (restoring an Orbax checkpoint takes seconds)."""
+    if load_policy is None:
+        raise ValueError("a checkpoint behaviour policy needs load_policy (e.g. sqlcli_core.runs.policy.load_policy)")
     return load_policy(run)
 
 
-def _checkpoint_head(run: str, game: Game) -> int:
+def _checkpoint_head(load_policy: PolicyLoader | None, run: str, game: Game) -> int:
     """The head of `game` in the checkpoint's network; refuses heads over another action set."""
-    q = load_q_policy(run)
+    q = load_q_policy(load_policy, run)
     head = game_index(q.games, game.name)
     if q.num_actions[head] != game.num_actions:
         raise UsageError(
@@ -190,7 +195,7 @@ def finished_log(root: str | os.PathLike, config: RunConfig) -> dict | None:
 class _Run:
     """The state of one game/run being collected; everything `resume.json` must hold lives here."""
 
-    def __init__(self, config: RunConfig, work: Path, backend: str = "auto"):
+    def __init__(self, config: RunConfig, work: Path, backend: str = "auto", load_policy: PolicyLoader | None = None):
         self.config = config
         self.work = work
         self.logs = work / "replay_logs"
@@ -200,7 +205,7 @@ class _Run:
         self.policy_info = config.policy.to_dict()
         greedy = None
         if config.policy.kind == "checkpoint":
-            greedy = self._checkpoint_greedy(config.policy.run)
+            greedy = self._checkpoint_greedy(load_policy, config.policy.run)
         self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy)
         self.buffer = RingBuffer(config.capacity)
         self.stack = np.zeros((rf.STACK_SIZE, *rf.FRAME_SHAPE), dtype=np.uint8)  # the agent's state
@@ -213,8 +218,8 @@ class _Run:
         self.save_s = 0.0
         self._mark = time.perf_counter()
 
-    def _checkpoint_greedy(self, run: str) -> Callable[[np.ndarray], int]:
-        q, head = load_q_policy(run), _checkpoint_head(run, self.game)
+    def _checkpoint_greedy(self, load_policy: PolicyLoader | None, run: str) -> Callable[[np.ndarray], int]:
+        q, head = load_q_policy(load_policy, run), _checkpoint_head(load_policy, run, self.game)
         self.policy_info.update(step=q.step, arch=q.network_config.arch, games=[g.name for g in q.games])
         game_ids, n = np.array([head], dtype=np.int32), self.env.num_actions
 
@@ -362,18 +367,18 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
 
 
 def collect_run(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None = None,
-                progress_every: int = 500, backend: str = "auto") -> dict:
+                progress_every: int = 500, backend: str = "auto", load_policy: PolicyLoader | None = None) -> dict:
     """Collect one game/run into ROOT/{Game}/{run}/ (resuming or skipping as its files allow).
 
     Returns a summary: game, run, status ("collected", "resumed" or "skipped"), add_count, transitions,
     num_episodes, checkpoints, env_steps_per_s, path. `progress(env_steps)` is called every
     `progress_every` agent steps; an exception it raises (e.g. KeyboardInterrupt) leaves the run resumable.
-    `backend`: the emulators ('auto', 'vector' or 'python', as in `sqlcli_core.atari.vector`); the files
-    do not depend on it.
+    `backend`: the emulators ('auto', 'vector' or 'python', as in `sqlcli_core.acting.ale_vector`); the files
+    do not depend on it. `load_policy`: what loads a `checkpoint:RUN` behaviour policy (see `PolicyLoader`).
     """
     report = (lambda game, run, steps: progress(steps)) if progress is not None else None
     return collect_together([config], root, width=1, backend=backend, progress=report,
-                            progress_every=progress_every)[0]
+                            progress_every=progress_every, load_policy=load_policy)[0]
 
 
 @dataclasses.dataclass
@@ -391,7 +396,7 @@ class _Playing:
 
 def collect_together(configs: Sequence[RunConfig], root: str | os.PathLike, *, width: int = 1,
                      backend: str = "auto", progress: Callable[[str, int, int], None] | None = None,
-                     progress_every: int = 500) -> list[dict]:
+                     progress_every: int = 500, load_policy: PolicyLoader | None = None) -> list[dict]:
     """Collect game/runs in this process, `width` at a time; summaries in the order of `configs`.
 
     Each playing run always has one step in flight: the loop takes the runs' steps in turn, logs each and sends
@@ -406,7 +411,7 @@ def collect_together(configs: Sequence[RunConfig], root: str | os.PathLike, *, w
             while waiting or playing:
                 while waiting and len(playing) < width:
                     index, config = waiting.pop(0)
-                    started = _start(index, config, root, backend, progress, progress_every)
+                    started = _start(index, config, root, backend, progress, progress_every, load_policy)
                     if isinstance(started, dict):
                         summaries[index] = started
                     elif started.action is None:  # resumed after its final checkpoint: nothing left to play
@@ -449,9 +454,10 @@ def _summary(config: RunConfig, root: str | os.PathLike, status: str, log: dict)
 
 
 def _start(index: int, config: RunConfig, root: str | os.PathLike, backend: str,
-           progress: Callable[[str, int, int], None] | None, progress_every: int) -> _Playing | dict:
+           progress: Callable[[str, int, int], None] | None, progress_every: int,
+           load_policy: PolicyLoader | None = None) -> _Playing | dict:
     """Lock a game/run and set it playing (resumed where its files allow), or its summary if it is finished."""
-    validate(config)
+    validate(config, load_policy)
     lock = contextlib.ExitStack()
     try:
         log = finished_log(root, config)
@@ -471,7 +477,7 @@ def _start(index: int, config: RunConfig, root: str | os.PathLike, backend: str,
                 shutil.rmtree(work)  # our own scratch directory, from other settings or from before any checkpoint
             work.mkdir(parents=True, exist_ok=True)
             # ALE's saved state can only be restored into AtariGame: such a run finishes on the python backend
-            state = _Run(config, work, "python" if resume and resume_kind(resume) == "state" else backend)
+            state = _Run(config, work, "python" if resume and resume_kind(resume) == "state" else backend, load_policy)
             try:
                 if resume is not None:
                     state.load_resume(resume)
@@ -529,15 +535,16 @@ def _read_resume(work: Path, config: RunConfig) -> dict | None:
 # ----------------------------------------------------------------------------------- many runs at once
 
 
-def _worker(config: RunConfig, root: str, queue: Any, backend: str) -> dict:
+def _worker(config: RunConfig, root: str, queue: Any, backend: str, load_policy: PolicyLoader | None) -> dict:
     def progress(steps: int) -> None:
         queue.put((config.game, config.run, steps))
 
-    return collect_run(config, root, progress, backend=backend)
+    return collect_run(config, root, progress, backend=backend, load_policy=load_policy)
 
 
 def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int = 1,
-                progress: Callable[[str, int, int], None] | None = None, backend: str = "auto") -> list[dict]:
+                progress: Callable[[str, int, int], None] | None = None, backend: str = "auto",
+                load_policy: PolicyLoader | None = None) -> list[dict]:
     """Collect every game/run, `jobs` at a time; progress(game, run, env_steps) as they play.
 
     On the vector backend the `jobs` runs play together in this process (`collect_together`: one C++ thread
@@ -545,13 +552,14 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
     Summaries come back in the order of `configs`.
     """
     for c in configs:
-        validate(c)
+        validate(c, load_policy)
     together = all(choose_backend(backend, c.mode, c.difficulty) == "vector" for c in configs)
     if configs:
         check_memory(max(c.capacity for c in configs), min(jobs, len(configs)))
         writable_directory(root, "--out")  # a file, /proc, read-only, a too long name: one line, exit 2
     if together or jobs <= 1 or len(configs) <= 1:
-        return collect_together(configs, root, width=jobs if together else 1, backend=backend, progress=progress)
+        return collect_together(configs, root, width=jobs if together else 1, backend=backend, progress=progress,
+                                load_policy=load_policy)
     import concurrent.futures as cf
     import multiprocessing as mp
     import queue as queue_mod
@@ -560,7 +568,7 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
     with ctx.Manager() as manager:
         q = manager.Queue()
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, c, str(root), q, backend) for c in configs]
+            futures = [pool.submit(_worker, c, str(root), q, backend, load_policy) for c in configs]
             pending = set(futures)
             while pending:
                 _, pending = cf.wait(pending, timeout=0.2)
