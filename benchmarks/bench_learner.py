@@ -65,9 +65,10 @@ def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_by
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.networks.config import NetworkConfig
     from sqlcli_core.networks.network import count_parameters
+    from sqlcli_core.training.configs import LearnerConfig
     from sqlcli_core.training.loop import Prefetcher
     from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch
-    from sqlcli_core.training.update import LearnerConfig, init_train_state, make_train_step
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     games = ["Pong", "Breakout"]
     num_actions = (6, 4)

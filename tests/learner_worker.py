@@ -66,7 +66,7 @@ def make_batches(method: str) -> list:
 
 
 def tiny_learner(method: str = "scaled-ql"):
-    from sqlcli_core.training.update import LearnerConfig
+    from sqlcli_core.training.configs import LearnerConfig
 
     return LearnerConfig(method=method, learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
 

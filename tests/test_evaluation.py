@@ -230,8 +230,9 @@ def tiny_run(tmp_path_factory):
     from sqlcli_core.networks.network import count_parameters
     from sqlcli_core.runs.checkpointer import Checkpointer
     from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.configs import LearnerConfig
     from sqlcli_core.training.mesh import make_mesh
-    from sqlcli_core.training.update import LearnerConfig, init_train_state
+    from sqlcli_core.training.update import init_train_state
 
     run = tmp_path_factory.mktemp("run")
     config = NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
@@ -341,8 +342,9 @@ def tiny_dt_run(tmp_path_factory):
     from sqlcli_core.networks.config import num_actions_for
     from sqlcli_core.runs.checkpointer import Checkpointer
     from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.configs import LearnerConfig
     from sqlcli_core.training.mesh import make_mesh
-    from sqlcli_core.training.update import LearnerConfig, init_train_state
+    from sqlcli_core.training.update import init_train_state
 
     run = tmp_path_factory.mktemp("dt-run")
     config = dt.DecisionTransformerConfig(arch="dt-10m", width=1 / 16)

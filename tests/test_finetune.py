@@ -359,7 +359,7 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
 
 
 def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
-    from sqlcli_core.training.finetune_offline import select_segments
+    from sqlcli_core.data.slices import select_segments
 
     meta = {"rows": 1000, "segments": [[0, 600, 0], [600, 1000, 700]],  # 100 stream rows lost before row 600
             "checkpoints": [{"checkpoint": 0, "rows_start": 0, "rows_end": 300},
@@ -372,7 +372,7 @@ def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
 
 
 def _offline(data, steps, **kw):
-    from sqlcli_core.training.finetune_offline import OfflineConfig
+    from sqlcli_core.training.configs import OfflineConfig
 
     base = dict(game="alien", data=str(data), steps=steps, transitions=300, batch_size=8, checkpoint_every=2,
                 log_every=2, final_seeds=1, final_episodes=1, eval_max_steps=20, cache_bytes=16 << 20,

@@ -253,7 +253,7 @@ def test_behaviour_cloning_loss_matches_numpy_and_ignores_padded_actions():
 
 def test_c51_method_is_scaled_ql_without_cql():
     from sqlcli_core.methods import LossSetup, get_method
-    from sqlcli_core.training.update import LearnerConfig
+    from sqlcli_core.training.configs import LearnerConfig
 
     na = (3, 6)
     config = NetworkConfig(arch="dqn", width=0.25, projection_dim=16, num_atoms=11, v_min=-3, v_max=3)

@@ -217,10 +217,10 @@ def test_no_intact_checkpoint_is_exit_3_for_training_eval_and_finetune(store, en
     proc = sql(["finetune-online", "--from", run, "--game", "breakout", "--run-dir", tmp_path / "ft", "--steps", "50",
                 "--min-replay", "10"], env)
     assert_one_error_line(proc, 3, "is damaged")
-    from sqlcli_core.training import transfer
+    from sqlcli_core.training.transfer import load_pretrained
 
     with pytest.raises(DataError, match="is damaged"):
-        transfer.load_pretrained(run / "checkpoints" / "8")
+        load_pretrained(run / "checkpoints" / "8")
 
 
 def test_checksums_are_of_values_and_the_json_item_seals_itself():
@@ -274,8 +274,7 @@ def test_non_finite_options_are_refused_up_front(flag, value, tmp_path):
 
 def test_finetune_options_share_the_rules(tmp_path):
     from sqlcli_core.errors import UsageError
-    from sqlcli_core.training.finetune_offline import OfflineConfig
-    from sqlcli_core.training.finetune_online import OnlineConfig
+    from sqlcli_core.training.configs import OfflineConfig, OnlineConfig
 
     with pytest.raises(UsageError, match="--lr must be a finite number"):
         OfflineConfig(game="alien", data="/x", learning_rate=float("nan"))

@@ -284,7 +284,7 @@ def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
     from sqlcli_core.networks.config import NetworkConfig
     from sqlcli_core.networks.network import parameter_table
     from sqlcli_core.runs import run_record
-    from sqlcli_core.training.pretrain import PretrainConfig
+    from sqlcli_core.training.configs import PretrainConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")
@@ -316,8 +316,7 @@ def test_decision_transformer_runs_are_their_own_method(tmp_path):
     from sqlcli_core.networks.config import NetworkConfig
     from sqlcli_core.networks.network import parameter_table
     from sqlcli_core.runs import run_record
-    from sqlcli_core.training.pretrain import PretrainConfig
-    from sqlcli_core.training.update import LearnerConfig
+    from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")

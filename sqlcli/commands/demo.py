@@ -21,7 +21,7 @@ from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
 from sqlcli_core.games.catalog import resolve_games
-from sqlcli_core.methods import DEFAULT_METHOD, get_method
+from sqlcli_core.methods.catalog import DEFAULT_METHOD, method_entry
 
 
 class StepFailed(SqlError):
@@ -62,7 +62,7 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
     from sqlcli_core.acting.protocol import get_protocol
     from sqlcli_core.evaluation.evaluate import EvalConfig, validate_config
     from sqlcli_core.networks.config import NetworkConfig
-    from sqlcli_core.training import pretrain
+    from sqlcli_core.training.pretrain import resolve_settings
 
     game_list = ",".join(g.name for g in resolve_games(games))
     parse_policy(policy, epsilon)
@@ -77,12 +77,12 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     if not method_list:
         raise UsageError("--methods names no method", hint="e.g. --methods scaled-ql,bc")
-    if len({get_method(m).name for m in method_list}) < len(method_list):  # get_method: one line naming them
+    if len({method_entry(m) for m in method_list}) < len(method_list):  # method_entry: one line naming them
         raise UsageError(f"--methods '{methods}' repeats a method", hint="e.g. --methods scaled-ql,bc")
     for method in method_list:
         for width in width_list:
             NetworkConfig(arch=arch, width=width)  # the arch and the width, as pretrain checks them
-            pretrain.resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
+            resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
                                              "data": "-", "run_dir": "-", "method": method})
     protocol = get_protocol("dopamine")
     validate_config(EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,

@@ -17,7 +17,7 @@ from sqlcli.output import (
 )
 from sqlcli.tracking import open_wandb
 from sqlcli_core.data.slices import SLICE_RULES
-from sqlcli_core.training.finetune_offline import OfflineConfig
+from sqlcli_core.training.configs import OfflineConfig
 
 SliceChoice = o.choices("SliceChoice", SLICE_RULES)
 Game = Annotated[str | None, o.option(OfflineConfig, "game", panel=o.DATA)]

@@ -7,7 +7,7 @@ from typing import Annotated
 from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path, write_curves
 from sqlcli.tracking import open_wandb
-from sqlcli_core.training.finetune_online import OnlineConfig
+from sqlcli_core.training.configs import OnlineConfig
 
 Game = Annotated[str | None, o.option(OnlineConfig, "game", panel=o.DATA)]
 Mode = Annotated[int | None, o.option(OnlineConfig, "mode", panel=o.DATA)]

@@ -31,8 +31,7 @@ from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
 from sqlcli_core.networks.config import ARCHS, DT_ARCHS, NetworkConfig
-from sqlcli_core.training.pretrain import PretrainConfig
-from sqlcli_core.training.update import LearnerConfig
+from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
 P, N, L = PretrainConfig, NetworkConfig, LearnerConfig
 Data = Annotated[str | None, option(P, "data", panel=DATA)]
@@ -111,9 +110,9 @@ def parse_game_weights(value: Any) -> dict[str, float] | None:
 
 def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
     """Defaults <- --config <- flags that were given (not None) -> (flat settings, PretrainConfig)."""
-    from sqlcli_core.training import pretrain
+    from sqlcli_core.training.pretrain import resolve_settings
 
-    return pretrain.resolve_settings(config_file, flags, parse_game_weights)
+    return resolve_settings(config_file, flags, parse_game_weights)
 
 
 def _parts_table(table: dict, method: str) -> Table:

@@ -16,7 +16,8 @@ import numpy as np
 
 from sqlcli_core.errors import DataError, SqlWarning, UsageError
 from sqlcli_core.games.catalog import Game
-from sqlcli_core.methods import DEFAULT_METHOD, get_method
+from sqlcli_core.methods.catalog import DEFAULT_METHOD
+from sqlcli_core.methods.registry import get_method
 from sqlcli_core.networks.config import config_from_dict
 from sqlcli_core.networks.network import action_mask
 from sqlcli_core.runs import checksums

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.methods import DEFAULT_METHOD
+from sqlcli_core.methods.catalog import DEFAULT_METHOD
 from sqlcli_core.provenance import provenance
 from sqlcli_core.runs.metrics import METRICS_FILE
 

@@ -8,7 +8,6 @@ sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,47 +23,12 @@ from sqlcli_core.networks.config import (
     network_defaults,
     network_setting_names,
 )
-from sqlcli_core.settings import field_names, merge_settings, setting
-from sqlcli_core.training.update import LearnerConfig
+from sqlcli_core.settings import field_names, merge_settings
+from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
 COMMAND = "pretrain"
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """A whole `sql pretrain` run. `network` and `learner` hold the model, method and optimisation settings."""
-
-    data: str = setting(None, "Zarr store written by `sql shard` (path). Required.")
-    run_dir: str = setting(None, "Run directory: created if missing, resumed from its newest checkpoint if present. "
-                           "Required.")
-    games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper")
-    network: AnyNetworkConfig = NetworkConfig()
-    learner: LearnerConfig = LearnerConfig()
-    batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper")
-    n_step: int = setting(3, "n of the n-step returns (transitions; not read by dt).", tag="paper")
-    steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper")
-    seed: int = setting(0, "Seed of the initial parameters and of the sampler.")
-    checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).")
-    keep: int = setting(3, "Checkpoints kept (newest).")
-    log_every: int = setting(100, "Gradient steps per metrics line (averaged over them).")
-    game_weights: dict | None = setting(None, "Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1); "
-                                        "games left out weigh 1 (none: uniform over games).")
-    cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).")
-    prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.")
-    prefetch_units: int = setting(2, "Sampler cache units loaded ahead by its loader threads (hides a remote "
-                                  "store's latency; TOML-only, docs/sampler.md).")
-
-    def __post_init__(self):
-        for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch", "prefetch_units"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["network"] = self.network.to_dict()
-        return d
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -33,10 +33,10 @@ import optax
 
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.games.catalog import Game
-from sqlcli_core.methods import DEFAULT_METHOD, get_method
+from sqlcli_core.methods.catalog import DEFAULT_METHOD
+from sqlcli_core.methods.registry import get_method
+from sqlcli_core.training.configs import FREEZE_CHOICES, INITS
 
-INITS = ("pretrained", "scratch")
-FREEZE_CHOICES = ("none", "torso", "shared")
 SHARED_PARTS = ("torso", "spatial_embedding", "projection")
 FINETUNE_HEAD = get_method(DEFAULT_METHOD).head  # fine-tuning trains Scaled QL: categorical heads
 
