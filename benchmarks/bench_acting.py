@@ -111,7 +111,8 @@ def bare_loop(steps: int, game: str = "Breakout", seed: int = 0) -> float:
 def collect_rates(steps: int, runs: int, jobs: int, backend: str, game: str = "Breakout") -> float:
     """Agent steps per wall-clock second of collect_all over `runs` runs, `jobs` at a time (vector: together in
     this process; python: in `jobs` processes)."""
-    from sqlcli_core.acting.collect import RunConfig, collect_all
+    from sqlcli_core.acting.collect import collect_all
+    from sqlcli_core.acting.collect_runs import RunConfig
 
     configs = [RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, runs + 1)]
     with tempfile.TemporaryDirectory() as root:

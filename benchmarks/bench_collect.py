@@ -21,7 +21,8 @@ import time
 import numpy as np
 
 from sqlcli_core.acting.ale_env import AtariGame
-from sqlcli_core.acting.collect import LOG_NAME, RunConfig, collect_run, run_dir, single_threaded_blas
+from sqlcli_core.acting.collect import collect_run, single_threaded_blas
+from sqlcli_core.acting.collect_runs import LOG_NAME, RunConfig, run_dir
 from sqlcli_core.games.catalog import Game
 
 

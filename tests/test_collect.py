@@ -18,15 +18,8 @@ from typer.testing import CliRunner
 
 from sqlcli.main import app
 from sqlcli_core.acting.ale_env import AtariGame
-from sqlcli_core.acting.collect import (
-    RESUME_NAME,
-    RunConfig,
-    _run_lock,
-    collect_run,
-    partial_dir,
-    run_dir,
-    single_threaded_blas,
-)
+from sqlcli_core.acting.collect import _run_lock, collect_run, single_threaded_blas
+from sqlcli_core.acting.collect_runs import RESUME_NAME, RunConfig, partial_dir, run_dir
 from sqlcli_core.acting.policies import PolicySpec
 from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.data import replay_format as rf

@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.acting.collect import LOG_NAME, RESUME_NAME, RunConfig, collect_all, collect_run, partial_dir, run_dir
+from sqlcli_core.acting.collect import collect_all, collect_run
+from sqlcli_core.acting.collect_runs import LOG_NAME, RESUME_NAME, RunConfig, partial_dir, run_dir
 from sqlcli_core.acting.policies import PolicySpec
 from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.errors import DataError

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sqlcli_core.acting.collect import run_dir
+from sqlcli_core.acting.collect_runs import run_dir
 from sqlcli_core.data import fetch as F
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import ResourceError

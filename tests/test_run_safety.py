@@ -389,7 +389,7 @@ def test_eval_refuses_before_playing(tmp_path, extra, message):
 
 
 def test_scale_report_names_a_missing_provenance(tmp_path):
-    from sqlcli_core.analysis import scale_report as sr
+    from sqlcli_core.analysis.scale_report import load_run_point
 
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
@@ -397,4 +397,4 @@ def test_scale_report_names_a_missing_provenance(tmp_path):
                                               "num_parameters": 10, "parameter_counts": {"torso": 10}}))
     (run / "eval" / "a.json").write_text(json.dumps({"aggregates": {"iqm": {"value": 0.5, "ci95": [0.4, 0.6]}}}))
     with pytest.raises(DataError, match="no provenance block"):
-        sr.load_run_point(run)
+        load_run_point(run)

@@ -10,7 +10,8 @@ from rich.table import Table
 from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
-from sqlcli_core.acting.collect import RunConfig, check_memory, collect_all, validate
+from sqlcli_core.acting.collect import collect_all
+from sqlcli_core.acting.collect_runs import RunConfig, check_memory, validate
 from sqlcli_core.acting.policies import parse_policy
 from sqlcli_core.acting.protocol import PROTOCOLS, get_protocol
 from sqlcli_core.data import replay_format as rf
