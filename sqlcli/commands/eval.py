@@ -13,7 +13,7 @@ from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
 from sqlcli_core.acting.protocol import get_protocol
-from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli_core.atomic import append_jsonl, atomic_output
 from sqlcli_core.errors import DataError, UsageError, from_os_error
 from sqlcli_core.evaluation.evaluate import (
     EpisodeResult,
@@ -28,10 +28,9 @@ from sqlcli_core.evaluation.evaluate import (
     work_items,
     write_gif,
 )
-from sqlcli_core.evaluation.results import markdown_report, protocol_block, summarize
+from sqlcli_core.evaluation.results import build_eval_result, write_eval_result
 from sqlcli_core.games.catalog import canonical_name, resolve_games
 from sqlcli_core.locks import writer_lock
-from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
@@ -294,21 +293,14 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
                                  overlap=overlap, done={r.key for r in previous}, record=record_item, record_frames=record_steps,
                                  on_episode=played, on_record=save_gif)
 
-    summary = summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
     cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "overlap": overlap, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
-    result = {
-        "provenance": provenance("eval", cli_config, seed_list[0]),
-        "protocol": protocol_block(config),
-        "policy": policy_block,
-        **summary,
-        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
-                       "overlap": overlap, "episodes_reused": len(previous)},
-    }
-    write_json(out, result)
-    md_path = out.with_suffix(".md")
-    with atomic_output(md_path, "w") as f:
-        f.write(markdown_report(result))
+    result = build_eval_result(
+        command="eval", config=cli_config, seed=seed_list[0], eval_config=config, episodes=previous + new,
+        policy=policy_block, bootstrap_reps=bootstrap_reps,
+        throughput={**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
+                    "overlap": overlap, "episodes_reused": len(previous)})
+    md_path = write_eval_result(out, result, markdown=True)
     from sqlcli_core.analysis.plots import write_eval_bars
 
     png_path = write_eval_bars(result, out.with_suffix(".png"))

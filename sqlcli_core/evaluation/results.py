@@ -4,15 +4,19 @@ protocol block, provenance, the markdown report), used by `sql eval` and by the 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atomic import write_json
+from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation import aggregates
 from sqlcli_core.evaluation.evaluate import FRAME_STACK, EpisodeResult, EvalConfig
-from sqlcli_core.games.catalog import Game
+from sqlcli_core.games.catalog import REFERENCE_SCORE_SOURCE, Game
+from sqlcli_core.provenance import provenance
 
 
 def final_eval_is_current(path: Path, key: str, value: int) -> bool:
@@ -20,21 +24,41 @@ def final_eval_is_current(path: Path, key: str, value: int) -> bool:
     return path.exists() and json.loads(path.read_text()).get("finetune", {}).get(key) == value
 
 
+def build_eval_result(*, command: str, config: dict, seed: int, eval_config, episodes, policy: dict,
+                      bootstrap_reps: int = 50_000, **extra: Any) -> dict:
+    """The eval result (schema in docs/architecture.md): provenance, protocol, policy, the per-game scores and
+    aggregates of `episodes`, then `extra` blocks (e.g. `throughput`, `finetune`), in that order."""
+    return {
+        "provenance": provenance(command, config, seed),
+        "protocol": protocol_block(eval_config),
+        "policy": policy,
+        **summarize(episodes, eval_config, bootstrap_reps=bootstrap_reps),
+        **extra,
+    }
+
+
+def write_eval_result(path: str | os.PathLike, result: dict, *, markdown: bool = False) -> Path | None:
+    """Write an eval result atomically at `path` (JSON); with `markdown`, its report beside it (.md, returned)."""
+    path = Path(path)
+    write_json(path, result)
+    if not markdown:
+        return None
+    md_path = path.with_suffix(".md")
+    with atomic_output(md_path, "w") as f:
+        f.write(markdown_report(result))
+    return md_path
+
+
 def write_final_eval(path: Path, *, command: str, run_config: dict, seed: int, eval_config, results,
                      run_dir: Path, step: int, arch: str, num_params: int, finetune: dict) -> dict:
-    """RUN/eval/final.json: the eval result schema (docs/architecture.md) plus the fine-tuning block."""
-    from sqlcli_core.evaluation.results import protocol_block, summarize
-    from sqlcli_core.provenance import provenance
-
-    result = {
-        "provenance": provenance(command, {**run_config, "eval": eval_config.play_settings()}, seed),
-        "protocol": protocol_block(eval_config),
-        "policy": {"kind": "checkpoint", "run": str(Path(run_dir).absolute()), "step": step, "arch": arch,
-                   "num_params": int(num_params)},
-        **summarize(results, eval_config),
-        "finetune": finetune,
-    }
-    write_json(path, result)
+    """RUN/eval/final.json of a fine-tuning run: the eval result plus the fine-tuning block."""
+    result = build_eval_result(
+        command=command, config={**run_config, "eval": eval_config.play_settings()}, seed=seed,
+        eval_config=eval_config, episodes=results,
+        policy={"kind": "checkpoint", "run": str(Path(run_dir).absolute()), "step": step, "arch": arch,
+                "num_params": int(num_params)},
+        finetune=finetune)
+    write_eval_result(path, result)
     return result
 
 
@@ -92,9 +116,6 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
     with a reference score, played in the default mode and difficulty; the rest are reported raw and listed
     as excluded, with a note.
     """
-    from sqlcli_core.evaluation import aggregates
-    from sqlcli_core.games.catalog import REFERENCE_SCORE_SOURCE
-
     by_game = per_game_scores(results, config.games)
     missing = [g for g, eps in by_game.items() if len(eps) != len(config.seeds) * config.episodes]
     if missing:
