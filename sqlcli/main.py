@@ -18,7 +18,8 @@ import importlib.util
 import typer
 from typer.core import TyperCommand
 
-from sqlcli.output import OneLineErrors, exit_quietly_after_errors, plain_help, quiet_third_party
+from sqlcli.console import quiet_third_party
+from sqlcli.errors import OneLineErrors, exit_quietly_after_errors, plain_help
 from sqlcli_core import __version__
 
 # In the order of the data flow, which is the order `sql --help` lists them: name -> (module in

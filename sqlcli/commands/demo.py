@@ -17,7 +17,8 @@ from pathlib import Path
 import typer
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
 from sqlcli_core.games.catalog import resolve_games

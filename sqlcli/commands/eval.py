@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
 from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
 from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import append_jsonl, atomic_output

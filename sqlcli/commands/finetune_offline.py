@@ -5,16 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import (
-    JSON_OPTION,
-    ProgressReport,
-    console,
-    emit_summary,
-    handles_errors,
-    metrics_line,
-    require_path,
-    write_curves,
-)
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
 from sqlcli_core.data.slices import SLICE_RULES
 from sqlcli_core.training.configs import OfflineConfig

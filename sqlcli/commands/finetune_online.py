@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path, write_curves
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
 from sqlcli.tracking import open_wandb
 from sqlcli_core.training.configs import OnlineConfig
 

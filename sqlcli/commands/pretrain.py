@@ -16,17 +16,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
 from sqlcli.options import DATA, DISTRIBUTED, NETWORK, OPTIMISATION, RUN, ConfigFile, Wandb, choices, option
-from sqlcli.output import (
-    JSON_OPTION,
-    ProgressReport,
-    console,
-    emit_summary,
-    handles_errors,
-    metrics_line,
-    require_path,
-    write_curves,
-)
+from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names

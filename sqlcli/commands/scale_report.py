@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
 from sqlcli_core.analysis.power_law import CONFIDENCE
 from sqlcli_core.analysis.scale_report import (
     DEFAULT_GROUP_BY,
