@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from sqlcli_core.acting.ale_env import AtariGame, area_resize
-from sqlcli_core.acting.ale_vector import EmulatorPool, PythonGame, VectorGame, choose_backend
+from sqlcli_core.acting.ale_vector import PythonGame, VectorGame, choose_backend
+from sqlcli_core.acting.pool import EmulatorPool
 from sqlcli_core.acting.protocol import PROTOCOLS, check_seed
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games.catalog import Game

@@ -34,8 +34,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from sqlcli_core.acting.ale_env import FRAME_SHAPE
-from sqlcli_core.acting.ale_vector import EmulatorPool
 from sqlcli_core.acting.backend import Emulator
+from sqlcli_core.acting.pool import EmulatorPool
 from sqlcli_core.acting.protocol import ActingProtocol
 from sqlcli_core.errors import UsageError
 from sqlcli_core.evaluation.sequence_acting import GreedyActing, SequenceActing, SequencePolicy
