@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
+from sqlcli_core.acting.policies import EpsilonSchedule
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import DataError, UsageError
@@ -23,9 +24,10 @@ from sqlcli_core.runs.checkpointer import Checkpointer
 from sqlcli_core.runs.policy import load_policy
 from sqlcli_core.runs.run_record import read_run
 from sqlcli_core.training import transfer
-from sqlcli_core.training.finetune_online import EpsilonSchedule, OnlineConfig, grad_steps_due, run_online
+from sqlcli_core.training.configs import LearnerConfig, OnlineConfig
+from sqlcli_core.training.finetune_online import grad_steps_due, run_online
 from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
-from sqlcli_core.training.update import LearnerConfig, TrainState, make_optimizer, make_train_step
+from sqlcli_core.training.update import TrainState, make_optimizer, make_train_step
 
 runner = CliRunner()
 PRETRAIN_GAMES = "breakout,pong"
