@@ -19,7 +19,7 @@ from sqlcli_core.games.catalog import Game
 from sqlcli_core.methods.catalog import DEFAULT_METHOD
 from sqlcli_core.methods.registry import get_method
 from sqlcli_core.networks.config import config_from_dict
-from sqlcli_core.networks.network import action_mask
+from sqlcli_core.networks.network import PARTS, action_mask
 from sqlcli_core.runs import checksums
 from sqlcli_core.runs.checkpointer import CHECKPOINT_DIR, Checkpointer, _first_line, damaged_error, saved_param_shapes
 from sqlcli_core.runs.run_record import RUN_FILE, _identity_difference, identity_method, read_run
@@ -160,7 +160,6 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> RunPolicy | SequenceRun
 
 def _read_params(checkpointer: Checkpointer, run_dir: Path, step: int, expected: Any, network_config) -> Any:
     """The verified float32 `params` of checkpoint `step` (CheckpointDamaged when it cannot be trusted)."""
-    from sqlcli_core.networks.network import PARTS
 
     meta = checkpointer.read_meta(step)
     saved = saved_param_shapes(checkpointer.directory / str(step) / "state")

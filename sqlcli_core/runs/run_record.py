@@ -12,6 +12,7 @@ from typing import Any
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.methods.catalog import DEFAULT_METHOD
+from sqlcli_core.networks.config import config_class
 from sqlcli_core.provenance import provenance
 from sqlcli_core.runs.metrics import METRICS_FILE
 
@@ -40,8 +41,6 @@ def _identity_difference(saved: dict, wanted: dict) -> str | None:
     Network settings are compared on the keys both sides know; a key only one side has is equal when the
     other side's value is its NetworkConfig default (a field added later does not change an older run).
     """
-    from sqlcli_core.networks.config import config_class
-    from sqlcli_core.runs.run_record import settings_difference
 
     if identity_method(saved) != identity_method(wanted):
         return f"method {identity_method(saved)} vs {identity_method(wanted)}"

@@ -21,12 +21,31 @@ import jax
 import jax.numpy as jnp
 
 from sqlcli_core.acting.protocol import get_protocol
+from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.data.slices import slice_run_set
 from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
+from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
 from sqlcli_core.games.catalog import Game, canonical_name
-from sqlcli_core.training.configs import OfflineConfig
+from sqlcli_core.networks.network import count_parameters
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.policy import make_q_fn
+from sqlcli_core.runs.run_record import check_resume_settings, run_identity
+from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.training.configs import INITS, OfflineConfig
+from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
+from sqlcli_core.training.loop import Prefetcher, fit
+from sqlcli_core.training.mesh import batch_sharding, make_mesh, replicated
+from sqlcli_core.training.transfer import (
+    cached_finetune_step,
+    finetune_num_actions,
+    initial_params,
+    load_pretrained,
+    trainable_labels,
+)
+from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-offline"
 
@@ -54,25 +73,6 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     training is complete and the result file is missing. on_log(record) receives each metrics record (kind
     "train", and the final "eval").
     """
-    from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
-    from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
-    from sqlcli_core.networks.network import count_parameters
-    from sqlcli_core.runs.lifecycle import TrainingRun
-    from sqlcli_core.runs.policy import make_q_fn
-    from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-    from sqlcli_core.training.configs import INITS
-    from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
-    from sqlcli_core.training.loop import Prefetcher, fit
-    from sqlcli_core.training.mesh import batch_sharding, make_mesh, replicated
-    from sqlcli_core.training.transfer import (
-        cached_finetune_step,
-        finetune_num_actions,
-        initial_params,
-        load_pretrained,
-        trainable_labels,
-    )
-    from sqlcli_core.training.update import TrainState
 
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
@@ -117,8 +117,8 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     try:
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
-            replicated = replicated(mesh)
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+            state_sharding = replicated(mesh)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding), state)
             resumed = run.resume(lambda meta: abstract)
             if resumed is not None:
                 restored, meta, resumed_from = resumed
@@ -190,7 +190,6 @@ def settings_from_run(record: dict) -> dict:
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-    from sqlcli_core.settings import dataclass_defaults, merge_settings
 
     settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
                               aliases={"lr": "learning_rate"})

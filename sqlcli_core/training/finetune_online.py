@@ -37,10 +37,26 @@ from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay
 from sqlcli_core.errors import UsageError
+from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
+from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
 from sqlcli_core.games.catalog import Game, canonical_name, validate_variant
+from sqlcli_core.networks.network import count_parameters
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.metrics import METRICS_FILE
 from sqlcli_core.runs.policy import make_q_fn
-from sqlcli_core.training.configs import OnlineConfig
+from sqlcli_core.runs.run_record import check_resume_settings, run_identity
+from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.training.configs import INITS, OnlineConfig
 from sqlcli_core.training.loop import check_finite
+from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
+from sqlcli_core.training.transfer import (
+    cached_finetune_step,
+    finetune_num_actions,
+    initial_params,
+    load_pretrained,
+    trainable_labels,
+)
+from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-online"
 STACK = 4
@@ -145,7 +161,6 @@ def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game
 
 def write_curve_csv(run_dir: Path) -> Path:
     """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
-    from sqlcli_core.runs.metrics import METRICS_FILE
 
     rows = []
     for line in (run_dir / METRICS_FILE).read_text().splitlines():
@@ -178,7 +193,6 @@ def settings_from_run(record: dict) -> dict:
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-    from sqlcli_core.settings import dataclass_defaults, merge_settings
 
     settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
                               aliases={"lr": "learning_rate"})
@@ -192,22 +206,6 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     source: the pre-trained run (for init 'pretrained'; for 'scratch' it gives only the architecture).
     Re-running with the same arguments resumes from the newest checkpoint, or does nothing when finished.
     """
-    from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
-    from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
-    from sqlcli_core.networks.network import count_parameters
-    from sqlcli_core.runs.lifecycle import TrainingRun
-    from sqlcli_core.runs.metrics import METRICS_FILE
-    from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-    from sqlcli_core.training.configs import INITS
-    from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
-    from sqlcli_core.training.transfer import (
-        cached_finetune_step,
-        finetune_num_actions,
-        initial_params,
-        load_pretrained,
-        trainable_labels,
-    )
-    from sqlcli_core.training.update import TrainState
 
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
@@ -244,7 +242,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                                jnp.zeros((), jnp.int32), rng)
     state = jax.device_put(state, replicated(mesh))
     q_fn = make_q_fn(net_config, tuple(num_actions), method.name)
-    batch_sharding = batch_sharding(mesh)
+    batch_spec = batch_sharding(mesh)
 
     identity = run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
@@ -320,7 +318,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 due = grad_steps_due(agent_steps, config)
                 grad_steps = int(jax.device_get(state.step))
                 while grad_steps < due:
-                    batch = put_batch(replay.sample(config.batch_size), batch_sharding)
+                    batch = put_batch(replay.sample(config.batch_size), batch_spec)
                     state, metrics = train_step(state, batch)
                     window.append(metrics)
                     grad_steps += 1

@@ -15,16 +15,26 @@ from typing import Any
 
 import jax
 
+from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     NetworkConfig,
     network_config,
     network_defaults,
     network_setting_names,
+    num_actions_for,
 )
+from sqlcli_core.networks.network import parameter_table
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.run_record import run_identity
 from sqlcli_core.settings import field_names, merge_settings
 from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
+from sqlcli_core.training.loop import Prefetcher, fit
+from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
+from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
 
 COMMAND = "pretrain"
 
@@ -130,8 +140,6 @@ def make_sampler(config: PretrainConfig, games, local_batch: int):
     transitions: `ReplaySampler` (n-step transitions); sequences: `SequenceSampler` (windows of the network's
     context_steps steps). Both are seeded by the run's seed and resume from their JSON state_dict.
     """
-    from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.data.sequence_sampler import SequenceSampler
 
     common = dict(games=[g.name for g in games], batch_size=local_batch, seed=config.seed,
                   game_weights=_sampler_weights(config, games),
@@ -154,14 +162,6 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     parameter counts, devices); on_log(record) each metrics record (also appended to RUN/metrics.jsonl);
     on_step(step) every step.
     """
-    from sqlcli_core.games.catalog import resolve_games
-    from sqlcli_core.networks.config import num_actions_for
-    from sqlcli_core.networks.network import parameter_table
-    from sqlcli_core.runs.lifecycle import TrainingRun
-    from sqlcli_core.runs.run_record import run_identity
-    from sqlcli_core.training.loop import Prefetcher, fit
-    from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
-    from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
 
     started = time.perf_counter()
     method = config.learner.get_method()

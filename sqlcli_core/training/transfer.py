@@ -35,7 +35,14 @@ from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.games.catalog import Game
 from sqlcli_core.methods.catalog import DEFAULT_METHOD
 from sqlcli_core.methods.registry import get_method
+from sqlcli_core.networks.config import num_actions_for
+from sqlcli_core.networks.heads import head_offsets
+from sqlcli_core.networks.network import abstract_params, build_network, values_per_action
+from sqlcli_core.runs.policy import _resolve_checkpoint, load_policy
+from sqlcli_core.runs.run_record import identity_method, read_run
 from sqlcli_core.training.configs import FREEZE_CHOICES, INITS
+from sqlcli_core.training.mesh import make_mesh
+from sqlcli_core.training.update import make_optimizer, make_train_step
 
 SHARED_PARTS = ("torso", "spatial_embedding", "projection")
 FINETUNE_HEAD = get_method(DEFAULT_METHOD).head  # fine-tuning trains Scaled QL: categorical heads
@@ -70,8 +77,6 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     whose arrays do not match the architecture its run.json declares, and damaged checkpoints (from RUN, the
     newest intact one is used with a warning, as `load_policy` does).
     """
-    from sqlcli_core.runs.policy import _resolve_checkpoint, load_policy
-    from sqlcli_core.runs.run_record import identity_method, read_run
 
     path = Path(run_or_checkpoint)
     if not path.exists():
@@ -91,7 +96,6 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
 
 def finetune_num_actions(network_config, game: Game) -> tuple[int]:
     """The one-game head size: the game's minimal action set, or 18 when the run used the full set."""
-    from sqlcli_core.networks.config import num_actions_for
 
     return num_actions_for(network_config, [game])
 
@@ -109,7 +113,6 @@ def head_columns(params: Any, num_actions: Sequence[int], per_action: int, game:
 
     per_action: columns per action (values_per_action: the atoms of a categorical head, 1 for a
     policy head)."""
-    from sqlcli_core.networks.heads import head_offsets
 
     offsets = head_offsets(num_actions, per_action)
     lo, hi = int(offsets[game]), int(offsets[game + 1])
@@ -160,7 +163,6 @@ def trainable_labels(params: Any, freeze: str) -> Any:
 
 def make_finetune_optimizer(learner_config, labels: Any) -> optax.GradientTransformation:
     """The learner's optimizer on trainable leaves; frozen leaves get zero updates (and no Adam state)."""
-    from sqlcli_core.training.update import make_optimizer
 
     return optax.multi_transform({"train": make_optimizer(learner_config), "freeze": optax.set_to_zero()},
                                  labels)
@@ -170,7 +172,6 @@ def make_finetune_optimizer(learner_config, labels: Any) -> optax.GradientTransf
 def _jitted_init(network_config, num_actions: tuple[int, ...]) -> Callable:
     """network.init, jitted once per architecture: op-by-op initialisation compiles every random
     primitive separately (tens of seconds on a CPU)."""
-    from sqlcli_core.networks.network import build_network
 
     return jax.jit(build_network(network_config, num_actions).init)
 
@@ -180,9 +181,6 @@ def cached_finetune_step(network_config, num_actions: tuple[int, ...], learner_c
                          devices: tuple) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, jitted step) for one setting, built once per process so that several runs in one
     process (the benchmark, tests) compile once. `devices`: the mesh's devices."""
-    from sqlcli_core.networks.network import abstract_params
-    from sqlcli_core.training.mesh import make_mesh
-    from sqlcli_core.training.update import make_train_step
 
     labels = trainable_labels(abstract_params(network_config, num_actions), freeze)
     optimizer = make_finetune_optimizer(learner_config, labels)
@@ -206,7 +204,6 @@ def initial_params(network_config, num_actions: Sequence[int], seed: int, *, ini
     if init == "scratch":
         return fresh, {"init": "scratch", "head": "fresh", "parts": []}
     assert pretrained is not None
-    from sqlcli_core.networks.network import values_per_action
 
     head = None
     names = [g.name for g in pretrained.games]

@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh
 
 from sqlcli_core.methods.registry import LossSetup, Method
+from sqlcli_core.networks.network import action_mask
 from sqlcli_core.training.configs import LearnerConfig
 from sqlcli_core.training.mesh import batch_sharding, replicated
 
@@ -120,7 +121,6 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     games: the game names in head order (see `Method.network`). A method with `loss_rng` gets the key
     fold_in(state.rng, state.step): the same draws whatever the devices, and again after a resume.
     """
-    from sqlcli_core.networks.network import action_mask
 
     method = config.get_method()
     network = method.network(network_config, tuple(num_actions), _names(games))
