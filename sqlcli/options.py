@@ -7,16 +7,20 @@ field's `setting(...)` help with its default; a field shared by several commands
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from collections.abc import Iterable
+import functools
+import inspect
+import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from sqlcli_core.acting.protocol import PROTOCOLS
-from sqlcli_core.settings import field_help
-from sqlcli_core.training.configs import FREEZE_CHOICES, INITS, OfflineConfig, OnlineConfig
+from sqlcli_core.methods.catalog import method_config_class, method_names
+from sqlcli_core.settings import field_flag, field_help, field_type
 
 # The help panels options are grouped in (`sql CMD --help`).
 DATA, NETWORK, OPTIMISATION, RUN, DISTRIBUTED = "Data", "Network", "Optimisation", "Run", "Distributed"
@@ -30,14 +34,14 @@ def choices(name: str, values: Iterable[str]) -> type[enum.StrEnum]:
     return enum.StrEnum(name, {value: value for value in values})
 
 
+ProtocolChoice = choices("ProtocolChoice", PROTOCOLS)  # collect's and eval's --protocol
+
+
 def plain(value: Any) -> Any:
     """An option's value as the library takes it: a choice's string."""
     return value.value if isinstance(value, enum.Enum) else value
 
 
-InitChoice = choices("InitChoice", INITS)
-FreezeChoice = choices("FreezeChoice", FREEZE_CHOICES)
-ProtocolChoice = choices("ProtocolChoice", PROTOCOLS)
 
 
 def option(cls: type, name: str, *flags: str, panel: str | None = None, **kwargs) -> typer.models.OptionInfo:
@@ -47,20 +51,72 @@ def option(cls: type, name: str, *flags: str, panel: str | None = None, **kwargs
                         rich_help_panel=panel, **kwargs)
 
 
-def shared_help(name: str) -> str:
-    """Help of a fine-tuning setting, naming each command's default when they differ."""
-    offline, online = field_help(OfflineConfig, name), field_help(OnlineConfig, name)
-    if offline == online:
-        return offline
-    return f"{offline.split(' Default:')[0]} Default: offline {_default(offline)}, online {_default(online)}."
+def setting_parameter(cls: type, name: str, value_type: Any = None) -> inspect.Parameter:
+    """The keyword parameter (default None: "not given") of a typer command for field `name` of config
+    dataclass `cls`, all read from the field's `setting(...)`: its flag, help (with the default), help panel,
+    choices (an enumeration: `--help` lists them, click refuses others) and value type (a dict, which the
+    library parses from text, is a string). value_type: a command's own type for it (a heavy module's choices)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if value_type is None and field.metadata.get("choices"):
+        value_type = choices(f"{cls.__name__}_{name}", field.metadata["choices"])
+    if value_type is None:
+        declared = field_type(cls, name)
+        value_type = str if dict in (declared, *typing.get_args(declared)) else declared
+    info = typer.Option(field_flag(field), help=field_help(cls, name), rich_help_panel=field.metadata.get("panel"))
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[value_type | None, info])
 
 
-def _default(text: str) -> str:
-    return text.split(" Default: ", 1)[1].rstrip(".")
+def setting_parameters(cls: type, *, skip: Iterable[str] = (), types: dict[str, Any] | None = None
+                       ) -> list[inspect.Parameter]:
+    """One option per CLI setting of `cls` (its `setting(...)` fields but those with cli=False and `skip`),
+    in field order: adding a field adds the option."""
+    skip, types = set(skip), types or {}
+    return [setting_parameter(cls, f.name, types.get(f.name)) for f in dataclasses.fields(cls)
+            if "help" in f.metadata and f.metadata.get("cli", True) and f.name not in skip]
 
 
-def finetune_option(name: str, *flags: str, panel: str | None = None) -> typer.models.OptionInfo:
-    return typer.Option(*(flags or (f"--{name.replace('_', '-')}",)), help=shared_help(name), rich_help_panel=panel)
+def method_setting_parameters() -> list[inspect.Parameter]:
+    """One option per field of every method's own config class (`methods/catalog.py`), in a panel per method."""
+    params = []
+    for method in method_names():
+        cls = method_config_class(method)
+        for field in dataclasses.fields(cls) if cls is not None else ():
+            param = setting_parameter(cls, field.name)
+            info = typing.get_args(param.annotation)[1]
+            info.rich_help_panel = info.rich_help_panel or f"Method {method}"
+            params.append(param)
+    return params
+
+
+def with_setting_options(parameters: Iterable[inspect.Parameter], into: str) -> Callable[[Callable], Callable]:
+    """Add generated options to a typer command: the command's signature gains `parameters`, and the command
+    receives their values as one dict {setting name: value or None} in its keyword argument `into`.
+
+    typer reads a command's `__signature__`, so a setting declared once in its dataclass is an option of
+    every command that generates it, with no alias, parameter or flags entry written by hand."""
+    parameters = list(parameters)
+    names = {p.name for p in parameters}
+
+    def decorate(command: Callable) -> Callable:
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != into]
+        clash = names & {p.name for p in own}
+        if clash:
+            raise ValueError(f"{command.__name__}: generated options clash with its parameters {sorted(clash)}")
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            generated = {name: plain(kwargs.pop(name, None)) for name in names}
+            return command(**kwargs, **{into: generated})
+
+        del wrapper.__wrapped__  # typer must read the signature below, not the command's
+        # The generated options first: --help lists panels in the order their first option appears.
+        wrapper.__signature__ = inspect.Signature(parameters + own)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters + own}
+        return wrapper
+
+    return decorate
 
 
 ConfigFile = Annotated[Path | None, typer.Option(
@@ -72,25 +128,8 @@ Wandb = Annotated[str | None, typer.Option(
     "'scaled-ql\\[wandb]'; wandb's login and WANDB_MODE apply). Default: off (metrics.jsonl and TensorBoard only).",
     rich_help_panel=RUN)]
 
-# The options both fine-tuning commands take, declared once.
+# The options both fine-tuning commands take besides their config's fields, declared once.
 From = Annotated[Path | None, typer.Option("--from", help="Pre-trained run directory (or RUN/checkpoints/STEP). "
                                            "With --init scratch it only sets the architecture.", rich_help_panel=NETWORK)]
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Output run directory; re-running the same command resumes it.",
                                       rich_help_panel=RUN)]
-Init = Annotated[InitChoice | None, finetune_option("init", panel=NETWORK)]
-Freeze = Annotated[FreezeChoice | None, finetune_option("freeze", panel=NETWORK)]
-Steps = Annotated[int | None, finetune_option("steps", panel=OPTIMISATION)]
-BatchSize = Annotated[int | None, finetune_option("batch_size", panel=OPTIMISATION)]
-Lr = Annotated[float | None, finetune_option("learning_rate", "--lr", panel=OPTIMISATION)]
-AdamEps = Annotated[float | None, finetune_option("adam_eps", panel=OPTIMISATION)]
-Alpha = Annotated[float | None, finetune_option("alpha", panel=OPTIMISATION)]
-Gamma = Annotated[float | None, finetune_option("gamma", panel=OPTIMISATION)]
-NStep = Annotated[int | None, finetune_option("n_step", panel=OPTIMISATION)]
-TargetUpdatePeriod = Annotated[int | None, finetune_option("target_update_period", panel=OPTIMISATION)]
-Protocol = Annotated[ProtocolChoice | None, finetune_option("protocol", panel=EVALUATION)]
-FinalSeeds = Annotated[int | None, finetune_option("final_seeds", panel=EVALUATION)]
-FinalEpisodes = Annotated[int | None, finetune_option("final_episodes", panel=EVALUATION)]
-EvalMaxSteps = Annotated[int | None, finetune_option("eval_max_steps", panel=EVALUATION)]
-CheckpointEvery = Annotated[int | None, finetune_option("checkpoint_every", panel=RUN)]
-LogEvery = Annotated[int | None, finetune_option("log_every", panel=RUN)]
-Seed = Annotated[int | None, finetune_option("seed", panel=RUN)]

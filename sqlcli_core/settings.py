@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,27 @@ from typing import Any
 from sqlcli_core.errors import UsageError
 
 
-def setting(default: Any, help: str, *, tag: str = "ours", flag: str | None = None) -> Any:
+def setting(default: Any, help: str, *, tag: str = "ours", flag: str | None = None, panel: str | None = None,
+            choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
     """A dataclass field with its default, its one-line help and its source tag (paper | ours | ...).
 
-    flag: the CLI option when it differs from `--field-name` (e.g. `--lr` for learning_rate).
+    The CLI generates each command's options from these fields (`sqlcli.options.setting_parameters`):
+    flag: the CLI option when it differs from `--field-name` (e.g. `--lr` for learning_rate); panel: the
+    `--help` panel it is listed in; choices: the allowed strings (`--help` lists them, others are refused);
+    cli: False for a setting only settings files set (no option).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "tag": tag, "flag": flag})
+    return dataclasses.field(default=default, metadata={"help": help, "tag": tag, "flag": flag, "panel": panel,
+                                                        "choices": choices, "cli": cli})
+
+
+def field_flag(field: dataclasses.Field) -> str:
+    """The CLI option of a config field: its `flag`, else --name-with-dashes."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def field_type(cls: type, name: str) -> Any:
+    """The value type a config field declares (`float`, `int | None`, ...), its annotation resolved."""
+    return typing.get_type_hints(cls)[name]
 
 
 def require_finite(config: Any) -> None:
@@ -36,7 +52,7 @@ def require_finite(config: Any) -> None:
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
-            flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+            flag = field_flag(field)
             raise UsageError(f"{flag} must be a finite number, got {value}", hint="pass a number such as 0.5")
 
 

@@ -68,7 +68,8 @@ def make_batches(method: str) -> list:
 def tiny_learner(method: str = "scaled-ql"):
     from sqlcli_core.training.configs import LearnerConfig
 
-    return LearnerConfig(method=method, learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
+    return LearnerConfig(method=method, learning_rate=1e-2, method_config={"alpha": 0.1}, gamma=0.9,
+                         target_update_period=10)  # alpha: scaled-ql's own setting, ignored by the others
 
 
 def random_batch(seed: int, batch: int = BATCH, num_actions=NUM_ACTIONS) -> TransitionBatch:

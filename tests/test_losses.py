@@ -268,7 +268,8 @@ def test_c51_method_is_scaled_ql_without_cql():
         method = get_method(name)
         net = method.network(config, na)
         params = jax.jit(net.init)(jax.random.PRNGKey(0), batch.state, batch.game)
-        loss_fn = method.make_loss(LossSetup(net, action_mask(na), config, LearnerConfig(method=name, alpha=alpha)))
+        loss_fn = method.make_loss(LossSetup(net, action_mask(na), config, LearnerConfig(method=name,
+                                                                                     method_config={"alpha": alpha})))
         losses_by_method[name] = jax.jit(loss_fn)(params, params, batch)
     (l_c51, aux_c51), (l_sql, aux_sql) = losses_by_method["c51"], losses_by_method["scaled-ql"]
     assert float(l_c51) == float(l_sql) == pytest.approx(float(aux_sql["td_loss"]))  # alpha is not read by c51

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from sqlcli import options as o
 from sqlcli.console import JSON_OPTION, console, emit_summary
 from sqlcli.curves import write_curves
@@ -14,38 +12,24 @@ from sqlcli_core.data.slices import SLICE_RULES
 from sqlcli_core.training.configs import OfflineConfig
 
 SliceChoice = o.choices("SliceChoice", SLICE_RULES)
-Game = Annotated[str | None, o.option(OfflineConfig, "game", panel=o.DATA)]
-Data = Annotated[str | None, o.option(OfflineConfig, "data", panel=o.DATA)]
-Transitions = Annotated[int | None, o.option(OfflineConfig, "transitions", panel=o.DATA)]
-SliceRule = Annotated[SliceChoice | None, o.option(OfflineConfig, "slice_rule", "--slice", panel=o.DATA)]
-Runs = Annotated[str | None, o.option(OfflineConfig, "runs", panel=o.DATA)]
-Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints", panel=o.DATA)]
-CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes", panel=o.DATA)]
-EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs", panel=o.EVALUATION)]
+# Every option but --run-dir and --from is generated from a field of OfflineConfig (`setting(...)`): a new field is a
+# new option.
+SETTING_OPTIONS = o.setting_parameters(OfflineConfig, types={"slice_rule": SliceChoice})
 
 EXAMPLE = ("Example: sql finetune-offline --from runs/pretrain --game Alien --data store --transitions 2000000 "
            "--run-dir runs/alien-ft")
 
 
+@o.with_setting_options(SETTING_OPTIONS, into="given")
 @handles_errors
 def finetune_offline(
-    run_dir: o.RunDir, source: o.From = None, game: Game = None, data: Data = None,
-    transitions: Transitions = None, slice_rule: SliceRule = None, runs: Runs = None, checkpoints: Checkpoints = None, init: o.Init = None,
-    freeze: o.Freeze = None, steps: o.Steps = None, batch_size: o.BatchSize = None, lr: o.Lr = None,
-    adam_eps: o.AdamEps = None, alpha: o.Alpha = None, gamma: o.Gamma = None, n_step: o.NStep = None,
-    target_update_period: o.TargetUpdatePeriod = None, cache_bytes: CacheBytes = None, protocol: o.Protocol = None,
-    final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None, eval_max_steps: o.EvalMaxSteps = None,
-    eval_envs: EvalEnvs = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
-    seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
+    run_dir: o.RunDir, source: o.From = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None,
+    as_json: bool = JSON_OPTION, given: dict | None = None,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""
-    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.methods import get_method
     from sqlcli_core.training.finetune_offline import resolve_config, run_offline
-    for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
-        flags.pop(name)
-    flags["learning_rate"] = flags.pop("lr")
-    config = resolve_config(config_file, {**flags, "data": None if data is None else str(data)})
+    config = resolve_config(config_file, given)
     method = get_method(config.learner_config().method)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
     require_path(config.data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")

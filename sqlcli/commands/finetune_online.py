@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from sqlcli import options as o
 from sqlcli.console import JSON_OPTION, console, emit_summary
 from sqlcli.curves import write_curves
@@ -12,43 +10,23 @@ from sqlcli.progress import ProgressReport
 from sqlcli.tracking import open_wandb
 from sqlcli_core.training.configs import OnlineConfig
 
-Game = Annotated[str | None, o.option(OnlineConfig, "game", panel=o.DATA)]
-Mode = Annotated[int | None, o.option(OnlineConfig, "mode", panel=o.DATA)]
-Difficulty = Annotated[int | None, o.option(OnlineConfig, "difficulty", panel=o.DATA)]
-NumEnvs = Annotated[int | None, o.option(OnlineConfig, "num_envs", panel=o.DATA)]
-UpdatePeriod = Annotated[int | None, o.option(OnlineConfig, "update_period", panel=o.DATA)]
-MinReplay = Annotated[int | None, o.option(OnlineConfig, "min_replay", panel=o.DATA)]
-EpsilonStart = Annotated[float | None, o.option(OnlineConfig, "epsilon_start", panel=o.DATA)]
-EpsilonEnd = Annotated[float | None, o.option(OnlineConfig, "epsilon_end", panel=o.DATA)]
-EpsilonDecaySteps = Annotated[int | None, o.option(OnlineConfig, "epsilon_decay_steps", panel=o.DATA)]
-ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity", panel=o.DATA)]
-EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every", panel=o.EVALUATION)]
-EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes", panel=o.EVALUATION)]
+# Every option but --run-dir and --from is generated from a field of OnlineConfig (`setting(...)`): a new field is a
+# new option.
+SETTING_OPTIONS = o.setting_parameters(OnlineConfig)
 
 EXAMPLE = ("Example: sql finetune-online --from runs/pretrain --game breakout --mode 12 --steps 20000 "
            "--run-dir runs/breakout-m12")
 
 
+@o.with_setting_options(SETTING_OPTIONS, into="given")
 @handles_errors
 def finetune_online(
-    run_dir: o.RunDir, source: o.From = None, game: Game = None, mode: Mode = None, difficulty: Difficulty = None,
-    steps: o.Steps = None, init: o.Init = None, freeze: o.Freeze = None, num_envs: NumEnvs = None,
-    batch_size: o.BatchSize = None, lr: o.Lr = None, adam_eps: o.AdamEps = None, alpha: o.Alpha = None,
-    gamma: o.Gamma = None, n_step: o.NStep = None, target_update_period: o.TargetUpdatePeriod = None,
-    update_period: UpdatePeriod = None, min_replay: MinReplay = None, epsilon_start: EpsilonStart = None,
-    epsilon_end: EpsilonEnd = None, epsilon_decay_steps: EpsilonDecaySteps = None,
-    replay_capacity: ReplayCapacity = None, protocol: o.Protocol = None, eval_every: EvalEvery = None,
-    eval_episodes: EvalEpisodes = None, final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None,
-    eval_max_steps: o.EvalMaxSteps = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
-    seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
+    run_dir: o.RunDir, source: o.From = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None,
+    as_json: bool = JSON_OPTION, given: dict | None = None,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""
-    flags = {name: o.plain(value) for name, value in locals().items()}
     from sqlcli_core.training.finetune_online import resolve_config, run_online
-    for name in ("run_dir", "source", "config_file", "as_json", "wandb_project"):
-        flags.pop(name)
-    flags["learning_rate"] = flags.pop("lr")
-    config = resolve_config(config_file, flags)
+    config = resolve_config(config_file, given)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
 
     wandb = open_wandb(wandb_project, run_dir, "finetune-online", config.identity_fields())

@@ -9,7 +9,6 @@ dataclass field it sets (`sqlcli.options`).
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,47 +18,32 @@ from rich.table import Table
 from sqlcli.console import JSON_OPTION, console, emit_summary
 from sqlcli.curves import write_curves
 from sqlcli.errors import handles_errors, require_path
-from sqlcli.options import DATA, DISTRIBUTED, NETWORK, OPTIMISATION, RUN, ConfigFile, Wandb, choices, option
+from sqlcli.options import (
+    DISTRIBUTED,
+    NETWORK,
+    RUN,
+    ConfigFile,
+    Wandb,
+    method_setting_parameters,
+    setting_parameters,
+    with_setting_options,
+)
 from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
-from sqlcli_core.methods import method_names
-from sqlcli_core.networks.config import ARCHS, DT_ARCHS, NetworkConfig
+from sqlcli_core.networks.config import SHARED_FIELDS, DecisionTransformerConfig, NetworkConfig
 from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
-P, N, L = PretrainConfig, NetworkConfig, LearnerConfig
-Data = Annotated[str | None, option(P, "data", panel=DATA)]
-RunDir = Annotated[Path | None, option(P, "run_dir", panel=RUN)]
-Games = Annotated[str | None, option(P, "games", panel=DATA)]
-# The registered methods, as a choice list (shown in --help, refused with the list otherwise).
-MethodName = enum.Enum("MethodName", {name: name for name in method_names()}, type=str)
-Method = Annotated[MethodName | None, option(L, "method", panel=OPTIMISATION)]
-ArchName = choices("ArchName", (*ARCHS, *DT_ARCHS))
-Arch = Annotated[ArchName | None, option(N, "arch", panel=NETWORK)]
-Width = Annotated[float | None, option(N, "width", panel=NETWORK)]
-BatchSize = Annotated[int | None, option(P, "batch_size", panel=OPTIMISATION)]
-Lr = Annotated[float | None, option(L, "learning_rate", "--lr", panel=OPTIMISATION)]
-AdamEps = Annotated[float | None, option(L, "adam_eps", panel=OPTIMISATION)]
-Alpha = Annotated[float | None, option(L, "alpha", panel=OPTIMISATION)]
-NStep = Annotated[int | None, option(P, "n_step", panel=DATA)]
-Gamma = Annotated[float | None, option(L, "gamma", panel=OPTIMISATION)]
-NumAtoms = Annotated[int | None, option(N, "num_atoms", panel=NETWORK)]
-ProjectionDim = Annotated[int | None, option(N, "projection_dim", panel=NETWORK)]
-VMin = Annotated[float | None, option(N, "v_min", panel=NETWORK)]
-VMax = Annotated[float | None, option(N, "v_max", panel=NETWORK)]
-TargetUpdatePeriod = Annotated[int | None, option(L, "target_update_period", panel=OPTIMISATION)]
-MaxGradNorm = Annotated[float | None, option(L, "max_grad_norm", panel=OPTIMISATION)]
-Steps = Annotated[int | None, option(P, "steps", panel=OPTIMISATION)]
-Seed = Annotated[int | None, option(P, "seed", panel=RUN)]
-CheckpointEvery = Annotated[int | None, option(P, "checkpoint_every", panel=RUN)]
-Keep = Annotated[int | None, option(P, "keep", panel=RUN)]
-LogEvery = Annotated[int | None, option(P, "log_every", panel=RUN)]
+# Every option of a config field is generated from the field (flag, type, help, default, panel, choices):
+# adding a setting to PretrainConfig, LearnerConfig, NetworkConfig or a method's config is adding the field.
+SETTING_OPTIONS = [
+    *setting_parameters(PretrainConfig, types={"run_dir": Path}), *setting_parameters(LearnerConfig),
+    *setting_parameters(NetworkConfig), *setting_parameters(DecisionTransformerConfig, skip=SHARED_FIELDS),
+    *method_setting_parameters(),
+]
 Bf16 = Annotated[bool | None, typer.Option("--bf16/--no-bf16", help="Compute the network in bfloat16 (params and "
                                            "Adam stay float32): compute_dtype bfloat16. Default: off (ours).",
                                            rich_help_panel=NETWORK)]
-GameWeights = Annotated[str | None, option(P, "game_weights", panel=DATA)]
-CacheBytes = Annotated[int | None, option(P, "cache_bytes", panel=DATA)]
-Prefetch = Annotated[int | None, option(P, "prefetch", panel=DATA)]
 Coordinator = Annotated[str | None, typer.Option("--coordinator", help="HOST:PORT of process 0 for a multi-process run "
                                                  "(or SQL_COORDINATOR / JAX_COORDINATOR_ADDRESS). Default: single process.",
                                                  rich_help_panel=DISTRIBUTED)]
@@ -123,26 +107,15 @@ def _parts_table(table: dict, method: str) -> Table:
     return t
 
 
+@with_setting_options(SETTING_OPTIONS, into="given")
 @handles_errors
 def pretrain(
-    data: Data = None, run_dir: RunDir = None, games: Games = None, method: Method = None, arch: Arch = None,
-    width: Width = None, batch_size: BatchSize = None, lr: Lr = None, adam_eps: AdamEps = None, alpha: Alpha = None,
-    n_step: NStep = None, gamma: Gamma = None, num_atoms: NumAtoms = None, projection_dim: ProjectionDim = None, v_min: VMin = None, v_max: VMax = None,
-    target_update_period: TargetUpdatePeriod = None, max_grad_norm: MaxGradNorm = None, steps: Steps = None,
-    seed: Seed = None, checkpoint_every: CheckpointEvery = None, keep: Keep = None, log_every: LogEvery = None,
-    bf16: Bf16 = None, game_weights: GameWeights = None, cache_bytes: CacheBytes = None, prefetch: Prefetch = None,
-    coordinator: Coordinator = None, num_processes: NumProcesses = None, process_id: ProcessId = None,
-    config_file: ConfigFile = None, dry_run: DryRun = False, wandb_project: Wandb = None, as_json: bool = JSON_OPTION,
+    bf16: Bf16 = None, coordinator: Coordinator = None, num_processes: NumProcesses = None,
+    process_id: ProcessId = None, config_file: ConfigFile = None, dry_run: DryRun = False,
+    wandb_project: Wandb = None, as_json: bool = JSON_OPTION, given: dict | None = None,
 ) -> None:
     """Pre-train one network on offline data from many games (Scaled QL, C51, BC or a Decision Transformer), resumably."""
-    flags = {
-        "data": data, "run_dir": str(run_dir) if run_dir else None, "games": games, "method": method and method.value, "arch": arch and arch.value,
-        "width": width, "batch_size": batch_size, "learning_rate": lr, "adam_eps": adam_eps, "alpha": alpha,
-        "n_step": n_step, "gamma": gamma, "num_atoms": num_atoms, "projection_dim": projection_dim, "v_min": v_min, "v_max": v_max,
-        "target_update_period": target_update_period, "max_grad_norm": max_grad_norm, "steps": steps, "seed": seed,
-        "checkpoint_every": checkpoint_every, "keep": keep, "log_every": log_every, "compute_dtype": bf16,
-        "game_weights": game_weights, "cache_bytes": cache_bytes, "prefetch": prefetch,
-    }
+    flags = {**given, "run_dir": str(given["run_dir"]) if given["run_dir"] else None, "compute_dtype": bf16}
     if dry_run:
         _dry_run(config_file, flags, as_json)
         return

@@ -40,7 +40,8 @@ def make_loss_fn(apply: Callable, mask: jax.Array, support: jax.Array, gamma: fl
 
 def _make_loss(setup: LossSetup) -> Callable:
     cfg = setup.learner_config
-    return make_loss_fn(setup.network.apply, setup.mask, setup.network_config.support(), cfg.gamma, cfg.alpha)
+    return make_loss_fn(setup.network.apply, setup.mask, setup.network_config.support(), cfg.gamma,
+                        cfg.method_config.alpha)
 
 
 SCALED_QL = register(Method(
@@ -53,6 +54,6 @@ SCALED_QL = register(Method(
     per_game_metric="td_loss",
     progress=(("td_loss", "td", ".4f"), ("cql_loss", "cql", ".3f"), ("q_data", "Q", ".3f")),
     uses_target_network=True,
-    learner_fields=("alpha", "gamma", "target_update_period"),
+    learner_fields=("gamma", "target_update_period"),
     make_loss=_make_loss,
 ))

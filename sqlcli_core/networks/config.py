@@ -38,16 +38,16 @@ class DecisionTransformerConfig:
     width: float = setting(1.0, "Multiplier of the model width (rounded to a multiple of 8, at least 8; the depth "
                            "stays), for tests and CPU runs.")
     context_steps: int = setting(4, "T, steps per context window (training windows and acting context).",
-                                 tag="authors' code")
+                                 tag="authors' code", cli=False)
     patch_size: int = setting(14, "Side of the square frame patches (must divide 84; 14 gives 36 patches).",
-                              tag="authors' code")
-    return_min: int = setting(-20, "Lowest return-to-go with its own bin.", tag="paper")
-    num_return_bins: int = setting(120, "Return bins, one integer return each from return_min up.", tag="paper")
-    dropout_rate: float = setting(0.1, "Dropout after attention and MLP while training.", tag="authors' code")
+                              tag="authors' code", cli=False)
+    return_min: int = setting(-20, "Lowest return-to-go with its own bin.", tag="paper", cli=False)
+    num_return_bins: int = setting(120, "Return bins, one integer return each from return_min up.", tag="paper", cli=False)
+    dropout_rate: float = setting(0.1, "Dropout after attention and MLP while training.", tag="authors' code", cli=False)
     single_return_token: bool = setting(True, "Only the first step's return token is visible and trained.",
-                                        tag="authors' released configuration")
+                                        tag="authors' released configuration", cli=False)
     full_action_space: bool = setting(False, "Act in the 18 ALE actions for every game instead of each game's "
-                                      "minimal set (shared by both network families).")
+                                      "minimal set (shared by both network families).", cli=False)
 
     def __post_init__(self):
         if self.arch not in PRESETS:
@@ -128,21 +128,21 @@ class NetworkConfig:
     """
 
     arch: str = setting("resnet101", "Torso: dqn, impala, resnet18/34/50/101/152; or a Decision Transformer preset "
-                        "dt-10m/40m/80m/200m (with --method dt).", tag="paper: the family")
-    width: float = setting(1.0, "Channel multiplier of the torso (1.0 = the standard model).")
-    num_atoms: int = setting(51, "C51 atoms (categorical heads only).", tag="ours: the C51 default")
-    v_min: float = setting(-10.0, "Lowest atom (return units, clipped rewards).", tag="ours: the C51 default")
-    v_max: float = setting(10.0, "Highest atom (return units, clipped rewards).", tag="ours: the C51 default")
+                        "dt-10m/40m/80m/200m (with --method dt).", tag="paper: the family", choices=ARCHS + DT_ARCHS, panel="Network")
+    width: float = setting(1.0, "Channel multiplier of the torso (1.0 = the standard model).", panel="Network")
+    num_atoms: int = setting(51, "C51 atoms (categorical heads only).", tag="ours: the C51 default", panel="Network")
+    v_min: float = setting(-10.0, "Lowest atom (return units, clipped rewards).", tag="ours: the C51 default", panel="Network")
+    v_max: float = setting(10.0, "Highest atom (return units, clipped rewards).", tag="ours: the C51 default", panel="Network")
     spatial_embedding_features: int = setting(8, "F of the learned spatial embedding (its output has C * F "
-                                              "features).", tag="ours, from the authors' related public code")
-    projection_dim: int = setting(1024, "D, units of the dense projection before feature normalization.")
+                                              "features).", tag="ours, from the authors' related public code", cli=False)
+    projection_dim: int = setting(1024, "D, units of the dense projection before feature normalization.", panel="Network")
     num_groups: int = setting(32, "Group-norm groups of the ResNets (gcd(num_groups, channels) where channels is "
-                              "smaller).", tag="ours: Wu & He's default")
+                              "smaller).", tag="ours: Wu & He's default", cli=False)
     normalize_features: bool = setting(True, "Divide the shared feature by its L2 norm before the heads.",
-                                       tag="paper")
-    full_action_space: bool = setting(False, "Heads of 18 actions for every game instead of the minimal action sets.")
+                                       tag="paper", cli=False)
+    full_action_space: bool = setting(False, "Heads of 18 actions for every game instead of the minimal action sets.", cli=False)
     compute_dtype: str = setting("float32", "float32, or bfloat16 for accelerators (params stay float32; outputs "
-                                 "come out float32).")
+                                 "come out float32).", cli=False)
 
     def __post_init__(self):
         require_finite(self)

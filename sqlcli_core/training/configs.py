@@ -9,8 +9,9 @@ import dataclasses
 from typing import Any
 
 from sqlcli_core.acting.policies import EpsilonSchedule
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.errors import UsageError
-from sqlcli_core.methods.catalog import DEFAULT_METHOD, method_entry, method_names
+from sqlcli_core.methods.catalog import DEFAULT_METHOD, make_method_config, method_entry, method_names
 from sqlcli_core.networks.config import AnyNetworkConfig, NetworkConfig
 from sqlcli_core.settings import require_finite, setting
 
@@ -19,27 +20,29 @@ from sqlcli_core.settings import require_finite, setting
 class LearnerConfig:
     """The method and the optimisation settings of the learner (the one home of their defaults).
 
-    The C51 support and the compute dtype belong to the network (`NetworkConfig`). Fields a method does not
-    read (alpha for behaviour cloning) are kept but have no effect.
+    The C51 support and the compute dtype belong to the network (`NetworkConfig`). The method's own settings
+    (scaled-ql's CQL weight `alpha`) are `method_config`, an instance of the config class its catalog line
+    names (None: the method's defaults; a dict is turned into the class); generic fields a method does not
+    read (gamma for behaviour cloning) are kept but have no effect.
     """
 
     method: str = setting(DEFAULT_METHOD, "Training method (docs/pretrain.md): " + "; ".join(
-        f"{name}: {method_entry(name).summary}" for name in method_names()) + ".", tag="ours")
-    learning_rate: float = setting(2e-4, "Adam learning rate.", tag="paper", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.", tag="ours: the DQN-Replay offline agents'")
-    alpha: float = setting(0.05, "CQL weight of scaled-ql (0 = plain C51).", tag="ours")
-    gamma: float = setting(0.99, "Discount per agent step.", tag="paper")
-    target_update_period: int = setting(2000, "Gradient steps between hard target copies.", tag="paper")
+        f"{name}: {method_entry(name).summary}" for name in method_names()) + ".", tag="ours", choices=method_names(), panel="Optimisation")
+    learning_rate: float = setting(2e-4, "Adam learning rate.", tag="paper", flag="--lr", panel="Optimisation")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.", tag="ours: the DQN-Replay offline agents'", panel="Optimisation")
+    gamma: float = setting(0.99, "Discount per agent step.", tag="paper", panel="Optimisation")
+    target_update_period: int = setting(2000, "Gradient steps between hard target copies.", tag="paper", panel="Optimisation")
     max_grad_norm: float | None = setting(None, "Clip gradients to this global L2 norm (none: no clipping).",
-                                          tag="ours; the paper states none")
+                                          tag="ours; the paper states none", panel="Optimisation")
+    method_config: Any = None
 
     def __post_init__(self):
         require_finite(self)
         method_entry(self.method)  # a UsageError naming the methods
+        if self.method_config is None or isinstance(self.method_config, dict):
+            object.__setattr__(self, "method_config", make_method_config(self.method, self.method_config))
         if self.learning_rate <= 0 or self.adam_eps <= 0:
             raise UsageError("learning rate and Adam eps must be positive", hint="e.g. --lr 2e-4 --adam-eps 3.125e-4")
-        if self.alpha < 0:
-            raise UsageError(f"CQL alpha must be >= 0, got {self.alpha}", hint="e.g. --alpha 0.05")
         if not 0.0 <= self.gamma <= 1.0:
             raise UsageError(f"gamma must lie in [0, 1], got {self.gamma}", hint="e.g. --gamma 0.99")
         if self.target_update_period < 1:
@@ -54,35 +57,40 @@ class LearnerConfig:
         return get_method(self.method)
 
 
+# The learner's flat settings (the method's own are the method config's fields, `method_setting_owners`).
+LEARNER_SETTINGS = tuple(f.name for f in dataclasses.fields(LearnerConfig) if f.name != "method_config")
+
+
 INITS = ("pretrained", "scratch")
 
 
 FREEZE_CHOICES = ("none", "torso", "shared")
+PROTOCOL_NAMES = tuple(PROTOCOLS)
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """A whole `sql pretrain` run. `network` and `learner` hold the model, method and optimisation settings."""
 
-    data: str = setting(None, "Zarr store written by `sql shard` (path). Required.")
+    data: str = setting(None, "Zarr store written by `sql shard` (path). Required.", panel="Data")
     run_dir: str = setting(None, "Run directory: created if missing, resumed from its newest checkpoint if present. "
-                           "Required.")
-    games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper")
+                           "Required.", panel="Run")
+    games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper", panel="Data")
     network: AnyNetworkConfig = NetworkConfig()
     learner: LearnerConfig = LearnerConfig()
-    batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper")
-    n_step: int = setting(3, "n of the n-step returns (transitions; not read by dt).", tag="paper")
-    steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper")
-    seed: int = setting(0, "Seed of the initial parameters and of the sampler.")
-    checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).")
-    keep: int = setting(3, "Checkpoints kept (newest).")
-    log_every: int = setting(100, "Gradient steps per metrics line (averaged over them).")
+    batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper", panel="Optimisation")
+    n_step: int = setting(3, "n of the n-step returns (transitions; not read by dt).", tag="paper", panel="Data")
+    steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper", panel="Optimisation")
+    seed: int = setting(0, "Seed of the initial parameters and of the sampler.", panel="Run")
+    checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).", panel="Run")
+    keep: int = setting(3, "Checkpoints kept (newest).", panel="Run")
+    log_every: int = setting(100, "Gradient steps per metrics line (averaged over them).", panel="Run")
     game_weights: dict | None = setting(None, "Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1); "
-                                        "games left out weigh 1 (none: uniform over games).")
-    cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).")
-    prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.")
+                                        "games left out weigh 1 (none: uniform over games).", panel="Data")
+    cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).", panel="Data")
+    prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.", panel="Data")
     prefetch_units: int = setting(2, "Sampler cache units loaded ahead by its loader threads (hides a remote "
-                                  "store's latency; TOML-only, docs/sampler.md).")
+                                  "store's latency; TOML-only, docs/sampler.md).", cli=False)
 
     def __post_init__(self):
         for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch", "prefetch_units"):
@@ -101,34 +109,34 @@ class PretrainConfig:
 class OfflineConfig:
     """Everything `sql finetune-offline` does: the one home of its defaults (docs/transfer.md tags them)."""
 
-    game: str = setting(None, "The new game, e.g. Alien (any case, ALE ids accepted). Required.")
-    data: str = setting(None, "Zarr store written by `sql shard` that holds the game's data. Required.")
-    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
-    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
+    game: str = setting(None, "The new game, e.g. Alien (any case, ALE ids accepted). Required.", panel="Data")
+    data: str = setting(None, "Zarr store written by `sql shard` that holds the game's data. Required.", panel="Data")
+    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).", choices=INITS, panel="Network")
+    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).", choices=FREEZE_CHOICES, panel="Network")
     transitions: int = setting(2_000_000, "Rows of the game's data to train on, taken as --slice says.",
-                               tag="paper: about 2M transitions")
-    runs: str | None = setting(None, "Run numbers of the store to use, e.g. 1 or 1-5 (none: all).")
-    checkpoints: str | None = setting(None, "DQN-Replay checkpoint numbers to use, e.g. 0-1 (none: all in the store).")
+                               tag="paper: about 2M transitions", panel="Data")
+    runs: str | None = setting(None, "Run numbers of the store to use, e.g. 1 or 1-5 (none: all).", panel="Data")
+    checkpoints: str | None = setting(None, "DQN-Replay checkpoint numbers to use, e.g. 0-1 (none: all in the store).", panel="Data")
     slice_rule: str = setting("spread", "How the --transitions rows are taken: spread (split evenly over every chosen "
                               "checkpoint of the chosen runs) or first (the first rows in stream order).",
-                              flag="--slice", tag="ours, inferred from the authors' 1% experiments")
-    steps: int = setting(50_000, "Gradient steps.")
-    batch_size: int = setting(32, "Transitions per gradient step.")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
-    alpha: float = setting(0.05, "CQL weight (0 = plain C51).", tag="ours, as pre-training")
-    gamma: float = setting(0.99, "Discount.", tag="paper")
-    n_step: int = setting(3, "n-step return length.", tag="paper")
-    target_update_period: int = setting(2000, "Gradient steps between target copies.", tag="paper")
-    cache_bytes: int = setting(2 << 30, "Sampler cache of decompressed frames, bytes (2 GiB).")
-    protocol: str = setting("dopamine", "Evaluation protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
-    final_seeds: int = setting(5, "Seeds of the final evaluation.")
-    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
-    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
-    eval_envs: int = setting(16, "Emulators played side by side in the evaluation.")
-    checkpoint_every: int = setting(5000, "Gradient steps between checkpoints.")
-    log_every: int = setting(500, "Gradient steps per metrics line.")
-    seed: int = setting(0, "Seed of initialisation and sampling.")
+                              flag="--slice", tag="ours, inferred from the authors' 1% experiments", panel="Data")
+    steps: int = setting(50_000, "Gradient steps.", panel="Optimisation")
+    batch_size: int = setting(32, "Transitions per gradient step.", panel="Optimisation")
+    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr", panel="Optimisation")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.", panel="Optimisation")
+    alpha: float = setting(0.05, "CQL weight (0 = plain C51).", tag="ours, as pre-training", panel="Optimisation")
+    gamma: float = setting(0.99, "Discount.", tag="paper", panel="Optimisation")
+    n_step: int = setting(3, "n-step return length.", tag="paper", panel="Optimisation")
+    target_update_period: int = setting(2000, "Gradient steps between target copies.", tag="paper", panel="Optimisation")
+    cache_bytes: int = setting(2 << 30, "Sampler cache of decompressed frames, bytes (2 GiB).", panel="Data")
+    protocol: str = setting("dopamine", "Evaluation protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper", choices=PROTOCOL_NAMES, panel="Evaluation")
+    final_seeds: int = setting(5, "Seeds of the final evaluation.", panel="Evaluation")
+    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.", panel="Evaluation")
+    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper", panel="Evaluation")
+    eval_envs: int = setting(16, "Emulators played side by side in the evaluation.", panel="Evaluation")
+    checkpoint_every: int = setting(5000, "Gradient steps between checkpoints.", panel="Run")
+    log_every: int = setting(500, "Gradient steps per metrics line.", panel="Run")
+    seed: int = setting(0, "Seed of initialisation and sampling.", panel="Run")
 
     def __post_init__(self):
         require_finite(self)
@@ -145,8 +153,9 @@ class OfflineConfig:
         self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
 
     def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
-                             gamma=self.gamma, target_update_period=self.target_update_period)
+        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps,
+                             method_config={"alpha": self.alpha}, gamma=self.gamma,
+                             target_update_period=self.target_update_period)
 
     def identity_fields(self) -> dict:
         """Settings a resumed run must repeat (everything but its length, logging and evaluation)."""
@@ -161,35 +170,35 @@ class OfflineConfig:
 class OnlineConfig:
     """Everything `sql finetune-online` does: the one home of its defaults (all ours unless tagged)."""
 
-    game: str = setting(None, "Game, e.g. breakout (any case, ALE ids accepted). Required.")
-    mode: int | None = setting(None, "ALE game mode (none: the game's default). Invalid values are refused with ALE's list.")
-    difficulty: int | None = setting(None, "ALE difficulty (none: the game's default).")
-    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
-    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
-    steps: int = setting(20_000, "Agent steps (transitions over all environments).", tag="paper: about 20k")
-    num_envs: int = setting(4, "Emulators stepped side by side, one batched Q call per step.")
-    batch_size: int = setting(32, "Transitions per gradient step.")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
-    alpha: float = setting(0.0, "CQL weight (0 = plain C51).")
-    gamma: float = setting(0.99, "Discount.", tag="paper")
-    n_step: int = setting(3, "n-step return length.", tag="paper")
-    target_update_period: int = setting(1000, "Gradient steps between target copies.")
-    update_period: int = setting(1, "Agent steps per gradient step.")
-    min_replay: int = setting(1600, "Agent steps collected before the first update.")
-    epsilon_start: float = setting(1.0, "Exploration epsilon at step 0.", tag="Dopamine")
-    epsilon_end: float = setting(0.01, "Exploration epsilon after the decay.", tag="Dopamine")
-    epsilon_decay_steps: int = setting(2500, "Agent steps of the linear decay.")
-    replay_capacity: int = setting(1_000_000, "Replay rows in all (7 KB each, allocated lazily).")
-    protocol: str = setting("dopamine", "Emulator protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
-    eval_every: int = setting(5000, "Agent steps between evaluations.")
-    eval_episodes: int = setting(5, "Episodes per periodic evaluation.")
-    final_seeds: int = setting(5, "Seeds of the final evaluation.")
-    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
-    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
-    checkpoint_every: int = setting(5000, "Agent steps between checkpoints.")
-    log_every: int = setting(1000, "Agent steps between metric lines.")
-    seed: int = setting(0, "Seed of initialisation, emulators, exploration and replay.")
+    game: str = setting(None, "Game, e.g. breakout (any case, ALE ids accepted). Required.", panel="Data")
+    mode: int | None = setting(None, "ALE game mode (none: the game's default). Invalid values are refused with ALE's list.", panel="Data")
+    difficulty: int | None = setting(None, "ALE difficulty (none: the game's default).", panel="Data")
+    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).", choices=INITS, panel="Network")
+    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).", choices=FREEZE_CHOICES, panel="Network")
+    steps: int = setting(20_000, "Agent steps (transitions over all environments).", tag="paper: about 20k", panel="Optimisation")
+    num_envs: int = setting(4, "Emulators stepped side by side, one batched Q call per step.", panel="Data")
+    batch_size: int = setting(32, "Transitions per gradient step.", panel="Optimisation")
+    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr", panel="Optimisation")
+    adam_eps: float = setting(3.125e-4, "Adam epsilon.", panel="Optimisation")
+    alpha: float = setting(0.0, "CQL weight (0 = plain C51).", panel="Optimisation")
+    gamma: float = setting(0.99, "Discount.", tag="paper", panel="Optimisation")
+    n_step: int = setting(3, "n-step return length.", tag="paper", panel="Optimisation")
+    target_update_period: int = setting(1000, "Gradient steps between target copies.", panel="Optimisation")
+    update_period: int = setting(1, "Agent steps per gradient step.", panel="Data")
+    min_replay: int = setting(1600, "Agent steps collected before the first update.", panel="Data")
+    epsilon_start: float = setting(1.0, "Exploration epsilon at step 0.", tag="Dopamine", panel="Data")
+    epsilon_end: float = setting(0.01, "Exploration epsilon after the decay.", tag="Dopamine", panel="Data")
+    epsilon_decay_steps: int = setting(2500, "Agent steps of the linear decay.", panel="Data")
+    replay_capacity: int = setting(1_000_000, "Replay rows in all (7 KB each, allocated lazily).", panel="Data")
+    protocol: str = setting("dopamine", "Emulator protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper", choices=PROTOCOL_NAMES, panel="Evaluation")
+    eval_every: int = setting(5000, "Agent steps between evaluations.", panel="Evaluation")
+    eval_episodes: int = setting(5, "Episodes per periodic evaluation.", panel="Evaluation")
+    final_seeds: int = setting(5, "Seeds of the final evaluation.", panel="Evaluation")
+    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.", panel="Evaluation")
+    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper", panel="Evaluation")
+    checkpoint_every: int = setting(5000, "Agent steps between checkpoints.", panel="Run")
+    log_every: int = setting(1000, "Agent steps between metric lines.", panel="Run")
+    seed: int = setting(0, "Seed of initialisation, emulators, exploration and replay.", panel="Run")
 
     def __post_init__(self):
         require_finite(self)
@@ -220,8 +229,9 @@ class OnlineConfig:
                             gamma=self.gamma)
 
     def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
-                             gamma=self.gamma, target_update_period=self.target_update_period)
+        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps,
+                             method_config={"alpha": self.alpha}, gamma=self.gamma,
+                             target_update_period=self.target_update_period)
 
     def identity_fields(self) -> dict:
         """Settings a resumed run must repeat (everything but how long and how often to log/evaluate)."""

@@ -2,12 +2,14 @@
 
 A run's settings are one flat dict (what `--config FILE.toml` and the flags give, and what run.json's
 config re-creates): the fields of `PretrainConfig`, the network's (`NetworkConfig`, or
-`DecisionTransformerConfig` for an arch dt-*) and `LearnerConfig` by name. The method's batch kind picks the
+`DecisionTransformerConfig` for an arch dt-*), `LearnerConfig` and every method's own config class
+(`methods/catalog.py`; only the chosen method's is read and recorded) by name. The method's batch kind picks the
 sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games.catalog import resolve_games
+from sqlcli_core.methods.catalog import make_method_config, method_config_class, method_names, method_setting_owners
 from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     NetworkConfig,
@@ -31,7 +34,7 @@ from sqlcli_core.networks.network import parameter_table
 from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.run_record import run_identity
 from sqlcli_core.settings import field_names, merge_settings
-from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
+from sqlcli_core.training.configs import LEARNER_SETTINGS, LearnerConfig, PretrainConfig
 from sqlcli_core.training.loop import Prefetcher, fit
 from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
 from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
@@ -45,7 +48,7 @@ COMMAND = "pretrain"
 # Flat settings <-> PretrainConfig
 
 _TOP_FIELDS = tuple(n for n in field_names(PretrainConfig) if n not in ("network", "learner"))
-SETTING_NAMES = _TOP_FIELDS + network_setting_names() + field_names(LearnerConfig)
+SETTING_NAMES = _TOP_FIELDS + network_setting_names() + LEARNER_SETTINGS + tuple(method_setting_owners())
 # Other spellings accepted in files: the CLI's short flag and the boolean form of the compute dtype.
 SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
 
@@ -54,7 +57,10 @@ def default_settings() -> dict[str, Any]:
     """Every flat setting with its default, read from the dataclasses."""
     out = {n: PretrainConfig.__dataclass_fields__[n].default for n in _TOP_FIELDS}
     out.update(network_defaults())
-    out.update({n: getattr(LearnerConfig(), n) for n in field_names(LearnerConfig)})
+    out.update({n: getattr(LearnerConfig(), n) for n in LEARNER_SETTINGS})
+    for method in method_names():  # every method's own settings (each is read only by its method)
+        cls = method_config_class(method)
+        out.update({f.name: f.default for f in dataclasses.fields(cls)} if cls is not None else {})
     return out
 
 
@@ -73,7 +79,9 @@ def settings_from_run(record: Mapping[str, Any]) -> dict[str, Any]:
                          hint="pass RUN/run.json of a pre-training run, or a TOML file")
     flat = {k: config[k] for k in _TOP_FIELDS if k in config}
     flat.update(config.get("network") or {})
-    flat.update(config.get("learner") or {})
+    learner = dict(config.get("learner") or {})
+    flat.update(learner.pop("method_config", None) or {})  # runs before 0.3 hold alpha in the learner itself
+    flat.update(learner)
     return flat
 
 
@@ -96,7 +104,7 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
     if not s["run_dir"]:
         raise UsageError("no run directory given", hint="pass --run-dir RUN (created if missing, resumed if present)")
     network = network_config({k: s[k] for k in network_setting_names() if k in s})
-    learner = LearnerConfig(**{k: s[k] for k in field_names(LearnerConfig)})
+    learner = LearnerConfig(**{k: s[k] for k in LEARNER_SETTINGS}, method_config=make_method_config(s["method"], s))
     _check_method_fits_network(learner, network)
     data = str(s["data"])
     return PretrainConfig(

@@ -1,0 +1,88 @@
+"""A method declares its own settings: adding one (tests/toy_method.py plus one catalog line) makes its setting an
+option of `sql pretrain --help`, records it in run.json and re-creates it on resume, with no other edit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sqlcli_core.data import store as st
+from sqlcli_core.methods import catalog
+from sqlcli_core.training import pretrain
+from sqlcli_core.training.configs import LearnerConfig
+from tests.replay_fixture import write_run
+from tests.toy_method import ENTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+# The one catalog line of the toy method, added before the CLI loads its commands.
+ADD_TOY = ("from sqlcli_core.methods.catalog import MethodEntry, add_method; "
+           f"add_method('toy', MethodEntry({ENTRY[0]!r}, {ENTRY[1]!r}, config={ENTRY[2]!r})); "
+           "from sqlcli.main import main; main()")
+TINY = ["--games", "pong", "--arch", "dqn", "--width", "0.25", "--num-atoms", "11", "--batch-size", "8",
+        "--checkpoint-every", "2", "--log-every", "2", "--seed", "1", "--lr", "1e-3", "--cache-bytes", "8000000"]
+
+
+def sql_with_toy(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax-cache")
+    return subprocess.run([sys.executable, "-c", ADD_TOY, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+
+
+@pytest.fixture
+def toy_in_catalog():
+    catalog.add_method("toy", catalog.MethodEntry(ENTRY[0], ENTRY[1], config=ENTRY[2]))
+    yield
+    del catalog.METHODS["toy"]
+
+
+def test_scaled_ql_owns_alpha_and_other_methods_have_none():
+    assert LearnerConfig().method_config.alpha == 0.05
+    assert LearnerConfig(method="bc", method_config={"alpha": 0.7}).method_config is None  # not bc's setting
+    assert catalog.method_setting_owners()["alpha"] == "scaled-ql"
+    with pytest.raises(Exception, match="CQL alpha must be >= 0"):
+        LearnerConfig(method_config={"alpha": -1.0})
+
+
+def test_two_methods_may_not_declare_the_same_setting(toy_in_catalog):
+    catalog.METHODS["toy2"] = catalog.MethodEntry(ENTRY[0], "twin", config=ENTRY[2])
+    try:
+        with pytest.raises(ValueError, match="both declare setting 'toy_weight'"):
+            catalog.method_setting_owners()
+    finally:
+        del catalog.METHODS["toy2"]
+
+
+def test_a_new_methods_setting_is_in_help_run_json_and_resume(tmp_path, toy_in_catalog):
+    helped = sql_with_toy(["pretrain", "--help"], tmp_path)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    assert "--toy-weight" in helped.stdout and "Method toy" in helped.stdout and "0.25 (ours)" in helped.stdout
+
+    src = tmp_path / "src"
+    write_run(src, "Pong", 1, capacity=150, total=400, num_actions=6, seed=11, mean_episode=25)
+    store = tmp_path / "store"
+    st.shard(src, store, config=st.ShardConfig(frame_chunk=32, scalar_chunk=128))
+    run = tmp_path / "run"
+    first = sql_with_toy(["pretrain", "--data", str(store), "--run-dir", str(run), "--method", "toy",
+                          "--toy-weight", "0.5", "--steps", "2", *TINY, "--json"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = json.loads((run / "run.json").read_text())
+    assert record["config"]["learner"]["method"] == "toy"
+    assert record["config"]["learner"]["method_config"] == {"toy_weight": 0.5}
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert abs(line["loss"] - (line["td_loss"] + 0.5 * line["cql_loss"])) < 1e-4  # the loss reads the setting
+
+    # Resume: `--config RUN/run.json` re-creates the setting (in this process and in the CLI).
+    _, config = pretrain.resolve_settings(run / "run.json", {})
+    assert config.learner.method_config.toy_weight == 0.5
+    resumed = sql_with_toy(["pretrain", "--config", str(run / "run.json"), "--steps", "4", "--json"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["resumed_from"] == 2 and summary["steps"] == 4 and summary["config"]["toy_weight"] == 0.5
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["step"] == 4 and abs(line["loss"] - (line["td_loss"] + 0.5 * line["cql_loss"])) < 1e-4
