@@ -174,6 +174,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                 restored, meta, resumed_from = resumed
                 state = learner.TrainState(*restored)
                 sampler.load_state_dict(meta["sampler_states"][0])
+                run.accept()  # only now: a refused resume leaves run.json as it was
             else:
                 run.start_fresh()
 
@@ -243,5 +244,5 @@ def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig
     from sqlcli_core.settings import dataclass_defaults, merge_settings
 
     settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
-                              aliases={"lr": "learning_rate"})
+                              classes=(OfflineConfig,))
     return OfflineConfig(**settings)

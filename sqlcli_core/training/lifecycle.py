@@ -2,8 +2,9 @@
 
     validate settings -> check_resume_settings -> TrainingRun(...)    lock taken, run.json written or checked,
                                                                       Orbax opened
-      -> run.resume(abstract_for) or start_fresh()                    newest intact checkpoint (checksums
+      -> run.resume(abstract_for) + the runner's own checks           newest intact checkpoint (checksums
                                                                       verified), metrics.jsonl cut back to it
+         -> run.accept(), or start_fresh()                            run.json (re)written: only now
       -> the command's own loop, calling run.log(record) and run.save(step, state, meta)
          (records go to RUN/metrics.jsonl and RUN/tensorboard/: training/metrics.py)
       -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()   lock released
@@ -74,8 +75,8 @@ def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[s
 
 
 class TrainingRun:
-    """An open run directory: the writer lock taken, run.json written (or checked against the identity), an
-    Orbax checkpointer, and the metrics file.
+    """An open run directory: the writer lock taken, run.json checked against the identity (and written by
+    `accept` once the resume is accepted, or at a fresh start), an Orbax checkpointer, and the metrics file.
 
     Only the primary process (`write=True`, process 0 of a jax.distributed job) takes the lock and writes
     run.json and metrics; all processes take part in saves (Orbax writes each array once). The lock is a
@@ -92,12 +93,13 @@ class TrainingRun:
         self._lock = contextlib.ExitStack()
         try:
             self._take_lock(command)
-            try:
-                self.record = checkpoint.prepare_run_dir(self.run_dir, identity=identity, config=config,
-                                                         parameter_counts=parameter_counts, seed=seed,
-                                                         command=command, write=write)
-            except OSError as exc:
-                raise from_os_error(exc, f"writing {self.run_dir / checkpoint.RUN_FILE}") from None
+            # Checked now (a run of another identity is refused here), written by `accept`: a resume the
+            # runner then refuses (its sampler or data changed) must leave run.json describing the
+            # checkpoints that are there.
+            self.record = checkpoint.prepare_run_dir(self.run_dir, identity=identity, config=config,
+                                                     parameter_counts=parameter_counts, seed=seed,
+                                                     command=command, write=False)
+            self._accepted = False
             self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
         except BaseException:
             self._lock.close()
@@ -148,18 +150,38 @@ class TrainingRun:
         self.metrics.resume(step if metrics_step_for is None else metrics_step_for(meta))
         return state, meta, step
 
+    def accept(self) -> None:
+        """Record this invocation's settings in RUN/run.json: called once the runner has accepted the resume
+        (restored its own state from the checkpoint's meta) or starts fresh. Idempotent; saving and logging
+        call it too, so that no checkpoint or metric line exists without run.json describing it."""
+        if self._accepted:
+            return
+        self._accepted = True
+        if not self.write:
+            return
+        path = self.run_dir / checkpoint.RUN_FILE
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(path, self.record)
+        except OSError as exc:
+            raise from_os_error(exc, f"writing {path}") from None
+
     def start_fresh(self) -> None:
-        """A run without a checkpoint: drop the metric lines of an attempt killed before its first save."""
+        """A run without a checkpoint: record its settings and drop the metric lines of an attempt killed before
+        its first save."""
+        self.accept()
         self.metrics.reset()
 
     def log(self, record: dict) -> dict:
         """Append a metrics record (flat columns, `kind` train unless given); returns the record as written."""
+        self.accept()
         try:
             return self.metrics.log(record)
         except OSError as exc:
             raise from_os_error(exc, f"writing {self.metrics_path}") from None
 
     def save(self, step: int, state: Any, meta: Any, *, force: bool = False) -> bool:
+        self.accept()
         return self.checkpointer.save(step, state, meta, force=force)
 
     def wait(self) -> None:

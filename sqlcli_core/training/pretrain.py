@@ -19,6 +19,7 @@ import jax
 from sqlcli_core.errors import UsageError
 from sqlcli_core.networks import (
     AnyNetworkConfig,
+    DecisionTransformerConfig,
     NetworkConfig,
     network_config,
     network_defaults,
@@ -74,6 +75,8 @@ _TOP_FIELDS = tuple(n for n in field_names(PretrainConfig) if n not in ("network
 SETTING_NAMES = _TOP_FIELDS + network_setting_names() + field_names(LearnerConfig)
 # Other spellings accepted in files: the CLI's short flag and the boolean form of the compute dtype.
 SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
+# The dataclasses that declare the flat settings (and so their types: settings.check_settings).
+SETTING_CLASSES = (PretrainConfig, NetworkConfig, DecisionTransformerConfig, LearnerConfig)
 
 
 def default_settings() -> dict[str, Any]:
@@ -107,8 +110,7 @@ def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
                      parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
     """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
     settings = merge_settings(default_settings(), config_file, flags, from_run=settings_from_run,
-                              aliases=SETTING_ALIASES)
-    settings["compute_dtype"] = normalize_setting("compute_dtype", settings["compute_dtype"])
+                              aliases=SETTING_ALIASES, classes=SETTING_CLASSES, normalize=normalize_setting)
     if parse_game_weights is not None:
         settings["game_weights"] = parse_game_weights(settings["game_weights"])
     return settings, config_from_settings(settings)
@@ -232,6 +234,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
                         f"checkpoint {resumed_from} was written by {len(saved)} processes, this run has "
                         f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
                 sampler.load_state_dict(saved[jax.process_index()])
+                run.accept()  # only now: a refused resume leaves run.json as it was
             else:
                 state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names)
                 run.start_fresh()
