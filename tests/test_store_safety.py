@@ -23,8 +23,8 @@ import pytest
 
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler
-from sqlcli_core.errors import DataError
 from sqlcli_core.data.store.ingest import run_group_lock
+from sqlcli_core.errors import DataError
 from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import write_run
 from tests.test_store import tree_bytes
