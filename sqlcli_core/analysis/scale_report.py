@@ -23,6 +23,7 @@ import io
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ import numpy as np
 
 from sqlcli_core.analysis.power_law import CONFIDENCE, bootstrap_power_law, fit_log_log
 from sqlcli_core.atomic import atomic_output, write_json
-from sqlcli_core.errors import DataError, SqlError, UsageError
+from sqlcli_core.errors import DataError, SourceUnavailable, SqlError, SqlWarning, UsageError
 from sqlcli_core.evaluation import result_file
 
 METRICS = ("iqm", "median", "mean")
@@ -244,6 +245,9 @@ def composition_from_store(store_path: str, games: tuple[str, ...] | None) -> st
         held = {int(record["checkpoint"])
                 for _, _, group in store.iter_runs(root, set(games) if games else None)
                 for record in store.run_meta(group).get("checkpoints", [])}
+    except (UsageError, SourceUnavailable) as exc:  # a missing bucket, an unreachable store: say which
+        warnings.warn(f"data composition unknown: {exc}", SqlWarning, stacklevel=2)
+        return None
     except (SqlError, OSError, KeyError, TypeError, ValueError):
         return None
     if not held:
