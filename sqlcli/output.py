@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from sqlcli_core.errors import SqlError, SqlWarning, UsageError, from_os_error
+from sqlcli_core.errors import SqlError, SqlWarning, UsageError, from_os_error, memory_error
 
 # Progress and tables go to stderr so that `--json` output on stdout stays machine-readable. Into a log file
 # (nohup, SLURM, Kubernetes) lines keep their full length: rich would wrap them at 80 columns.
@@ -215,6 +215,11 @@ def handles_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to resume", highlight=False)
             raise typer.Exit(130) from None
+        except Exception as exc:  # running out of host or device memory: exit 5, one line; anything else is a bug
+            err = memory_error(exc, f"running `sql {fn.__name__.removesuffix('_command').replace('_', '-')}`")
+            if err is None:
+                raise
+            fail(err.one_line(), err.exit_code)
 
     return wrapper
 

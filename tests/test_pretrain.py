@@ -237,6 +237,17 @@ def test_a_refused_resume_leaves_run_json_as_it_was(store, env, uninterrupted):
     assert (run / "run.json").read_bytes() == before
 
 
+def test_a_batch_that_cannot_fit_is_refused_before_anything_is_allocated(store, env, tmp_path):
+    """--batch-size 100000000 used to end after a minute in numpy's ArrayMemoryError traceback from the
+    sampler's thread, leaving the run directory behind: now one line with the numbers, exit 5, nothing made."""
+    run = tmp_path / "r"
+    proc = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--batch-size", "100000000"], env)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    line = " ".join(proc.stderr.split())
+    assert line.startswith("error: this run needs about ") and "of host memory (" in line and "available" in line
+    assert "Traceback" not in proc.stderr and not run.exists()
+
+
 runner = CliRunner()
 
 

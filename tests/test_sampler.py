@@ -10,7 +10,7 @@ import pytest
 
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler, reference_transition
-from sqlcli_core.errors import ResourceError, UsageError
+from sqlcli_core.errors import UsageError
 from tests.replay_fixture import write_run
 
 CHUNK = 32
@@ -143,7 +143,7 @@ def test_deterministic_and_restorable(store):
 
 
 def test_bad_settings(store):
-    with pytest.raises(ResourceError, match="cache_bytes"):
+    with pytest.raises(UsageError, match="cache_bytes"):  # a setting too small: exit 2
         make(store, cache_bytes=UNIT_BYTES)
     with pytest.raises(UsageError, match="not in the store"):
         make(store, games=["Pong", "Qbert"])

@@ -161,6 +161,13 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     counts = networks.count_parameters(params)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "from": source_str, "origin": origin, "data_selection": selection}
+    from sqlcli_core.training import memory
+
+    # Before the sampler allocates its cache (exit 5 with the numbers, nothing created).
+    memory.check_fits(memory.training_estimate(local_batch=config.batch_size, sample_bytes=memory.TRANSITION_SAMPLE_BYTES,
+                                               cache_bytes=config.cache_bytes, host_batches=5, device_batches=3,
+                                               devices=1),
+                      hint="lower --batch-size (or --cache-bytes), or use a larger machine")
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
                             gamma=config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
     resumed_from, last = None, None

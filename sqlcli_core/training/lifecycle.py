@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,11 @@ class TrainingRun:
                  parameter_counts: dict, seed: int, checkpoint_every: int, keep: int, write: bool = True):
         self.run_dir = Path(run_dir)
         self.write = write
+        # A directory this invocation creates is removed again if the run fails before its first checkpoint
+        # (out of memory, a refusal, an interrupt): nothing half-created is left behind.
+        self._created = write and not self.run_dir.exists()
         self._lock = contextlib.ExitStack()
+        self._locked = False
         try:
             self._take_lock(command)
             # Checked now (a run of another identity is refused here), written by `accept`: a resume the
@@ -102,6 +107,7 @@ class TrainingRun:
             self._accepted = False
             self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
         except BaseException:
+            self._remove_if_created()
             self._lock.close()
             raise
         self.metrics = MetricsLog(self.run_dir, write=write)
@@ -116,6 +122,7 @@ class TrainingRun:
                 self._lock.enter_context(locks.directory_lock(
                     self.run_dir, what=f"the run directory {self.run_dir}",
                     hint=f"wait for that `sql {command}` to finish, or pass another --run-dir"))
+                self._locked = True
             except SqlError as exc:
                 error = exc
         if jax.process_count() > 1:
@@ -202,11 +209,23 @@ class TrainingRun:
             self.close()
             return
         try:
-            self.close()  # finishes the saves in flight: they hold finite states
-        except SqlError:
-            pass  # the error that stopped the run is the one to report
-        if isinstance(exc, NonFiniteError):
-            exc.with_checkpoint(self.run_dir, self.checkpointer.latest_step())
+            try:
+                self.metrics.close()
+                self.checkpointer.close()  # finishes the saves in flight: they hold finite states
+            except SqlError:
+                pass  # the error that stopped the run is the one to report
+            if isinstance(exc, NonFiniteError):
+                exc.with_checkpoint(self.run_dir, self.checkpointer.latest_step())
+            elif self.checkpointer.latest_step() is None:
+                self._remove_if_created()
+        finally:
+            self._lock.close()
+
+    def _remove_if_created(self) -> None:
+        """Remove the run directory when this invocation created it and holds its lock: a fresh run that
+        failed before its first checkpoint leaves nothing (a refused second writer never touches it)."""
+        if self._created and self._locked:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _sync_processes(name: str) -> None:

@@ -181,6 +181,22 @@ def make_sampler(config: PretrainConfig, games, local_batch: int):
                          prefetch_units=config.prefetch_units, **common)
 
 
+def check_memory(config: PretrainConfig, num_games: int, local_batch: int, devices: int) -> None:
+    """Refuse (exit 5, with the numbers) a run whose batches and sampler cache cannot fit in this machine."""
+    from sqlcli_core.data.sampler import default_cache_bytes
+    from sqlcli_core.training import memory
+
+    sequences = config.learner.get_method().batch_kind == "sequences"
+    sample = (memory.sequence_sample_bytes(config.network.context_steps) if sequences
+              else memory.TRANSITION_SAMPLE_BYTES)
+    cache = config.cache_bytes if config.cache_bytes is not None else default_cache_bytes(num_games)
+    # The sampler's queue (2) and the batch it builds, then the Prefetcher's copies on their way to the devices.
+    estimate = memory.training_estimate(local_batch=local_batch, sample_bytes=sample, cache_bytes=cache,
+                                        host_batches=3 + config.prefetch, device_batches=config.prefetch + 1,
+                                        devices=devices)
+    memory.check_fits(estimate, hint="lower --batch-size (or --cache-bytes, --prefetch), or use a larger machine")
+
+
 def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] | None = None,
                     on_log: Callable[[dict], None] | None = None,
                     on_step: Callable[[int], None] | None = None) -> dict:
@@ -208,6 +224,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     mesh = make_mesh()
     local_batch = check_batch_size(config.batch_size, mesh)
     primary = jax.process_index() == 0
+    check_memory(config, len(games), local_batch, mesh.devices.size)  # before the sampler allocates anything
 
     sampler = make_sampler(config, games, local_batch)
     try:
