@@ -59,13 +59,17 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
     """Every option checked as the steps will check it, before the first step runs (nothing is written)."""
     from sqlcli.commands.eval import parse_seeds
     from sqlcli_core.atari.env import get_protocol
+    from sqlcli_core.data import collect
     from sqlcli_core.data.collect import parse_policy
     from sqlcli_core.evaluation import evaluate as ev
     from sqlcli_core.networks import NetworkConfig
     from sqlcli_core.training import pretrain
 
     game_list = ",".join(g.name for g in resolve_games(games))
-    parse_policy(policy, epsilon)
+    spec = parse_policy(policy, epsilon)
+    for game in game_list.split(","):  # the policy against each game's actions, as collect checks it
+        collect.validate(collect.RunConfig(game=game, run=1, transitions=transitions,
+                                           capacity=max(1000, transitions // 2), seed=seed, policy=spec))
     try:
         width_list = [float(w) for w in widths.split(",") if w.strip()]
     except ValueError:
