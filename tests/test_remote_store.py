@@ -351,3 +351,24 @@ def test_a_missing_bucket_is_named_by_every_command(server, source, tmp_path):
     report = sql(["scale-report", *map(str, runs), "--out", str(tmp_path / "report")])
     assert report.returncode == 0, report.stderr
     assert f"warning: data composition unknown: {missing}" in " ".join(report.stderr.split())
+
+
+def test_writer_leases_live_beside_the_store_which_lists_without_warnings(server, s3_store):
+    """The leases of `shard` into s3://replay/store are under s3://replay/.store.sql-locks/, not in the store:
+    zarr lists the store's groups without a warning and its bytes are data only."""
+    import warnings
+
+    url, summary = s3_store
+    client = s3_client(server)
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])]
+    assert any(k.startswith(".store.sql-locks/Pong/1/.sql-writer/lease-") for k in keys)
+    assert not [k for k in keys if k.startswith("store/") and "/.sql-writer/" in k]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(st.open_store(url).members(max_depth=None))
+    assert {"Pong/1/frames", "Pong/2/frames", "Breakout/1/frames"} <= set(members)
+    for run in summary["runs"]:
+        prefix = f"store/{run['game']}/{run['run']}/"
+        assert run["bytes_on_disk"] == sum(o["Size"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix) for o in page.get("Contents", []))

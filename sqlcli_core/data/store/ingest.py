@@ -270,8 +270,9 @@ def _run_writer(root, dst, game: str, run: int, config: ShardConfig):
     """What keeps a run group to one writer: a lease in object storage (remote.writer_lease), an exclusive
     flock on a local disk (`_local_writer`)."""
     if isinstance(dst, str):
-        return remote.writer_lease(root.store, f"{root.store_path.path.strip('/')}/{game}/{run}".strip("/"),
-                                   what=f"{dst}/{game}/{run}", seconds=config.lease_seconds)
+        leases, base = remote.lease_store(dst)  # beside the store, not in it
+        return remote.writer_lease(leases, f"{base}/{game}/{run}".strip("/"), what=f"{dst}/{game}/{run}",
+                                   seconds=config.lease_seconds)
     return _local_writer(dst, game, run)
 
 

@@ -407,6 +407,19 @@ class WriterLease:
                 self._put(self._key("released", self.number), {"owner": self.token})
 
 
+def lease_store(url: str):
+    """(store, prefix) where the writer leases of the store at `url` live: beside it, never inside it
+    (s3://BUCKET/PATH/NAME -> s3://BUCKET/PATH/.NAME.sql-locks/), so that zarr lists the store's run groups
+    without warnings and the store's byte counts are data only. A store at a bucket's root has no beside:
+    its leases stay in its run groups (under .sql-writer/)."""
+    scheme, rest = url.split("://", 1)
+    bucket, _, path = rest.strip("/").partition("/")
+    if not path:
+        return open_remote(url, read_only=False), ""
+    parent, _, name = path.rpartition("/")
+    return open_remote(f"{scheme}://{bucket}/{parent + '/' if parent else ''}.{name}.sql-locks", read_only=False), ""
+
+
 @contextlib.contextmanager
 def writer_lease(store, prefix: str, *, what: str, seconds: float = LEASE_SECONDS) -> Iterator[WriterLease]:
     """Hold the `WriterLease` of `prefix` for the block; released at its end (also on errors)."""
