@@ -65,8 +65,8 @@ def test_the_cli_reports_a_memory_error_in_one_line(monkeypatch, tmp_path):
 
 
 def test_a_fresh_run_that_fails_before_its_first_checkpoint_leaves_no_directory(tmp_path):
-    from sqlcli_core.training.checkpoint import run_identity
-    from sqlcli_core.training.lifecycle import TrainingRun
+    from sqlcli_core.runs.lifecycle import TrainingRun
+    from sqlcli_core.runs.run_record import run_identity
 
     identity = run_identity({"arch": "dqn"}, ["Pong"], [6])
     args = dict(command="pretrain", identity=identity, config={"x": 1}, parameter_counts={"torso": 1}, seed=0,
