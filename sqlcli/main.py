@@ -16,6 +16,7 @@ import typer
 from sqlcli.commands import (
     collect,
     demo,
+    env,
     eval,
     fetch_data,
     finetune_offline,
@@ -67,6 +68,7 @@ for name, module, function in (
     ("scale-report", scale_report, scale_report.scale_report),
     ("demo", demo, demo.demo),
     ("games", games, games.games),
+    ("env", env, env.env),
 ):
     app.command(name, epilog=module.EXAMPLE)(function)
 
