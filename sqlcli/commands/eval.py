@@ -293,6 +293,10 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
                        "overlap": overlap, "episodes_reused": len(previous)},
     }
     write_json(out, result)
+    if policy_block["run"]:  # a run's result also goes to its TensorBoard events, at the checkpoint's step
+        from sqlcli_core.evaluation.eval_events import write_eval_events
+
+        write_eval_events(policy_block["run"], result)
     md_path = out.with_suffix(".md")
     with atomic_output(md_path, "w") as f:
         f.write(ev.markdown_report(result))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from sqlcli_core.analysis import eval_curves
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.training.metrics import INDEX_COLUMNS, read_metrics
@@ -26,6 +27,7 @@ LEARNING_CURVES_FILE = "learning_curves.png"
 # Training columns that count or index rather than measure: not curves of their own.
 NOT_CURVES = frozenset({*INDEX_COLUMNS, "grad_steps", "episodes", "samples_per_s"})
 EVAL_PANEL = "eval score"
+EVAL_RESULT = "eval_result"  # the kind of the records `compare_runs` makes of RUN/eval/*.json (eval_curves)
 # What the common columns measure, for the panel titles (other columns are titled by their name).
 PANEL_TITLES = {
     "loss": "loss (what the optimizer minimises)", "td_loss": "td_loss: distributional TD loss",
@@ -76,7 +78,8 @@ def curve_panels(records: Sequence[Mapping[str, Any]], per_game: bool = True) ->
                 scalars.append(key)
     scalars.sort(key=lambda k: k != "loss")  # loss first, the rest in record order
     evals = [EVAL_PANEL] if any(r.get("kind") == "eval" for r in records) else []
-    return scalars + games + evals
+    files = eval_curves.panels_of([r for r in records if r.get("kind") == EVAL_RESULT])
+    return scalars + games + evals + files
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +93,10 @@ def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray,
 
 def _draw_panel(ax, panel: str, runs: Sequence[tuple[str, Sequence[Mapping]]], colors: Sequence[str]) -> None:
     single = len(runs) == 1
-    if panel == EVAL_PANEL:
+    if panel in (eval_curves.NORMALIZED, eval_curves.RAW):
+        eval_curves.draw_eval_points(ax, panel, [(label, [r for r in records if r.get("kind") == EVAL_RESULT])
+                                                 for label, records in runs], colors)
+    elif panel == EVAL_PANEL:
         for (_, records), color in zip(runs, colors):
             evals = [r for r in records if r.get("kind") == "eval" and _is_number(r.get("mean"))]
             if not evals:
@@ -209,17 +215,21 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Se
         path = Path(run_dir)
         if not path.is_dir():
             raise UsageError(f"run {path} does not exist", hint="pass run directories of `sql pretrain` or `sql finetune-*`")
-        records = read_metrics(path)
+        records = read_metrics(path) + [{"kind": EVAL_RESULT, **p} for p in eval_curves.eval_points(path)]
         if not records:
-            raise DataError(f"{path} has no metrics ({path / 'metrics.jsonl'} missing or empty)",
+            raise DataError(f"{path} has no metrics ({path / 'metrics.jsonl'} missing or empty) and no eval results",
                             hint="pass a run that has trained for at least one logging step")
         runs.append(records)
     labels = run_labels(run_dirs)
     available = curve_panels([r for records in runs for r in records], per_game=True)
     if metrics:
-        wanted = [EVAL_PANEL if m == "eval" else m for m in metrics]
+        eval_panels = [p for p in (EVAL_PANEL, eval_curves.NORMALIZED, eval_curves.RAW) if p in available]
+        wanted = [p for m in metrics for p in ((eval_panels or [EVAL_PANEL]) if m == "eval" else [m])]
         columns = {k for records in runs for r in records for k in r}
         unknown = [m for m in wanted if m not in available and m not in columns]
+        if "eval" in metrics and EVAL_PANEL in unknown:
+            raise UsageError("no evaluation in these runs (no eval records in metrics.jsonl, no RUN/eval/*.json)",
+                             hint="evaluate a checkpoint first: sql eval RUN")
         if unknown:
             raise UsageError(f"no metric {', '.join(unknown)} in these runs",
                              hint=f"choose from: {', '.join('eval' if p == EVAL_PANEL else p for p in available)}")

@@ -216,4 +216,7 @@ def write_final_eval(path: Path, *, command: str, run_config: dict, seed: int, e
         "finetune": finetune,
     }
     write_json(path, result)
+    from sqlcli_core.evaluation.eval_events import write_eval_events
+
+    write_eval_events(run_dir, result)  # and into the run's TensorBoard events
     return result
