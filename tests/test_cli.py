@@ -68,7 +68,7 @@ def test_games_json_keeps_stdout_for_the_summary():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["shard"], "error: missing argument 'src' (see 'python -m sqlcli.main shard --help')"),
+    (["shard"], "error: missing argument 'SRC' (see 'python -m sqlcli.main shard --help')"),
     (["shard", "a", "b", "--jobs", "x"], "error: invalid value for '--jobs': "),
     (["shard", "a", "b", "--jobs", "0"], "error: invalid value for '--jobs': "),
     (["shard", "a", "b", "--bogus"], "error: no such option: --bogus"),

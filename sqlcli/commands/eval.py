@@ -269,7 +269,8 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
 
     digest = settings_digest(settings)
-    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes")
+    # emulators end episodes in bursts: the rate counts from the start, not from the first episode
+    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes", rate_from="start")
     report.add("episodes", total=total, completed=len(previous))
     with report:
 
