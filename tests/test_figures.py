@@ -4,10 +4,8 @@ scale-report and eval PNGs made by the commands users run, and `--record`'s MP4 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from sqlcli_core.analysis.power_law import bootstrap_band, bootstrap_power_law, fit_log_log
 from tests.test_scale_report import cli, make_run, power_law_runs
