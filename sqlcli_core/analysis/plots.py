@@ -280,42 +280,10 @@ def game_intervals(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -
 
 
 def eval_bars(result: Mapping[str, Any]) -> bytes:
-    """PNG: one horizontal bar per game with its 95% interval; human-normalized games in percent (random at
-    0%, human at 100%), games without reference scores in a raw-score panel of their own."""
-    rows = game_intervals(result)
-    normalized = [r for r in rows if r["normalized"]]
-    raw = [r for r in rows if not r["normalized"]]
-    groups = [(g, n) for g, n in ((normalized, True), (raw, False)) if g]
-    heights = [max(1.6, 0.28 * len(g) + 1.1) for g, _ in groups]
-    fig = _figure(7.5, sum(heights) + 0.4)
-    policy = result.get("policy", {})
-    who = policy.get("run") or policy.get("kind", "policy")
-    step = policy.get("step")
-    fig.suptitle(f"{Path(str(who)).name}{f' step {step}' if step is not None else ''}, protocol "
-                 f"{result.get('protocol', {}).get('name', '?')}: mean and 95% interval per game", fontsize=9)
-    grid = fig.add_gridspec(len(groups), 1, height_ratios=heights)
-    for i, (group, is_normalized) in enumerate(groups):
-        ax = fig.add_subplot(grid[i])
-        scale = 100.0 if is_normalized else 1.0
-        y = np.arange(len(group))[::-1]
-        values = np.array([r["value"] for r in group]) * scale
-        lo = np.array([r["ci95"][0] for r in group]) * scale
-        hi = np.array([r["ci95"][1] for r in group]) * scale
-        ax.barh(y, values, color="C0" if is_normalized else "C2", alpha=0.75, height=0.7)
-        ax.errorbar(values, y, xerr=np.stack([values - lo, hi - values]).clip(min=0), fmt="none", ecolor="k",
-                    capsize=3, lw=1.2)
-        ax.set_yticks(y, [r["game"] for r in group], fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.grid(True, axis="x", alpha=0.3)
-        if is_normalized:
-            ax.axvline(0.0, color="0.3", lw=1.0, ls="--", label="random (0%)")
-            ax.axvline(100.0, color="C3", lw=1.0, ls=":", label="human (100%)")
-            ax.set_xlabel("human-normalized score (%)", fontsize=8)
-            ax.legend(fontsize=7, loc="lower right")
-        else:
-            ax.set_xlabel("raw score (no reference scores for these games)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    return _png(fig)
+    """PNG of an eval result: the aggregates as rliable draws them, then one bar per game (analysis/eval_chart)."""
+    from sqlcli_core.analysis.eval_chart import eval_chart
+
+    return eval_chart(result)
 
 
 def write_eval_bars(result: Mapping[str, Any], path: str | Path) -> Path:
