@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from sqlcli_core.analysis.power_law import bootstrap_band, bootstrap_power_law, fit_log_log
 from tests.test_scale_report import cli, make_run, power_law_runs
@@ -68,3 +69,38 @@ def test_eval_chart_has_an_aggregate_row_and_a_panel_per_kind_of_game(tmp_path):
         assert image.format == "PNG" and image.size[0] == 880 and image.size[1] > 500
     none = {**result, "aggregates": {}}  # no game with reference scores: the row says so instead of failing
     write_eval_bars(none, tmp_path / "none.png")
+
+
+@pytest.mark.slow
+def test_record_writes_an_rgb_mp4_of_the_screen_beside_the_agents_view(tmp_path):
+    import imageio.v2 as imageio
+    from typer.testing import CliRunner
+
+    from sqlcli.main import app
+    from sqlcli_core.atari.env import AtariGame
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.evaluation.evaluate import stream_seeds
+
+    res = CliRunner().invoke(app, ["eval", "--policy", "random", "--games", "breakout", "--seeds", "0", "--episodes",
+                                   "1", "--max-steps", "40", "--record", "breakout", "--record-steps", "30",
+                                   "--bootstrap-reps", "50", "--out", str(tmp_path / "r.json"), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["video"] == str(tmp_path / "r.Breakout.mp4") and "warning" not in res.output
+    with imageio.get_reader(tmp_path / "r.Breakout.mp4") as video:
+        assert video.get_meta_data()["fps"] == 15.0  # 60 emulator frames per second / frame skip 4
+        frames = [np.asarray(f) for f in video]
+    assert len(frames) == 30  # --record-steps frames of a 41-frame episode
+    assert {f.shape for f in frames} == {(432, 768, 3)}
+    # independent reference: a fresh emulator with the stream's seed, after reset
+    env = AtariGame(Game("Breakout"), seed=stream_seeds("Breakout", 0)[0])
+    view = env.reset()
+    screen = env.screen_rgb().astype(int)
+    first = frames[0].astype(int)
+    decoded_screen = first[6:426, :320].reshape(210, 2, 160, 2, 3).mean(axis=(1, 3))
+    assert np.abs(decoded_screen - screen).mean() < 6  # H.264 is lossy; a wrong layout or frame is far off
+    assert np.ptp(screen, axis=2).max() > 100  # Breakout's bricks are coloured: the video must be too
+    assert np.ptp(first[6:426, :320], axis=2).max() > 80
+    decoded_view = first[6:426, 336:756].reshape(84, 5, 84, 5, 3).mean(axis=(1, 3))
+    assert np.abs(decoded_view.mean(axis=2) - view).mean() < 6
+    assert np.ptp(decoded_view, axis=2).mean() < 4  # the agent's view is grey

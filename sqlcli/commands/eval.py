@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import typer
@@ -12,10 +13,10 @@ from rich.table import Table
 from sqlcli import options as o
 from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
 from sqlcli_core.atari.env import get_protocol
-from sqlcli_core.atari.games import canonical_name, resolve_games
+from sqlcli_core.atari.games import Game, canonical_name, resolve_games
 from sqlcli_core.atari.vector import BACKENDS, choose_backend
 from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
-from sqlcli_core.errors import DataError, UsageError, from_os_error
+from sqlcli_core.errors import DataError, SqlWarning, UsageError, from_os_error
 from sqlcli_core.evaluation import evaluate as ev
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
@@ -156,10 +157,10 @@ def eval_command(
         "turns: one half's policy call runs while the other half's emulators step (two calls of half the rows per "
         "step; Q-policies only). Scores are the same. Default: on (8% faster on 2 idle cores, docs/benchmarks.md)."),
     record: str = typer.Option(
-        None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
-        "Default: none."),
+        None, "--record", rich_help_panel=o.OUTPUT, help="Save an MP4 of this game's first episode (first seed) "
+        "beside the result: the RGB screen next to the agent's 84x84 view, at the game's speed. Default: none."),
     record_steps: int = typer.Option(
-        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
+        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the video (15 per second of game). Default: 3000."),
     out: Path = typer.Option(
         None, "--out", rich_help_panel=o.OUTPUT, help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
         "RUN/eval/NAME.json for a checkpoint, ./eval/NAME.json otherwise."),
@@ -261,12 +262,20 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     if previous:
         console.print(f"resuming: {len(previous)} of {total} episodes already played ({episodes_path})")
 
-    gif_path = None
+    video_path = None
 
-    def save_gif(item: ev.WorkItem, frames) -> None:
-        nonlocal gif_path
-        gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
-        ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
+    def save_video(item: ev.WorkItem, frames, actions) -> None:
+        """The recorded episode replayed for its RGB screens, beside the agent's view, as an MP4."""
+        nonlocal video_path
+        from sqlcli_core.evaluation.recording import replay_episode, write_mp4
+
+        env_seed, _ = ev.stream_seeds(item.game, item.seed)
+        replay = replay_episode(Game(item.game), env_seed, actions, frames, protocol=protocol, mode=config.mode,
+                                difficulty=config.difficulty)
+        if replay.matched < len(frames):
+            warnings.warn(f"--record: the replay of {item.game} seed {item.seed} left the played episode after "
+                          f"{replay.matched} of {len(frames)} frames; the video stops there", SqlWarning, stacklevel=1)
+        video_path = write_mp4(out.with_name(f"{out.stem}.{item.game}.mp4"), replay, frame_skip=protocol.frame_skip)
 
     digest = settings_digest(settings)
     # emulators end episodes in bursts: the rate counts from the start, not from the first episode
@@ -280,7 +289,7 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
 
         new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  overlap=overlap, done={r.key for r in previous}, record=record_item, record_frames=record_steps,
-                                 on_episode=played, on_record=save_gif)
+                                 on_episode=played, on_record=save_video)
 
     summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
     cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "overlap": overlap, "record": record,
@@ -308,9 +317,10 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
                   f"({num_envs} {backend} emulators)", markup=False)
-    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
+    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {video_path}" if video_path else ""), markup=False)
     emit_summary({
-        "out": str(out), "markdown": str(md_path), "plot": str(png_path), "gif": str(gif_path) if gif_path else None,
+        "out": str(out), "markdown": str(md_path), "plot": str(png_path),
+        "video": str(video_path) if video_path else None,
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),
