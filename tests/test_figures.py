@@ -54,7 +54,7 @@ def test_scale_report_png_on_log_log_with_a_point_at_or_below_zero(tmp_path):
 def test_eval_chart_has_an_aggregate_row_and_a_panel_per_kind_of_game(tmp_path):
     from PIL import Image
 
-    from sqlcli_core.analysis.plots import write_eval_bars
+    from sqlcli_core.analysis.eval_chart import write_eval_chart
     from sqlcli_core.evaluation import evaluate as ev
 
     scores = {"Pong": [-21, -20, -18, -21], "Breakout": [2, 5, 3, 9], "Seaquest": [80, 120, 60, 100],
@@ -64,11 +64,11 @@ def test_eval_chart_has_an_aggregate_row_and_a_panel_per_kind_of_game(tmp_path):
     config = ev.EvalConfig(games=tuple(scores), seeds=(0, 1), episodes=2)
     result = {"policy": {"run": "runs/r18", "step": 5}, "protocol": {"name": "dopamine"},
               **ev.summarize(results, config, bootstrap_reps=300)}
-    path = write_eval_bars(result, tmp_path / "chart.png")
+    path = write_eval_chart(result, tmp_path / "chart.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] == 880 and image.size[1] > 500
     none = {**result, "aggregates": {}}  # no game with reference scores: the row says so instead of failing
-    write_eval_bars(none, tmp_path / "none.png")
+    write_eval_chart(none, tmp_path / "none.png")
 
 
 @pytest.mark.slow

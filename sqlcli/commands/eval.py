@@ -310,9 +310,9 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     md_path = out.with_suffix(".md")
     with atomic_output(md_path, "w") as f:
         f.write(ev.markdown_report(result))
-    from sqlcli_core.analysis.plots import write_eval_bars
+    from sqlcli_core.analysis.eval_chart import write_eval_chart
 
-    png_path = write_eval_bars(result, out.with_suffix(".png"))
+    png_path = write_eval_chart(result, out.with_suffix(".png"))
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "

@@ -14,7 +14,37 @@ from typing import Any
 
 import numpy as np
 
+from sqlcli_core.analysis.figures import new_figure, png_bytes
+from sqlcli_core.atomic import atomic_output
+
 AGGREGATE_ORDER = (("median", "Median"), ("iqm", "IQM"), ("mean", "Mean"))  # rliable's panel order
+
+
+def game_intervals(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -> list[dict]:
+    """Per game of an eval result: the score shown (human-normalized where the game has reference scores,
+    else raw), and a 95% percentile bootstrap interval of its mean over runs (seed means with 2+ seeds,
+    episodes otherwise, as the aggregates resample)."""
+    from sqlcli_core.evaluation import aggregates
+
+    rows = []
+    for game, block in result["games"].items():
+        scores = np.asarray(block["scores"], float)
+        seeds = np.asarray(block["seeds"])
+        distinct = sorted(set(seeds.tolist()))
+        runs = np.array([scores[seeds == s].mean() for s in distinct]) if len(distinct) >= 2 else scores
+        ref = block.get("reference")
+        normalized = ref is not None and block.get("human_normalized") is not None
+        if normalized:
+            runs = (runs - ref["random"]) / (ref["human"] - ref["random"])
+        value = float(runs.mean())
+        if runs.size >= 2:
+            reps_stats = aggregates.bootstrap_distribution(runs[:, None], lambda b: b.mean(axis=(1, 2)), reps=reps,
+                                                           seed=seed)
+            lo, hi = aggregates.percentile_interval(reps_stats)
+        else:
+            lo = hi = value
+        rows.append({"game": game, "value": value, "ci95": [lo, hi], "normalized": normalized, "runs": int(runs.size)})
+    return rows
 
 
 def _aggregate_row(fig, grid_cell, result: Mapping[str, Any]) -> None:
@@ -75,14 +105,12 @@ def _game_panel(ax, group: list[dict], is_normalized: bool) -> None:
 
 def eval_chart(result: Mapping[str, Any]) -> bytes:
     """PNG bytes of an eval result's figure (Agg canvas, no display)."""
-    from sqlcli_core.analysis.plots import _figure, _png, game_intervals
-
     rows = game_intervals(result)
     normalized = [r for r in rows if r["normalized"]]
     raw = [r for r in rows if not r["normalized"]]
     groups = [(g, n) for g, n in ((normalized, True), (raw, False)) if g]
     heights = [1.7] + [max(1.5, 0.3 * len(g) + 1.0) for g, _ in groups]
-    fig = _figure(8.0, sum(heights) + 0.6)
+    fig = new_figure(8.0, sum(heights) + 0.6)
     policy = result.get("policy", {})
     who = policy.get("run") or policy.get("kind", "policy")
     step = policy.get("step")
@@ -95,4 +123,12 @@ def eval_chart(result: Mapping[str, Any]) -> bytes:
     for i, (group, is_normalized) in enumerate(groups):
         _game_panel(fig.add_subplot(grid[i + 1]), group, is_normalized)
     fig.subplots_adjust(left=0.16, right=0.97, top=1 - 0.45 / fig.get_figheight(), bottom=0.5 / fig.get_figheight())
-    return _png(fig)
+    return png_bytes(fig)
+
+
+def write_eval_chart(result: Mapping[str, Any], path: str | Path) -> Path:
+    """NAME.png beside an eval result, written atomically."""
+    png = eval_chart(result)
+    with atomic_output(path, "wb") as f:
+        f.write(png)
+    return Path(path)

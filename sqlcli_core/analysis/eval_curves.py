@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlcli_core.analysis.eval_chart import game_intervals
 from sqlcli_core.evaluation.eval_events import eval_step
 
 EVAL_FOLDER = "eval"
@@ -31,8 +32,6 @@ def eval_point(result: dict) -> dict[str, Any] | None:
         return {"step": step, "panel": NORMALIZED, "value": float(iqm["value"]), "ci95": list(iqm["ci95"]),
                 "deviates": deviates}
     if len(result.get("games") or {}) == 1:
-        from sqlcli_core.analysis.plots import game_intervals  # plots imports this module at its top
-
         (row,) = game_intervals(result)
         return {"step": step, "panel": RAW, "value": row["value"], "ci95": row["ci95"], "deviates": deviates}
     return None

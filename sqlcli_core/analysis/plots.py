@@ -1,4 +1,4 @@
-"""PNG figures of runs and results: learning curves (one run or several), and per-game eval bars.
+"""PNG figures of runs: learning curves (one run or several); eval results' figures are analysis/eval_chart.py.
 
 Every figure is drawn on matplotlib's Agg canvas directly (no pyplot): no display needed, no global backend
 set. Functions return PNG bytes; `write_*` put them on disk atomically.
@@ -10,7 +10,6 @@ a single run), and one for the evaluation score (kind "eval" records: mean with 
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sqlcli_core.analysis import eval_curves
+from sqlcli_core.analysis.figures import new_figure, png_bytes
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.training.metrics import INDEX_COLUMNS, read_metrics
@@ -39,21 +39,6 @@ PANEL_TITLES = {
 }
 MAX_GAME_LEGEND = 12  # more games than this: thin lines, no legend entry per game
 COLUMNS = 3
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _is_number(value: Any) -> bool:
@@ -157,7 +142,7 @@ def learning_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], *, 
     rows = math.ceil(len(panels) / COLUMNS)
     cols = min(COLUMNS, len(panels))
     top = 0.45 if len(runs) > 1 or title else 0.0  # inches for the title or the runs' legend
-    fig = _figure(4.2 * cols, 2.9 * rows + top)
+    fig = new_figure(4.2 * cols, 2.9 * rows + top)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -173,7 +158,7 @@ def learning_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], *, 
     elif title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - top / fig.get_figheight()))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def step_label(run_dir: str | Path) -> str:
@@ -246,48 +231,3 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Se
         f.write(png)
     return {"out": str(out), "runs": [str(d) for d in run_dirs],
             "panels": ["eval" if p == EVAL_PANEL else p for p in panels]}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Eval results
-
-
-def game_intervals(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -> list[dict]:
-    """Per game of an eval result: the score shown (human-normalized where the game has reference scores,
-    else raw), and a 95% percentile bootstrap interval of its mean over runs (seed means with 2+ seeds,
-    episodes otherwise, as the aggregates resample)."""
-    from sqlcli_core.evaluation import aggregates
-
-    rows = []
-    for game, block in result["games"].items():
-        scores = np.asarray(block["scores"], float)
-        seeds = np.asarray(block["seeds"])
-        distinct = sorted(set(seeds.tolist()))
-        runs = np.array([scores[seeds == s].mean() for s in distinct]) if len(distinct) >= 2 else scores
-        ref = block.get("reference")
-        normalized = ref is not None and block.get("human_normalized") is not None
-        if normalized:
-            runs = (runs - ref["random"]) / (ref["human"] - ref["random"])
-        value = float(runs.mean())
-        if runs.size >= 2:
-            reps_stats = aggregates.bootstrap_distribution(runs[:, None], lambda b: b.mean(axis=(1, 2)), reps=reps,
-                                                           seed=seed)
-            lo, hi = aggregates.percentile_interval(reps_stats)
-        else:
-            lo = hi = value
-        rows.append({"game": game, "value": value, "ci95": [lo, hi], "normalized": normalized, "runs": int(runs.size)})
-    return rows
-
-
-def eval_bars(result: Mapping[str, Any]) -> bytes:
-    """PNG of an eval result: the aggregates as rliable draws them, then one bar per game (analysis/eval_chart)."""
-    from sqlcli_core.analysis.eval_chart import eval_chart
-
-    return eval_chart(result)
-
-
-def write_eval_bars(result: Mapping[str, Any], path: str | Path) -> Path:
-    png = eval_bars(result)
-    with atomic_output(path, "wb") as f:
-        f.write(png)
-    return Path(path)

@@ -9,22 +9,18 @@ the bottom edge. When no score is positive at all, the y axis is linear and the 
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 
+from sqlcli_core.analysis.figures import new_figure, png_bytes
 from sqlcli_core.analysis.power_law import CONFIDENCE, bootstrap_band
 
 
 def render_scale_plot(points: Sequence, fits: Sequence, group_by: Sequence[str], metric: str, *,
                       n_bootstrap: int = 10_000, seed: int = 0) -> bytes:
     """PNG bytes (Agg canvas: no display, no global backend). points: `RunPoint`s, fits: `PowerLawFit`s."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5.0), dpi=150)
-    FigureCanvasAgg(fig)
+    fig = new_figure(7.5, 5.0, dpi=150)
     ax = fig.add_subplot()
     positive = [100 * p.score for p in points if p.score > 0]
     log_y = bool(positive)
@@ -82,6 +78,4 @@ def render_scale_plot(points: Sequence, fits: Sequence, group_by: Sequence[str],
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return png_bytes(fig)
