@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
+from sqlcli_core.errors import ResourceError
 from sqlcli_core.provenance import package_versions
 
 # Packages that decide which accelerator JAX can use (present or not, they explain a CPU-only install).
@@ -102,7 +103,16 @@ def environment_report(*, check: bool = True) -> dict[str, Any]:
     """Everything `sql env` shows, as one JSON-serialisable object (keys in docs/install.md)."""
     import jax
 
-    backend = jax.default_backend()
+    try:
+        backend = jax.default_backend()
+        devices = jax.devices()
+    except Exception as exc:  # jax raises RuntimeError, or a bare AssertionError for a missing plugin
+        asked = os.environ.get("JAX_PLATFORMS")
+        detail = " ".join(str(exc).split())
+        raise ResourceError(f"JAX could not start a backend{f' (JAX_PLATFORMS={asked})' if asked else ''}: "
+                            f"{type(exc).__name__}{f': {detail}' if detail else ''}",
+                            hint="install the accelerator build of jaxlib (pip install -e '.[cuda12]' or "
+                            "'.[tpu]', docs/install.md), or unset JAX_PLATFORMS") from None
     seen = accelerators_seen_by_os()
     warnings = []
     if backend == "cpu" and seen:
@@ -112,7 +122,7 @@ def environment_report(*, check: bool = True) -> dict[str, Any]:
                         f"build of jaxlib, pip install -e '.[{extra}]' (docs/install.md)")
     report = {
         "backend": backend,
-        "devices": device_table(jax.devices()),
+        "devices": device_table(devices),
         "local_device_count": jax.local_device_count(),
         "device_count": jax.device_count(),
         "process_index": jax.process_index(),

@@ -54,6 +54,14 @@ def test_env_warns_when_the_os_shows_a_gpu_that_jax_does_not_use(tmp_path):
     assert len(warning_lines) == 1 and "JAX runs on the CPU" in warning_lines[0]
 
 
+def test_env_names_a_backend_jax_cannot_start():
+    proc = sql_env("--json", extra_env={"JAX_PLATFORMS": "nosuchplatform"})
+    assert proc.returncode == 5 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: JAX could not start a backend (JAX_PLATFORMS=nosuchplatform): RuntimeError: ")
+    assert line.endswith("or unset JAX_PLATFORMS)")
+
+
 def test_env_rejects_an_inconsistent_process_id():
     proc = sql_env("--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "5")
     assert proc.returncode == 2
