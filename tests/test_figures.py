@@ -104,3 +104,24 @@ def test_record_writes_an_rgb_mp4_of_the_screen_beside_the_agents_view(tmp_path)
     decoded_view = first[6:426, 336:756].reshape(84, 5, 84, 5, 3).mean(axis=(1, 3))
     assert np.abs(decoded_view.mean(axis=2) - view).mean() < 6
     assert np.ptp(decoded_view, axis=2).mean() < 4  # the agent's view is grey
+
+
+def test_replay_follows_the_recorded_frames_and_stops_where_they_part(tmp_path):
+    import imageio.v2 as imageio
+
+    from sqlcli_core.atari.env import PROTOCOLS, AtariGame
+    from sqlcli_core.atari.games import Game
+    from sqlcli_core.evaluation.recording import replay_episode, write_mp4
+
+    env = AtariGame(Game("Pong"), seed=7)  # the played episode, as evaluation keeps it: frames and actions
+    frames, actions = [env.reset()], [0, 1, 2, 3, 4, 5, 0, 1]
+    frames += [env.step(a)[0] for a in actions]
+    replay = replay_episode(Game("Pong"), 7, actions, frames, protocol=PROTOCOLS["dopamine"])
+    assert replay.matched == 9 and all(np.array_equal(a, b) for a, b in zip(replay.views, frames))
+    assert {s.shape for s in replay.screens} == {(210, 160, 3)}
+    altered = [*frames[:5], frames[5] ^ 1, *frames[6:]]
+    cut = replay_episode(Game("Pong"), 7, actions, altered, protocol=PROTOCOLS["dopamine"])
+    assert cut.matched == 5 and len(cut.screens) == 5
+    with imageio.get_reader(write_mp4(tmp_path / "cut.mp4", cut)) as video:
+        assert video.count_frames() == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mp4"]  # no partial file left

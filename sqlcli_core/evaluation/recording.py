@@ -39,22 +39,18 @@ def replay_episode(game, env_seed: int, actions: Sequence[int], recorded: Sequen
 
     env = AtariGame(game, protocol=protocol, mode=mode, difficulty=difficulty, seed=env_seed)
     try:
-        views = [env.reset()]
-        screens = [env.screen_rgb().copy()]
-        for action in actions[:len(recorded) - 1]:
-            if not np.array_equal(views[-1], recorded[len(views) - 1]):
-                break
+        views, screens = [env.reset()], [env.screen_rgb().copy()]
+        if not np.array_equal(views[0], recorded[0]):
+            return Replay([], [], 0)
+        for action, expected in zip(actions, recorded[1:]):
             frame, _, _ = env.step(int(action))
+            if not np.array_equal(frame, expected):
+                break
             views.append(frame)
             screens.append(env.screen_rgb().copy())
     finally:
         env.close()
-    matched = 0
-    for view, frame in zip(views, recorded):
-        if not np.array_equal(view, frame):
-            break
-        matched += 1
-    return Replay(screens[:matched], views[:matched], matched)
+    return Replay(screens, views, len(views))
 
 
 def video_frame(screen: np.ndarray, view: np.ndarray) -> np.ndarray:
