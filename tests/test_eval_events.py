@@ -12,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.atari.games import REFERENCE_SCORES
-from sqlcli_core.evaluation import evaluate as ev
 from sqlcli_core.evaluation.eval_events import eval_scalars, eval_step, run_hparams, write_eval_events
+from sqlcli_core.evaluation.evaluate import EpisodeResult, EvalConfig
+from sqlcli_core.evaluation.results import summarize, write_final_eval
+from sqlcli_core.games.catalog import REFERENCE_SCORES
 from tests.tensorboard_events import read_tensorboard_scalars
 from tests.test_evaluation import tiny_run  # noqa: F401  (the module's real run, a pytest fixture)
 
@@ -23,13 +24,13 @@ runner = CliRunner()
 SCORES = {"Pong": [-21.0, -20.0, -19.0, -21.0], "Breakout": [1.0, 4.0, 2.0, 0.0], "ElevatorAction": [0.0, 100.0, 0, 0]}
 
 
-def episodes() -> list[ev.EpisodeResult]:
-    return [ev.EpisodeResult(game, seed, episode, scores[2 * seed + episode], 100, False)
+def episodes() -> list[EpisodeResult]:
+    return [EpisodeResult(game, seed, episode, scores[2 * seed + episode], 100, False)
             for game, scores in SCORES.items() for seed in (0, 1) for episode in (0, 1)]
 
 
-def config() -> ev.EvalConfig:
-    return ev.EvalConfig(games=tuple(SCORES), seeds=(0, 1), episodes=2)
+def config() -> EvalConfig:
+    return EvalConfig(games=tuple(SCORES), seeds=(0, 1), episodes=2)
 
 
 def hparams_of(folder: Path) -> dict:
@@ -52,7 +53,7 @@ def hparams_of(folder: Path) -> dict:
 
 
 def test_scalars_follow_the_result_and_reference_scores(tmp_path):
-    result = {"policy": {"step": 40}, **ev.summarize(episodes(), config(), bootstrap_reps=300)}
+    result = {"policy": {"step": 40}, **summarize(episodes(), config(), bootstrap_reps=300)}
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({
@@ -95,8 +96,6 @@ def test_step_is_the_runs_axis_and_nothing_is_written_without_one(tmp_path):
 
 
 def test_final_evaluation_of_finetuning_reaches_tensorboard(tmp_path):
-    from sqlcli_core.training.lifecycle import write_final_eval
-
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
     write_final_eval(run / "eval" / "final.json", command="finetune-online", run_config={}, seed=0,
@@ -122,11 +121,11 @@ def test_sql_eval_of_a_run_writes_its_scalars_at_the_checkpoint_step(tiny_run): 
 
 def write_result(run: Path, name: str, step: int, scores: dict, *, capped: bool = False) -> dict:
     """A real result file (the summary code of `sql eval`) of `scores` {game: 4 scores} at `step`."""
-    results = [ev.EpisodeResult(game, seed, episode, s[2 * seed + episode], 100, False)
+    results = [EpisodeResult(game, seed, episode, s[2 * seed + episode], 100, False)
                for game, s in scores.items() for seed in (0, 1) for episode in (0, 1)]
     result = {"policy": {"step": step}, "protocol": {"deviates_from_protocol": capped},
               "provenance": {"created": f"2026-01-01T00:00:{step % 60:02d}"},
-              **ev.summarize(results, ev.EvalConfig(games=tuple(scores), seeds=(0, 1), episodes=2), bootstrap_reps=300)}
+              **summarize(results, EvalConfig(games=tuple(scores), seeds=(0, 1), episodes=2), bootstrap_reps=300)}
     (run / "eval").mkdir(parents=True, exist_ok=True)
     (run / "eval" / f"{name}.json").write_text(json.dumps(result))
     return result
@@ -136,7 +135,7 @@ def test_sql_plot_metric_eval_draws_the_runs_eval_files(tmp_path):
     from PIL import Image
 
     from sqlcli_core.analysis.eval_curves import NORMALIZED, RAW, eval_points
-    from sqlcli_core.training.metrics import MetricsLog
+    from sqlcli_core.runs.metrics import MetricsLog
 
     run = tmp_path / "run"
     run.mkdir()

@@ -55,15 +55,16 @@ def test_eval_chart_has_an_aggregate_row_and_a_panel_per_kind_of_game(tmp_path):
     from PIL import Image
 
     from sqlcli_core.analysis.eval_chart import write_eval_chart
-    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.evaluation.evaluate import EpisodeResult, EvalConfig
+    from sqlcli_core.evaluation.results import summarize
 
     scores = {"Pong": [-21, -20, -18, -21], "Breakout": [2, 5, 3, 9], "Seaquest": [80, 120, 60, 100],
               "ElevatorAction": [0, 100, 300, 0]}
-    results = [ev.EpisodeResult(g, seed, e, float(s[2 * seed + e]), 100, False)
+    results = [EpisodeResult(g, seed, e, float(s[2 * seed + e]), 100, False)
                for g, s in scores.items() for seed in (0, 1) for e in (0, 1)]
-    config = ev.EvalConfig(games=tuple(scores), seeds=(0, 1), episodes=2)
+    config = EvalConfig(games=tuple(scores), seeds=(0, 1), episodes=2)
     result = {"policy": {"run": "runs/r18", "step": 5}, "protocol": {"name": "dopamine"},
-              **ev.summarize(results, config, bootstrap_reps=300)}
+              **summarize(results, config, bootstrap_reps=300)}
     path = write_eval_chart(result, tmp_path / "chart.png")
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] == 880 and image.size[1] > 500
@@ -77,9 +78,9 @@ def test_record_writes_an_rgb_mp4_of_the_screen_beside_the_agents_view(tmp_path)
     from typer.testing import CliRunner
 
     from sqlcli.main import app
-    from sqlcli_core.atari.env import AtariGame
-    from sqlcli_core.atari.games import Game
+    from sqlcli_core.acting.ale_env import AtariGame
     from sqlcli_core.evaluation.evaluate import stream_seeds
+    from sqlcli_core.games.catalog import Game
 
     res = CliRunner().invoke(app, ["eval", "--policy", "random", "--games", "breakout", "--seeds", "0", "--episodes",
                                    "1", "--max-steps", "40", "--record", "breakout", "--record-steps", "30",
@@ -109,9 +110,10 @@ def test_record_writes_an_rgb_mp4_of_the_screen_beside_the_agents_view(tmp_path)
 def test_replay_follows_the_recorded_frames_and_stops_where_they_part(tmp_path):
     import imageio.v2 as imageio
 
-    from sqlcli_core.atari.env import PROTOCOLS, AtariGame
-    from sqlcli_core.atari.games import Game
+    from sqlcli_core.acting.ale_env import AtariGame
+    from sqlcli_core.acting.protocol import PROTOCOLS
     from sqlcli_core.evaluation.recording import replay_episode, write_mp4
+    from sqlcli_core.games.catalog import Game
 
     env = AtariGame(Game("Pong"), seed=7)  # the played episode, as evaluation keeps it: frames and actions
     frames, actions = [env.reset()], [0, 1, 2, 3, 4, 5, 0, 1]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sqlcli.output import ProgressReport
+from sqlcli.progress import ProgressReport
 from tests.test_cli import sql_all
 
 

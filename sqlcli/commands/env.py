@@ -7,7 +7,8 @@ import warnings
 import typer
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, emit_summary, handles_errors, result_console
+from sqlcli.console import JSON_OPTION, emit_summary, result_console
+from sqlcli.errors import handles_errors
 from sqlcli_core.errors import ResourceError, SqlWarning
 
 EXAMPLE = "Example: sql env --json | python -m json.tool"

@@ -35,7 +35,7 @@ def replay_episode(game, env_seed: int, actions: Sequence[int], recorded: Sequen
                    mode: int | None = None, difficulty: int | None = None) -> Replay:
     """Play `actions` from a fresh emulator seeded `env_seed`; screens and views up to the first frame that
     differs from `recorded` (the agent's frames as evaluation saw them)."""
-    from sqlcli_core.atari.env import AtariGame
+    from sqlcli_core.acting.ale_env import AtariGame
 
     env = AtariGame(game, protocol=protocol, mode=mode, difficulty=difficulty, seed=env_seed)
     try:
