@@ -434,3 +434,19 @@ def test_plot_refuses_an_eval_record_it_would_draw_without_its_band(tmp_path, ev
     lines[1] = {"step": 20, "kind": "eval", "mean": 3.0, "std": 1.0}
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")]).exit_code == 0
+
+
+def test_plot_refuses_an_eval_file_whose_interval_is_not_two_ordered_numbers(tmp_path):
+    """`sql plot` draws RUN/eval/*.json as points with their 95% error bars: a malformed ci95 is exit 3 naming
+    the file and the key (it would be drawn without its bar, or end in a traceback)."""
+    run = make_run(tmp_path, "r", 10 ** 6, 0.2)
+    path = run / "eval" / "final.json"
+    record = json.loads(path.read_text())
+    record["aggregates"]["iqm"]["ci95"] = "x"
+    path.write_text(json.dumps(record))
+    res = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 3, res.output
+    assert err(res).startswith(f"error: {path}: aggregates.iqm.ci95 is \"x\", not an interval")
+    record["aggregates"]["iqm"]["ci95"] = [0.1, 0.3]
+    path.write_text(json.dumps(record))
+    assert runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")]).exit_code == 0
