@@ -86,3 +86,30 @@ def test_a_new_methods_setting_is_in_help_run_json_and_resume(tmp_path, toy_in_c
     assert summary["resumed_from"] == 2 and summary["steps"] == 4 and summary["config"]["toy_weight"] == 0.5
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["step"] == 4 and abs(line["loss"] - (line["td_loss"] + 0.5 * line["cql_loss"])) < 1e-4
+
+
+@pytest.mark.parametrize("command, classes", [
+    ("pretrain", ("PretrainConfig", "LearnerConfig", "NetworkConfig", "ScaledQLConfig")),
+    ("finetune-offline", ("OfflineConfig",)),
+    ("finetune-online", ("OnlineConfig",)),
+])
+def test_every_setting_field_is_an_option_with_its_flag_default_and_help(command, classes):
+    """Adding a setting is one line: each `setting(...)` field (but cli=False ones) is an option of the command
+    with the field's flag, default None (not given: the dataclass default applies) and the field's help."""
+    import dataclasses
+
+    from sqlcli.main import load_command
+    from sqlcli_core.methods import configs as method_configs
+    from sqlcli_core.networks import config as network_configs
+    from sqlcli_core.settings import field_flag, field_help
+    from sqlcli_core.training import configs
+
+    params = {opt: param for param in load_command(command).params for opt in param.opts}
+    for name in classes:
+        cls = next(getattr(m, name) for m in (configs, network_configs, method_configs) if hasattr(m, name))
+        for field in dataclasses.fields(cls):
+            if "help" not in field.metadata or not field.metadata["cli"] or field.name == "compute_dtype":
+                continue
+            param = params.get(field_flag(field))
+            assert param is not None, f"{command}: {cls.__name__}.{field.name} has no option {field_flag(field)}"
+            assert param.default is None and param.help.startswith(field_help(cls, field.name).split(" Default:")[0])
