@@ -184,8 +184,10 @@ def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int], w
     for have, name in zip(sizes, names):
         want = Game(name).num_actions
         if have != want:
+            hint = ("runs with full_action_space (18 actions) are not evaluated: their heads misread minimal-set "
+                    "actions" if have == 18 else "evaluate with the ale-py version the checkpoint was trained with")
             raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
-                             f"has {want}", hint="evaluate with the ale-py version the checkpoint was trained with")
+                             f"has {want}", hint=hint)
 
 
 def validate_config(config: EvalConfig) -> None:
