@@ -37,7 +37,8 @@ from sqlcli_core.atari.env import FRAME_SHAPE, ActingProtocol
 from sqlcli_core.atari.games import Game, game_index, validate_variant
 from sqlcli_core.atari.vector import Emulator, EmulatorPool
 from sqlcli_core.errors import UsageError
-from sqlcli_core.evaluation.sequence_acting import GreedyActing, SequenceActing, SequencePolicy
+from sqlcli_core.evaluation.acting_settings import DTActing
+from sqlcli_core.evaluation.sequence_acting import GreedyActing, SampledActing, SequenceActing, SequencePolicy
 
 FRAME_STACK = 4
 
@@ -85,14 +86,16 @@ class EvalConfig:
     max_steps: int = 27_000
     mode: int | None = None
     difficulty: int | None = None
+    acting: dict | None = None  # evaluation.acting_settings.acting_block; None: greedy (the DT: its defaults)
 
     def play_settings(self) -> dict:
         """The settings that determine the scores (not how fast they are obtained)."""
-        return {
+        settings = {
             "games": list(self.games), "seeds": list(self.seeds), "episodes": self.episodes,
             "protocol": self.protocol.to_dict(), "epsilon": self.epsilon, "max_steps": self.max_steps,
             "mode": self.mode, "difficulty": self.difficulty,
         }
+        return settings if self.acting is None else {**settings, "acting": self.acting}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +191,15 @@ def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int], w
                     "actions" if have == 18 else "evaluate with the ale-py version the checkpoint was trained with")
             raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
                              f"has {want}", hint=hint)
+
+
+def make_chooser(policy: QPolicy | SequencePolicy, config: EvalConfig, width: int):
+    """How `evaluate` asks `policy` for actions under `config.acting` (greedy when unset)."""
+    acting = config.acting or {}
+    if isinstance(policy, SequencePolicy):
+        dt = acting.get("dt")
+        return SequenceActing(policy, width, None if dt is None else DTActing(**dt))
+    return SampledActing(policy) if acting.get("mode") == "sample" else GreedyActing(policy)
 
 
 def validate_config(config: EvalConfig) -> None:
@@ -305,7 +317,7 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
                              max_episode_steps=config.max_steps)
     pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
-    choose = SequenceActing(policy, width) if isinstance(policy, SequencePolicy) else GreedyActing(policy)
+    choose = make_chooser(policy, config, width)
     pending = iter(plans)
     # the streams that take turns, each with its room and its own policy-call buffers
     groups: list[list[_Stream]] = [[], []] if overlap else [[]]
