@@ -289,7 +289,7 @@ def test_best_of_returns_follows_the_distribution_of_a_maximum():
     for samples, beta, kappa in [(1, 1.0, 0.0), (4, 0.75, 0.0), (128, 0.75, 0.0), (3, 1.0, 2.0)]:
         acting = mdt.DTActing(return_samples=samples, return_inverse_temperature=beta, kappa=kappa)
         keys = jax.random.split(jax.random.PRNGKey(samples), n)
-        got = np.asarray(jax.jit(lambda k, lg: mdt.best_of_returns(k, lg, acting))(keys, jnp.tile(logits, (n, 1))))
+        got = np.asarray(jax.jit(lambda k, lg, a=acting: mdt.best_of_returns(k, lg, a))(keys, jnp.tile(logits, (n, 1))))
         tempered = beta * (logits - np.log(np.exp(logits).sum()) + kappa * np.linspace(0, 1, 8))
         p = np.exp(tempered - tempered.max())
         cdf = np.cumsum(p / p.sum())
