@@ -425,11 +425,13 @@ def run_matrix_unit(seeds: Sequence[int]) -> str:
 
 
 def run_scores(episodes: Sequence[EpisodeResult], unit: str) -> np.ndarray:
-    """(runs,) raw score per run of one game: the mean over each seed's episodes, or each episode."""
+    """Raw scores of one game for the bootstrap: (seeds, episodes) per seed (a run's score is their mean, and
+    the nested bootstrap resamples both), or (episodes,) single episodes as the runs when one seed was played."""
     if unit == "episode":
         return np.array([e.score for e in episodes], np.float64)
     seeds = sorted({e.seed for e in episodes})
-    return np.array([np.mean([e.score for e in episodes if e.seed == s]) for s in seeds], np.float64)
+    return np.array([[e.score for e in sorted(episodes, key=lambda e: e.episode) if e.seed == s] for s in seeds],
+                    np.float64)
 
 
 def protocol_block(config: EvalConfig) -> dict:
@@ -531,7 +533,9 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
         "aggregate_method": {
             "score": "human-normalized: (score - random) / (human - random)",
             "unit": unit, "runs_per_game": runs, "games": kept,
-            "bootstrap": "stratified (runs resampled within each game), percentile interval",
+            "bootstrap": ("stratified (runs resampled within each game), percentile interval" if unit == "episode"
+                          else "stratified two-level (within each game: seeds resampled, then each resampled "
+                               "seed's episodes), percentile interval"),
             "reps": bootstrap_reps, "seed": bootstrap_seed, "confidence": 0.95,
             "iqm": "25% trimmed mean of all runs x games", "median": "median over games of the mean over runs",
             "mean": "mean over games of the mean over runs",
