@@ -215,6 +215,16 @@ def test_sampled_acting_draws_from_the_softmax_keyed_by_each_stream():
     assert together.tolist() == alone
 
 
+def test_acting_enters_the_settings_digest_only_where_it_changes_play():
+    base = ev.EvalConfig(games=("Pong",))
+    greedy = dataclasses.replace(base, acting={"mode": "greedy", "method_default": False})
+    assert greedy.play_settings() == base.play_settings()  # earlier logs and default names of greedy evals hold
+    sampled = dataclasses.replace(base, acting={"mode": "sample", "method_default": False})
+    dt = dataclasses.replace(base, acting={"mode": "sample", "method_default": True, "dt": {"return_samples": 128}})
+    assert sampled.play_settings()["acting"] == {"mode": "sample"}
+    assert dt.play_settings()["acting"] == {"mode": "sample", "dt": {"return_samples": 128}}
+
+
 @pytest.mark.slow
 def test_quick_look_is_marked_resumes_and_records(tmp_path):
     out = tmp_path / "quick.json"

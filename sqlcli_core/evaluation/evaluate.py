@@ -95,7 +95,10 @@ class EvalConfig:
             "protocol": self.protocol.to_dict(), "epsilon": self.epsilon, "max_steps": self.max_steps,
             "mode": self.mode, "difficulty": self.difficulty,
         }
-        return settings if self.acting is None else {**settings, "acting": self.acting}
+        # What plays the episodes, not how it was chosen; greedy acting is what every earlier version did, so it
+        # adds nothing (earlier logs and default names of greedy evaluations stay valid).
+        acting = {k: v for k, v in (self.acting or {}).items() if k != "method_default"}
+        return settings if acting in ({}, {"mode": "greedy"}) else {**settings, "acting": acting}
 
 
 @dataclasses.dataclass(frozen=True)
