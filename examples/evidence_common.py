@@ -169,9 +169,9 @@ class Lab:
                  "--seed", 0, "--jobs", 2, "--out", out)
         return out
 
-    def data_returns(self, game: str, replay: Path | None = None) -> np.ndarray:
+    def data_returns(self, game: str, replay: Path | None = None, run: str = "1") -> np.ndarray:
         """The behaviour's own returns: every complete episode of the collected run."""
-        log = json.loads(((replay or self.root / "replay") / game / "1" / "collect_log.json").read_text())
+        log = json.loads(((replay or self.root / "replay") / game / run / "collect_log.json").read_text())
         return np.asarray([e["return"] for e in log["episodes"] if e["terminal"]], dtype=float)
 
     # -- pre-training and evaluation --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import numpy as np
 BOOTSTRAP_REPS = 20_000
 LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action",
           "scaled-ql": "Scaled QL", "c51": "C51 (CQL weight 0)", "bc": "BC (greedy)", "bc-sample": "BC (sampled)",
-          "dt": "Decision Transformer"}
+          "dt": "Decision Transformer", "scaled-ql-a0.01": "Scaled QL (CQL weight 0.01)"}
 
 
 def runs_interval(runs: Sequence[Sequence[float]], reps: int = BOOTSTRAP_REPS) -> dict:
@@ -175,4 +175,37 @@ def transfer_markdown(record: Mapping) -> str:
     return "\n".join(lines)
 
 
-MARKDOWN = {"methods": methods_markdown, "capacity": capacity_markdown, "transfer": transfer_markdown}
+# ---------------------------------------------------------------------------------------------------------
+# Experiment 1c: the Freeway mixture
+
+
+def mixture_markdown(record: Mapping) -> str:
+    """Score intervals per arm next to the data's runs and random play, and the sign of Q(UP) - Q(NOOP) at the
+    bottom rows (mean over seeds of each run's mean gap, and the share of states where UP is preferred)."""
+    eps = record["episodes"]
+    data_all = [x for run in eps["data"].values() for x in run]
+
+    def episodes_interval(scores: Sequence[float]) -> dict | None:  # None: no complete episode (a --quick run)
+        return runs_interval([scores]) if scores else None
+
+    lines = ["| | Freeway score | Q(UP) - Q(NOOP) on bottom-row states | share of them preferring UP |",
+             "|---|---:|---:|---:|", f"| random play | {format_interval(runs_interval([eps['random']['Freeway']]))} | - | - |"]
+    for run, behaviour in record["behaviours"].items():
+        label = f"data run {run} ({behaviour['policy']}, epsilon {behaviour['epsilon']})"
+        lines.append(f"| {label} | {format_interval(episodes_interval(eps['data'][run]))} | - | - |")
+    data = episodes_interval(data_all)
+    lines.append(f"| data, both runs | {format_interval(data)} | - | - |")
+    data_high = data["ci95"][1] if data else float("inf")
+    for arm in record["arms"]:
+        score = runs_interval([seed["Freeway"] for seed in eps["methods"][arm]])
+        text = format_interval(score)
+        text = f"**{text}**" if score["ci95"][0] > data_high else text
+        gaps = record["up_minus_noop_bottom_rows"].get(arm)
+        gap = "-" if not gaps else f"{np.mean([g['mean'] for g in gaps]):+.3f}"
+        share = "-" if not gaps else f"{100 * np.mean([g['share_positive'] for g in gaps]):.0f}%"
+        lines.append(f"| {LABELS.get(arm, arm)} | {text} | {gap} | {share} |")
+    return "\n".join(lines)
+
+
+MARKDOWN = {"methods": methods_markdown, "capacity": capacity_markdown, "transfer": transfer_markdown,
+            "mixture": mixture_markdown}

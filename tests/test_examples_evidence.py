@@ -77,3 +77,14 @@ def test_transfer_quick(root):
 
     assert "| final score |" in transfer_markdown(record)  # recomputed from the record alone
     assert (root / "results" / "transfer.png").stat().st_size > 0
+
+
+def test_mixture_quick(root):
+    """The Freeway mixture: two behaviours as runs 1 and 2 of one store, every arm trained and evaluated, and the
+    Q(UP) - Q(NOOP) sign read on bottom-row states."""
+    record = run_quick("mixture", root)
+    assert record["arms"] == ["scaled-ql", "scaled-ql-a0.01", "c51", "bc", "bc-sample"]
+    assert set(record["up_minus_noop_bottom_rows"]) == {"scaled-ql", "scaled-ql-a0.01", "c51", "bc"}
+    assert sorted(p.name for p in (root / "mixture-replay" / "Freeway").iterdir()) == ["1", "2"]
+    logs = [json.loads((root / "mixture-replay" / "Freeway" / r / "collect_log.json").read_text()) for r in "12"]
+    assert [(log["policy"]["pattern"], log["policy"]["epsilon"]) for log in logs] == [([1], 0.1), ([0], 0.5)]
