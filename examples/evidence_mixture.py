@@ -51,8 +51,8 @@ def make_mixture(lab: Lab) -> object:
 
 def bottom_row_states(count: int, seed: int = 0) -> np.ndarray:
     """(count, 4, 84, 84) frame stacks with the chicken on its start row: NOOP from a reset for 0..199 steps."""
-    from sqlcli_core.atari.env import AtariGame
-    from sqlcli_core.atari.games import Game
+    from sqlcli_core.acting.ale_env import AtariGame
+    from sqlcli_core.games.catalog import Game
 
     rng = np.random.default_rng(seed)
     env = AtariGame(Game(GAME), seed=seed)
@@ -72,7 +72,7 @@ def bottom_row_states(count: int, seed: int = 0) -> np.ndarray:
 
 def up_minus_noop(run_dir, states: np.ndarray) -> dict:
     """Q(UP) - Q(NOOP) (logits for BC) of a run's network on the bottom-row states: mean and share positive."""
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     values = np.asarray(load_policy(run_dir).q_values(states, np.zeros(len(states), np.int32)))
     gap = values[:, 1] - values[:, 0]  # Freeway's minimal set: NOOP, UP, DOWN

@@ -44,8 +44,8 @@ def runs_interval(runs: Sequence[Sequence[float]], reps: int = BOOTSTRAP_REPS) -
 def human_normalized_aggregates(runs: Sequence[Mapping[str, Sequence[float]]], games: Sequence[str],
                                 reps: int = BOOTSTRAP_REPS) -> dict:
     """{"iqm": {...}, "mean": {...}} of human-normalized scores: runs x episodes x games, two-level bootstrap."""
-    from sqlcli_core.atari.games import Game
     from sqlcli_core.evaluation.aggregates import aggregates_with_ci, human_normalized_matrix
+    from sqlcli_core.games.catalog import Game
 
     per_game = {g: np.asarray([run[g] for run in runs], np.float64) for g in games}
     references = {g: Game(g).reference for g in games}
@@ -56,8 +56,8 @@ def human_normalized_aggregates(runs: Sequence[Mapping[str, Sequence[float]]], g
 
 def human_normalized_point(means: Mapping[str, float], games: Sequence[str]) -> dict:
     """IQM and mean over games of one score per game (a 1 x games matrix: no interval)."""
-    from sqlcli_core.atari.games import Game
     from sqlcli_core.evaluation.aggregates import aggregate
+    from sqlcli_core.games.catalog import Game
 
     row = np.array([[Game(g).human_normalized(means[g]) for g in games]])
     return {"iqm": {"mean": aggregate(row, "iqm"), "ci95": None}, "mean": {"mean": aggregate(row, "mean"), "ci95": None}}

@@ -18,9 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # evidence_tables, when run from elsewhere
-
-from evidence_tables import MARKDOWN  # noqa: E402
+from evidence_tables import MARKDOWN  # beside this script (its folder is on the path when it runs)
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = REPO / "docs" / "results"

@@ -32,7 +32,7 @@ def run_quick(name: str, root: Path) -> dict:
     return record
 
 
-def test_methods_quick(root):
+def test_methods_quick(root, monkeypatch):
     record = run_quick("methods", root)
     columns = {"scaled-ql", "c51", "bc", "bc-sample", "dt"}
     assert set(record["human_normalized"]) == {"random", "data"} | columns
@@ -48,31 +48,31 @@ def test_methods_quick(root):
     sampled = json.loads(evals[0].read_text())
     assert sampled["policy"]["acting"]["mode"] == "sample" and set(sampled["games"]["Breakout"]["seeds"]) == {1000, 1001}
     # the tables are recomputed from the record alone (what examples/results_tables.py does for the page)
-    sys.path.insert(0, str(EXAMPLES))
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
     from evidence_tables import methods_markdown
 
     assert methods_markdown(record).splitlines()[0].startswith("| game | random play")
 
 
-def test_capacity_quick(root):
+def test_capacity_quick(root, monkeypatch):
     record = run_quick("capacity", root)
     params = [row["parameters"] for row in record["sizes"]]
     assert len(params) == 3 and params == sorted(params) and len(set(params)) == 3
     # A tiny run's score may be non-positive, which the power law refuses: then the refusal is recorded.
     for report in record["scale_report"].values():
         assert "fits" in report or "refused" in report
-    sys.path.insert(0, str(EXAMPLES))
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
     from evidence_tables import capacity_markdown
 
     assert len(capacity_markdown(record).splitlines()) >= 5  # recomputed from the record's episodes alone
 
 
-def test_transfer_quick(root):
+def test_transfer_quick(root, monkeypatch):
     record = run_quick("transfer", root)
     for kind in ("online", "offline"):
         assert {"pretrained", "scratch"} <= set(record[kind])
     assert record["online"]["pretrained"]["curves"] and record["online"]["pretrained"]["final_episodes"]
-    sys.path.insert(0, str(EXAMPLES))
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
     from evidence_tables import transfer_markdown
 
     assert "| final score |" in transfer_markdown(record)  # recomputed from the record alone

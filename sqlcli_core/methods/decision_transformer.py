@@ -11,7 +11,7 @@ Loss, per window of T steps (cross-entropies, each a mean over the tokens it cou
     loss = w_a * action + w_R * return + w_r * reward           (weights 1 each: the paper trains all three)
 Patch (observation) tokens are never a target.
 
-Expert action inference (acting; settings `evaluation.acting_settings.DTActing`, defaults from the authors'
+Expert action inference (acting; settings `methods.acting_settings.DTActing`, defaults from the authors'
 notebook). With u(R) = (R - R_min) / (R_max - R_min) in [0, 1]:
     P(R | expert, context)  ∝  P(R | context) * exp(kappa * u(R))
 drawn `return_samples` times at inverse temperature beta_R (logits beta_R * (log P(R | context) + kappa * u(R)));
@@ -29,9 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.data.sequences import SequenceBatch
+from sqlcli_core.data.sequence_sampler import SequenceBatch
 from sqlcli_core.errors import UsageError
-from sqlcli_core.evaluation.acting_settings import DTActing
+from sqlcli_core.methods.acting_settings import DTActing
 from sqlcli_core.methods.registry import LossSetup, Method, register
 from sqlcli_core.networks.decision_transformer import (
     FRAME_SHAPE,
@@ -148,7 +148,7 @@ def make_loss_fn(apply: Callable[..., DTOutputs], config: DecisionTransformerCon
 # Expert action inference
 
 
-ActingConfig = DTActing  # the acting settings (evaluation.acting_settings), under the name this module used
+ActingConfig = DTActing  # the acting settings (methods.acting_settings), under the name this module used
 
 
 def expert_return_logits(return_logits: jax.Array, kappa: float, inverse_temperature: float = 1.0) -> jax.Array:
