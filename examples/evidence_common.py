@@ -190,14 +190,14 @@ class Lab:
         return run
 
     def evaluate(self, run: Path | None, games: Sequence[str] | None = None, name: str = "evidence",
-                 seed: int | None = None, acting: Sequence[str] = ()) -> dict:
+                 seed: int | None = None, extra: Sequence[object] = ()) -> dict:
         """`sql eval` of a run's newest checkpoint (or random play when run is None) under the shared cap, on the
-        evaluation seeds of training seed `seed` (random play: seeds 0..n-1). acting: extra eval options."""
+        evaluation seeds of training seed `seed` (random play: seeds 0..n-1). extra: more `sql eval` options."""
         s = self.scale
         games = ",".join(games or s.games)
         out = self.root / "random" / f"{name}.json" if run is None else run / "eval" / f"{name}.json"
         if not out.exists():
-            policy = ("--policy", "random", "--out", out) if run is None else (run, "--name", name, *acting)
+            policy = ("--policy", "random", "--out", out) if run is None else (run, "--name", name, *extra)
             self.sql("eval", *policy, "--games", games, "--seeds", eval_seeds_for(seed, s.eval_episodes),
                      "--episodes", 1, "--max-steps", s.eval_max_steps)
         return json.loads(out.read_text())

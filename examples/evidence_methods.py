@@ -52,7 +52,7 @@ def run(lab: Lab, methods: tuple[str, ...] = METHODS) -> dict:
             episodes.setdefault(method, []).append(episode_scores(lab.evaluate(run_dir, seed=seed)))
             runs.setdefault(method, []).append(str(run_dir))
             if method == "bc":  # the same runs, acting by sampling: BC's acting is a setting, not the method
-                sampled = lab.evaluate(run_dir, seed=seed, name="evidence-sample", acting=("--acting", "sample"))
+                sampled = lab.evaluate(run_dir, seed=seed, name="evidence-sample", extra=("--acting", "sample"))
                 episodes.setdefault(SAMPLED_BC, []).append(episode_scores(sampled))
     columns = [c for m in methods for c in ((m, SAMPLED_BC) if m == "bc" else (m,))]
     # Why the scores are what they are: which action the value and policy networks prefer on the data's states.

@@ -97,7 +97,7 @@ def run(lab: Lab) -> dict:
             gaps.setdefault(arm, []).append(up_minus_noop(run_dir, states))
             if arm == "bc":
                 sampled = lab.evaluate(run_dir, games=[GAME], seed=seed, name="evidence-sample",
-                                       acting=("--acting", "sample"))
+                                       extra=("--acting", "sample"))
                 episodes.setdefault("bc-sample", []).append(episode_scores(sampled))
     data = {}
     for run_number in BEHAVIOURS:

@@ -8,6 +8,8 @@ same architecture, budget and seeds.
     (`--init pretrained`: its torso and its Freeway head) vs `--init scratch`; learning curves.
 (b) Offline: `sql finetune-offline` on SpaceInvaders, a game left out of pre-training, from a small budget of
     its data (the same behaviour), pre-trained torso with a fresh head vs scratch.
+Final scores: `sql eval` of each fine-tuned run on evaluation seeds of its own (as every pre-training run), not the
+fine-tuning command's own final evaluation, which plays seeds 0..n-1 for every run.
 The paper's claim: pre-training speeds both up. Writes ROOT/results/transfer.json and transfer.png and prints
 a Markdown table.
 """
@@ -15,7 +17,6 @@ a Markdown table.
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 from evidence_common import HELDOUT_GAME, Lab, episode_scores, error_bars, parse_args, save_figure
@@ -35,7 +36,8 @@ def online(lab: Lab, source, init: str, seed: int) -> dict:
             "--eval-max-steps", s.eval_max_steps, "--seed", seed, "--run-dir", run)
     with open(run / "learning_curve.csv", newline="") as f:
         curve = [(int(r["agent_steps"]), float(r["eval_mean"])) for r in csv.DictReader(f)]
-    return {"run": str(run), "curve": curve, "final": _final_episodes(run, ONLINE_GAME)}
+    final = lab.evaluate(run, games=[ONLINE_GAME], seed=seed, extra=("--mode", ONLINE_MODE))
+    return {"run": str(run), "curve": curve, "final": episode_scores(final)[ONLINE_GAME]}
 
 
 def offline(lab: Lab, source, init: str, seed: int) -> dict:
@@ -44,13 +46,7 @@ def offline(lab: Lab, source, init: str, seed: int) -> dict:
     lab.sql("finetune-offline", "--from", source, "--init", init, "--game", HELDOUT_GAME, "--data", lab.store,
             "--transitions", s.offline_transitions, "--steps", s.offline_steps, "--final-seeds", 2,
             "--final-episodes", 1, "--eval-max-steps", s.eval_max_steps, "--seed", seed, "--run-dir", run)
-    return {"run": str(run), "final": _final_episodes(run, HELDOUT_GAME)}
-
-
-def _final_episodes(run, game: str) -> list[float]:
-    """The final evaluation's episode scores (the fine-tuning commands play seeds 0..n-1 for every run: these
-    episodes' seeds are shared by the training seeds, unlike the pre-training evaluations)."""
-    return [float(x) for x in json.loads((run / "eval" / "final.json").read_text())["games"][game]["scores"]]
+    return {"run": str(run), "final": episode_scores(lab.evaluate(run, games=[HELDOUT_GAME], seed=seed))[HELDOUT_GAME]}
 
 
 def run(lab: Lab) -> dict:
