@@ -238,6 +238,7 @@ def _true_values(gamma: float):
 def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
     import jax
 
+    from sqlcli_core.networks.network import build_network
     from sqlcli_core.runs.checkpointer import Checkpointer
     from sqlcli_core.runs.policy import load_policy
     from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
@@ -279,7 +280,7 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
             assert np.all(q[:, unseen] < np.minimum(q[:, right], q[:, quit_])), f"unseen action not held down: {q}"
 
     # load_policy's values are the network's expected returns (numpy re-derivation from the logits)
-    network = __import__("sqlcli_core.networks", fromlist=["x"]).build_network(net, lw.NUM_ACTIONS)
+    network = build_network(net, lw.NUM_ACTIONS)
     obs = np.stack([_frame(0, i) for i in range(4)])
     logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)).logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
