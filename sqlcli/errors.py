@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from sqlcli.console import PROCESS_STATE, err_console
-from sqlcli_core.errors import SqlError, UsageError, from_os_error
+from sqlcli_core.errors import SqlError, UsageError, from_os_error, memory_error
 
 # click's base exception, whether typer uses click or its own vendored copy (typer >= 0.2x).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -63,10 +63,20 @@ def _usage_error_line(exc: Exception) -> str:
     return f"{message} (see '{ctx.command_path if ctx is not None else 'sql'} --help')"
 
 
+def _usage_name(param) -> str:
+    return param.metavar if param.required else f"[{param.metavar}]"
+
+
 def plain_help(command) -> None:
     """How every option reads in `--help`: our help text states the default (typer would print it a second
     time) and a flag shows no `<bool>` value it does not take."""
     for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            # named as the usage line and `--help` show it (RUN_DIRS..., [DST]), also in "missing argument"
+            # errors: typer's own names are the Python ones ('run_dirs', `{src} [dst]`)
+            param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+            if hasattr(param, "_usage_display_name"):  # typer >= 0.2x writes `{src} [dst]`; click's `SRC [DST]`
+                param._usage_display_name = functools.partial(_usage_name, param)
         if hasattr(param, "show_default"):
             param.show_default = False
         if getattr(param, "is_flag", False):
@@ -130,6 +140,11 @@ def handles_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to resume", highlight=False)
             raise typer.Exit(130) from None
+        except Exception as exc:  # running out of host or device memory: exit 5, one line; anything else is a bug
+            err = memory_error(exc, f"running `sql {fn.__name__.removesuffix('_command').replace('_', '-')}`")
+            if err is None:
+                raise
+            fail(err.one_line(), err.exit_code)
 
     return wrapper
 

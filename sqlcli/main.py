@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scale-report": ("scale_report", "scale_report"),
     "demo": ("demo", "demo"),
     "games": ("games", "games"),
+    "env": ("env", "env"),
 }
 
 
