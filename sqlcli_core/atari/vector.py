@@ -169,6 +169,15 @@ class PythonGame:
         self.env.close()
 
 
+def synthetic_emulator(game: Game, seed: int, max_episode_steps: int | None = None):
+    """The emulator of a synthetic known-answer game (`sqlcli_core.synthetic`), or None for an Atari game."""
+    from sqlcli_core.synthetic.chain import chain_spec
+    from sqlcli_core.synthetic.emulator import ChainEmulator
+
+    spec = chain_spec(game.name)
+    return None if spec is None else ChainEmulator(game, spec, seed=seed, max_episode_steps=max_episode_steps)
+
+
 class EmulatorPool:
     """Emulators of any games, re-used across streams: a new stream re-seeds an idle emulator of its game
     (one ROM load) instead of creating one."""
@@ -215,6 +224,9 @@ class EmulatorPool:
         self._idle.setdefault(emulator.game.name, []).append(emulator)
 
     def _create(self, game: Game, seed: int) -> Emulator:
+        synthetic = synthetic_emulator(game, seed, self.max_episode_steps)
+        if synthetic is not None:
+            return synthetic
         if self.backend == "vector":
             return VectorGame(game, protocol=self.protocol, max_episode_steps=self.max_episode_steps)
         return PythonGame(game, protocol=self.protocol, mode=self.mode, difficulty=self.difficulty,

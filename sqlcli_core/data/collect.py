@@ -39,6 +39,7 @@ from sqlcli_core.data.collect_policy import BehaviourPolicy, PolicySpec
 from sqlcli_core.data.collect_policy import parse_policy as parse_policy  # the CLI's and demo's import
 from sqlcli_core.data.ring_buffer import RingBuffer
 from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
+from sqlcli_core.synthetic.emulator import chain_experts
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
 
@@ -96,6 +97,9 @@ def validate(config: RunConfig) -> None:
         )
     if config.policy.kind == "checkpoint":
         _checkpoint_head(config.policy.run, game)
+    if config.policy.kind == "mixture" and not game.synthetic:
+        raise UsageError(f"policy mixture needs a game with known good and poor policies, not {game.name}",
+                         hint="use a known-answer game (`sql games diagnostic`), or another --policy")
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,7 +205,8 @@ class _Run:
         greedy = None
         if config.policy.kind == "checkpoint":
             greedy = self._checkpoint_greedy(config.policy.run)
-        self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy)
+        experts = chain_experts(self.game, self.env) if config.policy.kind == "mixture" else None
+        self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy, experts)
         self.buffer = RingBuffer(config.capacity)
         self.stack = np.zeros((rf.STACK_SIZE, *rf.FRAME_SHAPE), dtype=np.uint8)  # the agent's state
         self.env_steps = 0

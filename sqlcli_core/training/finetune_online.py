@@ -34,6 +34,7 @@ import numpy as np
 
 from sqlcli_core.atari.env import AtariGame, get_protocol
 from sqlcli_core.atari.games import Game, canonical_name, validate_variant
+from sqlcli_core.atari.vector import synthetic_emulator
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
@@ -155,8 +156,9 @@ class Actors:
         self.protocol = protocol
         n = config.num_envs
         seeds = np.random.SeedSequence(config.seed).spawn(n)
-        self.envs = [AtariGame(game, protocol=protocol, mode=config.mode, difficulty=config.difficulty,
-                               seed=int(s.generate_state(1)[0] & 0x7FFFFFFF)) for s in seeds]
+        self.envs = [synthetic_emulator(game, seed) or AtariGame(
+            game, protocol=protocol, mode=config.mode, difficulty=config.difficulty, seed=seed)
+            for seed in (int(s.generate_state(1)[0] & 0x7FFFFFFF) for s in seeds)]
         self.stacks = np.zeros((n, STACK, 84, 84), np.uint8)
         self.returns = np.zeros((n,), np.float64)
         self.lengths = np.zeros((n,), np.int64)
