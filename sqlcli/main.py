@@ -16,6 +16,7 @@ import typer
 from sqlcli.commands import (
     collect,
     demo,
+    diagnose,
     eval,
     fetch_data,
     finetune_offline,
@@ -65,6 +66,7 @@ for name, module, function in (
     ("finetune-online", finetune_online, finetune_online.finetune_online),
     ("plot", plot, plot.plot),
     ("scale-report", scale_report, scale_report.scale_report),
+    ("diagnose", diagnose, diagnose.diagnose),
     ("demo", demo, demo.demo),
     ("games", games, games.games),
 ):

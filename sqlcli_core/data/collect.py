@@ -39,9 +39,9 @@ from sqlcli_core.data.collect_policy import BehaviourPolicy, PolicySpec
 from sqlcli_core.data.collect_policy import parse_policy as parse_policy  # the CLI's and demo's import
 from sqlcli_core.data.ring_buffer import RingBuffer
 from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
-from sqlcli_core.synthetic.emulator import chain_experts
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
+from sqlcli_core.synthetic.emulator import chain_experts
 
 LOG_NAME = "collect_log.json"
 RESUME_NAME = "resume.json"
