@@ -22,6 +22,7 @@ def diagnose(
     game: str = typer.Option(..., "--game", help="A known-answer game of the run (`sql games diagnostic`), e.g. Chain-fall-12."),
     data: str = typer.Option(None, "--data", help="Replay store of the run's data, for the visited states, the data's "
                              "return and its n-step fixed point. Default: the store run.json names."),
+    gamma: float = typer.Option(None, "--gamma", help="Discount the exact answers are computed for. Default: the run's own."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Compare a trained network with Q* (value iteration), the data's n-step fixed point and the optimal return."""
@@ -30,7 +31,7 @@ def diagnose(
     from sqlcli_core.training.checkpoint import load_policy
 
     require_path(run, "run directory", hint="pass a run directory written by `sql pretrain`")
-    result = run_diagnosis(load_policy(run), game, data)
+    result = run_diagnosis(load_policy(run), game, data, gamma)
     table = Table(title=f"{result['game']}: {result['method']} step {result['run_step']}, gamma {result['gamma']}, "
                         f"n-step {result['n_step']}")
     for col in ("position", "Q* (advance, other)", "Q-hat", "greedy", "optimal", "data counts"):

@@ -109,10 +109,11 @@ def greedy_return(policy, game: Game, spec: ChainSpec) -> float:
     return float(results[0].score)
 
 
-def diagnose(policy, game_name: str, store=None) -> dict:
+def diagnose(policy, game_name: str, store=None, gamma: float | None = None) -> dict:
     """The diagnosis of a loaded policy (`checkpoint.load_policy`) on one synthetic game of its run.
 
-    `store`: the replay store of the run's data (default: the one run.json names)."""
+    `store`: the replay store of the run's data (default: the one run.json names). `gamma`: the discount the
+    answers are computed for (default: the run's own; another value asks whether the run learned that one)."""
     name = canonical_name(game_name)
     spec = chain_spec(name)
     if spec is None:
@@ -120,7 +121,8 @@ def diagnose(policy, game_name: str, store=None) -> dict:
     head = game_index(policy.games, name)
     config = policy.run_config.get("config", {})
     learner = config.get("learner", {})
-    gamma = float(learner.get("gamma", 0.99))
+    run_gamma = float(learner.get("gamma", 0.99))
+    gamma = run_gamma if gamma is None else float(gamma)
     n_step = int(config.get("n_step", 1))
     store = store or config.get("data")
     if not store:
@@ -138,7 +140,7 @@ def diagnose(policy, game_name: str, store=None) -> dict:
     data_return = float(data["rewards"].sum() / episodes) if episodes else None
 
     has_values = hasattr(policy, "q_values") and policy.method != "bc"
-    result: dict = {"game": name, "run_step": policy.step, "method": policy.method, "gamma": gamma, "n_step": n_step,
+    result: dict = {"game": name, "run_step": policy.step, "method": policy.method, "gamma": gamma, "run_gamma": run_gamma, "n_step": n_step,
                     "store": str(store), "q_reference": "optimal Q* by value iteration (gamma from the run)"}
     per_state = []
     greedy = None
