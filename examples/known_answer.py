@@ -13,7 +13,7 @@ Experiments (records in OUT/*.json):
   {1, 3}, and BC; max/mean |Q-hat - Q*|, Q error against the data's n-step fixed point, greedy action
   agreement with an optimal action, greedy return; mean and 95% t-interval over the seeds.
 - stay: Chain-stay-12, the same data policy; what the CQL weight does where the wrong action only delays.
-- propagation: C51 on Chain-fall-12 with a target copy every 50 steps and a checkpoint at every copy: how many
+- propagation: C51 on Chain-fall-12 with a target copy every 30 steps and a checkpoint at every copy: how many
   positions' values are right (within 0.05) after k copies, against the k that one backup per copy predicts.
 """
 
@@ -125,7 +125,7 @@ def sweep(lab: Lab, game: str, seeds: list[int], n_steps: tuple[int, ...]) -> di
     return {"game": game, "rows": rows}
 
 
-def propagation(lab: Lab, game: str, seed: int, period: int = 50) -> dict:
+def propagation(lab: Lab, game: str, seed: int, period: int = 30) -> dict:
     from sqlcli_core.synthetic.chain import chain_spec
 
     store = lab.store(game)
@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("known-answer-work"), help="Working directory (data, runs).")
     parser.add_argument("--out", type=Path, default=Path("docs/known-answer"), help="Where the records go.")
     parser.add_argument("--seeds", default="0,1,2", help="Training seeds. Default 0,1,2.")
-    parser.add_argument("--steps", type=int, default=600, help="Gradient steps per run. Default 600.")
+    parser.add_argument("--steps", type=int, default=400, help="Gradient steps per run. Default 400.")
     parser.add_argument("--transitions", type=int, default=6000, help="Transitions collected per game. Default 6000.")
     parser.add_argument("--only", default="methods,stay,propagation", help="Experiments to run.")
     parser.add_argument("--tables", action="store_true", help="Print the page's tables from the records and exit.")

@@ -190,3 +190,23 @@ def test_data_fixed_point_three_step_follows_the_behaviour():
     assert q_star[0, 0] == pytest.approx(g ** 2) and abs(fixed[0, 0] - q_star[0, 0]) > 0.05
     one_step = data_fixed_point(n_step_samples(data, 1, g), 3, 2)
     np.testing.assert_allclose(one_step[np.isfinite(one_step)], q_star[np.isfinite(one_step)])
+
+
+def test_eval_normalises_synthetic_games_to_random_and_optimal_play():
+    from sqlcli_core.evaluation.evaluate import EvalConfig, RandomPolicy, evaluate, summarize
+
+    games = ("Chain-stay-12", "Chain-fall-12")
+    config = EvalConfig(games=games, seeds=(0, 1, 2), episodes=20, protocol=PROTOCOLS["no-sticky"], epsilon=1.0,
+                        max_steps=100)
+    results, _ = evaluate(RandomPolicy([Game(g) for g in games]), config, num_envs=4)
+    summary = summarize(results, config, bootstrap_reps=200)
+    for name in games:
+        block = summary["games"][name]
+        random_score, optimal = chain.random_return(chain.CHAINS[name]), 1.0
+        assert block["human_normalized"] is None
+        assert block["reference"] == {"random": random_score, "optimal": optimal}
+        assert block["optimal_normalized"] == pytest.approx((block["mean"] - random_score) / (optimal - random_score))
+        assert max(block["lengths"]) <= chain.CHAINS[name].cap  # the game's own cap, under the eval's
+    assert summary["aggregate_method"]["scale"] == "optimal"
+    assert summary["aggregate_method"]["score"].startswith("optimal-normalized")
+    assert summary["excluded_from_aggregates"] == []
