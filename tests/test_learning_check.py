@@ -130,3 +130,13 @@ def test_the_check_can_fail(runs):
     assert broken["max_abs_q_error"] > BOUND
     wrong_discount = _diagnose(runs / "c51", gamma=0.9)  # a run of gamma 0.99 judged as if it had learned 0.9
     assert wrong_discount["max_abs_q_error"] > BOUND
+
+
+def test_diagnose_refuses_what_it_cannot_answer(runs, tmp_path):
+    runner = CliRunner()
+    atari = runner.invoke(app, ["diagnose", str(runs / "c51"), "--game", "Pong"])
+    assert atari.exit_code == 2 and "Pong has no known answer" in atari.output
+    other = runner.invoke(app, ["diagnose", str(runs / "c51"), "--game", "Chain-stay-12"])
+    assert other.exit_code == 2 and "not among 1 games" in other.output
+    missing = runner.invoke(app, ["diagnose", str(tmp_path / "nope"), "--game", GAME])
+    assert missing.exit_code == 2
