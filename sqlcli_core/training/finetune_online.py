@@ -451,7 +451,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
             return {"run": str(run_dir), "game": game.name, "mode": config.mode, "difficulty": config.difficulty,
                     "init": config.init, "freeze": config.freeze, "agent_steps": agent_steps, "grad_steps": grad_steps,
                     "resumed_from": resumed_from, "final_mean": g["mean"], "final_std": g["std"],
-                    "human_normalized": g["human_normalized"], "eval_file": str(final_path),
+                    "human_normalized": g["human_normalized"], "optimal_normalized": g.get("optimal_normalized"), "eval_file": str(final_path),
                     "learning_curve": str(curve), "metrics": str(metrics_path)}
     finally:
         actors.close()
