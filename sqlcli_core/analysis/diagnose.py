@@ -159,7 +159,9 @@ def diagnose(policy, game_name: str, store=None, gamma: float | None = None) -> 
         }
     else:
         result.update(max_abs_q_error=None, mean_abs_q_error=None,
-                      note=f"method {policy.method} has no action values: action agreement and return only")
+                      note=f"method {policy.method} has no action values: " + (
+                          "action agreement and return only" if hasattr(policy, "q_values") else
+                          "return only (it acts on a context of steps, not on one state)"))
         fixed = None
     if greedy is not None:
         result["greedy_action_agreement"] = float(np.mean(optimal[np.flatnonzero(visited_states), greedy[visited_states]]))
