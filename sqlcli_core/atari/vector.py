@@ -30,6 +30,7 @@ import numpy as np
 
 from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol, AtariGame, check_seed
 from sqlcli_core.atari.games import Game
+from sqlcli_core.synthetic.emulator import synthetic_emulator
 
 BACKENDS = ("auto", "vector", "python")
 
@@ -167,15 +168,6 @@ class PythonGame:
 
     def close(self) -> None:
         self.env.close()
-
-
-def synthetic_emulator(game: Game, seed: int, max_episode_steps: int | None = None):
-    """The emulator of a synthetic known-answer game (`sqlcli_core.synthetic`), or None for an Atari game."""
-    from sqlcli_core.synthetic.chain import chain_spec
-    from sqlcli_core.synthetic.emulator import ChainEmulator
-
-    spec = chain_spec(game.name)
-    return None if spec is None else ChainEmulator(game, spec, seed=seed, max_episode_steps=max_episode_steps)
 
 
 class EmulatorPool:

@@ -20,7 +20,8 @@ import numpy as np
 
 from sqlcli_core.atari.env import ActingProtocol, AtariGame
 from sqlcli_core.atari.games import Game
-from sqlcli_core.atari.vector import VectorGame, choose_backend, synthetic_emulator
+from sqlcli_core.atari.vector import VectorGame, choose_backend
+from sqlcli_core.synthetic.emulator import synthetic_emulator
 
 
 class PythonActor:

@@ -15,7 +15,7 @@ import json
 
 import numpy as np
 
-from sqlcli_core.synthetic.chain import ChainSpec
+from sqlcli_core.synthetic.chain import ChainSpec, chain_spec
 
 
 class ChainEmulator:
@@ -98,3 +98,31 @@ def chain_experts(game, emulator) -> ChainExperts:
     if not isinstance(emulator, ChainEmulator):
         raise TypeError(f"{game.name} has no good and poor policies")
     return ChainExperts(emulator.spec, emulator)
+
+
+def synthetic_emulator(game, seed: int = 0, max_episode_steps: int | None = None) -> ChainEmulator | None:
+    """The emulator of a synthetic known-answer game, or None for any other game (an Atari game)."""
+    spec = chain_spec(game.name)
+    return None if spec is None else ChainEmulator(game, spec, seed=seed, max_episode_steps=max_episode_steps)
+
+
+class SyntheticBackend:
+    """The known-answer games as a game backend (`acting.backend.GameBackend`): one `ChainEmulator` per call.
+
+    They have no modes or difficulties and ignore the protocol's sticky actions and frame skip (their Q*
+    assumes deterministic moves); the protocol's episode cap applies on top of the game's own."""
+
+    name = "synthetic"
+
+    def knows(self, game: str) -> bool:
+        return chain_spec(game) is not None
+
+    def make_emulator(self, game, *, protocol=None, engine: str = "python", mode: int | None = None,
+                      difficulty: int | None = None, max_episode_steps: int | None = None,
+                      seed: int = 0) -> ChainEmulator:
+        if mode is not None or difficulty is not None:
+            raise ValueError(f"{game.name} has no modes or difficulties")
+        return synthetic_emulator(game, seed, max_episode_steps)
+
+
+SYNTHETIC = SyntheticBackend()

@@ -34,11 +34,11 @@ import numpy as np
 
 from sqlcli_core.atari.env import AtariGame, get_protocol
 from sqlcli_core.atari.games import Game, canonical_name, validate_variant
-from sqlcli_core.atari.vector import synthetic_emulator
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import UsageError
 from sqlcli_core.settings import require_finite, setting
+from sqlcli_core.synthetic.emulator import synthetic_emulator
 from sqlcli_core.training.checkpoint import make_q_fn
 from sqlcli_core.training.loop import check_finite
 
