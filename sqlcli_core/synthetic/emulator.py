@@ -1,8 +1,8 @@
 """A chain game behind every emulator interface the toolkit plays through.
 
 `ChainEmulator` is at once:
-- an `atari.vector.Emulator` (eval's pool): `start(seed)`, `reset()`, `send(a)`, `recv()`, `close()`;
-- a collect actor (`data.collect_actors`): `reset()`, `send`, `recv`, `resume_record`, kind "actions"
+- an emulator of eval's pool (the game-backend interface): `start(seed)`, `reset()`, `send(a)`, `recv()`, `close()`;
+- a collect actor: `reset()`, `send`, `recv`, `resume_record`, kind "actions"
   (the game is a function of its seed and its actions, so a resume replays the logged actions);
 - an `AtariGame` for online fine-tuning: `reset()`, `step(a)`, `save_state()` / `restore_state(bytes)`.
 
