@@ -87,12 +87,12 @@ def gym_dqn_baseline(policy, steps: int, epsilon: float = 0.001, seed: int = 0) 
 
 def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int, backend: str,
               overlap: bool = False) -> dict:
-    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
 
-    config = ev.EvalConfig(games=("Pong",), seeds=tuple(range(seeds)), episodes=episodes, epsilon=epsilon,
+    config = EvalConfig(games=("Pong",), seeds=tuple(range(seeds)), episodes=episodes, epsilon=epsilon,
                            max_steps=max_steps)
     start = time.perf_counter()
-    results, stats = ev.evaluate(policy, config, num_envs=32, backend=backend, overlap=overlap)
+    results, stats = evaluate(policy, config, num_envs=32, backend=backend, overlap=overlap)
     wall = time.perf_counter() - start
     return {"env_steps": stats.env_steps, "wall_s": round(wall, 2), "setup_s": round(stats.setup_seconds, 2),
             "policy_s": round(stats.policy_seconds, 2), "env_steps_per_s": round(stats.env_steps / wall, 1),
@@ -102,21 +102,22 @@ def eval_call(policy, seeds: int, episodes: int, epsilon: float, max_steps: int,
 def bare_loop(steps: int, game: str = "Breakout", seed: int = 0) -> float:
     """benchmarks.bench_collect's bare AtariGame loop, with OpenBLAS held to one thread as collect holds it."""
     from benchmarks.bench_collect import bare_loop as collect_bare_loop
-    from sqlcli_core.data import collect as core
+    from sqlcli_core.acting.collect import single_threaded_blas
 
-    with core.single_threaded_blas():
+    with single_threaded_blas():
         return collect_bare_loop(game, steps, seed)
 
 
 def collect_rates(steps: int, runs: int, jobs: int, backend: str, game: str = "Breakout") -> float:
     """Agent steps per wall-clock second of collect_all over `runs` runs, `jobs` at a time (vector: together in
     this process; python: in `jobs` processes)."""
-    from sqlcli_core.data import collect as core
+    from sqlcli_core.acting.collect import collect_all
+    from sqlcli_core.acting.collect_runs import RunConfig
 
-    configs = [core.RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, runs + 1)]
+    configs = [RunConfig(game, run, transitions=steps, capacity=2000) for run in range(1, runs + 1)]
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()
-        core.collect_all(configs, root, jobs=jobs, backend=backend)
+        collect_all(configs, root, jobs=jobs, backend=backend)
         return runs * steps / (time.perf_counter() - start)
 
 
@@ -139,8 +140,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from benchmarks.bench_eval import NetworkPolicy
-    from sqlcli_core.atari.games import Game
-    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.evaluation.evaluate import RandomPolicy
+    from sqlcli_core.games.catalog import Game
 
     all_cores = os.sched_getaffinity(0)
     settings = [("1 core", {min(all_cores)}), (f"{len(all_cores)} cores", all_cores)]
@@ -161,7 +162,7 @@ def main() -> None:
     eval_random_cap = 27_000
     for label, cores in settings:
         for backend in ("vector", "python"):
-            r = pinned(cores, eval_call, ev.RandomPolicy(pong), args.seeds, args.episodes, 1.0, eval_random_cap, backend)
+            r = pinned(cores, eval_call, RandomPolicy(pong), args.seeds, args.episodes, 1.0, eval_random_cap, backend)
             emit({"what": f"eval random, {args.seeds} seeds x {args.episodes} episodes, whole call", "backend": backend,
                   "cores": label, **{k: v for k, v in r.items() if k != "scores"},
                   "steady_env_steps_per_s": round(r["env_steps"] / (r["wall_s"] - r["setup_s"]), 1),

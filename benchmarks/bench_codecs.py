@@ -1,6 +1,6 @@
 """Choose the frame codec and chunk length of the `sql shard` store by measurement on real ALE frames.
 
-Plays random actions in a few games with Dopamine's preprocessing (sqlcli_core.atari.env), stacks the
+Plays random actions in a few games with Dopamine's preprocessing (sqlcli_core.acting.ale_env), stacks the
 84x84 frames as `shard` stores them, and for each (codec, frames per chunk) measures: compression ratio,
 encode MB/s and decode MB/s of whole chunks (MB of raw frames, single thread, through the zarr 3 codec
 objects that the store uses), and the cost of one random single-frame read (= one whole-chunk decode).
@@ -19,8 +19,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from sqlcli_core.atari.env import AtariGame
-from sqlcli_core.atari.games import resolve_games
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.games.catalog import resolve_games
 
 
 def play_frames(game_name: str, n: int, seed: int = 0) -> np.ndarray:

@@ -20,9 +20,10 @@ import time
 
 import numpy as np
 
-from sqlcli_core.atari.env import AtariGame
-from sqlcli_core.atari.games import Game
-from sqlcli_core.data import collect as core
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.collect import collect_run, single_threaded_blas
+from sqlcli_core.acting.collect_runs import LOG_NAME, RunConfig, run_dir
+from sqlcli_core.games.catalog import Game
 
 
 def bare_loop(game: str, steps: int, seed: int = 0) -> float:
@@ -50,14 +51,14 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=10_000, help="ring-buffer rows per checkpoint")
     args = parser.parse_args()
 
-    with core.single_threaded_blas():
+    with single_threaded_blas():
         baseline = bare_loop(args.game, args.steps)
     baseline_mt = bare_loop(args.game, min(args.steps, 2000))
     with tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        summary = core.collect_run(core.RunConfig(args.game, 1, transitions=args.steps, capacity=args.capacity), root)
+        summary = collect_run(RunConfig(args.game, 1, transitions=args.steps, capacity=args.capacity), root)
         wall = time.perf_counter() - t0
-        log = json.loads((core.run_dir(root, args.game, 1) / core.LOG_NAME).read_text())
+        log = json.loads((run_dir(root, args.game, 1) / LOG_NAME).read_text())
     result = {
         "game": args.game, "steps": args.steps, "capacity": args.capacity,
         "baseline_steps_per_s": baseline, "baseline_default_blas_threads_steps_per_s": baseline_mt,

@@ -6,7 +6,7 @@ Same machine, same process, run back to back:
   preprocessing), one environment, random actions, resetting at game over;
 - ours: `sqlcli_core.evaluation.evaluate.evaluate` on Pong with N emulators (Dopamine preprocessing, 4-frame stacks),
   with (a) the random policy (epsilon 1: no forward pass) and (b) a jitted, randomly initialised Nature-DQN
-  multi-game network (`networks.build_network(NetworkConfig(arch="dqn"))`) with epsilon 0.001: one batched
+  multi-game network (`build_network(NetworkConfig(arch="dqn"))`) with epsilon 0.001: one batched
   forward pass for all N observations per step; for N in --num-envs and threads in --threads.
 
 Every emulator plays --steps agent steps (Pong's random episodes are longer, so none ends early). Figures:
@@ -53,13 +53,14 @@ class NetworkPolicy:
         import jax
         import jax.numpy as jnp
 
-        from sqlcli_core import networks
-        from sqlcli_core.training.checkpoint import make_q_fn
+        from sqlcli_core.networks.config import NetworkConfig, num_actions_for
+        from sqlcli_core.networks.network import build_network
+        from sqlcli_core.runs.policy import make_q_fn
 
         self.games, self.run_config, self.step = list(games), {}, 0
-        config = networks.NetworkConfig(arch=arch)
-        num_actions = networks.num_actions_for(config, self.games)
-        network = networks.build_network(config, num_actions)
+        config = NetworkConfig(arch=arch)
+        num_actions = num_actions_for(config, self.games)
+        network = build_network(config, num_actions)
         self.params = network.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 84, 84), jnp.uint8),
                                    jnp.zeros((1,), jnp.int32))
         self._q_fn = make_q_fn(config, num_actions)
@@ -69,11 +70,11 @@ class NetworkPolicy:
 
 
 def ours(policy, num_envs: int, threads: int, steps: int, epsilon: float) -> dict:
-    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
 
-    config = ev.EvalConfig(games=("Pong",), seeds=tuple(range(num_envs)), episodes=1, epsilon=epsilon,
+    config = EvalConfig(games=("Pong",), seeds=tuple(range(num_envs)), episodes=1, epsilon=epsilon,
                            max_steps=steps)
-    _, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads)
+    _, stats = evaluate(policy, config, num_envs=num_envs, threads=threads)
     steady = stats.env_steps / (stats.seconds - stats.setup_seconds)
     return {"env_steps": stats.env_steps, "seconds": round(stats.seconds, 2),
             "setup_seconds": round(stats.setup_seconds, 2), "policy_seconds": round(stats.policy_seconds, 2),
@@ -87,11 +88,11 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
     parser.add_argument("--no-network", action="store_true", help="skip the network-policy rows")
     args = parser.parse_args()
-    from sqlcli_core.atari.games import Game
-    from sqlcli_core.evaluation import evaluate as ev
+    from sqlcli_core.evaluation.evaluate import RandomPolicy
+    from sqlcli_core.games.catalog import Game
 
     games = [Game("Pong")]
-    policies = [("random (epsilon 1)", ev.RandomPolicy(games), 1.0)]
+    policies = [("random (epsilon 1)", RandomPolicy(games), 1.0)]
     if not args.no_network:
         policies.append(("dqn network (epsilon 0.001)", NetworkPolicy(games), 0.001))
     baseline_steps = 2000

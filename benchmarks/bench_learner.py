@@ -62,22 +62,26 @@ def step_flops(compiled) -> float | None:
 def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_bytes: int) -> dict:
     import jax
 
-    from sqlcli_core import networks
     from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.training import learner
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.networks.network import count_parameters
+    from sqlcli_core.training.configs import LearnerConfig
+    from sqlcli_core.training.loop import Prefetcher
+    from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     games = ["Pong", "Breakout"]
     num_actions = (6, 4)
-    net = networks.NetworkConfig(arch=arch, width=width)
-    cfg = learner.LearnerConfig()
-    mesh = learner.make_mesh()
-    sharding = learner.batch_sharding(mesh)
-    state = learner.init_train_state(net, num_actions, cfg, 0, mesh)
-    step = learner.make_train_step(net, num_actions, cfg, mesh)
-    params = sum(networks.count_parameters(state.params).values())
+    net = NetworkConfig(arch=arch, width=width)
+    cfg = LearnerConfig()
+    mesh = make_mesh()
+    sharding = batch_sharding(mesh)
+    state = init_train_state(net, num_actions, cfg, 0, mesh)
+    step = make_train_step(net, num_actions, cfg, mesh)
+    params = sum(count_parameters(state.params).values())
 
     with ReplaySampler(store, games=games, batch_size=batch, seed=0, cache_bytes=cache_bytes) as sampler:
-        fixed = learner.put_batch(sampler.next_batch(), sharding)
+        fixed = put_batch(sampler.next_batch(), sharding)
         t = time.perf_counter()
         compiled = step.lower(state, fixed).compile()
         compile_s = time.perf_counter() - t
@@ -91,7 +95,7 @@ def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_by
         jax.block_until_ready(m)
         compute_s = (time.perf_counter() - t) / steps
 
-        with learner.Prefetcher(sampler, sharding, depth=2) as batches:
+        with Prefetcher(sampler, sharding, depth=2) as batches:
             for _ in range(2):
                 b, _ = next(batches)
                 state, m = step(state, b)

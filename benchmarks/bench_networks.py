@@ -17,10 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.atari.games import resolve_games
 from sqlcli_core.data.batch import TransitionBatch
+from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.methods.scaled_ql import make_loss_fn
-from sqlcli_core.networks import NetworkConfig, action_mask, build_network, num_actions_for
+from sqlcli_core.networks.config import NetworkConfig, num_actions_for
+from sqlcli_core.networks.network import action_mask, build_network
 
 
 def timed(fn, *args, repeats):

@@ -27,7 +27,7 @@ GAMES = ["Pong", "Breakout", "Seaquest", "Qbert"]
 
 
 def build(tmp: Path, games: int, rows: int) -> Path:
-    from sqlcli_core.atari.games import minimal_action_set
+    from sqlcli_core.games.catalog import minimal_action_set
     from tests.replay_fixture import write_run
 
     src = tmp / "src"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core.atari.games import minimal_action_set, resolve_games  # noqa: E402
 from sqlcli_core.data import store as st  # noqa: E402
 from sqlcli_core.data import transitions as tr  # noqa: E402
-from sqlcli_core.data.sampler import ReplaySampler, slot_bytes  # noqa: E402
+from sqlcli_core.data.sampler import ReplaySampler, slot_bytes
+from sqlcli_core.games.catalog import minimal_action_set, resolve_games
 from tests.replay_fixture import write_run  # noqa: E402
 
 CHUNK, N_STEP, BATCH = 32, 3, 512

@@ -53,7 +53,8 @@ def make_pretrained(out: Path, games: str, collect_steps: int, pretrain_steps: i
 def throughput(args, source: Path) -> None:
     """Agent steps per second of the acting loop (emulators + one batched Q call per step), no learning:
     1 emulator (the baseline) vs --num-envs emulators, same process, same settings otherwise."""
-    from sqlcli_core.training.finetune_online import OnlineConfig, run_online
+    from sqlcli_core.training.configs import OnlineConfig
+    from sqlcli_core.training.finetune_online import run_online
 
     rates = {}
     for n in sorted({1, args.num_envs}):
@@ -95,7 +96,8 @@ def main() -> None:
                    help="instead: acting speed (agent steps/s, no updates) with 1 emulator vs --num-envs, side by side")
     args = p.parse_args()
 
-    from sqlcli_core.training.finetune_online import OnlineConfig, run_online
+    from sqlcli_core.training.configs import OnlineConfig
+    from sqlcli_core.training.finetune_online import run_online
 
     args.out.mkdir(parents=True, exist_ok=True)
     source = args.source

@@ -242,7 +242,7 @@ def error_bars(entries: Sequence[Mapping]) -> np.ndarray:
 
 
 def human_normalized(game: str, score: float) -> float:
-    from sqlcli_core.atari.games import resolve_games
+    from sqlcli_core.games.catalog import resolve_games
 
     return resolve_games(game)[0].human_normalized(score)
 

@@ -33,7 +33,7 @@ def greedy_agreement(run_dir, store, games, samples: int, action: int) -> dict:
     """How often the trained network's greedy action is the behaviour's scripted action, on states drawn from
     the data (uniformly within each game), next to how often the data itself took that action there."""
     from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     policy = load_policy(run_dir)
     sampler = ReplaySampler(store, games=list(games), batch_size=samples, seed=0)

@@ -74,7 +74,7 @@ class Lab:
 
 def diagnosis(run: Path, game: str) -> dict:
     from sqlcli_core.analysis.diagnose import diagnose
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     return diagnose(load_policy(run), game)
 

@@ -14,11 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from sqlcli_core.atari.env import PROTOCOLS
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.settings import field_help
-from sqlcli_core.training.finetune import FREEZE_CHOICES, INITS
-from sqlcli_core.training.finetune_offline import OfflineConfig
-from sqlcli_core.training.finetune_online import OnlineConfig
+from sqlcli_core.training.configs import FREEZE_CHOICES, INITS, OfflineConfig, OnlineConfig
 
 # The help panels options are grouped in (`sql CMD --help`).
 DATA, NETWORK, OPTIMISATION, RUN, DISTRIBUTED = "Data", "Network", "Optimisation", "Run", "Distributed"

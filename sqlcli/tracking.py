@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlcli_core.errors import UsageError
-from sqlcli_core.training.metrics import flatten, scalars
+from sqlcli_core.runs.metrics import flatten, scalars
 
 WANDB_INSTALL = "pip install 'scaled-ql[wandb]'"
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from sqlcli_core.data.batch import TransitionBatch
-from sqlcli_core.data.sequences import SequenceBatch
+from sqlcli_core.data.sequence_sampler import SequenceBatch
 
 STEPS = 3
 BATCH = 8
@@ -27,9 +27,9 @@ DT_NUM_ACTIONS = (4, 6)  # the Decision Transformer maps actions to ALE ids: the
 
 def tiny_network():
     """A DQN CNN at a quarter width, small neck and support: the shape every learner test uses."""
-    from sqlcli_core import networks
+    from sqlcli_core.networks.config import NetworkConfig
 
-    return networks.NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=11, v_min=-2.0, v_max=2.0)
+    return NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=11, v_min=-2.0, v_max=2.0)
 
 
 def tiny_dt():
@@ -66,9 +66,9 @@ def make_batches(method: str) -> list:
 
 
 def tiny_learner(method: str = "scaled-ql"):
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.configs import LearnerConfig
 
-    return learner.LearnerConfig(method=method, learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
+    return LearnerConfig(method=method, learning_rate=1e-2, alpha=0.1, gamma=0.9, target_update_period=10)
 
 
 def random_batch(seed: int, batch: int = BATCH, num_actions=NUM_ACTIONS) -> TransitionBatch:
@@ -91,16 +91,17 @@ def train(mesh, batches, rows=slice(None), method: str = "scaled-ql"):
     """STEPS updates from seed 0 on `mesh`, feeding `rows` of each batch from this process; host params."""
     import jax
 
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import batch_sharding, put_batch
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     (net, num_actions), cfg = tiny_setup(method), tiny_learner(method)
-    state = learner.init_train_state(net, num_actions, cfg, 0, mesh, GAMES)
-    step = learner.make_train_step(net, num_actions, cfg, mesh, games=GAMES)
-    sharding = learner.batch_sharding(mesh)
+    state = init_train_state(net, num_actions, cfg, 0, mesh, GAMES)
+    step = make_train_step(net, num_actions, cfg, mesh, games=GAMES)
+    sharding = batch_sharding(mesh)
     losses = []
     for b in batches:
         local = type(b)(*(x[rows] for x in b))
-        state, metrics = step(state, learner.put_batch(local, sharding))
+        state, metrics = step(state, put_batch(local, sharding))
         losses.append(float(metrics["loss"]))
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(jax.device_get(v))
             for path, v in jax.tree_util.tree_leaves_with_path(state.params)}
@@ -112,39 +113,40 @@ def _main(argv: list[str]) -> None:
     method = argv[3] if mode == "devices" and len(argv) > 3 else "scaled-ql"
     batches = make_batches(method)
     if mode == "distributed":
-        from sqlcli_core.training import learner
+        from sqlcli_core.training.mesh import batch_sharding, check_batch_size, init_distributed, make_mesh, put_batch
 
         coordinator, n, pid = argv[2], int(argv[3]), int(argv[4])
-        assert learner.init_distributed(coordinator, n, pid)
+        assert init_distributed(coordinator, n, pid)
     import jax
 
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import batch_sharding, check_batch_size, init_distributed, make_mesh, put_batch
 
     if mode == "devices":
-        mesh4 = learner.make_mesh()
+        mesh4 = make_mesh()
         params4, losses4, state4 = train(mesh4, batches, method=method)
-        from sqlcli_core.training import checkpoint
+        from sqlcli_core.runs.checkpointer import Checkpointer
+        from sqlcli_core.runs.run_record import run_identity
 
         net, num_actions = tiny_setup(method)
-        identity = checkpoint.run_identity(net.to_dict(), list(GAMES), num_actions, method)
-        ckpt = checkpoint.Checkpointer(argv[2], identity, every=1)
+        identity = run_identity(net.to_dict(), list(GAMES), num_actions, method)
+        ckpt = Checkpointer(argv[2], identity, every=1)
         ckpt.save(STEPS, state4, {"position": 7})
         ckpt.close()
         facts = {"devices": len(jax.devices()),
-                 "shard_rows": [s.data.shape[0] for s in learner.put_batch(batches[0], learner.batch_sharding(mesh4))
+                 "shard_rows": [s.data.shape[0] for s in put_batch(batches[0], batch_sharding(mesh4))
                                 .game.addressable_shards]}
         try:
-            learner.check_batch_size(6, mesh4)
+            check_batch_size(6, mesh4)
             facts["indivisible_error"] = None
         except Exception as exc:  # the test checks the type and message
             facts["indivisible_error"] = f"{type(exc).__name__}: {exc}"
-        params1, losses1, _ = train(learner.make_mesh(jax.devices()[:1]), batches, method=method)
+        params1, losses1, _ = train(make_mesh(jax.devices()[:1]), batches, method=method)
         np.savez(out, **{f"p4/{k}": v for k, v in params4.items()}, **{f"p1/{k}": v for k, v in params1.items()},
                  losses4=losses4, losses1=losses1, facts=np.array(repr(facts)))
     elif mode == "distributed":
         per = BATCH // jax.process_count()
         rows = slice(jax.process_index() * per, (jax.process_index() + 1) * per)
-        params, losses, _ = train(learner.make_mesh(), batches, rows)
+        params, losses, _ = train(make_mesh(), batches, rows)
         np.savez(out, **{f"p/{k}": v for k, v in params.items()}, losses=losses,
                  facts=np.array(repr({"processes": jax.process_count(), "devices": len(jax.devices())})))
     else:

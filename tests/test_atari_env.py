@@ -4,10 +4,12 @@ acting paths (ale_py's C++ vector environment, our AtariGame) against each other
 import numpy as np
 import pytest
 
-from sqlcli_core.atari.env import PROTOCOLS, AtariGame, area_resize, check_seed
-from sqlcli_core.atari.games import Game
-from sqlcli_core.atari.vector import EmulatorPool, PythonGame, VectorGame, choose_backend
+from sqlcli_core.acting.ale_env import AtariGame, area_resize
+from sqlcli_core.acting.ale_vector import PythonGame, VectorGame, choose_backend
+from sqlcli_core.acting.pool import EmulatorPool
+from sqlcli_core.acting.protocol import PROTOCOLS, check_seed
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import Game
 
 
 def test_area_resize_matches_opencv():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from sqlcli_core.atari import games as catalog
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games import catalog
 
 # The published minimal action-set sizes (ale-py 0.12; docs/games.md lists them): an independent table.
 SPEC_ACTIONS = {
@@ -30,6 +30,29 @@ def test_every_known_game_has_a_rom():
 
     ids = set(roms.get_all_rom_ids())
     assert [g for g in catalog.KNOWN_GAMES if catalog.rom_id(g) not in ids] == []
+
+
+def test_recorded_action_sets_modes_and_difficulties_are_ales():
+    """The catalog's recorded facts (games/action_sets.py) against ALE itself, every known game's ROM loaded."""
+    from sqlcli_core.games.action_sets import ALE_FACTS
+
+    assert set(ALE_FACTS) == set(catalog.KNOWN_GAMES)
+    differ = {name: (ALE_FACTS[name], catalog.ale_rom_facts(name)) for name in catalog.KNOWN_GAMES
+              if ALE_FACTS[name] != catalog.ale_rom_facts(name)}
+    assert differ == {}
+
+
+def test_the_catalog_answers_without_loading_an_emulator():
+    """`sql games` is fast because nothing in the catalog loads ALE (or JAX)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from sqlcli_core.games import catalog; "
+             "n = sum(catalog.Game(g).num_actions for g in catalog.KNOWN_GAMES); "
+             "catalog.validate_variant(catalog.Game('Breakout'), 12, 1); "
+             "print(n, [m for m in ('ale_py', 'jax') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split(None, 1)
+    assert out[1].strip() == "[]" and int(out[0]) > 501
 
 
 def test_minimal_action_sets_match_the_spec_table():

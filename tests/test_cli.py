@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sqlcli_core import __version__
-from sqlcli_core.atari import games as catalog
 from sqlcli_core.data import store as st
+from sqlcli_core.games import catalog
 from tests.replay_fixture import write_run
 from tests.tensorboard_events import read_tensorboard_scalars
 

@@ -17,11 +17,14 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.atari.env import PROTOCOLS, AtariGame
-from sqlcli_core.atari.games import Game
-from sqlcli_core.data import collect as core
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.collect import _run_lock, collect_run, single_threaded_blas
+from sqlcli_core.acting.collect_runs import RESUME_NAME, RunConfig, partial_dir, run_dir
+from sqlcli_core.acting.policies import PolicySpec
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import Game
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +103,7 @@ def check_stream_against_log(stream, add_counts, log, capacity):
 def replay_through_atari_game(stream, log, protocol):
     """Re-play the logged actions in a fresh emulator with the logged seed; compare every frame and reward."""
     env = AtariGame(Game(log["game"]), protocol=protocol, seed=log["env_seed"])
-    with core.single_threaded_blas():  # the resize is BLAS-bound; threads only slow it down
+    with single_threaded_blas():  # the resize is BLAS-bound; threads only slow it down
         for ep in log["episodes"]:
             replay_episode(env, stream, ep)
     env.close()
@@ -134,9 +137,9 @@ def cli_run(tmp_path_factory):
 def capped_run(tmp_path_factory):
     """sticky-random with a 90-step episode cap (same code path, tiny config) and capacity 128."""
     out = tmp_path_factory.mktemp("capped")
-    config = core.RunConfig("Breakout", 1, transitions=400, capacity=128, protocol=SHORT_CAP, seed=1,
-                            policy=core.PolicySpec("sticky-random", 0.2))
-    summary = core.collect_run(config, out)
+    config = RunConfig("Breakout", 1, transitions=400, capacity=128, protocol=SHORT_CAP, seed=1,
+                            policy=PolicySpec("sticky-random", 0.2))
+    summary = collect_run(config, out)
     return out, config, summary
 
 
@@ -208,10 +211,10 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path):
     """Interrupt after checkpoints taken mid-episode, inside the padding rows and between episodes; resume
     each time; the files must equal an uninterrupted run's (sticky actions included)."""
     protocol = dataclasses.replace(PROTOCOLS["dopamine"], max_episode_steps=23)
-    config = core.RunConfig("Breakout", 1, transitions=120, capacity=7, protocol=protocol,
-                            policy=core.PolicySpec("sticky-random", 0.3))
-    core.collect_run(config, tmp_path / "ref")
-    partial = core.partial_dir(tmp_path / "int", "Breakout", 1)
+    config = RunConfig("Breakout", 1, transitions=120, capacity=7, protocol=protocol,
+                            policy=PolicySpec("sticky-random", 0.3))
+    collect_run(config, tmp_path / "ref")
+    partial = partial_dir(tmp_path / "int", "Breakout", 1)
     kinds = set()
     for stop in (25, 60, 95):
         def interrupt(steps, stop=stop):
@@ -219,12 +222,12 @@ def test_interrupted_run_resumes_to_identical_files(tmp_path):
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            core.collect_run(config, tmp_path / "int", interrupt, progress_every=5)
-        resume = json.loads((partial / core.RESUME_NAME).read_text())
+            collect_run(config, tmp_path / "int", interrupt, progress_every=5)
+        resume = json.loads((partial / RESUME_NAME).read_text())
         kinds.add("between" if resume["episode"] is None else "padding" if resume["padding_left"] else "mid")
-        assert not core.run_dir(tmp_path / "int", "Breakout", 1).exists()
+        assert not run_dir(tmp_path / "int", "Breakout", 1).exists()
     assert kinds == {"between", "padding", "mid"}, f"resumed only from {kinds}: pick other stop points"
-    assert core.collect_run(config, tmp_path / "int")["status"] == "resumed" and not partial.exists()
+    assert collect_run(config, tmp_path / "int")["status"] == "resumed" and not partial.exists()
     ref_logs, logs = (tmp_path / d / "Breakout" / "1" / "replay_logs" for d in ("ref", "int"))
     assert sorted(p.name for p in logs.iterdir()) == sorted(p.name for p in ref_logs.iterdir())
     for p in ref_logs.iterdir():
@@ -271,17 +274,17 @@ def test_foreign_data_is_never_overwritten_and_stale_scratch_is_cleared(tmp_path
     result = CliRunner().invoke(app, ["collect", "--games", "pong", "--transitions", "10", "--capacity", "64",
                                       "--out", str(tmp_path)])
     assert result.exit_code == 2 and "has no collect_log.json" in result.output
-    scratch = core.partial_dir(tmp_path, "Breakout", 1)
+    scratch = partial_dir(tmp_path, "Breakout", 1)
     scratch.mkdir(parents=True)
     (scratch / "leftover.gz").write_bytes(b"from an older interrupted run")
-    config = core.RunConfig("Breakout", 1, transitions=10, capacity=64)
-    assert core.collect_run(config, tmp_path)["status"] == "collected"
-    final = core.run_dir(tmp_path, "Breakout", 1)
+    config = RunConfig("Breakout", 1, transitions=10, capacity=64)
+    assert collect_run(config, tmp_path)["status"] == "collected"
+    final = run_dir(tmp_path, "Breakout", 1)
     assert not scratch.exists() and not (final / "leftover.gz").exists()
     assert sorted(p.name for p in final.iterdir()) == ["collect_log.json", "replay_logs"]
     # no scratch left behind; the lock file stays (sqlcli_core.locks: deleting it would race) and is free
     assert sorted(p.name for p in (tmp_path / "Breakout").iterdir()) == [".1.lock", "1"]
-    with core._run_lock(tmp_path, "Breakout", 1):
+    with _run_lock(tmp_path, "Breakout", 1):
         pass
 
 
@@ -289,27 +292,28 @@ def make_tiny_run(run_dir, games):
     """A real run directory (run.json + Orbax checkpoint) of a narrow, randomly initialised network."""
     import jax
 
-    from sqlcli_core import networks
-    from sqlcli_core.training import checkpoint
+    from sqlcli_core.networks.config import NetworkConfig, num_actions_for
+    from sqlcli_core.networks.network import abstract_params, count_parameters
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
 
-    config = networks.NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
+    config = NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
                                     spatial_embedding_features=2, num_groups=1)
-    num_actions = networks.num_actions_for(config, [Game(g) for g in games])
+    num_actions = num_actions_for(config, [Game(g) for g in games])
     # Random weights of the right shapes (compiling network.init costs tens of seconds on a busy CPU).
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: jax.numpy.asarray(0.3 * rng.standard_normal(s.shape), s.dtype),
-                          networks.abstract_params(config, num_actions))
-    identity = checkpoint.run_identity(config.to_dict(), games, num_actions)
-    checkpoint.prepare_run_dir(run_dir, identity=identity, config={"network": config.to_dict()},
-                               parameter_counts=networks.count_parameters(params), seed=0)
-    ckpt = checkpoint.Checkpointer(run_dir, identity)
+                          abstract_params(config, num_actions))
+    identity = run_identity(config.to_dict(), games, num_actions)
+    prepare_run_dir(run_dir, identity=identity, config={"network": config.to_dict()},
+                               parameter_counts=count_parameters(params), seed=0)
+    ckpt = Checkpointer(run_dir, identity)
     ckpt.save(7, {"params": params}, None, force=True)
     ckpt.close()
 
 
 def test_checkpoint_policy_acts_greedily_on_the_stacked_frames(tmp_path):
-    pytest.importorskip("sqlcli_core.training.checkpoint")
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     run = tmp_path / "run"
     make_tiny_run(run, ["Pong", "Breakout"])
@@ -340,8 +344,8 @@ def test_parallel_jobs_write_what_a_sequential_run_writes(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert [r["status"] for r in json.loads(result.stdout.strip().splitlines()[-1])["runs"]] == ["collected"] * 2
-    config = core.RunConfig("Breakout", 2, transitions=60, capacity=32, policy=core.PolicySpec("sticky-random", 0.1))
-    core.collect_run(config, tmp_path / "seq")
+    config = RunConfig("Breakout", 2, transitions=60, capacity=32, policy=PolicySpec("sticky-random", 0.1))
+    collect_run(config, tmp_path / "seq")
     par, seq = (tmp_path / d / "Breakout" / "2" / "replay_logs" for d in ("par", "seq"))
     assert sorted(p.name for p in par.iterdir()) == sorted(p.name for p in seq.iterdir())
     for p in seq.iterdir():
@@ -357,26 +361,26 @@ def test_a_run_being_collected_elsewhere_is_refused(tmp_path):
     with open(tmp_path / "Breakout" / ".1.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UsageError, match="Breakout/1 under .* is being written by another process"):
-            core.collect_run(core.RunConfig("Breakout", 1, transitions=10, capacity=64), tmp_path)
+            collect_run(RunConfig("Breakout", 1, transitions=10, capacity=64), tmp_path)
 
 
 def test_a_run_interrupted_after_its_final_buffer_resumes_from_it(tmp_path):
     """Killed after the final buffer (add_count file = cursor) was saved but before the run was published:
     the resume reads that checkpoint back with its true count and publishes the same files."""
-    config = core.RunConfig("Breakout", 1, transitions=120, capacity=50, policy=core.PolicySpec("sticky-random", 0.3))
-    core.collect_run(config, tmp_path / "ref")
+    config = RunConfig("Breakout", 1, transitions=120, capacity=50, policy=PolicySpec("sticky-random", 0.3))
+    collect_run(config, tmp_path / "ref")
 
     def interrupt(steps):
         if steps >= config.transitions:  # only the report after the final checkpoint (120 % 7 != 0)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        core.collect_run(config, tmp_path / "int", interrupt, progress_every=7)
-    resume = json.loads((core.partial_dir(tmp_path / "int", "Breakout", 1) / core.RESUME_NAME).read_text())
-    logs = core.partial_dir(tmp_path / "int", "Breakout", 1) / "replay_logs"
+        collect_run(config, tmp_path / "int", interrupt, progress_every=7)
+    resume = json.loads((partial_dir(tmp_path / "int", "Breakout", 1) / RESUME_NAME).read_text())
+    logs = partial_dir(tmp_path / "int", "Breakout", 1) / "replay_logs"
     saved = int(dopamine_load(logs / f"add_count_ckpt.{resume['checkpoint']}.gz"))
     assert resume["add_count"] > 50 and saved == resume["add_count"] % 50  # the final buffer was saved
-    assert core.collect_run(config, tmp_path / "int")["status"] == "resumed"
+    assert collect_run(config, tmp_path / "int")["status"] == "resumed"
     ref_logs, logs = (tmp_path / d / "Breakout" / "1" / "replay_logs" for d in ("ref", "int"))
     assert sorted(p.name for p in logs.iterdir()) == sorted(p.name for p in ref_logs.iterdir())
     for p in ref_logs.iterdir():

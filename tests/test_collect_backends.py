@@ -16,8 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.atari.env import PROTOCOLS
-from sqlcli_core.data import collect as core
+from sqlcli_core.acting.collect import collect_all, collect_run
+from sqlcli_core.acting.collect_runs import LOG_NAME, RESUME_NAME, RunConfig, partial_dir, run_dir
+from sqlcli_core.acting.policies import PolicySpec
+from sqlcli_core.acting.protocol import PROTOCOLS
+from sqlcli_core.errors import DataError
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +28,7 @@ CAPPED = dataclasses.replace(PROTOCOLS["dopamine"], max_episode_steps=200)  # so
 
 
 def run_files(root, game="Breakout", run=1):
-    return core.run_dir(root, game, run) / "replay_logs"
+    return run_dir(root, game, run) / "replay_logs"
 
 
 def assert_same_files(got, want):
@@ -36,22 +39,22 @@ def assert_same_files(got, want):
 
 
 def assert_same_logs(got_root, want_root, game="Breakout", run=1):
-    got, want = (json.loads((core.run_dir(r, game, run) / core.LOG_NAME).read_text()) for r in (got_root, want_root))
+    got, want = (json.loads((run_dir(r, game, run) / LOG_NAME).read_text()) for r in (got_root, want_root))
     for key in ("episodes", "checkpoints", "add_count", "transitions", "env_seed", "policy_seed"):
         assert got[key] == want[key], key
 
 
 def test_both_backends_write_the_same_bytes(tmp_path):
     """Two runs (random policy, their own seeds) played together on the vector backend vs one after the other on python."""
-    configs = [core.RunConfig("Breakout", run, transitions=900, capacity=200, protocol=CAPPED, seed=4)
+    configs = [RunConfig("Breakout", run, transitions=900, capacity=200, protocol=CAPPED, seed=4)
                for run in (1, 2)]
-    python = core.collect_all(configs, tmp_path / "python", jobs=1, backend="python")
-    vector = core.collect_all(configs, tmp_path / "vector", jobs=2, backend="vector")
+    python = collect_all(configs, tmp_path / "python", jobs=1, backend="python")
+    vector = collect_all(configs, tmp_path / "vector", jobs=2, backend="vector")
     assert [s["status"] for s in python + vector] == ["collected"] * 4
     for run in (1, 2):
         assert_same_files(run_files(tmp_path / "vector", run=run), run_files(tmp_path / "python", run=run))
         assert_same_logs(tmp_path / "vector", tmp_path / "python", run=run)
-    log = json.loads((core.run_dir(tmp_path / "python", "Breakout", 1) / core.LOG_NAME).read_text())
+    log = json.loads((run_dir(tmp_path / "python", "Breakout", 1) / LOG_NAME).read_text())
     capped = [e["capped"] for e in log["episodes"] if e["terminal"]]
     assert True in capped and False in capped, "the test must cross game overs and capped episodes"
     assert len(log["checkpoints"]) >= 5  # the ring wrapped several times, padding rows across checkpoints
@@ -85,10 +88,10 @@ def test_interrupted_runs_resume_to_identical_files_across_backends(tmp_path, fi
     action since the stream's start ("actions"); a python run's is ALE's saved state ("state"), which only
     AtariGame can restore, so such a run finishes on python whatever the backend asked for."""
     protocol = dataclasses.replace(PROTOCOLS["dopamine"], max_episode_steps=23)
-    config = core.RunConfig("Breakout", 1, transitions=120, capacity=7, protocol=protocol,
-                            policy=core.PolicySpec("sticky-random", 0.3))
-    core.collect_run(config, tmp_path / "ref", backend="python")
-    partial = core.partial_dir(tmp_path / "int", "Breakout", 1)
+    config = RunConfig("Breakout", 1, transitions=120, capacity=7, protocol=protocol,
+                            policy=PolicySpec("sticky-random", 0.3))
+    collect_run(config, tmp_path / "ref", backend="python")
+    partial = partial_dir(tmp_path / "int", "Breakout", 1)
     kinds, records = set(), set()
     for i, stop in enumerate((25, 60, 95)):
         def interrupt(steps, stop=stop):
@@ -96,16 +99,16 @@ def test_interrupted_runs_resume_to_identical_files_across_backends(tmp_path, fi
                 raise KeyboardInterrupt
 
         with pytest.raises(KeyboardInterrupt):
-            core.collect_run(config, tmp_path / "int", interrupt, progress_every=5, backend=first if i == 0 else then)
-        resume = json.loads((partial / core.RESUME_NAME).read_text())
+            collect_run(config, tmp_path / "int", interrupt, progress_every=5, backend=first if i == 0 else then)
+        resume = json.loads((partial / RESUME_NAME).read_text())
         kinds.add("between" if resume["episode"] is None else "padding" if resume["padding_left"] else "mid")
         records.add(resume["emulator"])
-        assert not core.run_dir(tmp_path / "int", "Breakout", 1).exists()
+        assert not run_dir(tmp_path / "int", "Breakout", 1).exists()
     assert kinds == {"between", "padding", "mid"}, f"resumed only from {kinds}: pick other stop points"
     want = {("vector", "vector"): {"actions"}, ("vector", "python"): {"actions", "state"},
             ("python", "vector"): {"state"}}[(first, then)]
     assert records == want
-    assert core.collect_run(config, tmp_path / "int", backend=then)["status"] == "resumed" and not partial.exists()
+    assert collect_run(config, tmp_path / "int", backend=then)["status"] == "resumed" and not partial.exists()
     assert_same_files(run_files(tmp_path / "int"), run_files(tmp_path / "ref"))
     assert_same_logs(tmp_path / "int", tmp_path / "ref")
 
@@ -114,16 +117,16 @@ def test_a_tampered_action_log_is_refused(tmp_path):
     """Resuming replays the logged actions and must reach the saved frame; a changed log does not."""
     import numpy as np
 
-    config = core.RunConfig("Breakout", 1, transitions=200, capacity=50, policy=core.PolicySpec("sticky-random", 0.3))
+    config = RunConfig("Breakout", 1, transitions=200, capacity=50, policy=PolicySpec("sticky-random", 0.3))
 
     def interrupt(steps):
         if steps >= 120:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        core.collect_run(config, tmp_path, interrupt, progress_every=10, backend="vector")
-    partial = core.partial_dir(tmp_path, "Breakout", 1)
-    resume = json.loads((partial / core.RESUME_NAME).read_text())
+        collect_run(config, tmp_path, interrupt, progress_every=10, backend="vector")
+    partial = partial_dir(tmp_path, "Breakout", 1)
+    resume = json.loads((partial / RESUME_NAME).read_text())
     assert resume["episode"] is not None and resume["episode"]["length"] > 5, "pick a stop inside an episode"
     path = partial / resume["state_file"]
     with np.load(path) as z:
@@ -131,5 +134,5 @@ def test_a_tampered_action_log_is_refused(tmp_path):
     record["stream_actions"] = (record["stream_actions"] + 1) % 4  # Breakout has 4 actions
     with open(path, "wb") as f:
         np.savez(f, **record)
-    with pytest.raises(core.DataError, match="does not reach the saved frame"):
-        core.collect_run(config, tmp_path, backend="vector")
+    with pytest.raises(DataError, match="does not reach the saved frame"):
+        collect_run(config, tmp_path, backend="vector")

@@ -9,12 +9,12 @@ import numpy as np
 import optax
 import pytest
 
-from sqlcli_core.atari.games import minimal_action_set, resolve_games
-from sqlcli_core.data.sequences import SequenceBatch
+from sqlcli_core.data.sequence_sampler import SequenceBatch
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import minimal_action_set, resolve_games
 from sqlcli_core.methods import decision_transformer as mdt
 from sqlcli_core.networks import decision_transformer as dt
-from sqlcli_core.networks import parameter_table
+from sqlcli_core.networks.network import parameter_table
 
 ACTION_SETS = [minimal_action_set("Breakout"), minimal_action_set("Pong")]  # 4 and 6 actions
 TINY = dt.DecisionTransformerConfig(arch="dt-10m", width=1 / 16)  # 4 layers, width 32, one head

@@ -12,11 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.atari.env import PROTOCOLS, AtariGame
-from sqlcli_core.atari.games import Game
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.errors import UsageError
-from sqlcli_core.evaluation import evaluate as ev
-from sqlcli_core.evaluation.sequence_acting import stream_key
+from sqlcli_core.evaluation.evaluate import EvalConfig, RandomPolicy, evaluate, stream_seeds
+from sqlcli_core.evaluation.results import protocol_block
+from sqlcli_core.evaluation.sequence_acting import SequencePolicy, stream_key
+from sqlcli_core.games.catalog import Game
 
 runner = CliRunner()
 
@@ -50,7 +52,7 @@ class PixelPolicy:
 
 def reference_stream(policy, game, seed, head, episodes, epsilon, max_steps):
     """The episodes of one (game, seed) stream in a plain loop: one emulator, its own stack, the same seeds."""
-    env_seed, rng = ev.stream_seeds(game, seed)
+    env_seed, rng = stream_seeds(game, seed)
     env = AtariGame(Game(game), seed=env_seed)
     out = []
     for _ in range(episodes):
@@ -73,8 +75,8 @@ def reference_stream(policy, game, seed, head, episodes, epsilon, max_steps):
 @pytest.mark.slow
 def test_batched_loop_matches_a_plain_loop_and_does_not_depend_on_batching():
     policy = PixelPolicy(["Boxing", "Breakout", "Pong"])  # heads in another order than the games evaluated
-    config = ev.EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
-    batched, stats = ev.evaluate(policy, config, num_envs=3)
+    config = EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
+    batched, stats = evaluate(policy, config, num_envs=3)
     assert stats.env_steps == sum(r.length for r in batched) and stats.episodes == 8
     # call 0 checks the action sets; the first step's call sees [0, 0, 0, first frame] in every emulator
     first_step = policy.batches[1]
@@ -87,11 +89,11 @@ def test_batched_loop_matches_a_plain_loop_and_does_not_depend_on_batching():
             got = [by_key[(game, seed, e)] for e in range(2)]
             assert [(r.score, r.length, r.truncated) for r in got] == reference, (game, seed)
     # resuming: with episode 1 of (Pong, 0) missing, the stream is replayed and only that episode reported
-    resumed, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config,
+    resumed, _ = evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config,
                              done=set(by_key) - {("Pong", 0, 1)})
     assert resumed == [by_key[("Pong", 0, 1)]]
     # another batch width, another order of completion, emulators stepped in two threads: same episodes
-    threaded, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=2, threads=2)
+    threaded, _ = evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=2, threads=2)
     assert {r.key: r for r in threaded} == by_key
 
 
@@ -136,14 +138,14 @@ def test_random_policy_reproduces_the_published_random_scores(tmp_path):
 
 def test_a_game_without_a_head_or_with_other_actions_is_refused():
     policy = PixelPolicy(["Pong", "Breakout"])
-    config = ev.EvalConfig(games=("Pong", "Boxing"), seeds=(0,), episodes=1, max_steps=10)
+    config = EvalConfig(games=("Pong", "Boxing"), seeds=(0,), episodes=1, max_steps=10)
     with pytest.raises(UsageError, match=r"game 'Boxing' is not among 2 games of this checkpoint"
                                          r" \(its games are Pong, Breakout\)"):
-        ev.evaluate(policy, config)
+        evaluate(policy, config)
     wrong = PixelPolicy(["Pong", "Breakout"], sizes=[6, 3])
-    config = ev.EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, max_steps=10)
+    config = EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, max_steps=10)
     with pytest.raises(UsageError, match="head for Breakout has 3 actions but ALE's minimal action set has 4"):
-        ev.evaluate(wrong, config)
+        evaluate(wrong, config)
 
 
 def test_bad_settings_are_refused_before_playing():
@@ -155,7 +157,7 @@ def test_bad_settings_are_refused_before_playing():
         ({"seeds": (1, 1)}, "repeated seeds"),
     ]:
         with pytest.raises(UsageError, match=message):
-            ev.evaluate(policy, ev.EvalConfig(games=("Breakout",), **{"seeds": (0,), "episodes": 1, **kwargs}))
+            evaluate(policy, EvalConfig(games=("Breakout",), **{"seeds": (0,), "episodes": 1, **kwargs}))
 
 
 def test_cli_refuses_bad_input_with_one_line(tmp_path):
@@ -224,19 +226,24 @@ def test_quick_look_is_marked_resumes_and_records(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real run directory with a real Orbax checkpoint of a tiny DQN-torso network for Pong and Breakout."""
-    from sqlcli_core import networks
-    from sqlcli_core.training import checkpoint, learner
+    from sqlcli_core.networks.config import NetworkConfig, num_actions_for
+    from sqlcli_core.networks.network import count_parameters
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.configs import LearnerConfig
+    from sqlcli_core.training.mesh import make_mesh
+    from sqlcli_core.training.update import init_train_state
 
     run = tmp_path_factory.mktemp("run")
-    config = networks.NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
+    config = NetworkConfig(arch="dqn", width=0.25, num_atoms=5, projection_dim=16,
                                     spatial_embedding_features=2)
     games = [Game("Pong"), Game("Breakout")]
-    num_actions = networks.num_actions_for(config, games)
-    identity = checkpoint.run_identity(config.to_dict(), [g.name for g in games], num_actions)
-    state = learner.init_train_state(config, num_actions, learner.LearnerConfig(), 0, learner.make_mesh())
-    checkpoint.prepare_run_dir(run, identity=identity, config={}, seed=0,
-                               parameter_counts=networks.count_parameters(state.params))
-    saver = checkpoint.Checkpointer(run, identity)
+    num_actions = num_actions_for(config, games)
+    identity = run_identity(config.to_dict(), [g.name for g in games], num_actions)
+    state = init_train_state(config, num_actions, LearnerConfig(), 0, make_mesh())
+    prepare_run_dir(run, identity=identity, config={}, seed=0,
+                               parameter_counts=count_parameters(state.params))
+    saver = Checkpointer(run, identity)
     saver.save(5, state, None, force=True)
     saver.close()
     return run
@@ -254,7 +261,7 @@ class GreedyOf:
 
 @pytest.mark.slow
 def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     refused = runner.invoke(app, ["eval", str(tiny_run), "--games", "pong,boxing"])
     assert refused.exit_code == 2
@@ -283,14 +290,14 @@ def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
 def test_backends_give_the_same_episodes_and_variants_use_the_python_path():
     """ale_py's vector emulators and AtariGame: same episodes, sticky actions on (dopamine protocol)."""
     policy = PixelPolicy(["Pong", "Breakout"])
-    config = ev.EvalConfig(games=("Breakout", "Pong"), seeds=(3, 4), episodes=2, epsilon=0.3, max_steps=60)
-    vector, _ = ev.evaluate(policy, config, num_envs=3, backend="vector")
-    python, _ = ev.evaluate(PixelPolicy(["Pong", "Breakout"]), config, num_envs=3, backend="python")
+    config = EvalConfig(games=("Breakout", "Pong"), seeds=(3, 4), episodes=2, epsilon=0.3, max_steps=60)
+    vector, _ = evaluate(policy, config, num_envs=3, backend="vector")
+    python, _ = evaluate(PixelPolicy(["Pong", "Breakout"]), config, num_envs=3, backend="python")
     assert sorted(vector, key=lambda r: r.key) == sorted(python, key=lambda r: r.key)
-    variant = ev.EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, epsilon=1.0, max_steps=30, mode=4)
+    variant = EvalConfig(games=("Breakout",), seeds=(0,), episodes=1, epsilon=1.0, max_steps=30, mode=4)
     with pytest.raises(UsageError, match="mode or difficulty"):
-        ev.evaluate(ev.RandomPolicy([Game("Breakout")]), variant, backend="vector")
-    played, _ = ev.evaluate(ev.RandomPolicy([Game("Breakout")]), variant)  # auto: the python path
+        evaluate(RandomPolicy([Game("Breakout")]), variant, backend="vector")
+    played, _ = evaluate(RandomPolicy([Game("Breakout")]), variant)  # auto: the python path
     assert len(played) == 1 and played[0].length <= 30
 
 
@@ -299,8 +306,8 @@ def test_overlapped_halves_play_the_plain_loops_episodes():
     """overlap: two halves take turns (one's policy call while the other's emulators step); every stream still
     plays what a plain one-emulator loop plays, and each call has the larger half's rows (one compile)."""
     policy = PixelPolicy(["Boxing", "Breakout", "Pong"])
-    config = ev.EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
-    overlapped, stats = ev.evaluate(policy, config, num_envs=3, overlap=True)
+    config = EvalConfig(games=("Pong", "Breakout"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=40)
+    overlapped, stats = evaluate(policy, config, num_envs=3, overlap=True)
     assert stats.env_steps == sum(r.length for r in overlapped) and stats.episodes == 8
     assert [len(b) for b in policy.batches] == [2, 2]  # the action-set check, then the first half's first step
     heads = {"Boxing": 0, "Breakout": 1, "Pong": 2}
@@ -310,7 +317,7 @@ def test_overlapped_halves_play_the_plain_loops_episodes():
             reference = reference_stream(policy, game, seed, heads[game], 2, 0.3, 40)
             assert [(by_key[(game, seed, e)].score, by_key[(game, seed, e)].length,
                      by_key[(game, seed, e)].truncated) for e in range(2)] == reference, (game, seed)
-    python, _ = ev.evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=4, overlap=True,
+    python, _ = evaluate(PixelPolicy(["Boxing", "Breakout", "Pong"]), config, num_envs=4, overlap=True,
                             backend="python")
     assert {r.key: r for r in python} == by_key
 
@@ -323,28 +330,32 @@ def test_an_episode_cut_at_the_protocols_own_cap_is_truncated(backend):
     import dataclasses
 
     protocol = dataclasses.replace(PROTOCOLS["dopamine"], max_episode_steps=50)
-    config = ev.EvalConfig(games=("Pong",), seeds=(0, 1), episodes=1, protocol=protocol, epsilon=1.0,
+    config = EvalConfig(games=("Pong",), seeds=(0, 1), episodes=1, protocol=protocol, epsilon=1.0,
                            max_steps=50)
-    results, _ = ev.evaluate(ev.RandomPolicy([Game("Pong")]), config, backend=backend)
+    results, _ = evaluate(RandomPolicy([Game("Pong")]), config, backend=backend)
     assert [(r.length, r.truncated) for r in results] == [(50, True), (50, True)]
-    assert ev.protocol_block(config)["deviates_from_protocol"] is False
+    assert protocol_block(config)["deviates_from_protocol"] is False
 @pytest.fixture(scope="module")
 def tiny_dt_run(tmp_path_factory):
     """A real run directory with a real Orbax checkpoint of a tiny Decision Transformer for Pong and Breakout."""
-    from sqlcli_core import networks
     from sqlcli_core.networks import decision_transformer as dt
-    from sqlcli_core.training import checkpoint, learner
+    from sqlcli_core.networks.config import num_actions_for
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.configs import LearnerConfig
+    from sqlcli_core.training.mesh import make_mesh
+    from sqlcli_core.training.update import init_train_state
 
     run = tmp_path_factory.mktemp("dt-run")
     config = dt.DecisionTransformerConfig(arch="dt-10m", width=1 / 16)
     games = ["Pong", "Breakout"]
-    num_actions = networks.num_actions_for(config, [Game(g) for g in games])
-    identity = checkpoint.run_identity(config.to_dict(), games, num_actions, "dt")
-    state = learner.init_train_state(config, num_actions, learner.LearnerConfig(method="dt"), 0, learner.make_mesh(),
+    num_actions = num_actions_for(config, [Game(g) for g in games])
+    identity = run_identity(config.to_dict(), games, num_actions, "dt")
+    state = init_train_state(config, num_actions, LearnerConfig(method="dt"), 0, make_mesh(),
                                      games)
-    checkpoint.prepare_run_dir(run, identity=identity, config={}, seed=0,
+    prepare_run_dir(run, identity=identity, config={}, seed=0,
                                parameter_counts=dt.count_parameters(state.params))
-    saver = checkpoint.Checkpointer(run, identity)
+    saver = Checkpointer(run, identity)
     saver.save(5, state, None, force=True)
     saver.close()
     return run
@@ -353,7 +364,7 @@ def tiny_dt_run(tmp_path_factory):
 def reference_dt_stream(policy, game, seed, head, episodes, epsilon, max_steps):
     """One (game, seed) stream played by a one-slot actor of `policy` in a plain loop, the same seeds and keys."""
     actor = policy.actor(1)
-    env_seed, rng = ev.stream_seeds(game, seed)
+    env_seed, rng = stream_seeds(game, seed)
     env = AtariGame(Game(game), seed=env_seed)
     out = []
     for episode in range(episodes):
@@ -400,14 +411,14 @@ class RecordingPolicy:
 def test_decision_transformer_run_is_played_by_expert_action_inference(tiny_dt_run):
     """`sql eval` of a dt run: each stream keeps its own context whatever its slot, as a plain loop plays it."""
     from sqlcli_core.methods.decision_transformer import DecisionTransformerPolicy
-    from sqlcli_core.training.checkpoint import SequenceRunPolicy, load_policy
+    from sqlcli_core.runs.policy import SequenceRunPolicy, load_policy
 
     loaded = load_policy(tiny_dt_run)
-    assert isinstance(loaded, SequenceRunPolicy) and isinstance(loaded, ev.SequencePolicy)
+    assert isinstance(loaded, SequenceRunPolicy) and isinstance(loaded, SequencePolicy)
     assert isinstance(loaded.actor(2), DecisionTransformerPolicy) and loaded.num_actions == (6, 4)
     policy = RecordingPolicy(loaded)
-    config = ev.EvalConfig(games=("Breakout", "Pong"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=30)
-    batched, stats = ev.evaluate(policy, config, num_envs=3)  # 4 streams in 3 slots: slots are reused
+    config = EvalConfig(games=("Breakout", "Pong"), seeds=(0, 1), episodes=2, epsilon=0.3, max_steps=30)
+    batched, stats = evaluate(policy, config, num_envs=3)  # 4 streams in 3 slots: slots are reused
     assert stats.episodes == 8
     by_key, batched_actions = {r.key: r for r in batched}, dict(policy.log)
     assert len(batched_actions) == stats.env_steps  # one draw per step, each with its own key
@@ -420,11 +431,11 @@ def test_decision_transformer_run_is_played_by_expert_action_inference(tiny_dt_r
             assert [(r.score, r.length, r.truncated) for r in got] == reference, (game, seed)
     assert policy.log == batched_actions  # every step's action and frame, as one stream alone plays them
     policy.log.clear()
-    one_at_a_time, _ = ev.evaluate(policy, config, num_envs=1)
+    one_at_a_time, _ = evaluate(policy, config, num_envs=1)
     assert {r.key: r for r in one_at_a_time} == by_key and policy.log == batched_actions
     # one episode per stream in one slot: each new stream's episode 0 follows another stream's episode 0
     policy.log.clear()
-    firsts, _ = ev.evaluate(policy, dataclasses.replace(config, episodes=1), num_envs=1)
+    firsts, _ = evaluate(policy, dataclasses.replace(config, episodes=1), num_envs=1)
     assert {r.key: r for r in firsts} == {k: r for k, r in by_key.items() if k[2] == 0}
     assert policy.log.items() <= batched_actions.items()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sqlcli_core.data import collect as core
+from sqlcli_core.acting.collect_runs import run_dir
 from sqlcli_core.data import fetch as F
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import ResourceError
@@ -200,7 +200,7 @@ def test_collect_full_disk_is_one_line_and_resumes_to_identical_files(reference_
         assert res.returncode == 5, res.stderr
         line = one_error_line(res)
         assert "no space left on the device while writing" in line and ".1.partial" in line
-        assert not core.run_dir(out, "Breakout", 1).exists()  # the final name only ever holds a finished run
+        assert not run_dir(out, "Breakout", 1).exists()  # the final name only ever holds a finished run
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
         again = sql("collect", *COLLECT, "--out", str(out), "--json")
         assert again.returncode == 0, again.stderr

@@ -15,12 +15,19 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.atari.games import Game
+from sqlcli_core.acting.policies import EpsilonSchedule
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.training import checkpoint, finetune, learner
-from sqlcli_core.training.finetune_online import EpsilonSchedule, OnlineConfig, grad_steps_due, run_online
+from sqlcli_core.games.catalog import Game
+from sqlcli_core.runs.checkpointer import Checkpointer
+from sqlcli_core.runs.policy import load_policy
+from sqlcli_core.runs.run_record import read_run
+from sqlcli_core.training import transfer
+from sqlcli_core.training.configs import LearnerConfig, OnlineConfig
+from sqlcli_core.training.finetune_online import grad_steps_due, run_online
+from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
+from sqlcli_core.training.update import TrainState, make_optimizer, make_train_step
 
 runner = CliRunner()
 PRETRAIN_GAMES = "breakout,pong"
@@ -182,72 +189,72 @@ def test_epsilon_schedule_is_dopamines_linear_decay():
 
 @pytest.mark.slow
 def test_transfer_keeps_the_torso_and_the_games_own_head(pretrained):
-    source = finetune.load_pretrained(pretrained)
+    source = transfer.load_pretrained(pretrained)
     assert [g.name for g in source.games] == ["Breakout", "Pong"]
-    policy = checkpoint.load_policy(pretrained)
+    policy = load_policy(pretrained)
     obs = np.random.default_rng(0).integers(0, 255, (3, 4, 84, 84), dtype=np.uint8)
     for name, g in (("Pong", 1), ("Breakout", 0)):
         game = Game(name)
-        na = finetune.finetune_num_actions(source.network_config, game)
-        params, origin = finetune.initial_params(source.network_config, na, 7, init="pretrained",
+        na = transfer.finetune_num_actions(source.network_config, game)
+        params, origin = transfer.initial_params(source.network_config, na, 7, init="pretrained",
                                                  pretrained=source, game=game, freeze="none")
         assert origin["head"] == "pretrained"
-        from sqlcli_core.training.checkpoint import make_q_fn
+        from sqlcli_core.runs.policy import make_q_fn
 
         q = np.asarray(make_q_fn(source.network_config, tuple(na))(params, obs, np.zeros(3, np.int32)))
         np.testing.assert_allclose(q, policy.q_values(obs, np.full(3, g, np.int32))[:, :game.num_actions],
                                    rtol=1e-5, atol=1e-6)
     alien = Game("Alien")
-    na = finetune.finetune_num_actions(source.network_config, alien)
-    params, origin = finetune.initial_params(source.network_config, na, 7, init="pretrained", pretrained=source,
+    na = transfer.finetune_num_actions(source.network_config, alien)
+    params, origin = transfer.initial_params(source.network_config, na, 7, init="pretrained", pretrained=source,
                                              game=alien, freeze="none")
-    scratch, _ = finetune.initial_params(source.network_config, na, 7, init="scratch", pretrained=source,
+    scratch, _ = transfer.initial_params(source.network_config, na, 7, init="scratch", pretrained=source,
                                          game=alien, freeze="none")
     assert origin["head"] == "fresh"
     for module in params:
         same_as_source = all(np.array_equal(params[module][k], source.params[module][k]) for k in params[module]) \
-            if module in source.params and finetune.part_of(module) != "heads" else False
-        assert same_as_source == (finetune.part_of(module) in finetune.SHARED_PARTS)
-        if finetune.part_of(module) == "torso":
+            if module in source.params and transfer.part_of(module) != "heads" else False
+        assert same_as_source == (transfer.part_of(module) in transfer.SHARED_PARTS)
+        if transfer.part_of(module) == "torso":
             assert not np.array_equal(scratch[module]["w"], source.params[module]["w"])
 
 
 @pytest.mark.slow
 def test_update_matches_the_learner_and_freezing_freezes(pretrained):
-    source = finetune.load_pretrained(pretrained)
+    source = transfer.load_pretrained(pretrained)
     game = Game("Breakout")
-    na = finetune.finetune_num_actions(source.network_config, game)
-    cfg = learner.LearnerConfig(learning_rate=1e-3, target_update_period=2)
-    mesh = learner.make_mesh(jax.local_devices()[:1])
+    na = transfer.finetune_num_actions(source.network_config, game)
+    cfg = LearnerConfig(learning_rate=1e-3, target_update_period=2)
+    mesh = make_mesh(jax.local_devices()[:1])
     rng = np.random.default_rng(0)
     batch = TransitionBatch(np.zeros(8, np.int32), rng.integers(0, 255, (8, 4, 84, 84), dtype=np.uint8),
                             rng.integers(0, 4, 8).astype(np.int32), rng.uniform(-1, 1, 8).astype(np.float32),
                             (rng.random(8) < 0.3).astype(np.float32), np.full(8, 3, np.int32),
                             rng.integers(0, 255, (8, 4, 84, 84), dtype=np.uint8))
-    params, _ = finetune.initial_params(source.network_config, na, 0, init="pretrained", pretrained=source,
+    params, _ = transfer.initial_params(source.network_config, na, 0, init="pretrained", pretrained=source,
                                         game=game, freeze="none")
 
     def fresh_state(opt):
         copy = jax.tree.map(np.array, params)
-        return jax.device_put(learner.TrainState(copy, jax.tree.map(np.array, params), opt.init(copy),
-                                                 np.int32(0), jax.random.PRNGKey(0)), learner.replicated(mesh))
+        return jax.device_put(TrainState(copy, jax.tree.map(np.array, params), opt.init(copy),
+                                                 np.int32(0), jax.random.PRNGKey(0)), replicated(mesh))
 
-    dev_batch = learner.put_batch(batch, learner.batch_sharding(mesh))
-    reference = learner.make_train_step(source.network_config, na, cfg, mesh)
-    ref_state, ref_metrics = reference(fresh_state(learner.make_optimizer(cfg)), dev_batch)
+    dev_batch = put_batch(batch, batch_sharding(mesh))
+    reference = make_train_step(source.network_config, na, cfg, mesh)
+    ref_state, ref_metrics = reference(fresh_state(make_optimizer(cfg)), dev_batch)
     devices = tuple(mesh.devices.flat)
-    opt, ours = finetune.cached_finetune_step(source.network_config, tuple(na), cfg, "none", devices)
+    opt, ours = transfer.cached_finetune_step(source.network_config, tuple(na), cfg, "none", devices)
     state, metrics = ours(fresh_state(opt), dev_batch)
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state.params, ref_state.params)
 
-    opt, step = finetune.cached_finetune_step(source.network_config, tuple(na), cfg, "torso", devices)
+    opt, step = transfer.cached_finetune_step(source.network_config, tuple(na), cfg, "torso", devices)
     state = fresh_state(opt)
     for _ in range(2):
         state, _ = step(state, dev_batch)
     for module in params:
         moved = any(not np.array_equal(state.params[module][k], params[module][k]) for k in params[module])
-        assert moved == (finetune.part_of(module) != "torso"), module
+        assert moved == (transfer.part_of(module) != "torso"), module
 
 
 # ------------------------------------------------------------------------------------------- online
@@ -275,7 +282,7 @@ def test_online_resume_continues_exactly(pretrained, tmp_path):
     resumed = run_online(_online(200), run_dir=tmp_path / "b", source=pretrained)
     assert first["agent_steps"] == 100 and resumed["resumed_from"] == 100 and straight["resumed_from"] is None
     assert straight["grad_steps"] == resumed["grad_steps"] == grad_steps_due(200, _online(200)) == 40
-    pa, pb = checkpoint.load_policy(tmp_path / "a"), checkpoint.load_policy(tmp_path / "b")
+    pa, pb = load_policy(tmp_path / "a"), load_policy(tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, pa.params, pb.params)
     assert _train_lines(tmp_path / "a") == _train_lines(tmp_path / "b")
     # The result files: eval schema, curve CSV from the eval lines, run.json loadable by load_policy.
@@ -334,14 +341,14 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
     record["identity"]["network"]["width"] = 0.5
     (other / "run.json").write_text(json.dumps(record))
     with pytest.raises(DataError, match=r"does not match its architecture \(torso/"):
-        finetune.load_pretrained(other)
+        transfer.load_pretrained(other)
     # A checkpoint whose parameters have no torso.
     headless = tmp_path / "no_torso"
     shutil.copytree(pretrained, headless)
-    source = finetune.load_pretrained(pretrained)
-    identity = checkpoint.read_run(headless)["identity"]
-    ckpt = checkpoint.Checkpointer(headless, identity)
-    params = {m: v for m, v in source.params.items() if finetune.part_of(m) != "torso"}
+    source = transfer.load_pretrained(pretrained)
+    identity = read_run(headless)["identity"]
+    ckpt = Checkpointer(headless, identity)
+    params = {m: v for m, v in source.params.items() if transfer.part_of(m) != "torso"}
     ckpt.save(99, {"params": params}, None, force=True)
     ckpt.close()
     r = invoke("finetune-online", "--from", headless, "--game", "Breakout", "--run-dir", tmp_path / "y")
@@ -354,7 +361,7 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
 
 
 def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
-    from sqlcli_core.training.finetune_offline import select_segments
+    from sqlcli_core.data.slices import select_segments
 
     meta = {"rows": 1000, "segments": [[0, 600, 0], [600, 1000, 700]],  # 100 stream rows lost before row 600
             "checkpoints": [{"checkpoint": 0, "rows_start": 0, "rows_end": 300},
@@ -367,7 +374,7 @@ def test_select_segments_takes_the_chosen_checkpoints_in_stream_order():
 
 
 def _offline(data, steps, **kw):
-    from sqlcli_core.training.finetune_offline import OfflineConfig
+    from sqlcli_core.training.configs import OfflineConfig
 
     base = dict(game="alien", data=str(data), steps=steps, transitions=300, batch_size=8, checkpoint_every=2,
                 log_every=2, final_seeds=1, final_episodes=1, eval_max_steps=20, cache_bytes=16 << 20,
@@ -384,14 +391,14 @@ def test_offline_trains_on_the_slice_resumes_and_evaluates(pretrained, data_root
     run_offline(_offline(data_root, 2), run_dir=tmp_path / "b", source=pretrained)
     resumed = run_offline(_offline(data_root, 4), run_dir=tmp_path / "b", source=pretrained)
     assert resumed["resumed_from"] == 2 and straight["grad_steps"] == resumed["grad_steps"] == 4
-    pa, pb = checkpoint.load_policy(tmp_path / "a"), checkpoint.load_policy(tmp_path / "b")
+    pa, pb = load_policy(tmp_path / "a"), load_policy(tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, pa.params, pb.params)
-    run = checkpoint.read_run(tmp_path / "a")
+    run = read_run(tmp_path / "a")
     selection = run["config"]["data_selection"]
     assert selection["rows"] == 300 and sum(r["rows"] for r in selection["runs"]) == 300
     assert run["config"]["origin"]["head"] == "fresh" and pa.games == [Game("Alien")]
     # The pre-trained torso moved (it is trained) but started from the source's.
-    source = finetune.load_pretrained(pretrained)
+    source = transfer.load_pretrained(pretrained)
     assert not np.array_equal(pa.params["torso/conv2_d"]["w"], source.params["torso/conv2_d"]["w"])
     result = json.loads((tmp_path / "a" / "eval" / "final.json").read_text())
     alien = result["games"]["Alien"]
@@ -417,20 +424,20 @@ def test_finetuning_a_bc_run_transfers_the_shared_parts_and_starts_a_fresh_head(
     """A BC run's head is a policy head (one logit per action): fine-tuning (Scaled QL) keeps only the torso,
     spatial embedding and projection, even for a game the run was trained on."""
     from sqlcli_core.methods import get_method
-    from sqlcli_core.networks import NetworkConfig
+    from sqlcli_core.networks.config import NetworkConfig
 
     net = NetworkConfig(arch="dqn", width=0.25, projection_dim=16, num_atoms=11)
     bc = get_method("bc")
     games = [Game("Breakout"), Game("Pong")]
     bc_params = jax.jit(bc.network(net, (4, 6)).init)(jax.random.PRNGKey(3), *bc.init_inputs(net))
     assert bc_params["heads/linear"]["w"].shape == (16, 10)  # one column per action
-    source = finetune.Pretrained(run_dir=None, step=1, network_config=net, games=games, num_actions=(4, 6),
+    source = transfer.Pretrained(run_dir=None, step=1, network_config=net, games=games, num_actions=(4, 6),
                                  params=bc_params, method="bc")
-    params, origin = finetune.initial_params(net, (4,), 0, init="pretrained", pretrained=source, game=games[0],
+    params, origin = transfer.initial_params(net, (4,), 0, init="pretrained", pretrained=source, game=games[0],
                                              freeze="none")
     assert origin["head"] == "fresh" and origin["from"]["method"] == "bc"
     assert params["heads/linear"]["w"].shape == (16, 4 * 11)  # a C51 head for the Scaled QL update
     for module in params:
-        if finetune.part_of(module) in finetune.SHARED_PARTS:
+        if transfer.part_of(module) in transfer.SHARED_PARTS:
             for k in params[module]:
                 np.testing.assert_array_equal(params[module][k], bc_params[module][k])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlcli_core.atari import games as catalog
+from sqlcli_core.games import catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,3 +88,117 @@ def test_docs_game_table_is_the_catalog():
         assert actions == len(catalog.minimal_action_set(name)), name
         assert (random, human) == catalog.REFERENCE_SCORES.get(name, (None, None)), name
     assert sum(table[name][0] for name in catalog.ATARI40) == 501
+
+
+# ------------------------------------------------------------------------------------------- layers
+# The packages from the bottom up: a module imports only from its own layer or the ones below it (at the
+# top of a file or inside a function alike), and no chain of imports leads back to where it started.
+LAYERS = (
+    ("base", ("sqlcli_core", "sqlcli_core.errors", "sqlcli_core.atomic", "sqlcli_core.provenance",
+              "sqlcli_core.settings", "sqlcli_core.ranges", "sqlcli_core.locks")),
+    ("games", ("sqlcli_core.games", "sqlcli_core.synthetic")),  # synthetic: the known-answer games
+    ("data", ("sqlcli_core.data",)),
+    ("networks", ("sqlcli_core.networks",)),
+    ("methods", ("sqlcli_core.methods",)),
+    ("acting", ("sqlcli_core.acting", "sqlcli_core.evaluation")),
+    ("runs", ("sqlcli_core.runs",)),
+    ("training", ("sqlcli_core.training",)),
+    ("analysis", ("sqlcli_core.analysis",)),
+    ("cli", ("sqlcli",)),
+)
+
+
+def _module_files() -> dict[str, Path]:
+    files = {}
+    for package in ("sqlcli", "sqlcli_core"):
+        for path in (ROOT / package).rglob("*.py"):
+            name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            files[name] = path
+    return files
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its file (a name imported from a package that is a
+    submodule counts as that submodule)."""
+    import ast
+
+    files = _module_files()
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                for alias in node.names:
+                    edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base)
+        graph[name] = {e for e in edges if e in files and e != name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of the most specific prefix that names `module`'s package."""
+    best, best_len = None, -1
+    for index, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            matches = module == prefix or (prefix != "sqlcli_core" and module.startswith(prefix + "."))
+            if matches and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    assert best is not None, f"{module} belongs to no layer: add its package to LAYERS"
+    return best
+
+
+def find_climbs(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} ({LAYERS[layer_of(module)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+                  for module, targets in graph.items() for target in targets if layer_of(target) > layer_of(module))
+
+
+def find_circles(graph: dict[str, set[str]]) -> list[str]:
+    """Each import circle found by a depth-first walk, as 'a -> b -> a'."""
+    circles, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                circles.append(" -> ".join([*path[path.index(target):], module, target] if target in path
+                                           else [module, target]))
+            elif target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    return circles
+
+
+def test_no_import_climbs_to_a_higher_layer():
+    assert find_climbs(import_graph()) == []
+
+
+def test_no_import_circle():
+    assert find_circles(import_graph()) == []
+
+
+def test_layer_checks_see_a_climb_and_a_circle():
+    """The checks can fail: the data layer importing acting is a climb (collect once did, via training), and
+    the old checkpoint <-> lifecycle pair is a circle."""
+    graph = import_graph()
+    assert "sqlcli_core.acting.collect_runs" in graph["sqlcli_core.acting.collect"]  # the graph sees real edges
+    climbing = {**graph, "sqlcli_core.data.sampler": graph["sqlcli_core.data.sampler"] | {"sqlcli_core.acting.collect"}}
+    assert find_climbs(climbing) == ["sqlcli_core.data.sampler (data) -> sqlcli_core.acting.collect (acting)"]
+    circular = {"a.checkpoint": {"a.lifecycle"}, "a.lifecycle": {"a.metrics", "a.checkpoint"}, "a.metrics": set()}
+    assert find_circles(circular) == ["a.checkpoint -> a.lifecycle -> a.checkpoint"]
+    assert layer_of("sqlcli_core.errors") == 0 and layer_of("sqlcli_core.games.catalog") == 1
+    assert layer_of("sqlcli_core.runs.policy") < layer_of("sqlcli_core.training.update") < layer_of("sqlcli.main")
+
+
+def test_no_library_module_over_500_lines():
+    long = {name: n for name, path in _module_files().items() if (n := len(path.read_text().splitlines())) > 500}
+    assert long == {}

@@ -15,12 +15,12 @@ import math
 import numpy as np
 import pytest
 
+from sqlcli_core.acting import collect as core
+from sqlcli_core.acting.pool import EmulatorPool
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.analysis.diagnose import data_fixed_point, n_step_samples
-from sqlcli_core.atari.env import PROTOCOLS
-from sqlcli_core.atari.games import Game, canonical_name, minimal_action_set, resolve_games
-from sqlcli_core.atari.vector import EmulatorPool
-from sqlcli_core.data import collect as core
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import Game, canonical_name, minimal_action_set, resolve_games
 from sqlcli_core.synthetic import chain
 from sqlcli_core.synthetic.emulator import ChainEmulator
 
@@ -193,7 +193,8 @@ def test_data_fixed_point_three_step_follows_the_behaviour():
 
 
 def test_eval_normalises_synthetic_games_to_random_and_optimal_play():
-    from sqlcli_core.evaluation.evaluate import EvalConfig, RandomPolicy, evaluate, summarize
+    from sqlcli_core.evaluation.evaluate import EvalConfig, RandomPolicy, evaluate
+    from sqlcli_core.evaluation.results import summarize
 
     games = ("Chain-stay-12", "Chain-fall-12")
     config = EvalConfig(games=games, seeds=(0, 1, 2), episodes=20, protocol=PROTOCOLS["no-sticky"], epsilon=1.0,

@@ -88,12 +88,14 @@ def test_four_devices_match_one_device(result, request):
 def test_checkpoint_from_four_devices_restores_on_one(four_devices, setup):
     import jax
 
-    from sqlcli_core.training import checkpoint, learner
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.run_record import run_identity
+    from sqlcli_core.training.update import abstract_train_state
 
     net, cfg, mesh, _ = setup
     run = Path(four_devices.fid.name).parent / "run"
-    identity = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
-    state, meta = checkpoint.Checkpointer(run, identity).restore(learner.abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
+    identity = run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
+    state, meta = Checkpointer(run, identity).restore(abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
     assert meta["step"] == lw.STEPS and meta["sampler_states"] == [{"position": 7}]
     assert int(state.step) == lw.STEPS
     assert state.params["projection"]["w"].sharding.mesh.devices.size == 1
@@ -129,17 +131,17 @@ def test_two_processes_train_in_lockstep(four_devices, tmp_path):
 
 
 def test_init_distributed_needs_all_three_settings(monkeypatch):
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import init_distributed
 
     for name in ("SQL_COORDINATOR", "SQL_NUM_PROCESSES", "SQL_PROCESS_ID", "JAX_COORDINATOR_ADDRESS",
                  "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
         monkeypatch.delenv(name, raising=False)
-    assert learner.init_distributed() is False  # nothing set: a single-process run
+    assert init_distributed() is False  # nothing set: a single-process run
     monkeypatch.setenv("SQL_NUM_PROCESSES", "2")
     with pytest.raises(UsageError, match="coordinator"):
-        learner.init_distributed()
+        init_distributed()
     with pytest.raises(UsageError, match="outside"):
-        learner.init_distributed("127.0.0.1:1", 2, 5)
+        init_distributed("127.0.0.1:1", 2, 5)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,11 +150,14 @@ def test_init_distributed_needs_all_three_settings(monkeypatch):
 
 @pytest.fixture(scope="module")
 def setup():
-    from sqlcli_core.training import learner
+    import jax
+
+    from sqlcli_core.training.mesh import make_mesh
+    from sqlcli_core.training.update import make_train_step
 
     net, cfg = lw.tiny_network(), lw.tiny_learner()
-    mesh = learner.make_mesh(learner.jax.devices()[:1])
-    step = learner.make_train_step(net, lw.NUM_ACTIONS, cfg, mesh)
+    mesh = make_mesh(jax.devices()[:1])
+    step = make_train_step(net, lw.NUM_ACTIONS, cfg, mesh)
     return net, cfg, mesh, step
 
 
@@ -165,15 +170,16 @@ def _tree_equal(a, b) -> bool:
 def test_target_network_is_a_hard_copy_every_period(setup):
     import jax
 
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import batch_sharding, put_batch
+    from sqlcli_core.training.update import init_train_state
 
     net, cfg, mesh, step = setup
-    state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 3, mesh)
+    state = init_train_state(net, lw.NUM_ACTIONS, cfg, 3, mesh)
     initial = jax.device_get(state.params)
     assert _tree_equal(state.target_params, initial)
-    sharding = learner.batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     for i in range(1, cfg.target_update_period + 1):
-        state, _ = step(state, learner.put_batch(lw.random_batch(i), sharding))
+        state, _ = step(state, put_batch(lw.random_batch(i), sharding))
         assert int(state.step) == i
         if i < cfg.target_update_period:
             assert _tree_equal(state.target_params, initial), f"target moved at step {i}"
@@ -232,23 +238,28 @@ def _true_values(gamma: float):
 def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
     import jax
 
-    from sqlcli_core.training import checkpoint, learner
+    from sqlcli_core.networks.network import build_network
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.policy import load_policy
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.mesh import batch_sharding, put_batch
+    from sqlcli_core.training.update import init_train_state
 
     net, cfg, mesh, step = setup
-    state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
-    sharding = learner.batch_sharding(mesh)
+    state = init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
+    sharding = batch_sharding(mesh)
     rng = np.random.default_rng(0)
     for _ in range(MDP_STEPS):
-        state, metrics = step(state, learner.put_batch(_mdp_batch(rng, lw.BATCH), sharding))
+        state, metrics = step(state, put_batch(_mdp_batch(rng, lw.BATCH), sharding))
     assert np.isfinite(float(metrics["loss"]))
 
     # Through the run directory and load_policy, as `eval` will see it.
-    identity = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
-    checkpoint.prepare_run_dir(tmp_path, identity=identity, config={"test": True}, parameter_counts={"torso": 1}, seed=0)
-    ckpt = checkpoint.Checkpointer(tmp_path, identity, every=1)
+    identity = run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
+    prepare_run_dir(tmp_path, identity=identity, config={"test": True}, parameter_counts={"torso": 1}, seed=0)
+    ckpt = Checkpointer(tmp_path, identity, every=1)
     ckpt.save(MDP_STEPS, state, {"position": 1})
     ckpt.close()
-    policy = checkpoint.load_policy(tmp_path)
+    policy = load_policy(tmp_path)
     assert policy.step == MDP_STEPS and [g.name for g in policy.games] == ["Breakout", "Pong"]
 
     q_right_true, v_behaviour = _true_values(cfg.gamma)
@@ -269,7 +280,7 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
             assert np.all(q[:, unseen] < np.minimum(q[:, right], q[:, quit_])), f"unseen action not held down: {q}"
 
     # load_policy's values are the network's expected returns (numpy re-derivation from the logits)
-    network = __import__("sqlcli_core.networks", fromlist=["x"]).build_network(net, lw.NUM_ACTIONS)
+    network = build_network(net, lw.NUM_ACTIONS)
     obs = np.stack([_frame(0, i) for i in range(4)])
     logits = np.asarray(network.apply(jax.device_get(state.params), obs, np.zeros(4, np.int32)).logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -278,30 +289,32 @@ def test_learns_known_values_and_cql_keeps_unseen_actions_low(setup, tmp_path):
 
 
 def test_checkpoint_of_another_run_is_refused(setup, tmp_path):
-    from sqlcli_core.training import checkpoint, learner
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state
 
     net, cfg, mesh, _ = setup
-    state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
-    identity = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
-    ckpt = checkpoint.Checkpointer(tmp_path, identity, every=5)
+    state = init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
+    identity = run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
+    ckpt = Checkpointer(tmp_path, identity, every=5)
     assert not ckpt.save(3, state, None)  # not a multiple of 5
     assert ckpt.save(5, state, {"a": 1})
     ckpt.close()
 
     wider = dict(identity, network=dict(identity["network"], width=0.5))
     with pytest.raises(UsageError, match="different run.*width"):
-        checkpoint.Checkpointer(tmp_path, wider).restore(learner.abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
+        Checkpointer(tmp_path, wider).restore(abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
     other_games = dict(identity, games=["Breakout", "Qbert"])
     with pytest.raises(UsageError, match="different run.*games"):
-        checkpoint.Checkpointer(tmp_path, other_games).restore(learner.abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
-    restored, meta = checkpoint.Checkpointer(tmp_path, identity).restore(
-        learner.abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
+        Checkpointer(tmp_path, other_games).restore(abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
+    restored, meta = Checkpointer(tmp_path, identity).restore(
+        abstract_train_state(net, lw.NUM_ACTIONS, cfg, mesh))
     assert meta["sampler_states"] == [{"a": 1}] and meta["step"] == 5
-    assert _tree_equal(learner.TrainState(*restored), state)
+    assert _tree_equal(TrainState(*restored), state)
 
-    checkpoint.prepare_run_dir(tmp_path, identity=identity, config={}, parameter_counts={}, seed=0)
+    prepare_run_dir(tmp_path, identity=identity, config={}, parameter_counts={}, seed=0)
     with pytest.raises(UsageError, match="holds a different run"):
-        checkpoint.prepare_run_dir(tmp_path, identity=other_games, config={}, parameter_counts={}, seed=0)
+        prepare_run_dir(tmp_path, identity=other_games, config={}, parameter_counts={}, seed=0)
 
 
 def test_bf16_compute_keeps_float32_master_weights(setup):
@@ -309,14 +322,15 @@ def test_bf16_compute_keeps_float32_master_weights(setup):
 
     import jax
 
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import batch_sharding, put_batch
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     net, cfg, mesh, step32 = setup
     net16 = dataclasses.replace(net, compute_dtype="bfloat16")
-    step16 = learner.make_train_step(net16, lw.NUM_ACTIONS, cfg, mesh)
-    batch = learner.put_batch(lw.random_batch(7), learner.batch_sharding(mesh))
-    s32, m32 = step32(learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 1, mesh), batch)
-    s16, m16 = step16(learner.init_train_state(net16, lw.NUM_ACTIONS, cfg, 1, mesh), batch)
+    step16 = make_train_step(net16, lw.NUM_ACTIONS, cfg, mesh)
+    batch = put_batch(lw.random_batch(7), batch_sharding(mesh))
+    s32, m32 = step32(init_train_state(net, lw.NUM_ACTIONS, cfg, 1, mesh), batch)
+    s16, m16 = step16(init_train_state(net16, lw.NUM_ACTIONS, cfg, 1, mesh), batch)
     assert {x.dtype for x in jax.tree.leaves(s16.params)} == {np.dtype("float32")}
     assert {x.dtype for x in jax.tree.leaves(s16.opt_state)} <= {np.dtype("float32"), np.dtype("int32")}
     # same initial weights, same batch: the losses agree to bfloat16 precision
@@ -334,15 +348,21 @@ def _deterministic_behaviour(g: int, pos: int) -> int:
 
 @pytest.mark.slow
 def test_bc_reproduces_a_deterministic_behaviour(tmp_path):
-    from sqlcli_core.training import checkpoint, learner
+    import jax
+
+    from sqlcli_core.runs.checkpointer import Checkpointer
+    from sqlcli_core.runs.policy import load_policy
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
+    from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     net, cfg = lw.tiny_network(), lw.tiny_learner("bc")
-    mesh = learner.make_mesh(learner.jax.devices()[:1])
-    step = learner.make_train_step(net, lw.NUM_ACTIONS, cfg, mesh)
-    state = learner.init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
+    mesh = make_mesh(jax.devices()[:1])
+    step = make_train_step(net, lw.NUM_ACTIONS, cfg, mesh)
+    state = init_train_state(net, lw.NUM_ACTIONS, cfg, 0, mesh)
     assert state.target_params == {}  # no target network to copy or to checkpoint
     rng = np.random.default_rng(0)
-    sharding = learner.batch_sharding(mesh)
+    sharding = batch_sharding(mesh)
     lengths = (4, 2)
     for _ in range(150):
         game = rng.integers(0, 2, lw.BATCH).astype(np.int32)
@@ -352,15 +372,15 @@ def test_bc_reproduces_a_deterministic_behaviour(tmp_path):
         noise = rng.uniform(-1, 1, lw.BATCH).astype(np.float32)  # rewards and next states are never read
         batch = TransitionBatch(game, frames, action, noise, np.zeros(lw.BATCH, np.float32),
                                 np.ones(lw.BATCH, np.int32), frames[::-1].copy())
-        state, metrics = step(state, learner.put_batch(batch, sharding))
+        state, metrics = step(state, put_batch(batch, sharding))
     assert float(metrics["accuracy"]) == 1.0 and float(metrics["ce_loss"]) < 0.1
 
-    identity = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS, "bc")
-    checkpoint.prepare_run_dir(tmp_path, identity=identity, config={}, parameter_counts={"torso": 1}, seed=0)
-    ckpt = checkpoint.Checkpointer(tmp_path, identity, every=1)
+    identity = run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS, "bc")
+    prepare_run_dir(tmp_path, identity=identity, config={}, parameter_counts={"torso": 1}, seed=0)
+    ckpt = Checkpointer(tmp_path, identity, every=1)
     ckpt.save(150, state, None)
     ckpt.close()
-    policy = checkpoint.load_policy(tmp_path)
+    policy = load_policy(tmp_path)
     assert policy.method == "bc"
     for g, length in enumerate(lengths):
         obs = np.stack([_frame(g, p) for p in range(length)])
@@ -370,25 +390,25 @@ def test_bc_reproduces_a_deterministic_behaviour(tmp_path):
         np.testing.assert_array_equal(greedy, [_deterministic_behaviour(g, p) for p in range(length)])
     # a scaled-ql run of the same network is another run
     with pytest.raises(UsageError, match="different run.*method bc vs scaled-ql"):
-        checkpoint.prepare_run_dir(tmp_path, identity=dict(identity, method="scaled-ql"), config={},
+        prepare_run_dir(tmp_path, identity=dict(identity, method="scaled-ql"), config={},
                                    parameter_counts={}, seed=0)
 
 
 def test_identity_compares_known_keys_and_new_keys_at_their_default(tmp_path):
-    from sqlcli_core.training import checkpoint
+    from sqlcli_core.runs.run_record import prepare_run_dir, run_identity
 
     net = lw.tiny_network()
-    current = checkpoint.run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
+    current = run_identity(net.to_dict(), ["Breakout", "Pong"], lw.NUM_ACTIONS)
     # A run written before `normalize_features` (say) existed, and before methods were recorded.
     older = {"network": {k: v for k, v in net.to_dict().items() if k != "normalize_features"},
              "games": ["Breakout", "Pong"], "num_actions": list(lw.NUM_ACTIONS)}
-    checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
-    checkpoint.prepare_run_dir(tmp_path, identity=current, config={}, parameter_counts={}, seed=0)  # resumes
+    prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
+    prepare_run_dir(tmp_path, identity=current, config={}, parameter_counts={}, seed=0)  # resumes
     changed = dict(current, network=dict(current["network"], normalize_features=False))
     (tmp_path / "run.json").unlink()
-    checkpoint.prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
+    prepare_run_dir(tmp_path, identity=older, config={}, parameter_counts={}, seed=0)
     with pytest.raises(UsageError, match="network normalize_features True vs False"):
-        checkpoint.prepare_run_dir(tmp_path, identity=changed, config={}, parameter_counts={}, seed=0)
+        prepare_run_dir(tmp_path, identity=changed, config={}, parameter_counts={}, seed=0)
 
 
 def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
@@ -398,12 +418,13 @@ def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
 
     from sqlcli_core.methods import decision_transformer as mdt
     from sqlcli_core.networks import decision_transformer as dt
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch
+    from sqlcli_core.training.update import init_train_state, make_train_step
 
     net, num_actions = lw.tiny_setup("dt")
     cfg = lw.tiny_learner("dt")
-    mesh = learner.make_mesh(jax.devices()[:1])
-    state = learner.init_train_state(net, num_actions, cfg, 0, mesh, lw.GAMES)
+    mesh = make_mesh(jax.devices()[:1])
+    state = init_train_state(net, num_actions, cfg, 0, mesh, lw.GAMES)
     params, rng = jax.device_get(state.params), jax.device_get(state.rng)
     batch = lw.random_sequences(7)
     model = dt.build_decision_transformer(net, dt.action_sets_for(lw.GAMES, num_actions))
@@ -414,8 +435,8 @@ def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
         cfg.learning_rate, eps=cfg.adam_eps).init(params), params)
     want = optax.apply_updates(params, updates)
 
-    step = learner.make_train_step(net, num_actions, cfg, mesh, games=lw.GAMES)
-    new, metrics = step(state, learner.put_batch(batch, learner.batch_sharding(mesh)))
+    step = make_train_step(net, num_actions, cfg, mesh, games=lw.GAMES)
+    new, metrics = step(state, put_batch(batch, batch_sharding(mesh)))
     assert float(metrics["loss"]) == pytest.approx(float(want_loss), rel=1e-6)
     assert abs(float(want_loss) - float(eval_loss)) > 1e-4  # dropout was on
     assert new.target_params == {}  # no target network
@@ -427,4 +448,4 @@ def test_dt_step_trains_with_dropout_drawn_from_the_step_key():
             np.testing.assert_allclose(got[module][name], want[module][name], rtol=1e-5, atol=1e-5,
                                        err_msg=f"{module}/{name}")
     with pytest.raises(UsageError, match="needs the games"):
-        learner.make_train_step(net, num_actions, cfg, mesh)
+        make_train_step(net, num_actions, cfg, mesh)

@@ -82,7 +82,7 @@ def runs(tmp_path_factory):
 
 def _diagnose(run_dir, game=GAME, gamma=None):
     from sqlcli_core.analysis.diagnose import diagnose
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     return diagnose(load_policy(run_dir), game, gamma=gamma)
 

@@ -10,7 +10,8 @@ import pytest
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.methods.losses import projected_target, scaled_ql_loss
 from sqlcli_core.methods.scaled_ql import make_loss_fn
-from sqlcli_core.networks import NetworkConfig, action_mask, build_network
+from sqlcli_core.networks.config import NetworkConfig
+from sqlcli_core.networks.network import action_mask, build_network
 
 SUPPORT = np.linspace(-2.0, 2.0, 5).astype(np.float32)  # 5 atoms, spacing 1: easy to reason about
 NUM_ACTIONS = (2, 4, 3)  # G = 3 games, A_max = 4
@@ -252,7 +253,7 @@ def test_behaviour_cloning_loss_matches_numpy_and_ignores_padded_actions():
 
 def test_c51_method_is_scaled_ql_without_cql():
     from sqlcli_core.methods import LossSetup, get_method
-    from sqlcli_core.training.update import LearnerConfig
+    from sqlcli_core.training.configs import LearnerConfig
 
     na = (3, 6)
     config = NetworkConfig(arch="dqn", width=0.25, projection_dim=16, num_atoms=11, v_min=-3, v_max=3)

@@ -11,8 +11,9 @@ import pytest
 
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.methods.losses import scaled_ql_loss
-from sqlcli_core.networks import (
-    NetworkConfig,
+from sqlcli_core.networks.config import NetworkConfig
+from sqlcli_core.networks.heads import SpatialEmbedding, head_offsets, l2_normalize
+from sqlcli_core.networks.network import (
     abstract_params,
     action_mask,
     build_network,
@@ -20,7 +21,6 @@ from sqlcli_core.networks import (
     parameter_table,
     shared_features,
 )
-from sqlcli_core.networks.heads import SpatialEmbedding, head_offsets, l2_normalize
 
 NUM_ACTIONS = (3, 6, 4)
 TINY_DQN = NetworkConfig(arch="dqn", width=0.25, projection_dim=32, num_atoms=7, spatial_embedding_features=2)
@@ -201,7 +201,7 @@ def test_bad_observation_shape_is_a_clear_error(tiny_dqn):
 
 
 def test_parameter_table_for_real_games():
-    from sqlcli_core.atari.games import resolve_games
+    from sqlcli_core.games.catalog import resolve_games
 
     table = parameter_table(NetworkConfig(arch="dqn"), resolve_games("pong,breakout"))
     assert table["num_actions"] == [6, 4]  # ALE minimal action sets

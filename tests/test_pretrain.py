@@ -61,7 +61,7 @@ def committed_steps(run: Path) -> list[int]:
 def final_params(run: Path) -> dict:
     import jax
 
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     policy = load_policy(run)
     return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)

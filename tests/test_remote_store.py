@@ -24,7 +24,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 from sqlcli_core.data import store as st  # noqa: E402
-from sqlcli_core.data.sampler import ReplaySampler  # noqa: E402
+from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.errors import SourceUnavailable  # noqa: E402
 from tests.replay_fixture import write_run  # noqa: E402
 from tests.s3_fixture import FaultProxy, S3Server  # noqa: E402

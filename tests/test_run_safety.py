@@ -66,7 +66,7 @@ def committed_steps(run: Path) -> list[int]:
 def params_of(run) -> tuple[dict, int]:
     import jax
 
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     policy = load_policy(run)
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(policy.params)}, \
@@ -217,17 +217,17 @@ def test_no_intact_checkpoint_is_exit_3_for_training_eval_and_finetune(store, en
     proc = sql(["finetune-online", "--from", run, "--game", "breakout", "--run-dir", tmp_path / "ft", "--steps", "50",
                 "--min-replay", "10"], env)
     assert_one_error_line(proc, 3, "is damaged")
-    from sqlcli_core.training import finetune
+    from sqlcli_core.training.transfer import load_pretrained
 
     with pytest.raises(DataError, match="is damaged"):
-        finetune.load_pretrained(run / "checkpoints" / "8")
+        load_pretrained(run / "checkpoints" / "8")
 
 
 def test_checksums_are_of_values_and_the_json_item_seals_itself():
-    from sqlcli_core.training import integrity
+    from sqlcli_core.runs import checksums
 
     state = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "step": np.int32(5)}
-    sums = integrity.state_checksums(state)
+    sums = checksums.state_checksums(state)
     # an independent re-derivation: sha256 over dtype, shape and C-order bytes
     import hashlib
 
@@ -235,15 +235,15 @@ def test_checksums_are_of_values_and_the_json_item_seals_itself():
     digest.update(b"<f4(2, 3);")
     digest.update(np.arange(6, dtype=np.float32).tobytes())
     assert sums["params"] == digest.hexdigest()
-    meta = integrity.seal_meta({"step": 5}, sums)
-    integrity.verify_meta(meta)
-    integrity.verify_items({"params": state["params"]}, meta)
-    with pytest.raises(integrity.CheckpointDamaged, match="params item"):
-        integrity.verify_items({"params": {"w": np.ones((2, 3), np.float32)}}, meta)
-    with pytest.raises(integrity.CheckpointDamaged, match="JSON item"):
-        integrity.verify_meta({**meta, "step": 6})
-    assert integrity.first_non_finite({"params": {"w": np.array([1.0, np.nan], np.float32)}}) == "params"
-    assert integrity.first_non_finite({"replay": {"r": np.array([np.inf])}}) is None
+    meta = checksums.seal_meta({"step": 5}, sums)
+    checksums.verify_meta(meta)
+    checksums.verify_items({"params": state["params"]}, meta)
+    with pytest.raises(checksums.CheckpointDamaged, match="params item"):
+        checksums.verify_items({"params": {"w": np.ones((2, 3), np.float32)}}, meta)
+    with pytest.raises(checksums.CheckpointDamaged, match="JSON item"):
+        checksums.verify_meta({**meta, "step": 6})
+    assert checksums.first_non_finite({"params": {"w": np.array([1.0, np.nan], np.float32)}}) == "params"
+    assert checksums.first_non_finite({"replay": {"r": np.array([np.inf])}}) is None
 
 
 # ------------------------------------------------------------------------------- non-finite guard
@@ -274,8 +274,7 @@ def test_non_finite_options_are_refused_up_front(flag, value, tmp_path):
 
 def test_finetune_options_share_the_rules(tmp_path):
     from sqlcli_core.errors import UsageError
-    from sqlcli_core.training.finetune_offline import OfflineConfig
-    from sqlcli_core.training.finetune_online import OnlineConfig
+    from sqlcli_core.training.configs import OfflineConfig, OnlineConfig
 
     with pytest.raises(UsageError, match="--lr must be a finite number"):
         OfflineConfig(game="alien", data="/x", learning_rate=float("nan"))
@@ -390,7 +389,7 @@ def test_eval_refuses_before_playing(tmp_path, extra, message):
 
 
 def test_scale_report_names_a_missing_provenance(tmp_path):
-    from sqlcli_core.analysis import scale_report as sr
+    from sqlcli_core.analysis.scale_report import load_run_point
 
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)
@@ -398,4 +397,4 @@ def test_scale_report_names_a_missing_provenance(tmp_path):
                                               "num_parameters": 10, "parameter_counts": {"torso": 10}}))
     (run / "eval" / "a.json").write_text(json.dumps({"aggregates": {"iqm": {"value": 0.5, "ci95": [0.4, 0.6]}}}))
     with pytest.raises(DataError, match="no provenance block"):
-        sr.load_run_point(run)
+        load_run_point(run)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from sqlcli_core.data import store as st
-from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler, reference_transition
+from sqlcli_core.data.reference_sampler import ReferenceSampler, reference_transition
+from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.errors import ResourceError, UsageError
 from tests.replay_fixture import write_run
 

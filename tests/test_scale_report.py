@@ -16,7 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sqlcli.main import app
-from sqlcli_core.analysis import scale_report as sr
+from sqlcli_core.analysis import power_law
+from sqlcli_core.analysis.scale_report import arch_family, composition_from_store, total_parameters
+from sqlcli_core.analysis.scale_report_output import POINT_COLUMNS
+from sqlcli_core.ranges import format_ranges
 
 runner = CliRunner()
 
@@ -49,7 +52,7 @@ def make_run(root: Path, name: str, params: int, score: float, *, arch: str = "r
     parts = {"torso": params - heads - 100, "spatial_embedding": 60, "projection": 40, "heads": heads}
     network = {"arch": arch, "width": width, "num_atoms": 51, "v_min": -10.0, "v_max": 10.0}
     data = str(make_store(root, composition)) if composition else str(root / "gone.zarr")
-    # The record checkpoint.prepare_run_dir writes, with learner.PretrainConfig.to_dict() as config.
+    # The record run_record.prepare_run_dir writes, with PretrainConfig.to_dict() as config.
     config = {"data": data, "run_dir": str(run), "games": "Pong,Breakout", "network": network,
               "learner": {"learning_rate": 2e-4, "alpha": 0.05}, "batch_size": 512, "steps": 1000, "seed": 0}
     (run / "run.json").write_text(json.dumps({
@@ -126,7 +129,7 @@ def test_recovers_a_known_power_law(tmp_path):
     assert report["provenance"]["command"] == "scale-report" and report["provenance"]["seed"] == 0
     assert report["provenance"]["config"]["metric"] == "iqm"
     lines = Path(files["csv"]).read_text().splitlines()
-    assert lines[0] == ",".join(sr.POINT_COLUMNS)  # plain CSV; the provenance is in the JSON beside it
+    assert lines[0] == ",".join(POINT_COLUMNS)  # plain CSV; the provenance is in the JSON beside it
     rows = list(csv.DictReader(lines))
     assert [int(r["params"]) for r in rows] == params.tolist()
     np.testing.assert_allclose([float(r["score"]) for r in rows], scores, rtol=1e-12)
@@ -140,7 +143,7 @@ def test_bootstrap_interval_matches_the_ols_standard_error():
     rng = np.random.default_rng(7)
     params = np.geomspace(1e5, 1e9, 60)
     scores = 0.01 * params ** 0.25 * np.exp(rng.normal(0, 0.1, params.size))
-    (lo, hi), n_used = sr.bootstrap_power_law(params, scores, 20_000, seed=3)[1:]
+    (lo, hi), n_used = power_law.bootstrap_power_law(params, scores, 20_000, seed=3)[1:]
     x, y = np.log(params), np.log(scores)
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (intercept + slope * x)
@@ -153,7 +156,7 @@ def test_bootstrap_interval_matches_the_ols_standard_error():
 def test_bootstrap_drops_resamples_without_a_slope():
     # 3 points: a resample is degenerate when it draws one point 3 times: P = 3 / 27 = 1/9.
     params, scores = np.array([1e6, 1e7, 1e8]), np.array([0.1, 0.2, 0.5])
-    _, (lo, hi), used = sr.bootstrap_power_law(params, scores, 9000, seed=0)
+    _, (lo, hi), used = power_law.bootstrap_power_law(params, scores, 9000, seed=0)
     assert used == pytest.approx(9000 * 8 / 9, rel=0.03)
     pair_slopes = [np.log(scores[j] / scores[i]) / np.log(params[j] / params[i])
                    for i in range(3) for j in range(i + 1, 3)]
@@ -283,31 +286,32 @@ def test_metric_option_and_bad_options(tmp_path):
 
 
 def test_arch_family_and_parameter_totals():
-    assert sr.arch_family("resnet101") == "resnet"
-    assert sr.arch_family("impala-4x") == "impala"
-    assert sr.arch_family("dqn") == "dqn"
-    assert sr.total_parameters({"torso": 10, "heads": 5}) == (15, {"torso": 10, "heads": 5})
-    assert sr.total_parameters({"torso": 10, "heads": 5, "total": 15})[0] == 15
-    assert sr.total_parameters(42) == (42, {})
-    assert sr.total_parameters(None) is None
+    assert arch_family("resnet101") == "resnet"
+    assert arch_family("impala-4x") == "impala"
+    assert arch_family("dqn") == "dqn"
+    assert total_parameters({"torso": 10, "heads": 5}) == (15, {"torso": 10, "heads": 5})
+    assert total_parameters({"torso": 10, "heads": 5, "total": 15})[0] == 15
+    assert total_parameters(42) == (42, {})
+    assert total_parameters(None) is None
 
 
 def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
-    """run.json from the real writer (checkpoint.prepare_run_dir) with real parameter counts."""
-    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
-    learner = pytest.importorskip("sqlcli_core.training.learner")
-    from sqlcli_core import networks
+    """run.json from the real writer (run_record.prepare_run_dir) with real parameter counts."""
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.networks.network import parameter_table
+    from sqlcli_core.runs import run_record
+    from sqlcli_core.training.configs import PretrainConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")
     runs, totals = [], []
     for i, width in enumerate((0.25, 0.5, 1.0)):
-        config = networks.NetworkConfig(arch="dqn", width=width, projection_dim=64)
-        table = networks.parameter_table(config, [6, 4])
-        identity = checkpoint.run_identity(config.to_dict(), games, table["num_actions"])
+        config = NetworkConfig(arch="dqn", width=width, projection_dim=64)
+        table = parameter_table(config, [6, 4])
+        identity = run_record.run_identity(config.to_dict(), games, table["num_actions"])
         run = tmp_path / f"dqn-w{width}"
-        pretrain = learner.PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config)
-        checkpoint.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
+        pretrain = PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config)
+        run_record.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
                                    parameter_counts=table["parts"], seed=0)
         add_eval(run, "final", 0.1 * (i + 1))
         runs.append(run)
@@ -323,11 +327,12 @@ def test_reads_run_directories_written_by_the_checkpoint_module(tmp_path):
 
 def test_decision_transformer_runs_are_their_own_method(tmp_path):
     """dt runs from the real writer (pretrain's config, the DT's own parameter table) next to scaled-ql runs."""
-    checkpoint = pytest.importorskip("sqlcli_core.training.checkpoint")
-    learner = pytest.importorskip("sqlcli_core.training.learner")
-    from sqlcli_core import networks
-    from sqlcli_core.atari.games import Game
+    from sqlcli_core.games.catalog import Game
     from sqlcli_core.networks import decision_transformer as dt
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.networks.network import parameter_table
+    from sqlcli_core.runs import run_record
+    from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
     games = ["Pong", "Breakout"]
     data = make_store(tmp_path, "near-optimal")
@@ -335,14 +340,14 @@ def test_decision_transformer_runs_are_their_own_method(tmp_path):
     for i, (arch, width) in enumerate([("dqn", 0.25), ("dqn", 0.5), ("dt-10m", 0.25), ("dt-40m", 0.25)]):
         is_dt = arch.startswith("dt-")
         config = (dt.DecisionTransformerConfig(arch=arch, width=width) if is_dt
-                  else networks.NetworkConfig(arch=arch, width=width, projection_dim=64))
-        table = networks.parameter_table(config, [Game(g) for g in games])
+                  else NetworkConfig(arch=arch, width=width, projection_dim=64))
+        table = parameter_table(config, [Game(g) for g in games])
         method = "dt" if is_dt else "scaled-ql"
-        identity = checkpoint.run_identity(config.to_dict(), games, table["num_actions"], method)
+        identity = run_record.run_identity(config.to_dict(), games, table["num_actions"], method)
         run = tmp_path / f"{arch}-w{width}"
-        pretrain = learner.PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config,
-                                          learner=learner.LearnerConfig(method=method))
-        checkpoint.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
+        pretrain = PretrainConfig(data=str(data), run_dir=str(run), games="Pong,Breakout", network=config,
+                                          learner=LearnerConfig(method=method))
+        run_record.prepare_run_dir(run, identity=identity, config=pretrain.to_dict(),
                                    parameter_counts=table["parts"], seed=0)
         add_eval(run, "final", 0.1 * (i % 2 + 1))
         runs.append(run)
@@ -359,11 +364,11 @@ def test_decision_transformer_runs_are_their_own_method(tmp_path):
 
 
 def test_composition_is_read_from_the_data_store(tmp_path):
-    assert sr.composition_from_store(str(make_store(tmp_path, "near-optimal")), ("Pong", "Breakout")) == "near-optimal"
-    assert sr.composition_from_store(str(make_store(tmp_path, "sub-optimal")), ("Pong",)) == "sub-optimal"
-    assert sr.composition_from_store(str(make_store(tmp_path, "last:3")), None) == "checkpoints 48-50"
-    assert sr.composition_from_store(str(tmp_path / "nowhere.zarr"), None) is None
-    assert sr._ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert composition_from_store(str(make_store(tmp_path, "near-optimal")), ("Pong", "Breakout")) == "near-optimal"
+    assert composition_from_store(str(make_store(tmp_path, "sub-optimal")), ("Pong",)) == "sub-optimal"
+    assert composition_from_store(str(make_store(tmp_path, "last:3")), None) == "checkpoints 48-50"
+    assert composition_from_store(str(tmp_path / "nowhere.zarr"), None) is None
+    assert format_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
 
 
 def test_warnings_for_points_that_are_not_comparable(tmp_path):
@@ -399,7 +404,7 @@ def test_params_option_picks_the_counted_parts(tmp_path):
 
 
 def test_equal_scores_give_a_flat_line_and_no_r2():
-    a, b, r2 = sr.fit_log_log(np.array([1e5, 4e5, 9e5]), np.full(3, 0.2070300204595530))
+    a, b, r2 = power_law.fit_log_log(np.array([1e5, 4e5, 9e5]), np.full(3, 0.2070300204595530))
     assert a == pytest.approx(0.20703002) and abs(b) < 1e-12 and r2 is None
-    _, _, r2 = sr.fit_log_log(np.array([1e5, 1e6, 1e7]), np.array([0.1, 0.2, 0.4]))
+    _, _, r2 = power_law.fit_log_log(np.array([1e5, 1e6, 1e7]), np.array([0.1, 0.2, 0.4]))
     assert r2 == pytest.approx(1.0)  # an exact power law (0.1 * 2 ** k at 10 ** k): doubling per decade

@@ -13,7 +13,7 @@ import pytest
 
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
-from sqlcli_core.data.sequences import SequenceSampler, returns_to_go
+from sqlcli_core.data.sequence_sampler import SequenceSampler, returns_to_go
 from sqlcli_core.errors import ResourceError, UsageError
 from tests.replay_fixture import covered_segments, stored_positions, write_run
 

@@ -19,7 +19,7 @@ import pytest
 
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
-from sqlcli_core.data.sampler import reference_is_valid
+from sqlcli_core.data.reference_sampler import reference_is_valid
 from sqlcli_core.errors import DataError
 from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import complete_episodes, covered_segments, stored_positions, write_run
@@ -298,7 +298,8 @@ def rebuild_from_ring_files(logs: Path, capacity: int) -> dict:
 
 
 def test_final_buffers_full_and_partial_shard_into_the_true_stream(tmp_path):
-    from sqlcli_core.data.sampler import ReplaySampler, reference_transition
+    from sqlcli_core.data.reference_sampler import reference_transition
+    from sqlcli_core.data.sampler import ReplaySampler
 
     src, cap = tmp_path / "src", 200
     logs = {("Pong", 1): write_run(src, "Pong", 1, capacity=cap, total=1199, num_actions=6, seed=21, full_final=True),

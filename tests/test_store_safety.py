@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from sqlcli_core.data import store as st
-from sqlcli_core.data.sampler import ReferenceSampler, ReplaySampler
+from sqlcli_core.data.reference_sampler import ReferenceSampler
+from sqlcli_core.data.sampler import ReplaySampler
 from sqlcli_core.errors import DataError
 from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import write_run

@@ -8,12 +8,16 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
-from sqlcli_core.atari import games as catalog
-from sqlcli_core.atari.env import PROTOCOLS, get_protocol
-from sqlcli_core.atari.vector import BACKENDS, choose_backend
-from sqlcli_core.data import collect as core
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
+from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
+from sqlcli_core.acting.collect import collect_all
+from sqlcli_core.acting.collect_runs import RunConfig, check_memory, validate
+from sqlcli_core.acting.policies import parse_policy
+from sqlcli_core.acting.protocol import PROTOCOLS, get_protocol
 from sqlcli_core.data import replay_format as rf
+from sqlcli_core.games import catalog
 
 BackendChoice = o.choices("BackendChoice", BACKENDS)
 EXAMPLE = "Example: sql collect --games pong,breakout --transitions 100000 --out collected"
@@ -38,17 +42,20 @@ def collect(
     """Play real ALE games and log every transition in the DQN-Replay checkpoint format (resumable)."""
     resolved = catalog.resolve_games(games)
     proto = get_protocol(o.plain(protocol))
-    spec = core.parse_policy(policy, epsilon)
+    spec = parse_policy(policy, epsilon)
     require_path(spec.run, "policy run", hint="pass a run directory written by `sql pretrain`")
+    load_policy = None
+    if spec.kind == "checkpoint":
+        from sqlcli_core.runs.policy import load_policy  # imports JAX: only for a checkpoint policy
     configs = [
-        core.RunConfig(game=g.name, run=r, transitions=transitions, capacity=capacity, protocol=proto, mode=mode,
+        RunConfig(game=g.name, run=r, transitions=transitions, capacity=capacity, protocol=proto, mode=mode,
                        difficulty=difficulty, seed=seed, policy=spec)
         for g in resolved for r in range(1, runs + 1)
     ]
     for c in configs:
-        core.validate(c)
+        validate(c, load_policy)
     backend_name = choose_backend(o.plain(backend), mode, difficulty)
-    core.check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
+    check_memory(capacity, min(jobs, len(configs)))  # before the progress display starts
 
     t0 = time.perf_counter()
     report = ProgressReport("collect", unit="steps")
@@ -61,7 +68,8 @@ def collect(
         report.update(tasks[(game, run)], completed=steps, restart=first)
 
     with report:
-        results = core.collect_all(configs, out, jobs=jobs, progress=progress, backend=backend_name)
+        results = collect_all(configs, out, jobs=jobs, progress=progress, backend=backend_name,
+                              load_policy=load_policy)
     wall = time.perf_counter() - t0
 
     table = Table(title=f"collect -> {out}")

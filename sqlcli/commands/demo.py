@@ -17,11 +17,12 @@ from pathlib import Path
 import typer
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core.atari.games import resolve_games
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import SqlError, UsageError
-from sqlcli_core.methods import DEFAULT_METHOD, get_method
+from sqlcli_core.games.catalog import resolve_games
+from sqlcli_core.methods.catalog import DEFAULT_METHOD, method_entry
 
 
 class StepFailed(SqlError):
@@ -58,11 +59,11 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
               ) -> tuple[str, list[float], list[str]]:
     """Every option checked as the steps will check it, before the first step runs (nothing is written)."""
     from sqlcli.commands.eval import parse_seeds
-    from sqlcli_core.atari.env import get_protocol
-    from sqlcli_core.data.collect import parse_policy
-    from sqlcli_core.evaluation import evaluate as ev
-    from sqlcli_core.networks import NetworkConfig
-    from sqlcli_core.training import pretrain
+    from sqlcli_core.acting.policies import parse_policy
+    from sqlcli_core.acting.protocol import get_protocol
+    from sqlcli_core.evaluation.evaluate import EvalConfig, validate_config
+    from sqlcli_core.networks.config import NetworkConfig
+    from sqlcli_core.training.pretrain import resolve_settings
 
     game_list = ",".join(g.name for g in resolve_games(games))
     parse_policy(policy, epsilon)
@@ -77,15 +78,15 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
     method_list = [m.strip() for m in methods.split(",") if m.strip()]
     if not method_list:
         raise UsageError("--methods names no method", hint="e.g. --methods scaled-ql,bc")
-    if len({get_method(m).name for m in method_list}) < len(method_list):  # get_method: one line naming them
+    if len({method_entry(m) for m in method_list}) < len(method_list):  # method_entry: one line naming them
         raise UsageError(f"--methods '{methods}' repeats a method", hint="e.g. --methods scaled-ql,bc")
     for method in method_list:
         for width in width_list:
             NetworkConfig(arch=arch, width=width)  # the arch and the width, as pretrain checks them
-            pretrain.resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
+            resolve_settings(None, {**_pretrain_flags(arch, width, batch_size, steps, seed, game_list),
                                              "data": "-", "run_dir": "-", "method": method})
     protocol = get_protocol("dopamine")
-    ev.validate_config(ev.EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,
+    validate_config(EvalConfig(games=tuple(game_list.split(",")), seeds=parse_seeds(eval_seeds), episodes=1,
                                      protocol=protocol, epsilon=protocol.epsilon, max_steps=eval_max_steps))
     if transitions < 500:
         raise UsageError(f"--transitions must be >= 500, got {transitions}")

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors, require_path
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors, require_path
 
 EXAMPLE = "Example: sql diagnose runs/chain --game Chain-fall-12 --json"
 
@@ -28,7 +29,7 @@ def diagnose(
     """Compare a trained network with Q* (value iteration), the data's n-step fixed point and the optimal return."""
     from sqlcli_core.analysis.diagnose import diagnose as run_diagnosis
     from sqlcli_core.analysis.diagnose import summary_line
-    from sqlcli_core.training.checkpoint import load_policy
+    from sqlcli_core.runs.policy import load_policy
 
     require_path(run, "run directory", hint="pass a run directory written by `sql pretrain`")
     result = run_diagnosis(load_policy(run), game, data, gamma)

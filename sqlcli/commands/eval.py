@@ -10,15 +10,29 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
-from sqlcli_core.atari.env import get_protocol
-from sqlcli_core.atari.games import canonical_name, resolve_games
-from sqlcli_core.atari.vector import BACKENDS, choose_backend
-from sqlcli_core.atomic import append_jsonl, atomic_output, write_json
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
+from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
+from sqlcli_core.acting.protocol import get_protocol
+from sqlcli_core.atomic import append_jsonl, atomic_output
 from sqlcli_core.errors import DataError, UsageError, from_os_error
-from sqlcli_core.evaluation import evaluate as ev
+from sqlcli_core.evaluation.evaluate import (
+    EpisodeResult,
+    EvalConfig,
+    RandomPolicy,
+    WorkItem,
+    batch_width,
+    check_action_sets,
+    evaluate,
+    head_indices,
+    validate_config,
+    work_items,
+    write_gif,
+)
+from sqlcli_core.evaluation.results import build_eval_result, write_eval_result
+from sqlcli_core.games.catalog import canonical_name, resolve_games
 from sqlcli_core.locks import writer_lock
-from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_ranges
 
 POLICIES = ("checkpoint", "random")
@@ -60,12 +74,12 @@ def settings_digest(settings: dict) -> str:
     return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _episode_line(r: ev.EpisodeResult, digest: str) -> dict:
+def _episode_line(r: EpisodeResult, digest: str) -> dict:
     return {"game": r.game, "seed": r.seed, "episode": r.episode, "score": r.score, "length": r.length,
             "truncated": r.truncated, "settings": digest}
 
 
-def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
+def resume_episodes(path: Path, settings: dict) -> list[EpisodeResult]:
     """Episodes already played under the same settings ([] for a new log).
 
     Every line is one episode of the same shape (`settings`: `settings_digest`). A log of other settings is
@@ -97,7 +111,7 @@ def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
             raise UsageError(f"{path} holds episodes played with other settings",
                              hint="pass another --out (or --name), or delete it to start over")
         try:
-            results.append(ev.EpisodeResult(d["game"], d["seed"], d["episode"], float(d["score"]),
+            results.append(EpisodeResult(d["game"], d["seed"], d["episode"], float(d["score"]),
                                             int(d["length"]), bool(d["truncated"])))
             rewrite = rewrite or "settings" not in d
         except (KeyError, TypeError, ValueError):
@@ -108,7 +122,7 @@ def resume_episodes(path: Path, settings: dict) -> list[ev.EpisodeResult]:
     return results
 
 
-def _default_name(label: str, settings: dict, config: ev.EvalConfig) -> str:
+def _default_name(label: str, settings: dict, config: EvalConfig) -> str:
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     games = config.games[0] if len(config.games) == 1 else f"{len(config.games)}games"
     capped = f"_cap{config.max_steps}" if config.max_steps != config.protocol.max_episode_steps else ""
@@ -188,7 +202,7 @@ def eval_command(
     if policy_kind == "checkpoint":
         if checkpoint_or_run is None:
             raise UsageError("no checkpoint given", hint="pass a run directory, or use --policy random")
-        from sqlcli_core.training.checkpoint import load_policy
+        from sqlcli_core.runs.policy import load_policy
 
         require_path(checkpoint_or_run, "run", hint="pass a run directory written by `sql pretrain`")
         policy = load_policy(checkpoint_or_run)
@@ -204,16 +218,16 @@ def eval_command(
             raise UsageError("--policy random needs --games", hint="e.g. --games pong,breakout")
         game_list = resolve_games(games)
         game_names = tuple(g.name for g in game_list)
-        policy = ev.RandomPolicy(game_list)
+        policy = RandomPolicy(game_list)
         epsilon, label = 1.0, "random"
 
-    config = ev.EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
+    config = EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
                            epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
-    ev.validate_config(config)
+    validate_config(config)
     backend = choose_backend(o.plain(backend), mode, difficulty)
-    heads = ev.head_indices(policy, config.games)  # a game without a head is refused before anything is written
+    heads = head_indices(policy, config.games)  # a game without a head is refused before anything is written
     if epsilon < 1.0:
-        ev.check_action_sets(policy, heads, ev.batch_width(config, num_envs, overlap))  # evaluate's batch: one compile
+        check_action_sets(policy, heads, batch_width(config, num_envs, overlap))  # evaluate's batch: one compile
     record_item = None
     if record_steps < 1:
         raise UsageError(f"--record-steps must be >= 1, got {record_steps}", hint="e.g. --record-steps 3000")
@@ -256,46 +270,39 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     episodes_path = out.with_name(out.stem + ".episodes.jsonl")
     previous = resume_episodes(episodes_path, settings)
     total = len(config.games) * len(config.seeds) * config.episodes
-    wanted = {w.key for w in ev.work_items(config)}
+    wanted = {w.key for w in work_items(config)}
     previous = list({r.key: r for r in previous if r.key in wanted}.values())
     if previous:
         console.print(f"resuming: {len(previous)} of {total} episodes already played ({episodes_path})")
 
     gif_path = None
 
-    def save_gif(item: ev.WorkItem, frames) -> None:
+    def save_gif(item: WorkItem, frames) -> None:
         nonlocal gif_path
         gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
-        ev.write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
+        write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
 
     digest = settings_digest(settings)
     report = ProgressReport(f"eval {len(config.games)} games", unit="episodes")
     report.add("episodes", total=total, completed=len(previous))
     with report:
 
-        def played(result: ev.EpisodeResult) -> None:
+        def played(result: EpisodeResult) -> None:
             append_jsonl(episodes_path, _episode_line(result, digest))
             report.update(advance=1, status=f"{result.game} seed {result.seed}: {result.score:g}")
 
-        new, stats = ev.evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
+        new, stats = evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  overlap=overlap, done={r.key for r in previous}, record=record_item, record_frames=record_steps,
                                  on_episode=played, on_record=save_gif)
 
-    summary = ev.summarize(previous + new, config, bootstrap_reps=bootstrap_reps)
     cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "overlap": overlap, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
-    result = {
-        "provenance": provenance("eval", cli_config, seed_list[0]),
-        "protocol": ev.protocol_block(config),
-        "policy": policy_block,
-        **summary,
-        "throughput": {**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
-                       "overlap": overlap, "episodes_reused": len(previous)},
-    }
-    write_json(out, result)
-    md_path = out.with_suffix(".md")
-    with atomic_output(md_path, "w") as f:
-        f.write(ev.markdown_report(result))
+    result = build_eval_result(
+        command="eval", config=cli_config, seed=seed_list[0], eval_config=config, episodes=previous + new,
+        policy=policy_block, bootstrap_reps=bootstrap_reps,
+        throughput={**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
+                    "overlap": overlap, "episodes_reused": len(previous)})
+    md_path = write_eval_result(out, result, markdown=True)
     from sqlcli_core.analysis.plots import write_eval_bars
 
     png_path = write_eval_bars(result, out.with_suffix(".png"))

@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
+from sqlcli.progress import ProgressReport
 from sqlcli_core.data import fetch as F
 from sqlcli_core.errors import DataError, SourceUnavailable, UsageError
 

@@ -5,19 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import (
-    JSON_OPTION,
-    ProgressReport,
-    console,
-    emit_summary,
-    handles_errors,
-    metrics_line,
-    require_path,
-    write_curves,
-)
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
 from sqlcli_core.data.slices import SLICE_RULES
-from sqlcli_core.training.finetune_offline import OfflineConfig
+from sqlcli_core.training.configs import OfflineConfig
 
 SliceChoice = o.choices("SliceChoice", SLICE_RULES)
 Game = Annotated[str | None, o.option(OfflineConfig, "game", panel=o.DATA)]

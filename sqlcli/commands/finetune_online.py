@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path, write_curves
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
 from sqlcli.tracking import open_wandb
-from sqlcli_core.training.finetune_online import OnlineConfig
+from sqlcli_core.training.configs import OnlineConfig
 
 Game = Annotated[str | None, o.option(OnlineConfig, "game", panel=o.DATA)]
 Mode = Annotated[int | None, o.option(OnlineConfig, "mode", panel=o.DATA)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from sqlcli.output import JSON_OPTION, emit_summary, handles_errors, result_console
-from sqlcli_core.atari import games as catalog
+from sqlcli.console import JSON_OPTION, emit_summary, result_console
+from sqlcli.errors import handles_errors
+from sqlcli_core.games import catalog
 
 EXAMPLE = "Example: sql games atari40 | grep Breakout"
 

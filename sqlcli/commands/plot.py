@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
 from sqlcli_core.errors import UsageError
 
 EXAMPLE = "Example: sql plot runs/r18 runs/r50 --metric loss --metric td_loss --out compare.png"

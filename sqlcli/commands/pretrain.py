@@ -16,23 +16,16 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.curves import write_curves
+from sqlcli.errors import handles_errors, require_path
 from sqlcli.options import DATA, DISTRIBUTED, NETWORK, OPTIMISATION, RUN, ConfigFile, Wandb, choices, option
-from sqlcli.output import (
-    JSON_OPTION,
-    ProgressReport,
-    console,
-    emit_summary,
-    handles_errors,
-    metrics_line,
-    require_path,
-    write_curves,
-)
+from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods import method_names
-from sqlcli_core.networks import ARCHS, DT_ARCHS, NetworkConfig
-from sqlcli_core.training.pretrain import PretrainConfig
-from sqlcli_core.training.update import LearnerConfig
+from sqlcli_core.networks.config import ARCHS, DT_ARCHS, NetworkConfig
+from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
 P, N, L = PretrainConfig, NetworkConfig, LearnerConfig
 Data = Annotated[str | None, option(P, "data", panel=DATA)]
@@ -82,7 +75,7 @@ EXAMPLE = "Example: sql pretrain --data store --games atari40 --arch resnet50 --
 
 def parse_game_weights(value: Any) -> dict[str, float] | None:
     """'Pong=2,Breakout=1' (or a TOML table) -> {"Pong": 2.0, "Breakout": 1.0}, names canonicalised."""
-    from sqlcli_core.atari.games import canonical_name
+    from sqlcli_core.games.catalog import canonical_name
 
     if value is None or value == "":
         return None
@@ -111,9 +104,9 @@ def parse_game_weights(value: Any) -> dict[str, float] | None:
 
 def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
     """Defaults <- --config <- flags that were given (not None) -> (flat settings, PretrainConfig)."""
-    from sqlcli_core.training import pretrain
+    from sqlcli_core.training.pretrain import resolve_settings
 
-    return pretrain.resolve_settings(config_file, flags, parse_game_weights)
+    return resolve_settings(config_file, flags, parse_game_weights)
 
 
 def _parts_table(table: dict, method: str) -> Table:
@@ -154,10 +147,11 @@ def pretrain(
         _dry_run(config_file, flags, as_json)
         return
 
-    from sqlcli_core.training import learner
+    from sqlcli_core.training.mesh import init_distributed
+    from sqlcli_core.training.pretrain import run_pretraining
 
     # Joining a multi-process job must precede every other JAX call.
-    learner.init_distributed(coordinator, num_processes, process_id)
+    init_distributed(coordinator, num_processes, process_id)
     settings, config = resolve_settings(config_file, flags)
     require_path(settings["data"], "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
     import jax
@@ -188,7 +182,7 @@ def pretrain(
         report.update(task, completed=step)
 
     try:
-        summary = learner.run_pretraining(config, on_start=on_start, on_log=on_log, on_step=on_step)
+        summary = run_pretraining(config, on_start=on_start, on_log=on_log, on_step=on_step)
     finally:
         report.stop()
         if wandb is not None:
@@ -205,12 +199,12 @@ def pretrain(
 
 
 def _dry_run(config_file: Path | None, flags: dict, as_json: bool) -> None:
-    from sqlcli_core import networks
-    from sqlcli_core.atari.games import resolve_games
+    from sqlcli_core.games.catalog import resolve_games
+    from sqlcli_core.networks.network import parameter_table
 
     flags = {**flags, "data": flags["data"] or "-", "run_dir": flags["run_dir"] or "-"}
     settings, config = resolve_settings(config_file, flags)
-    table = networks.parameter_table(config.network, resolve_games(config.games), config.learner.get_method().head)
+    table = parameter_table(config.network, resolve_games(config.games), config.learner.get_method().head)
     console.print(_parts_table(table, config.learner.method))
     emit_summary({"dry_run": True, "method": config.learner.method, **table, "config": {k: v for k, v in settings.items() if k not in ("data", "run_dir")}},
                  as_json)

@@ -8,12 +8,24 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, console, emit_summary, handles_errors
-from sqlcli_core.analysis import scale_report as sr
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors
+from sqlcli_core.analysis.power_law import CONFIDENCE
+from sqlcli_core.analysis.scale_report import (
+    DEFAULT_GROUP_BY,
+    GROUP_FIELDS,
+    METRICS,
+    PARAM_COUNTS,
+    consistency_notes,
+    fit_all,
+    gather,
+    parse_group_by,
+)
+from sqlcli_core.analysis.scale_report_output import _fmt, fit_to_dict, write_report
 from sqlcli_core.provenance import provenance
 
-MetricChoice = o.choices("MetricChoice", sr.METRICS)
-ParamsChoice = o.choices("ParamsChoice", sr.PARAM_COUNTS)
+MetricChoice = o.choices("MetricChoice", METRICS)
+ParamsChoice = o.choices("ParamsChoice", PARAM_COUNTS)
 
 
 EXAMPLE = "Example: sql scale-report runs/r18 runs/r34 runs/r50 --out report"
@@ -36,9 +48,9 @@ def scale_report(
         help="Which RUN/eval/NAME.json to use in every run (file name with or without .json). "
         "Default: each run's newest (by provenance.created, then file time)."),
     group_by: str = typer.Option(
-        ",".join(sr.DEFAULT_GROUP_BY), "--group-by", rich_help_panel=o.FIT,
-        help=f"Comma-separated fields; one fit per distinct combination. Fields: {', '.join(sr.GROUP_FIELDS)}. "
-        f"Default: {','.join(sr.DEFAULT_GROUP_BY)}."),
+        ",".join(DEFAULT_GROUP_BY), "--group-by", rich_help_panel=o.FIT,
+        help=f"Comma-separated fields; one fit per distinct combination. Fields: {', '.join(GROUP_FIELDS)}. "
+        f"Default: {','.join(DEFAULT_GROUP_BY)}."),
     n_bootstrap: int = typer.Option(
         10_000, "--bootstrap", rich_help_panel=o.FIT, help="Bootstrap resamples for the 95% interval on the exponent b. Default: 10000."),
     seed: int = typer.Option(0, "--seed", rich_help_panel=o.FIT, help="Seed of the bootstrap resampling. Default: 0."),
@@ -46,25 +58,25 @@ def scale_report(
 ) -> None:
     """Fit score = a * params^b per method and data composition; write a plot, tables and a JSON."""
     metric, param_count = o.plain(metric), o.plain(param_count)
-    fields = sr.parse_group_by(group_by)
-    points = sr.gather(run_dirs, metric, eval_name, param_count)
-    fits = sr.fit_all(points, fields, n_bootstrap, seed)
+    fields = parse_group_by(group_by)
+    points = gather(run_dirs, metric, eval_name, param_count)
+    fits = fit_all(points, fields, n_bootstrap, seed)
     config = {
         "run_dirs": [str(d) for d in run_dirs], "out": str(out), "metric": metric, "params": param_count,
         "eval_name": eval_name,
-        "group_by": list(fields), "n_bootstrap": n_bootstrap, "confidence": sr.CONFIDENCE,
+        "group_by": list(fields), "n_bootstrap": n_bootstrap, "confidence": CONFIDENCE,
         "eval_files": [p.eval_file for p in points],
     }
-    notes = sr.consistency_notes(points, fields)
-    paths = sr.write_report(out, points, fits, fields, metric, provenance("scale-report", config, seed), notes)
+    notes = consistency_notes(points, fields)
+    paths = write_report(out, points, fits, fields, metric, provenance("scale-report", config, seed), notes)
 
     table = Table(title=f"human-normalized {metric} = a * ({param_count} params)^b")
     for col in ("group", "status", "points", "a", "b", "b 95% CI", "R² (log)"):
         table.add_column(col, justify="left" if col in ("group", "status") else "right", no_wrap=col != "group")
     for f in fits:
         ci = "-" if f.b_ci95 is None else f"[{f.b_ci95[0]:.3f}, {f.b_ci95[1]:.3f}]"
-        table.add_row(f.label, f.status, f"{len(f.used)}/{f.n_points}", sr._fmt(f.a), sr._fmt(f.b), ci,
-                      sr._fmt(f.r2_log, 3))
+        table.add_row(f.label, f.status, f"{len(f.used)}/{f.n_points}", _fmt(f.a), _fmt(f.b), ci,
+                      _fmt(f.r2_log, 3))
     console.print(table)
     for f in fits:
         for run, why in f.left_out:
@@ -76,7 +88,7 @@ def scale_report(
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}", markup=False)
     emit_summary({
         "metric": metric, "group_by": list(fields),
-        "fits": [sr.fit_to_dict(f) for f in fits],
+        "fits": [fit_to_dict(f) for f in fits],
         "points": [{"run": p.name, "arch": p.arch, "params": p.params, "score": p.score,
                     "eval_file": p.eval_file} for p in points],
         "notes": notes, "files": {k: str(v) for k, v in paths.items()},

@@ -9,10 +9,12 @@ import typer
 from rich.table import Table
 
 from sqlcli import options as o
-from sqlcli.output import JSON_OPTION, ProgressReport, console, emit_summary, handles_errors, require_path
-from sqlcli_core.atari.games import resolve_games
+from sqlcli.console import JSON_OPTION, console, emit_summary
+from sqlcli.errors import handles_errors, require_path
+from sqlcli.progress import ProgressReport
 from sqlcli_core.data import store as st
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.provenance import provenance
 from sqlcli_core.ranges import parse_range_set
 

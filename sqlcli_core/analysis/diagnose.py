@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS
-from sqlcli_core.atari.games import Game, canonical_name, game_index
+from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.data.view import open_run_set
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.games.catalog import Game, canonical_name, game_index
 from sqlcli_core.provenance import provenance
 from sqlcli_core.synthetic.chain import ACTION_NAMES, ChainSpec, chain_spec, optimal_q, optimal_return, random_return
 

@@ -3,7 +3,7 @@
 Every figure is drawn on matplotlib's Agg canvas directly (no pyplot): no display needed, no global backend
 set. Functions return PNG bytes; `write_*` put them on disk atomically.
 
-Learning curves read RUN/metrics.jsonl (training/metrics.py): one panel per scalar column of the training
+Learning curves read RUN/metrics.jsonl (runs/metrics.py): one panel per scalar column of the training
 records (loss first), one panel for the per-game metric (`td_loss/<Game>` columns: one line per game, for
 a single run), and one for the evaluation score (kind "eval" records: mean with a +-std band).
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.training.metrics import INDEX_COLUMNS, read_metrics
+from sqlcli_core.runs.metrics import INDEX_COLUMNS, read_metrics
 
 LEARNING_CURVES_FILE = "learning_curves.png"
 # Training columns that count or index rather than measure: not curves of their own.

@@ -11,7 +11,7 @@ it (`open_run_set` for a Zarr replay store, or any other source that can hand ou
   stay the store's own, nothing is copied, and the sampler's validity rule keeps every transition
   inside the selection.
 - Reads of a store's arrays fail with one DataError naming game/run/array/chunk when a chunk is missing or
-  corrupt, never with zeros (`store.integrity`).
+  corrupt, never with zeros (`store.checked_arrays`).
 - `RunSet`: the games a source holds (in sorted order) and its runs.
 """
 
@@ -24,7 +24,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlcli_core.data import store as st
-from sqlcli_core.data.store.integrity import DAMAGED_HINT, checked_arrays, checked_root, describe, structure_problems
+from sqlcli_core.data.store.checked_arrays import (
+    DAMAGED_HINT,
+    checked_arrays,
+    checked_root,
+    describe,
+    structure_problems,
+)
 from sqlcli_core.errors import DataError, UsageError
 
 ARRAY_NAMES = ("frames", "actions", "rewards", "terminals")
@@ -84,7 +90,7 @@ def open_run_set(source: Any, games: Iterable[str] | None = None, runs: Iterable
     root = source if hasattr(source, "attrs") else st.open_store(source, "r")
     location = str(getattr(root, "store_path", "") or (os.fspath(source) if not hasattr(source, "attrs") else ""))
     run_set = None if runs is None else {int(r) for r in runs}
-    root = checked_root(root)  # damage reads as an error, never as zeros (store/integrity.py)
+    root = checked_root(root)  # damage reads as an error, never as zeros (store/checked_arrays.py)
     problems = structure_problems(root, games=None if games is None else set(games))
     if problems:
         raise DataError(f"{location}/{describe(problems[0])}", hint=DAMAGED_HINT)

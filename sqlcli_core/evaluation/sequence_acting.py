@@ -15,7 +15,7 @@ from typing import runtime_checkable
 
 import numpy as np
 
-from sqlcli_core.atari.games import Game
+from sqlcli_core.games.catalog import Game
 
 
 @runtime_checkable

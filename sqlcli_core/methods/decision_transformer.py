@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.data.sequences import SequenceBatch
+from sqlcli_core.data.sequence_sampler import SequenceBatch
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods.registry import LossSetup, Method, register
 from sqlcli_core.networks.decision_transformer import (

@@ -22,7 +22,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from sqlcli_core.networks import categorical_mean
+from sqlcli_core.networks.network import categorical_mean
 
 
 def categorical_l2_project(z_p: jax.Array, probs: jax.Array, z_q: jax.Array) -> jax.Array:

@@ -30,8 +30,9 @@ Contract of each field (see the `Method` docstring) and of the callables:
   for `network.init(rng, *inputs)`; default: the multi-game torso/neck/heads network of
   `sqlcli_core.networks` with the method's `head` kind.
 
-Adding a method: write `methods/<name>.py` that builds a `Method` and calls `register(...)`, import it in
-`methods/__init__.py`, and (for a new batch kind) teach `training/pretrain.py` which sampler feeds it.
+Adding a method: write `methods/<name>.py` that builds a `Method` and calls `register(...)`, add its line to
+`methods/catalog.py` (the name -> module table that lists methods without importing JAX), and (for a new
+batch kind) teach `training/pretrain.py` which sampler feeds it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from sqlcli_core.errors import UsageError
+from sqlcli_core.methods.catalog import DEFAULT_METHOD, load_method_module, method_entry, method_names
 
-DEFAULT_METHOD = "scaled-ql"
 BATCH_KINDS = ("transitions", "sequences")
 
 
@@ -54,23 +54,23 @@ class LossSetup(NamedTuple):
     """What a method's loss is built from: the network, the (G, A) action mask and both configs."""
 
     network: hk.Transformed
-    mask: Any  # (G, A_max) bool, networks.action_mask
-    network_config: Any  # networks.NetworkConfig
+    mask: Any  # (G, A_max) bool, action_mask
+    network_config: Any  # NetworkConfig
     learner_config: Any  # training.update.LearnerConfig
 
 
 def _standard_network(head: str) -> Callable[..., hk.Transformed]:
     def build(network_config, num_actions, games=None):
         del games  # the heads are sized by num_actions alone
-        from sqlcli_core import networks
+        from sqlcli_core.networks.network import build_network
 
-        return networks.build_network(network_config, num_actions, head)
+        return build_network(network_config, num_actions, head)
 
     return build
 
 
 def _standard_init_inputs(network_config) -> tuple[jax.Array, jax.Array]:
-    from sqlcli_core.networks import INPUT_SHAPE
+    from sqlcli_core.networks.network import INPUT_SHAPE
 
     return jnp.zeros((1,) + INPUT_SHAPE, jnp.uint8), jnp.zeros((1,), jnp.int32)
 
@@ -168,15 +168,18 @@ def register(method: Method) -> Method:
     return method
 
 
-def method_names() -> tuple[str, ...]:
-    """Registered method names: the default first, then in registration order."""
-    return tuple(sorted(_REGISTRY, key=lambda name: name != DEFAULT_METHOD))
-
-
 def get_method(name: str | None) -> Method:
-    """The method called `name` (None: the default, scaled-ql); a UsageError names the choices."""
+    """The method called `name` (None: the default, scaled-ql), its module imported on first use; a UsageError
+    names the choices."""
     name = DEFAULT_METHOD if name is None else name
+    if name not in _REGISTRY:
+        method_entry(name)  # an unknown name: one line naming the known ones
+        load_method_module(name)
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UsageError(f"unknown method '{name}'", hint="choose one of " + ", ".join(method_names())) from None
+        raise ValueError(f"module {method_entry(name).module} does not register method {name!r}") from None
+
+
+__all__ = ["DEFAULT_METHOD", "BATCH_KINDS", "LossSetup", "Method", "get_method", "greedy_output", "method_names",
+           "register"]

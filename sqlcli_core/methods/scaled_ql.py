@@ -23,7 +23,7 @@ def make_loss_fn(apply: Callable, mask: jax.Array, support: jax.Array, gamma: fl
     """loss_fn(params, target_params, batch) -> (loss, aux) for jax.value_and_grad(..., has_aux=True).
 
     apply: build_network(..., head="categorical").apply; mask (G, A) from networks.action_mask; support (K,)
-    from NetworkConfig.support(); the discount is gamma**batch.steps * (1 - batch.done).
+    from NetworkConfig.support(); the discount is `batch.discount(gamma)`, gamma**steps * (1 - done).
     """
     mask = jnp.asarray(mask)
     support = jnp.asarray(support, jnp.float32)
@@ -31,7 +31,7 @@ def make_loss_fn(apply: Callable, mask: jax.Array, support: jax.Array, gamma: fl
     def loss_fn(params: hk.Params, target_params: hk.Params, batch: TransitionBatch):
         logits_tm1 = apply(params, batch.state, batch.game).logits
         logits_t = apply(target_params, batch.next_state, batch.game).logits
-        discount_t = (gamma ** batch.steps.astype(jnp.float32)) * (1.0 - batch.done.astype(jnp.float32))
+        discount_t = batch.discount(gamma)
         return losses.scaled_ql_loss(logits_tm1, logits_t, batch.action, batch.reward.astype(jnp.float32),
                                      discount_t, batch.game, mask, support, cql_alpha)
 

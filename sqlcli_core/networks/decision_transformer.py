@@ -30,8 +30,7 @@ docs/decision-transformer.md for the paper's values and ours.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import haiku as hk
@@ -39,99 +38,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.atari.games import Game, minimal_action_set
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.settings import setting
+from sqlcli_core.games.catalog import Game, minimal_action_set
+from sqlcli_core.networks.config import FRAME_SHAPE, DecisionTransformerConfig
 
-FRAME_SHAPE = (84, 84)
 FULL_ACTIONS = 18  # ALE's full action set
 NUM_REWARD_CLASSES = 4  # 0 none, 1 positive, 2 episode end, 3 negative (the authors' classes)
 MASKED_LOGIT = -1e9
 PARTS = ("patch_embedding", "token_embeddings", "transformer", "heads")
-# (layers, model width) at width 1. 10M, 40M, 200M: the paper's sizes; 80M: ours (see the docs).
-PRESETS = {"dt-10m": (4, 512), "dt-40m": (6, 768), "dt-80m": (12, 768), "dt-200m": (10, 1280)}
-DT_ARCHS = tuple(PRESETS)
-KEY_SIZE = 64  # per-head width; heads = model width / 64 (the authors' code)
 
 
-@dataclasses.dataclass(frozen=True)
-class DecisionTransformerConfig:
-    """Everything that defines the Decision Transformer's shape (each field's help: `setting(...)`).
-
-    The flat settings of `sql pretrain` (`--arch dt-*`, `--width`, and the TOML keys named like these fields)
-    build it; `networks.network_config(settings)` picks this class for a `dt-` arch.
-    """
-
-    arch: str = setting("dt-40m", "Decision Transformer preset: dt-10m, dt-40m, dt-80m, dt-200m (layers x model "
-                        "width 4x512, 6x768, 12x768, 10x1280).", tag="paper: 10M/40M/200M; dt-80m ours")
-    width: float = setting(1.0, "Multiplier of the model width (rounded to a multiple of 8, at least 8; the depth "
-                           "stays), for tests and CPU runs.")
-    context_steps: int = setting(4, "T, steps per context window (training windows and acting context).",
-                                 tag="authors' code")
-    patch_size: int = setting(14, "Side of the square frame patches (must divide 84; 14 gives 36 patches).",
-                              tag="authors' code")
-    return_min: int = setting(-20, "Lowest return-to-go with its own bin.", tag="paper")
-    num_return_bins: int = setting(120, "Return bins, one integer return each from return_min up.", tag="paper")
-    dropout_rate: float = setting(0.1, "Dropout after attention and MLP while training.", tag="authors' code")
-    single_return_token: bool = setting(True, "Only the first step's return token is visible and trained.",
-                                        tag="authors' released configuration")
-    full_action_space: bool = setting(False, "Act in the 18 ALE actions for every game instead of each game's "
-                                      "minimal set (shared by both network families).")
-
-    def __post_init__(self):
-        if self.arch not in PRESETS:
-            raise UsageError(f"unknown Decision Transformer arch '{self.arch}'", hint="choose one of " + ", ".join(PRESETS))
-        if not self.width > 0:
-            raise UsageError(f"network width must be positive, got {self.width}", hint="e.g. --width 1.0")
-        if self.context_steps < 1:
-            raise UsageError(f"context_steps must be at least 1, got {self.context_steps}", hint="the paper uses 4")
-        if self.patch_size < 1 or FRAME_SHAPE[0] % self.patch_size or FRAME_SHAPE[1] % self.patch_size:
-            raise UsageError(f"patch_size {self.patch_size} does not divide 84", hint="e.g. 14 (36 patches) or 12")
-        if self.num_return_bins < 2:
-            raise UsageError(f"num_return_bins must be at least 2, got {self.num_return_bins}", hint="the paper uses 120")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise UsageError(f"dropout_rate must lie in [0, 1), got {self.dropout_rate}", hint="e.g. 0.1")
-
-    @property
-    def num_layers(self) -> int:
-        return PRESETS[self.arch][0]
-
-    @property
-    def model_dim(self) -> int:
-        return max(8, int(round(PRESETS[self.arch][1] * self.width / 8)) * 8)
-
-    @property
-    def num_heads(self) -> int:
-        return max(1, self.model_dim // KEY_SIZE)
-
-    @property
-    def key_size(self) -> int:
-        return self.model_dim // self.num_heads
-
-    @property
-    def num_patches(self) -> int:
-        return (FRAME_SHAPE[0] // self.patch_size) * (FRAME_SHAPE[1] // self.patch_size)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.num_patches + 3
-
-    @property
-    def return_max(self) -> int:
-        """The largest return with its own bin; larger returns share it."""
-        return self.return_min + self.num_return_bins - 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> DecisionTransformerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DataError(f"decision transformer config has unknown fields {unknown}",
-                            hint="the run was written by a newer sql; upgrade it")
-        return cls(**dict(d))
 
 
 class TokenLayout(NamedTuple):
@@ -287,7 +203,7 @@ def action_tables(action_sets: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.
     if len(action_sets) == 0 or any(len(s) == 0 for s in action_sets):
         raise UsageError("every game needs at least one action", hint="pass each game's minimal ALE action set")
     if any(not 0 <= int(a) < FULL_ACTIONS for s in action_sets for a in s):
-        raise UsageError("action ids must be ALE ids in 0..17", hint="use atari.games.minimal_action_set(name)")
+        raise UsageError("action ids must be ALE ids in 0..17", hint="use games.catalog.minimal_action_set(name)")
     a_max = max(len(s) for s in action_sets)
     table = np.zeros((len(action_sets), a_max), np.int32)
     real = np.zeros((len(action_sets), a_max), bool)
@@ -395,7 +311,7 @@ def parameter_table(config: DecisionTransformerConfig, games: Sequence[Any]) -> 
 
 
 __all__ = [
-    "DT_ARCHS", "DTOutputs", "DecisionTransformerConfig", "FULL_ACTIONS", "NUM_REWARD_CLASSES", "PARTS", "PRESETS",
+    "DTOutputs", "FULL_ACTIONS", "NUM_REWARD_CLASSES", "PARTS",
     "TokenLayout", "abstract_params", "action_sets_for", "action_tables", "attention_mask", "build_decision_transformer",
     "count_parameters", "example_inputs", "frame_patches", "parameter_table", "token_layout",
     "token_visible",

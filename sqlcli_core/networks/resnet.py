@@ -21,16 +21,9 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from sqlcli_core.networks.config import RESNET_LAYOUTS
 from sqlcli_core.networks.dqn_cnn import scaled
 
-# depth -> (blocks per stage, bottleneck?)
-RESNET_LAYOUTS: dict[int, tuple[tuple[int, int, int, int], bool]] = {
-    18: ((2, 2, 2, 2), False),
-    34: ((3, 4, 6, 3), False),
-    50: ((3, 4, 6, 3), True),
-    101: ((3, 4, 23, 3), True),
-    152: ((3, 8, 36, 3), True),
-}
 STAGE_CHANNELS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 

@@ -1,12 +1,12 @@
 """Offline fine-tuning to a game that was not in pre-training: Scaled QL on a small slice of its data.
 
     pre-trained run --torso, embedding, projection--> one-game network with a fresh head
-    store (sql shard) --N rows spread over the chosen runs/checkpoints--> ReplaySampler --> learner.fit
+    store (sql shard) --N rows spread over the chosen runs/checkpoints--> ReplaySampler --> fit
 
 The data slice is a row selection of the store's run set (`sqlcli_core.data.view`): its runs list only the
 chosen rows as segments, so nothing is copied and the sampler's own validity rules (stack and n-step window
 inside a segment) keep every transition inside the slice. The update is the
-learner's (same loss, same target copies) with the optimizer of `finetune.py` (optional freezing).
+learner's (same loss, same target copies) with the optimizer of `transfer.py` (optional freezing).
 Resuming is the learner's: Orbax checkpoints of the train state plus the sampler's state.
 """
 
@@ -20,75 +20,36 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from sqlcli_core.atari.env import get_protocol
-from sqlcli_core.atari.games import Game, canonical_name
-from sqlcli_core.data.slices import SLICE_RULES, select_segments, slice_run_set  # noqa: F401 - select_segments re-exported
+from sqlcli_core.acting.protocol import get_protocol
+from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.slices import slice_run_set
 from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
-from sqlcli_core.settings import require_finite, setting
+from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
+from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
+from sqlcli_core.games.catalog import Game, canonical_name
+from sqlcli_core.networks.network import count_parameters
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.policy import make_q_fn
+from sqlcli_core.runs.run_record import check_resume_settings, run_identity
+from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.training.configs import INITS, OfflineConfig
+from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
+from sqlcli_core.training.loop import Prefetcher, fit
+from sqlcli_core.training.mesh import batch_sharding, make_mesh, replicated
+from sqlcli_core.training.transfer import (
+    cached_finetune_step,
+    finetune_num_actions,
+    initial_params,
+    load_pretrained,
+    trainable_labels,
+)
+from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-offline"
 
 
-@dataclasses.dataclass(frozen=True)
-class OfflineConfig:
-    """Everything `sql finetune-offline` does: the one home of its defaults (docs/finetune.md tags them)."""
-
-    game: str = setting(None, "The new game, e.g. Alien (any case, ALE ids accepted). Required.")
-    data: str = setting(None, "Zarr store written by `sql shard` that holds the game's data. Required.")
-    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
-    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
-    transitions: int = setting(2_000_000, "Rows of the game's data to train on, taken as --slice says.",
-                               tag="paper: about 2M transitions")
-    runs: str | None = setting(None, "Run numbers of the store to use, e.g. 1 or 1-5 (none: all).")
-    checkpoints: str | None = setting(None, "DQN-Replay checkpoint numbers to use, e.g. 0-1 (none: all in the store).")
-    slice_rule: str = setting("spread", "How the --transitions rows are taken: spread (split evenly over every chosen "
-                              "checkpoint of the chosen runs) or first (the first rows in stream order).",
-                              flag="--slice", tag="ours, inferred from the authors' 1% experiments")
-    steps: int = setting(50_000, "Gradient steps.")
-    batch_size: int = setting(32, "Transitions per gradient step.")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
-    alpha: float = setting(0.05, "CQL weight (0 = plain C51).", tag="ours, as pre-training")
-    gamma: float = setting(0.99, "Discount.", tag="paper")
-    n_step: int = setting(3, "n-step return length.", tag="paper")
-    target_update_period: int = setting(2000, "Gradient steps between target copies.", tag="paper")
-    cache_bytes: int = setting(2 << 30, "Sampler cache of decompressed frames, bytes (2 GiB).")
-    protocol: str = setting("dopamine", "Evaluation protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
-    final_seeds: int = setting(5, "Seeds of the final evaluation.")
-    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
-    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
-    eval_envs: int = setting(16, "Emulators played side by side in the evaluation.")
-    checkpoint_every: int = setting(5000, "Gradient steps between checkpoints.")
-    log_every: int = setting(500, "Gradient steps per metrics line.")
-    seed: int = setting(0, "Seed of initialisation and sampling.")
-
-    def __post_init__(self):
-        require_finite(self)
-        if not self.game or not self.data:
-            raise UsageError("finetune-offline needs --game and --data", hint="pass the new game and its Zarr store")
-        for name in ("transitions", "steps", "batch_size", "final_seeds", "final_episodes", "eval_max_steps",
-                     "eval_envs", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.slice_rule not in SLICE_RULES:
-            raise UsageError(f"unknown --slice '{self.slice_rule}'", hint=f"choose {' or '.join(SLICE_RULES)}")
-        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
-
-    def learner_config(self):
-        from sqlcli_core.training.learner import LearnerConfig
-
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
-                             gamma=self.gamma, target_update_period=self.target_update_period)
-
-    def identity_fields(self) -> dict:
-        """Settings a resumed run must repeat (everything but its length, logging and evaluation)."""
-        d = dataclasses.asdict(self)
-        for k in ("steps", "checkpoint_every", "log_every", "final_seeds", "final_episodes", "eval_envs",
-                  "cache_bytes"):
-            d.pop(k)
-        return d
 
 
 # ------------------------------------------------------------------------------------------ data slice
@@ -112,17 +73,6 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     training is complete and the result file is missing. on_log(record) receives each metrics record (kind
     "train", and the final "eval").
     """
-    from sqlcli_core import networks
-    from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
-    from sqlcli_core.training.lifecycle import (
-        TrainingRun,
-        check_resume_settings,
-        final_eval_is_current,
-        write_final_eval,
-    )
 
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
@@ -134,8 +84,8 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                          hint="the protocol's cap")
     if source is None:
         raise UsageError("--from is required", hint="pass the pre-trained run (with --init scratch it sets the architecture)")
-    finetune.trainable_labels({}, config.freeze)
-    if config.init not in finetune.INITS:
+    trainable_labels({}, config.freeze)
+    if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     learner_config = config.learner_config()
     method = learner_config.get_method()
@@ -145,20 +95,20 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                                  budget=config.transitions, rule=config.slice_rule)
 
     # The one-game network and its train state.
-    pretrained = finetune.load_pretrained(source)
+    pretrained = load_pretrained(source)
     net_config = pretrained.network_config
-    num_actions = tuple(finetune.finetune_num_actions(net_config, game))
-    mesh = learner.make_mesh(jax.local_devices()[:1])
-    params, origin = finetune.initial_params(net_config, num_actions, config.seed, init=config.init,
+    num_actions = tuple(finetune_num_actions(net_config, game))
+    mesh = make_mesh(jax.local_devices()[:1])
+    params, origin = initial_params(net_config, num_actions, config.seed, init=config.init,
                                              pretrained=pretrained, game=game, freeze=config.freeze)
-    optimizer, train_step = finetune.cached_finetune_step(net_config, num_actions, learner_config, config.freeze,
+    optimizer, train_step = cached_finetune_step(net_config, num_actions, learner_config, config.freeze,
                                                           tuple(mesh.devices.flat))
-    state = learner.TrainState(params, method.initial_target(params), optimizer.init(params),
+    state = TrainState(params, method.initial_target(params), optimizer.init(params),
                                jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 1))
-    state = jax.device_put(state, learner.replicated(mesh))
+    state = jax.device_put(state, replicated(mesh))
 
-    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
-    counts = networks.count_parameters(params)
+    identity = run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
+    counts = count_parameters(params)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "from": source_str, "origin": origin, "data_selection": selection}
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
@@ -167,12 +117,12 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     try:
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
-            replicated = learner.replicated(mesh)
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), state)
+            state_sharding = replicated(mesh)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding), state)
             resumed = run.resume(lambda meta: abstract)
             if resumed is not None:
                 restored, meta, resumed_from = resumed
-                state = learner.TrainState(*restored)
+                state = TrainState(*restored)
                 sampler.load_state_dict(meta["sampler_states"][0])
             else:
                 run.start_fresh()
@@ -187,8 +137,8 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                     run.save(step, st, sampler_state, force=True)
 
             if int(jax.device_get(state.step)) < config.steps:
-                with learner.Prefetcher(sampler, learner.batch_sharding(mesh)) as batches:
-                    state, last = learner.fit(train_step, state, batches, num_steps=config.steps,
+                with Prefetcher(sampler, batch_sharding(mesh)) as batches:
+                    state, last = fit(train_step, state, batches, num_steps=config.steps,
                                               batch_size=config.batch_size, game_names=[game.name],
                                               log_every=config.log_every, method=method, on_log=log,
                                               on_step=on_step, checkpoint_every=config.checkpoint_every)
@@ -197,12 +147,12 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
 
             final_path = run_dir / "eval" / "final.json"
             if not final_eval_is_current(final_path, "grad_steps", grad_steps):
-                cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)),
+                cfg = EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)),
                                             episodes=config.final_episodes, protocol=protocol,
                                             epsilon=protocol.epsilon, max_steps=config.eval_max_steps)
-                q_fn = checkpoint.make_q_fn(net_config, num_actions, method.name)
+                q_fn = make_q_fn(net_config, num_actions, method.name)
                 policy = ParamsPolicy(game, q_fn, state.params, grad_steps)
-                results, _ = evaluation.evaluate(policy, cfg, num_envs=min(config.eval_envs,
+                results, _ = evaluate(policy, cfg, num_envs=min(config.eval_envs,
                                                                            config.final_seeds * config.final_episodes))
                 run.metrics.drop(lambda r: r.get("kind") == "eval")  # of an attempt that died before final.json
                 written = run.log(eval_record(grad_steps, grad_steps, results, final=True))
@@ -241,7 +191,6 @@ def settings_from_run(record: dict) -> dict:
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-    from sqlcli_core.settings import dataclass_defaults, merge_settings
 
     settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
                               aliases={"lr": "learning_rate"})

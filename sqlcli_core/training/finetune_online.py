@@ -32,112 +32,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.atari.env import AtariGame, get_protocol
-from sqlcli_core.atari.games import Game, canonical_name, validate_variant
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import atomic_output
-from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
+from sqlcli_core.data.online_replay import OnlineReplay
 from sqlcli_core.errors import UsageError
-from sqlcli_core.settings import require_finite, setting
+from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
+from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
+from sqlcli_core.games.catalog import Game, canonical_name, validate_variant
+from sqlcli_core.networks.network import count_parameters
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.metrics import METRICS_FILE
+from sqlcli_core.runs.policy import make_q_fn
+from sqlcli_core.runs.run_record import check_resume_settings, run_identity
+from sqlcli_core.settings import dataclass_defaults, merge_settings
 from sqlcli_core.synthetic.emulator import synthetic_emulator
-from sqlcli_core.training.checkpoint import make_q_fn
+from sqlcli_core.training.configs import INITS, OnlineConfig
 from sqlcli_core.training.loop import check_finite
+from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
+from sqlcli_core.training.transfer import (
+    cached_finetune_step,
+    finetune_num_actions,
+    initial_params,
+    load_pretrained,
+    trainable_labels,
+)
+from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-online"
 STACK = 4
 
 
-@dataclasses.dataclass(frozen=True)
-class EpsilonSchedule:
-    """Dopamine's linearly decaying epsilon: `start` during warm-up, then linear to `end` over `decay_steps`."""
-
-    start: float = 1.0
-    end: float = 0.01
-    decay_steps: int = 2500
-    warmup_steps: int = 0
-
-    def __post_init__(self):
-        if not (0.0 <= self.end <= 1.0 and 0.0 <= self.start <= 1.0):
-            raise UsageError(f"epsilons must lie in [0, 1], got {self.start} and {self.end}",
-                             hint="e.g. --epsilon-start 1.0 --epsilon-end 0.01")
-        if self.decay_steps < 1:
-            raise UsageError(f"--epsilon-decay-steps must be >= 1, got {self.decay_steps}", hint="e.g. 2500")
-
-    def __call__(self, step: int) -> float:
-        """Epsilon after `step` agent steps."""
-        left = (self.warmup_steps + self.decay_steps - step) / self.decay_steps
-        return float(self.end + (self.start - self.end) * np.clip(left, 0.0, 1.0))
 
 
-@dataclasses.dataclass(frozen=True)
-class OnlineConfig:
-    """Everything `sql finetune-online` does: the one home of its defaults (all ours unless tagged)."""
-
-    game: str = setting(None, "Game, e.g. breakout (any case, ALE ids accepted). Required.")
-    mode: int | None = setting(None, "ALE game mode (none: the game's default). Invalid values are refused with ALE's list.")
-    difficulty: int | None = setting(None, "ALE difficulty (none: the game's default).")
-    init: str = setting("pretrained", "pretrained (torso from --from) or scratch (the baseline).")
-    freeze: str = setting("none", "none (train all), torso, or shared (torso + embedding + projection).")
-    steps: int = setting(20_000, "Agent steps (transitions over all environments).", tag="paper: about 20k")
-    num_envs: int = setting(4, "Emulators stepped side by side, one batched Q call per step.")
-    batch_size: int = setting(32, "Transitions per gradient step.")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.")
-    alpha: float = setting(0.0, "CQL weight (0 = plain C51).")
-    gamma: float = setting(0.99, "Discount.", tag="paper")
-    n_step: int = setting(3, "n-step return length.", tag="paper")
-    target_update_period: int = setting(1000, "Gradient steps between target copies.")
-    update_period: int = setting(1, "Agent steps per gradient step.")
-    min_replay: int = setting(1600, "Agent steps collected before the first update.")
-    epsilon_start: float = setting(1.0, "Exploration epsilon at step 0.", tag="Dopamine")
-    epsilon_end: float = setting(0.01, "Exploration epsilon after the decay.", tag="Dopamine")
-    epsilon_decay_steps: int = setting(2500, "Agent steps of the linear decay.")
-    replay_capacity: int = setting(1_000_000, "Replay rows in all (7 KB each, allocated lazily).")
-    protocol: str = setting("dopamine", "Emulator protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper")
-    eval_every: int = setting(5000, "Agent steps between evaluations.")
-    eval_episodes: int = setting(5, "Episodes per periodic evaluation.")
-    final_seeds: int = setting(5, "Seeds of the final evaluation.")
-    final_episodes: int = setting(2, "Episodes per seed of the final evaluation.")
-    eval_max_steps: int = setting(27_000, "Agent-step cap of evaluation episodes (the protocol's).", tag="paper")
-    checkpoint_every: int = setting(5000, "Agent steps between checkpoints.")
-    log_every: int = setting(1000, "Agent steps between metric lines.")
-    seed: int = setting(0, "Seed of initialisation, emulators, exploration and replay.")
-
-    def __post_init__(self):
-        require_finite(self)
-        if not self.game:
-            raise UsageError("finetune-online needs --game", hint="e.g. --game breakout")
-        for name in ("steps", "num_envs", "batch_size", "update_period", "eval_every", "eval_episodes",
-                     "final_seeds", "final_episodes", "checkpoint_every", "log_every", "eval_max_steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.min_replay < 0:
-            raise UsageError(f"--min-replay must be >= 0, got {self.min_replay}", hint="e.g. 1600")
-        if self.steps < self.min_replay + self.update_period:
-            raise UsageError(f"--steps {self.steps} leaves no update: learning starts after --min-replay "
-                             f"{self.min_replay} agent steps and updates every --update-period {self.update_period}",
-                             hint=f"pass --steps above {self.min_replay + self.update_period - 1} or a smaller --min-replay")
-        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
-        self.schedule()  # epsilons in [0, 1], a positive decay
-
-    def schedule(self) -> EpsilonSchedule:
-        return EpsilonSchedule(self.epsilon_start, self.epsilon_end, self.epsilon_decay_steps, 0)
-
-    def replay_config(self) -> ReplayConfig:
-        return ReplayConfig(capacity=self.replay_capacity, num_envs=self.num_envs, n_step=self.n_step,
-                            gamma=self.gamma)
-
-    def learner_config(self):
-        from sqlcli_core.training.learner import LearnerConfig
-
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps, alpha=self.alpha,
-                             gamma=self.gamma, target_update_period=self.target_update_period)
-
-    def identity_fields(self) -> dict:
-        """Settings a resumed run must repeat (everything but how long and how often to log/evaluate)."""
-        d = dataclasses.asdict(self)
-        for k in ("steps", "eval_every", "checkpoint_every", "log_every", "final_seeds", "final_episodes"):
-            d.pop(k)
-        return d
 
 
 def grad_steps_due(agent_steps: int, config: OnlineConfig) -> int:
@@ -213,7 +140,7 @@ class Actors:
 
 
 class ParamsPolicy:
-    """evaluation.QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
+    """QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
 
     def __init__(self, game: Game, q_fn: Callable, params: Any, step: int | None):
         self.games = [game]
@@ -236,7 +163,6 @@ def resolve_variant(game: str, mode: int | None, difficulty: int | None) -> Game
 
 def write_curve_csv(run_dir: Path) -> Path:
     """RUN/learning_curve.csv (agent_steps, grad_steps, eval_mean, eval_std, episodes) from metrics.jsonl."""
-    from sqlcli_core.training.checkpoint import METRICS_FILE
 
     rows = []
     for line in (run_dir / METRICS_FILE).read_text().splitlines():
@@ -269,7 +195,6 @@ def settings_from_run(record: dict) -> dict:
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-    from sqlcli_core.settings import dataclass_defaults, merge_settings
 
     settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
                               aliases={"lr": "learning_rate"})
@@ -283,15 +208,6 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     source: the pre-trained run (for init 'pretrained'; for 'scratch' it gives only the architecture).
     Re-running with the same arguments resumes from the newest checkpoint, or does nothing when finished.
     """
-    from sqlcli_core import networks
-    from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.training import checkpoint, finetune, learner
-    from sqlcli_core.training.lifecycle import (
-        TrainingRun,
-        check_resume_settings,
-        final_eval_is_current,
-        write_final_eval,
-    )
 
     # Validate everything before touching the run directory.
     run_dir = Path(run_dir)
@@ -304,8 +220,8 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     if source is None:
         raise UsageError("--from is required",
                          hint="pass the pre-trained run (with --init scratch it sets the architecture)")
-    finetune.trainable_labels({}, config.freeze)  # validates --freeze before anything loads
-    if config.init not in finetune.INITS:
+    trainable_labels({}, config.freeze)  # validates --freeze before anything loads
+    if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     replay_config = config.replay_config()
     learner_config = config.learner_config()
@@ -315,28 +231,28 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
 
     # The one-game network and its train state.
-    pretrained = finetune.load_pretrained(source)
+    pretrained = load_pretrained(source)
     net_config = pretrained.network_config
-    num_actions = finetune.finetune_num_actions(net_config, game)
-    mesh = learner.make_mesh(jax.local_devices()[:1])
-    params, origin = finetune.initial_params(net_config, num_actions, config.seed, init=config.init,
+    num_actions = finetune_num_actions(net_config, game)
+    mesh = make_mesh(jax.local_devices()[:1])
+    params, origin = initial_params(net_config, num_actions, config.seed, init=config.init,
                                              pretrained=pretrained, game=game, freeze=config.freeze)
-    optimizer, train_step = finetune.cached_finetune_step(net_config, tuple(num_actions), learner_config,
+    optimizer, train_step = cached_finetune_step(net_config, tuple(num_actions), learner_config,
                                                           config.freeze, tuple(mesh.devices.flat))
     rng = jax.random.PRNGKey(config.seed + 1)
-    state = learner.TrainState(params, method.initial_target(params), optimizer.init(params),
+    state = TrainState(params, method.initial_target(params), optimizer.init(params),
                                jnp.zeros((), jnp.int32), rng)
-    state = jax.device_put(state, learner.replicated(mesh))
+    state = jax.device_put(state, replicated(mesh))
     q_fn = make_q_fn(net_config, tuple(num_actions), method.name)
-    batch_sharding = learner.batch_sharding(mesh)
+    batch_spec = batch_sharding(mesh)
 
-    identity = checkpoint.run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
+    identity = run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "eval_every": config.eval_every, "checkpoint_every": config.checkpoint_every,
                   "from": source_str, "origin": origin, "variant": {"mode": config.mode,
                                                                     "difficulty": config.difficulty}}
-    counts = networks.count_parameters(params)
-    metrics_path = run_dir / checkpoint.METRICS_FILE
+    counts = count_parameters(params)
+    metrics_path = run_dir / METRICS_FILE
 
     # The acting side: replay, emulators, exploration.
     replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
@@ -348,7 +264,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
             train_shapes = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=learner.replicated(mesh)), state)
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
 
             def abstract_for(saved_meta: dict) -> dict:
                 loop_state = saved_meta["sampler_states"][0]
@@ -361,7 +277,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 restored, saved_meta, _ = resumed
                 meta = saved_meta["sampler_states"][0]
                 restored = _from_saved_layout(restored)
-                state = learner.TrainState(*restored["train"])
+                state = TrainState(*restored["train"])
                 replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
                 actors.load(meta["actors"], np.asarray(restored["stacks"]))
                 actor_rng.bit_generator.state = meta["actor_rng"]
@@ -379,12 +295,12 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 run.save(agent_steps, _to_saved_layout(tree), meta, force=force)
 
             def evaluate_now(seeds, episodes) -> tuple[list, Any]:
-                cfg = evaluation.EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
+                cfg = EvalConfig(games=(game.name,), seeds=tuple(seeds), episodes=episodes,
                                             protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps,
                                             mode=config.mode, difficulty=config.difficulty)
                 policy = ParamsPolicy(game, q_fn, state.params, int(jax.device_get(state.step)))
                 width = min(config.num_envs * 2, _episode_count(seeds, episodes))
-                results, _ = evaluation.evaluate(policy, cfg, num_envs=width)
+                results, _ = evaluate(policy, cfg, num_envs=width)
                 return results, cfg
 
             window: list[dict] = []
@@ -404,7 +320,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 due = grad_steps_due(agent_steps, config)
                 grad_steps = int(jax.device_get(state.step))
                 while grad_steps < due:
-                    batch = learner.put_batch(replay.sample(config.batch_size), batch_sharding)
+                    batch = put_batch(replay.sample(config.batch_size), batch_spec)
                     state, metrics = train_step(state, batch)
                     window.append(metrics)
                     grad_steps += 1

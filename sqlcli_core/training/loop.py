@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from sqlcli_core.errors import NonFiniteError
-from sqlcli_core.methods import Method, get_method
+from sqlcli_core.methods.registry import Method, get_method
 from sqlcli_core.training.mesh import put_batch
 from sqlcli_core.training.update import TrainState
 

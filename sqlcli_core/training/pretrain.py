@@ -8,7 +8,6 @@ sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -16,55 +15,30 @@ from typing import Any
 
 import jax
 
+from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
-from sqlcli_core.networks import (
+from sqlcli_core.games.catalog import resolve_games
+from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     NetworkConfig,
     network_config,
     network_defaults,
     network_setting_names,
+    num_actions_for,
 )
-from sqlcli_core.settings import field_names, merge_settings, setting
-from sqlcli_core.training.update import LearnerConfig
+from sqlcli_core.networks.network import parameter_table
+from sqlcli_core.runs.lifecycle import TrainingRun
+from sqlcli_core.runs.run_record import run_identity
+from sqlcli_core.settings import field_names, merge_settings
+from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
+from sqlcli_core.training.loop import Prefetcher, fit
+from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
+from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
 
 COMMAND = "pretrain"
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainConfig:
-    """A whole `sql pretrain` run. `network` and `learner` hold the model, method and optimisation settings."""
-
-    data: str = setting(None, "Zarr store written by `sql shard` (path). Required.")
-    run_dir: str = setting(None, "Run directory: created if missing, resumed from its newest checkpoint if present. "
-                           "Required.")
-    games: str = setting("atari40", "Training games: a set (atari40, ...) or comma-separated names.", tag="paper")
-    network: AnyNetworkConfig = NetworkConfig()
-    learner: LearnerConfig = LearnerConfig()
-    batch_size: int = setting(512, "Global batch (samples per step, over all devices and processes).", tag="paper")
-    n_step: int = setting(3, "n of the n-step returns (transitions; not read by dt).", tag="paper")
-    steps: int = setting(10_000_000, "Total gradient steps of the run (a re-run continues up to it).", tag="paper")
-    seed: int = setting(0, "Seed of the initial parameters and of the sampler.")
-    checkpoint_every: int = setting(1000, "Gradient steps between checkpoints (the last step is always saved).")
-    keep: int = setting(3, "Checkpoints kept (newest).")
-    log_every: int = setting(100, "Gradient steps per metrics line (averaged over them).")
-    game_weights: dict | None = setting(None, "Relative sampling weight per game, GAME=W pairs (e.g. Pong=2,Breakout=1); "
-                                        "games left out weigh 1 (none: uniform over games).")
-    cache_bytes: int | None = setting(None, "Sampler chunk cache per process, in bytes (none: the sampler's).")
-    prefetch: int = setting(2, "Batches prepared ahead on the devices by a background thread.")
-    prefetch_units: int = setting(2, "Sampler cache units loaded ahead by its loader threads (hides a remote "
-                                  "store's latency; TOML-only, docs/sampler.md).")
-
-    def __post_init__(self):
-        for name in ("batch_size", "n_step", "steps", "checkpoint_every", "keep", "log_every", "prefetch", "prefetch_units"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0, got {self.seed}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["network"] = self.network.to_dict()
-        return d
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -166,8 +140,6 @@ def make_sampler(config: PretrainConfig, games, local_batch: int):
     transitions: `ReplaySampler` (n-step transitions); sequences: `SequenceSampler` (windows of the network's
     context_steps steps). Both are seeded by the run's seed and resume from their JSON state_dict.
     """
-    from sqlcli_core.data.sampler import ReplaySampler
-    from sqlcli_core.data.sequences import SequenceSampler
 
     common = dict(games=[g.name for g in games], batch_size=local_batch, seed=config.seed,
                   game_weights=_sampler_weights(config, games),
@@ -190,19 +162,12 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     parameter counts, devices); on_log(record) each metrics record (also appended to RUN/metrics.jsonl);
     on_step(step) every step.
     """
-    from sqlcli_core import networks
-    from sqlcli_core.atari.games import resolve_games
-    from sqlcli_core.training import checkpoint
-    from sqlcli_core.training.lifecycle import TrainingRun
-    from sqlcli_core.training.loop import Prefetcher, fit
-    from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
-    from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
 
     started = time.perf_counter()
     method = config.learner.get_method()
     games = resolve_games(config.games)
     game_names = [g.name for g in games]
-    num_actions = networks.num_actions_for(config.network, games)
+    num_actions = num_actions_for(config.network, games)
     mesh = make_mesh()
     local_batch = check_batch_size(config.batch_size, mesh)
     primary = jax.process_index() == 0
@@ -214,8 +179,8 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
             raise UsageError(f"the sampler serves games {sampler_games}, not the {len(games)} asked for",
                              hint="pass --games in the store's order or check the store")
 
-        counts = networks.parameter_table(config.network, games, method.head)["parts"]
-        identity = checkpoint.run_identity(config.network.to_dict(), game_names, num_actions, method.name)
+        counts = parameter_table(config.network, games, method.head)["parts"]
+        identity = run_identity(config.network.to_dict(), game_names, num_actions, method.name)
         names = tuple(game_names)
         with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
                          parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,

@@ -7,7 +7,6 @@ Shapes: B = global batch, G = games, A = the largest minimal action set.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -17,46 +16,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from sqlcli_core.errors import UsageError
-from sqlcli_core.methods import DEFAULT_METHOD, LossSetup, Method, get_method, method_names
-from sqlcli_core.settings import require_finite, setting
+from sqlcli_core.methods.registry import LossSetup, Method
+from sqlcli_core.networks.network import action_mask
+from sqlcli_core.training.configs import LearnerConfig
 from sqlcli_core.training.mesh import batch_sharding, replicated
-
-
-@dataclasses.dataclass(frozen=True)
-class LearnerConfig:
-    """The method and the optimisation settings of the learner (the one home of their defaults).
-
-    The C51 support and the compute dtype belong to the network (`NetworkConfig`). Fields a method does not
-    read (alpha for behaviour cloning) are kept but have no effect.
-    """
-
-    method: str = setting(DEFAULT_METHOD, "Training method (docs/pretrain.md): " + "; ".join(
-        f"{name}: {get_method(name).summary}" for name in method_names()) + ".", tag="ours")
-    learning_rate: float = setting(2e-4, "Adam learning rate.", tag="paper", flag="--lr")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.", tag="ours: the DQN-Replay offline agents'")
-    alpha: float = setting(0.05, "CQL weight of scaled-ql (0 = plain C51).", tag="ours")
-    gamma: float = setting(0.99, "Discount per agent step.", tag="paper")
-    target_update_period: int = setting(2000, "Gradient steps between hard target copies.", tag="paper")
-    max_grad_norm: float | None = setting(None, "Clip gradients to this global L2 norm (none: no clipping).",
-                                          tag="ours; the paper states none")
-
-    def __post_init__(self):
-        require_finite(self)
-        get_method(self.method)  # a UsageError naming the methods
-        if self.learning_rate <= 0 or self.adam_eps <= 0:
-            raise UsageError("learning rate and Adam eps must be positive", hint="e.g. --lr 2e-4 --adam-eps 3.125e-4")
-        if self.alpha < 0:
-            raise UsageError(f"CQL alpha must be >= 0, got {self.alpha}", hint="e.g. --alpha 0.05")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise UsageError(f"gamma must lie in [0, 1], got {self.gamma}", hint="e.g. --gamma 0.99")
-        if self.target_update_period < 1:
-            raise UsageError("--target-update-period must be >= 1", hint="e.g. 2000")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise UsageError("--max-grad-norm must be positive", hint="leave it unset for no clipping")
-
-    def get_method(self) -> Method:
-        return get_method(self.method)
 
 
 class TrainState(NamedTuple):
@@ -147,7 +110,7 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
     """One pure, jitted update of `config.method`: (state, batch) -> (state, metrics). The state is donated.
 
-    network_config: a networks.NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
+    network_config: a NetworkConfig (architecture, C51 support, compute dtype); num_actions: the
     games' action-set sizes in head order. batch: the method's batch (a TransitionBatch, a SequenceBatch for dt)
     of (B, ...) arrays sharded over the mesh's 'data' axis (see `put_batch`). metrics: replicated
     scalars `loss`, the method's `metrics` (scaled-ql: td_loss, cql_loss, q_data, q_other, q_max),
@@ -158,12 +121,11 @@ def make_train_step(network_config, num_actions: Sequence[int], config: LearnerC
     games: the game names in head order (see `Method.network`). A method with `loss_rng` gets the key
     fold_in(state.rng, state.step): the same draws whatever the devices, and again after a resume.
     """
-    from sqlcli_core import networks
 
     method = config.get_method()
     network = method.network(network_config, tuple(num_actions), _names(games))
     optimizer = make_optimizer(config) if optimizer is None else optimizer
-    loss_fn = method.make_loss(LossSetup(network, networks.action_mask(num_actions), network_config, config))
+    loss_fn = method.make_loss(LossSetup(network, action_mask(num_actions), network_config, config))
 
     def step(state: TrainState, batch):
         extra = (jax.random.fold_in(state.rng, state.step),) if method.loss_rng else ()

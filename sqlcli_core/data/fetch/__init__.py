@@ -19,15 +19,8 @@ Modules: `selection` (what to fetch), `checksums`, `sources`, `verification`, `m
 """
 
 from sqlcli_core.data.fetch.checksums import FAST_CRC32C, ObjectInfo, crc32c, crc32c_py, parse_goog_hash
-from sqlcli_core.data.fetch.download import (
-    FetchConfig,
-    FetchReport,
-    FileResult,
-    ProgressFn,
-    check_disk_space,
-    fetch,
-    format_bytes,
-)
+from sqlcli_core.data.fetch.download import ProgressFn, fetch
+from sqlcli_core.data.fetch.fetch_report import FetchConfig, FetchReport, FileResult, check_disk_space, format_bytes
 from sqlcli_core.data.fetch.manifest import MANIFEST_NAME, Manifests
 from sqlcli_core.data.fetch.selection import (
     LAST_CHECKPOINT,

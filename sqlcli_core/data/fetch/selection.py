@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlcli_core.atari.games import DQN_REPLAY60, resolve_games
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import DQN_REPLAY60, resolve_games
 from sqlcli_core.ranges import parse_ranges
 
 NUM_RUNS = 5

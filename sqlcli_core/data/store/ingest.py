@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core.atari.games import minimal_action_set
 from sqlcli_core.atomic import writable_directory
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.store import remote
@@ -45,6 +44,7 @@ from sqlcli_core.data.store.schema import (
 )
 from sqlcli_core.data.store.stats import run_report, run_statistics
 from sqlcli_core.errors import DataError, SqlError, UsageError, from_os_error
+from sqlcli_core.games.catalog import minimal_action_set
 from sqlcli_core.locks import LOCK_NAME, directory_flock, writer_lock
 
 # ------------------------------------------------------------------------------------------- hashing

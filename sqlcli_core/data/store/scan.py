@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sqlcli_core.atari.games import canonical_name
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.games.catalog import canonical_name
 
 # ------------------------------------------------------------------------------------------- scanning
 

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from sqlcli_core import __version__
-from sqlcli_core.atari.games import minimal_action_set
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.store import remote
 from sqlcli_core.errors import DataError, SqlError, UsageError
+from sqlcli_core.games.catalog import minimal_action_set
 
 STORE_FORMAT = "sql-replay-store"
 STORE_FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ class ShardConfig:
     block_chunks: int = 8  # frames are streamed from the gzip file in blocks of this many chunks
     n_step: int = DEFAULT_N_STEP  # for the "sampleable transitions" count of the summary
     lease_seconds: float = remote.LEASE_SECONDS  # object storage: the writer lease time (docs/store-format.md)
-    checksum: bool = True  # a crc32c of every chunk of new arrays, checked on every read (store/integrity.py)
+    checksum: bool = True  # a crc32c of every chunk of new arrays, checked on every read (store/checked_arrays.py)
 
 
 # ------------------------------------------------------------------------------------------- store

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sqlcli_core.data.store.integrity import CheckedArray, checked_root, structure_problems
+from sqlcli_core.data.store.checked_arrays import CheckedArray, checked_root, structure_problems
 from sqlcli_core.data.store.schema import (
     ARRAY_DTYPES,
     file_order,

@@ -1,8 +1,9 @@
 """The game catalog: game sets, name resolution, minimal action sets and reference scores.
 
 Names are accepted in any case, as CamelCase (`MsPacman`), as ALE ROM ids (`ms_pacman`) or as gymnasium
-ids (`ALE/MsPacman-v5`). Action sets are read from ALE itself, because DQN-Replay indexes actions in the
-game's minimal action set and ALE is the authority on what that set is.
+ids (`ALE/MsPacman-v5`). DQN-Replay indexes actions in the game's minimal action set, and ALE is the authority on
+what that set is: the sets (and each game's modes and difficulties) are recorded from ALE in `action_sets.py`, so
+that the catalog never loads an emulator; `ale_rom_facts` reads them from ALE, for the test that checks the record.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from sqlcli_core.errors import UsageError
+from sqlcli_core.games.action_sets import ALE_FACTS
 from sqlcli_core.synthetic.chain import DIAGNOSTIC, chain_spec
 
 ATARI40 = (
@@ -192,14 +194,14 @@ def resolve_games(spec: str | Iterable[str]) -> list[Game]:
 
 
 def _quiet_ale():
-    import ale_py
+    import ale_py  # only to verify the recorded facts: loading ALE takes a while and prints a banner
 
     ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     return ale_py
 
 
-@functools.cache
-def _rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+def ale_rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(minimal action set, modes, difficulties) of a game as ALE reports them, loading its ROM."""
     ale_py = _quiet_ale()
     from ale_py import roms
 
@@ -213,6 +215,12 @@ def _rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, 
     modes = tuple(int(m) for m in ale.getAvailableModes())
     difficulties = tuple(int(d) for d in ale.getAvailableDifficulties())
     return actions, modes, difficulties
+
+
+@functools.cache
+def _rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The recorded facts of a known game; ALE's answer for a name outside the record."""
+    return ALE_FACTS.get(name) or ale_rom_facts(name)
 
 
 def minimal_action_set(name: str) -> tuple[int, ...]:

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sqlcli_core.atari.env import ActingProtocol, AtariGame
-from sqlcli_core.atari.games import Game
-from sqlcli_core.atari.vector import VectorGame, choose_backend
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.ale_vector import VectorGame, choose_backend
+from sqlcli_core.acting.protocol import ActingProtocol
+from sqlcli_core.games.catalog import Game
 from sqlcli_core.synthetic.emulator import synthetic_emulator
 
 

@@ -5,57 +5,28 @@ frame), sum the raw rewards, max-pool the grayscale screens of the last two fram
 with OpenCV's INTER_AREA (reproduced exactly in numpy). Episodes end at game over (never on a lost
 life); the caller applies the 27,000-step cap. The emulator is a bare `ale_py.ALEInterface`: its `random_seed` (which drives
 sticky actions and nothing else) is the seed given here, exactly as ale_py's vector environment
-(`sqlcli_core.atari.vector`) sets it, so the two paths play the same game for the same seed.
+(`sqlcli_core.acting.ale_vector`) sets it, so the two paths play the same game for the same seed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
 import numpy as np
 
-from sqlcli_core.atari.games import Game, minimal_action_set, validate_variant
-from sqlcli_core.errors import UsageError
+from sqlcli_core.acting.protocol import PROTOCOLS, ActingProtocol, check_seed
+from sqlcli_core.games.catalog import Game, minimal_action_set, validate_variant
 
 FRAME_SHAPE = (84, 84)  # one preprocessed frame; the agent's observation stacks 4 of them
-MAX_EPISODE_STEPS = 27_000  # agent steps = 108,000 frames
-MAX_SEED = 2**31 - 1  # ALE's vector environment takes seeds in [0, 2^31)
 
 
-@dataclasses.dataclass(frozen=True)
-class ActingProtocol:
-    """How the emulator is driven. `dopamine` produced DQN-Replay; `no-sticky` is the Multi-Game DT variant."""
-
-    name: str = "dopamine"
-    sticky_action_prob: float = 0.25
-    frame_skip: int = 4
-    max_episode_steps: int = MAX_EPISODE_STEPS
-    epsilon: float = 0.001  # epsilon of the evaluation policy
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
-PROTOCOLS = {
-    "dopamine": ActingProtocol(),
-    "no-sticky": ActingProtocol(name="no-sticky", sticky_action_prob=0.0),
-}
 
 
-def get_protocol(name: str) -> ActingProtocol:
-    try:
-        return PROTOCOLS[name]
-    except KeyError:
-        raise UsageError(f"unknown protocol '{name}'", hint=f"choose one of {', '.join(PROTOCOLS)}") from None
 
 
-def check_seed(seed: int) -> int:
-    """An emulator seed as ALE takes it (both paths): an int in [0, 2^31)."""
-    if not 0 <= int(seed) <= MAX_SEED:
-        raise ValueError(f"emulator seed {seed} is outside [0, 2^31)")
-    return int(seed)
 
 
 @functools.cache

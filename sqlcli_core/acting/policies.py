@@ -147,3 +147,25 @@ class BehaviourPolicy:
         self._plan = d.get("plan")
         self._step = d["step"]
         self._previous = d["previous"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EpsilonSchedule:
+    """Dopamine's linearly decaying epsilon: `start` during warm-up, then linear to `end` over `decay_steps`."""
+
+    start: float = 1.0
+    end: float = 0.01
+    decay_steps: int = 2500
+    warmup_steps: int = 0
+
+    def __post_init__(self):
+        if not (0.0 <= self.end <= 1.0 and 0.0 <= self.start <= 1.0):
+            raise UsageError(f"epsilons must lie in [0, 1], got {self.start} and {self.end}",
+                             hint="e.g. --epsilon-start 1.0 --epsilon-end 0.01")
+        if self.decay_steps < 1:
+            raise UsageError(f"--epsilon-decay-steps must be >= 1, got {self.decay_steps}", hint="e.g. 2500")
+
+    def __call__(self, step: int) -> float:
+        """Epsilon after `step` agent steps."""
+        left = (self.warmup_steps + self.decay_steps - step) / self.decay_steps
+        return float(self.end + (self.start - self.end) * np.clip(left, 0.0, 1.0))

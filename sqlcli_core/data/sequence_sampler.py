@@ -33,12 +33,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from sqlcli_core.atari.games import Game, canonical_name
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.sampler import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME, FRAME_BYTES
 from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import ARRAY_NAMES, open_run_set
 from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.games.catalog import Game, canonical_name
 
 STATE_FORMAT = "sql-sequence-sampler"
 STATE_VERSION = 1

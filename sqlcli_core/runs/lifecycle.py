@@ -5,7 +5,7 @@
       -> run.resume(abstract_for) or start_fresh()                    newest intact checkpoint (checksums
                                                                       verified), metrics.jsonl cut back to it
       -> the command's own loop, calling run.log(record) and run.save(step, state, meta)
-         (records go to RUN/metrics.jsonl and RUN/tensorboard/: training/metrics.py)
+         (records go to RUN/metrics.jsonl and RUN/tensorboard/: runs/metrics.py)
       -> run.wait() -> write_final_eval(...) for the fine-tuning commands -> run.close()   lock released
 
 A non-finite state is never saved (NonFiniteError, exit 6); the error leaving the `with TrainingRun` block
@@ -18,59 +18,17 @@ builds, what it feeds the loop; opening, resuming and closing the run directory 
 from __future__ import annotations
 
 import contextlib
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sqlcli_core import locks
-from sqlcli_core.atomic import write_json
 from sqlcli_core.errors import NonFiniteError, SqlError, UsageError, from_os_error
-from sqlcli_core.training import checkpoint
-from sqlcli_core.training.metrics import MetricsLog
-
-
-def settings_difference(had: Mapping[str, Any], wanted: Mapping[str, Any],
-                        defaults: Mapping[str, Any] | None = None) -> list[str]:
-    """Names of the settings that differ, comparing the keys both sides know.
-
-    A key only one side has counts as equal when the other side's value is its default (`defaults`): a
-    setting added by a newer version, left at its default, does not make an older run different.
-    """
-    defaults = defaults or {}
-    diff = []
-    for key in sorted(set(had) | set(wanted)):
-        if key in had and key in wanted:
-            if had[key] != wanted[key]:
-                diff.append(key)
-        elif key in defaults:
-            value = had[key] if key in had else wanted[key]
-            if value != defaults[key]:
-                diff.append(key)
-    return diff
-
-
-def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[str, Any], source: str | None,
-                          defaults: Mapping[str, Any] | None = None) -> None:
-    """Refuse to continue a run directory written by another command or started with other settings.
-
-    settings: what a resumed run must repeat (recorded in run.json under config.settings); source: the run
-    it starts from (config.from). Nothing happens for a directory without run.json (a new run).
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / checkpoint.RUN_FILE).exists():
-        return
-    previous = checkpoint.read_run(run_dir).get("config", {})
-    if previous.get("command") != command:
-        raise UsageError(f"run directory {run_dir} was not written by `sql {command}`", hint="pass a new --run-dir")
-    diff = settings_difference(previous.get("settings") or {}, settings, defaults)
-    if previous.get("from") != source:
-        diff.append("from")
-    if diff:
-        raise UsageError(f"run directory {run_dir} was started with other settings ({', '.join(diff)})",
-                         hint="repeat that run's options to resume it, or pass a new --run-dir")
+from sqlcli_core.runs.checkpointer import Checkpointer
+from sqlcli_core.runs.metrics import MetricsLog
+from sqlcli_core.runs.run_record import RUN_FILE, prepare_run_dir
 
 
 class TrainingRun:
@@ -93,12 +51,12 @@ class TrainingRun:
         try:
             self._take_lock(command)
             try:
-                self.record = checkpoint.prepare_run_dir(self.run_dir, identity=identity, config=config,
+                self.record = prepare_run_dir(self.run_dir, identity=identity, config=config,
                                                          parameter_counts=parameter_counts, seed=seed,
                                                          command=command, write=write)
             except OSError as exc:
-                raise from_os_error(exc, f"writing {self.run_dir / checkpoint.RUN_FILE}") from None
-            self.checkpointer = checkpoint.Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
+                raise from_os_error(exc, f"writing {self.run_dir / RUN_FILE}") from None
+            self.checkpointer = Checkpointer(self.run_dir, identity, every=checkpoint_every, keep=keep)
         except BaseException:
             self._lock.close()
             raise
@@ -196,24 +154,5 @@ def _sync_processes(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def final_eval_is_current(path: Path, key: str, value: int) -> bool:
-    """Whether RUN/eval/final.json exists and was written for `finetune.<key> == value` (e.g. grad_steps)."""
-    return path.exists() and json.loads(path.read_text()).get("finetune", {}).get(key) == value
 
 
-def write_final_eval(path: Path, *, command: str, run_config: dict, seed: int, eval_config, results,
-                     run_dir: Path, step: int, arch: str, num_params: int, finetune: dict) -> dict:
-    """RUN/eval/final.json: the eval result schema (docs/architecture.md) plus the fine-tuning block."""
-    from sqlcli_core.evaluation import evaluate as evaluation
-    from sqlcli_core.provenance import provenance
-
-    result = {
-        "provenance": provenance(command, {**run_config, "eval": eval_config.play_settings()}, seed),
-        "protocol": evaluation.protocol_block(eval_config),
-        "policy": {"kind": "checkpoint", "run": str(Path(run_dir).absolute()), "step": step, "arch": arch,
-                   "num_params": int(num_params)},
-        **evaluation.summarize(results, eval_config),
-        "finetune": finetune,
-    }
-    write_json(path, result)
-    return result

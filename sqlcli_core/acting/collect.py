@@ -17,36 +17,43 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol
-from sqlcli_core.atari.games import Game, game_index, validate_variant
-from sqlcli_core.atari.vector import choose_backend
+from sqlcli_core.acting.actors import make_actor, replay_stream
+from sqlcli_core.acting.ale_vector import choose_backend
+from sqlcli_core.acting.collect_runs import (
+    LOG_NAME,
+    RESUME_NAME,
+    PolicyLoader,
+    RunConfig,
+    check_memory,
+    checkpoint_head,
+    derive_seeds,
+    finished_log,
+    load_q_policy,
+    normalised,
+    partial_dir,
+    run_dir,
+    validate,
+)
+from sqlcli_core.acting.policies import BehaviourPolicy
+from sqlcli_core.acting.policies import parse_policy as parse_policy
 from sqlcli_core.atomic import atomic_output, writable_directory, write_json
 from sqlcli_core.data import replay_format as rf
-from sqlcli_core.data.collect_actors import make_actor, replay_stream
-from sqlcli_core.data.collect_policy import BehaviourPolicy, PolicySpec
-from sqlcli_core.data.collect_policy import parse_policy as parse_policy  # the CLI's and demo's import
 from sqlcli_core.data.ring_buffer import RingBuffer
-from sqlcli_core.errors import DataError, ResourceError, UsageError, from_os_error
+from sqlcli_core.errors import DataError, from_os_error
+from sqlcli_core.games.catalog import Game
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
 from sqlcli_core.synthetic.emulator import chain_experts
-
-LOG_NAME = "collect_log.json"
-RESUME_NAME = "resume.json"
-MIN_CAPACITY = rf.STACK_SIZE + 1  # Dopamine asserts capacity >= stack_size + update_horizon
-ROW_BYTES = 84 * 84 + 4 + 4 + 1  # observation + action + reward + terminal
 
 ProgressFn = Callable[[int], None]
 Step = tuple[np.ndarray, float, bool]  # what an emulator's step gives the play loop: frame, raw reward, over
@@ -55,146 +62,37 @@ Step = tuple[np.ndarray, float, bool]  # what an emulator's step gives the play 
 # --------------------------------------------------------------------------------------------- config
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Everything that determines one game/run's files (the output root does not)."""
-
-    game: str
-    run: int
-    transitions: int
-    capacity: int = rf.BUCKET_CAPACITY
-    protocol: ActingProtocol = PROTOCOLS["dopamine"]
-    mode: int | None = None
-    difficulty: int | None = None
-    seed: int = 0
-    policy: PolicySpec = PolicySpec()
-
-    def to_dict(self) -> dict:
-        return {
-            "game": self.game, "run": self.run, "transitions": self.transitions, "capacity": self.capacity,
-            "protocol": self.protocol.to_dict(), "mode": self.mode, "difficulty": self.difficulty,
-            "seed": self.seed, "policy": self.policy.to_dict(),
-        }
 
 
-def validate(config: RunConfig) -> None:
-    """Raise UsageError for values the collector cannot honour (before any emulator starts)."""
-    if config.transitions < 1:
-        raise UsageError(f"--transitions {config.transitions} must be at least 1", hint="pass the agent steps per run, e.g. 100000")
-    if config.run < 1:
-        raise UsageError(f"run {config.run} must be at least 1", hint="runs are numbered from 1, like the bucket")
-    if config.capacity < MIN_CAPACITY:
-        raise UsageError(
-            f"--capacity {config.capacity} is below {MIN_CAPACITY} rows",
-            hint=f"use at least {MIN_CAPACITY} (Dopamine's stack size + update horizon); the bucket uses {rf.BUCKET_CAPACITY}",
-        )
-    game = Game(config.game)
-    validate_variant(game, config.mode, config.difficulty)
-    if config.policy.kind == "pattern" and max(config.policy.pattern) >= game.num_actions:
-        raise UsageError(
-            f"policy pattern uses action {max(config.policy.pattern)} but {game.name} has {game.num_actions} actions",
-            hint=f"use indices 0..{game.num_actions - 1} of its minimal action set (see `sql games {game.name}`)",
-        )
-    if config.policy.kind == "checkpoint":
-        _checkpoint_head(config.policy.run, game)
-    if config.policy.kind == "mixture" and not game.synthetic:
-        raise UsageError(f"policy mixture needs a game with known good and poor policies, not {game.name}",
-                         hint="use a known-answer game (`sql games diagnostic`), or another --policy")
 
 
-@functools.lru_cache(maxsize=4)
-def load_q_policy(run: str):
-    """checkpoint.load_policy, once per process and run (restoring an Orbax checkpoint takes seconds)."""
-    from sqlcli_core.training.checkpoint import load_policy
-
-    return load_policy(run)
 
 
-def _checkpoint_head(run: str, game: Game) -> int:
-    """The head of `game` in the checkpoint's network; refuses heads over another action set."""
-    q = load_q_policy(run)
-    head = game_index(q.games, game.name)
-    if q.num_actions[head] != game.num_actions:
-        raise UsageError(
-            f"the checkpoint's {game.name} head has {q.num_actions[head]} actions, DQN-Replay logs the "
-            f"{game.num_actions} of its minimal action set",
-            hint="use a run trained on minimal action sets (not full_action_space)",
-        )
-    return head
 
 
-def check_memory(capacity: int, jobs: int = 1) -> None:
-    """Raise ResourceError when `jobs` ring buffers of `capacity` rows cannot fit in available memory."""
-    need = jobs * capacity * ROW_BYTES
-    available = _mem_available()
-    if available is not None and need > available:
-        raise ResourceError(
-            f"{jobs} ring buffer(s) of {capacity} rows need {need / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available",
-            hint="lower --capacity or --jobs",
-        )
 
 
-def _mem_available() -> int | None:
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/meminfo") as f:
-            line = next(ln for ln in f if ln.startswith("MemAvailable:"))
-        return int(line.split()[1]) * 1024
-    return None
 
 
-def derive_seeds(seed: int, game: str, run: int) -> tuple[int, int]:
-    """(emulator seed, policy seed) for one game/run: independent streams from one user seed."""
-    state = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(game.encode()), run)).generate_state(2, np.uint32)
-    return int(state[0] >> 1), int(state[1])
+
+
 
 
 # ------------------------------------------------------------------------------------------ collector
 
 
-def run_dir(root: str | os.PathLike, game: str, run: int) -> Path:
-    """ROOT/{Game}/{run}: a finished run (its replay_logs/ and collect_log.json)."""
-    return rf.replay_dir(root, game, run).parent
 
 
-def partial_dir(root: str | os.PathLike, game: str, run: int) -> Path:
-    """ROOT/{Game}/.{run}.partial: a run being collected."""
-    return Path(root) / game / f".{run}.partial"
 
 
-def _normalised(d: dict) -> dict:
-    return json.loads(json.dumps(d))
 
 
-def finished_log(root: str | os.PathLike, config: RunConfig) -> dict | None:
-    """The collect_log of this game/run if it is finished with this config; None if there is none yet.
-
-    Raises UsageError if the directory holds a run collected with another config, or data that
-    `sql collect` did not write.
-    """
-    final = run_dir(root, config.game, config.run)
-    log_path = final / LOG_NAME
-    if not final.exists():
-        return None
-    if not log_path.exists():
-        raise UsageError(f"{final} exists but has no {LOG_NAME} (not written by sql collect)",
-                         hint="choose another --out; collect never overwrites other data")
-    try:
-        log = json.loads(log_path.read_text())
-        recorded = log["provenance"]["config"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{log_path}: unreadable ({exc})", hint="delete that run directory to collect it again") from exc
-    want = _normalised(config.to_dict())
-    if recorded != want:
-        diff = sorted(k for k in set(want) | set(recorded) if want.get(k) != recorded.get(k))
-        raise UsageError(f"{final} was collected with other settings ({', '.join(diff)})",
-                         hint="use another --out, or delete that directory to collect it again")
-    return log
 
 
 class _Run:
     """The state of one game/run being collected; everything `resume.json` must hold lives here."""
 
-    def __init__(self, config: RunConfig, work: Path, backend: str = "auto"):
+    def __init__(self, config: RunConfig, work: Path, backend: str = "auto", load_policy: PolicyLoader | None = None):
         self.config = config
         self.work = work
         self.logs = work / "replay_logs"
@@ -204,7 +102,7 @@ class _Run:
         self.policy_info = config.policy.to_dict()
         greedy = None
         if config.policy.kind == "checkpoint":
-            greedy = self._checkpoint_greedy(config.policy.run)
+            greedy = self._checkpoint_greedy(load_policy, config.policy.run)
         experts = chain_experts(self.game, self.env) if config.policy.kind == "mixture" else None
         self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy, experts)
         self.buffer = RingBuffer(config.capacity)
@@ -218,8 +116,8 @@ class _Run:
         self.save_s = 0.0
         self._mark = time.perf_counter()
 
-    def _checkpoint_greedy(self, run: str) -> Callable[[np.ndarray], int]:
-        q, head = load_q_policy(run), _checkpoint_head(run, self.game)
+    def _checkpoint_greedy(self, load_policy: PolicyLoader | None, run: str) -> Callable[[np.ndarray], int]:
+        q, head = load_q_policy(load_policy, run), checkpoint_head(load_policy, run, self.game)
         self.policy_info.update(step=q.step, arch=q.network_config.arch, games=[g.name for g in q.games])
         game_ids, n = np.array([head], dtype=np.int32), self.env.num_actions
 
@@ -236,7 +134,7 @@ class _Run:
         with atomic_output(state_path, "wb") as f:
             np.savez(f, stack=self.stack, **self.env.resume_record(self.episode is not None))
         write_json(self.work / RESUME_NAME, {
-            "config": _normalised(self.config.to_dict()), "checkpoint": n, "state_file": state_path.name,
+            "config": normalised(self.config.to_dict()), "checkpoint": n, "state_file": state_path.name,
             "emulator": self.env.kind,
             "add_count": self.buffer.add_count, "env_steps": self.env_steps, "episodes": self.episodes,
             "episode": self.episode, "padding_left": self.padding_left, "checkpoints": self.checkpoints,
@@ -340,7 +238,7 @@ class _Run:
     def log(self, wall_s: float) -> dict:
         cfg = self.config
         return {
-            "provenance": provenance("collect", _normalised(cfg.to_dict()), cfg.seed),
+            "provenance": provenance("collect", normalised(cfg.to_dict()), cfg.seed),
             "game": cfg.game, "run": cfg.run, "seed": cfg.seed, "env_seed": self.env_seed,
             "policy_seed": self.policy_seed, "policy": self.policy_info, "protocol": cfg.protocol.to_dict(),
             "mode": cfg.mode, "difficulty": cfg.difficulty, "capacity": cfg.capacity,
@@ -367,18 +265,18 @@ def single_threaded_blas() -> contextlib.AbstractContextManager:
 
 
 def collect_run(config: RunConfig, root: str | os.PathLike, progress: ProgressFn | None = None,
-                progress_every: int = 500, backend: str = "auto") -> dict:
+                progress_every: int = 500, backend: str = "auto", load_policy: PolicyLoader | None = None) -> dict:
     """Collect one game/run into ROOT/{Game}/{run}/ (resuming or skipping as its files allow).
 
     Returns a summary: game, run, status ("collected", "resumed" or "skipped"), add_count, transitions,
     num_episodes, checkpoints, env_steps_per_s, path. `progress(env_steps)` is called every
     `progress_every` agent steps; an exception it raises (e.g. KeyboardInterrupt) leaves the run resumable.
-    `backend`: the emulators ('auto', 'vector' or 'python', as in `sqlcli_core.atari.vector`); the files
-    do not depend on it.
+    `backend`: the emulators ('auto', 'vector' or 'python', as in `sqlcli_core.acting.ale_vector`); the files
+    do not depend on it. `load_policy`: what loads a `checkpoint:RUN` behaviour policy (see `PolicyLoader`).
     """
     report = (lambda game, run, steps: progress(steps)) if progress is not None else None
     return collect_together([config], root, width=1, backend=backend, progress=report,
-                            progress_every=progress_every)[0]
+                            progress_every=progress_every, load_policy=load_policy)[0]
 
 
 @dataclasses.dataclass
@@ -396,7 +294,7 @@ class _Playing:
 
 def collect_together(configs: Sequence[RunConfig], root: str | os.PathLike, *, width: int = 1,
                      backend: str = "auto", progress: Callable[[str, int, int], None] | None = None,
-                     progress_every: int = 500) -> list[dict]:
+                     progress_every: int = 500, load_policy: PolicyLoader | None = None) -> list[dict]:
     """Collect game/runs in this process, `width` at a time; summaries in the order of `configs`.
 
     Each playing run always has one step in flight: the loop takes the runs' steps in turn, logs each and sends
@@ -411,7 +309,7 @@ def collect_together(configs: Sequence[RunConfig], root: str | os.PathLike, *, w
             while waiting or playing:
                 while waiting and len(playing) < width:
                     index, config = waiting.pop(0)
-                    started = _start(index, config, root, backend, progress, progress_every)
+                    started = _start(index, config, root, backend, progress, progress_every, load_policy)
                     if isinstance(started, dict):
                         summaries[index] = started
                     elif started.action is None:  # resumed after its final checkpoint: nothing left to play
@@ -454,9 +352,10 @@ def _summary(config: RunConfig, root: str | os.PathLike, status: str, log: dict)
 
 
 def _start(index: int, config: RunConfig, root: str | os.PathLike, backend: str,
-           progress: Callable[[str, int, int], None] | None, progress_every: int) -> _Playing | dict:
+           progress: Callable[[str, int, int], None] | None, progress_every: int,
+           load_policy: PolicyLoader | None = None) -> _Playing | dict:
     """Lock a game/run and set it playing (resumed where its files allow), or its summary if it is finished."""
-    validate(config)
+    validate(config, load_policy)
     lock = contextlib.ExitStack()
     try:
         log = finished_log(root, config)
@@ -476,7 +375,7 @@ def _start(index: int, config: RunConfig, root: str | os.PathLike, backend: str,
                 shutil.rmtree(work)  # our own scratch directory, from other settings or from before any checkpoint
             work.mkdir(parents=True, exist_ok=True)
             # ALE's saved state can only be restored into AtariGame: such a run finishes on the python backend
-            state = _Run(config, work, "python" if resume and resume_kind(resume) == "state" else backend)
+            state = _Run(config, work, "python" if resume and resume_kind(resume) == "state" else backend, load_policy)
             try:
                 if resume is not None:
                     state.load_resume(resume)
@@ -526,7 +425,7 @@ def _read_resume(work: Path, config: RunConfig) -> dict | None:
     path = work / RESUME_NAME
     with contextlib.suppress(OSError, ValueError):
         r = json.loads(path.read_text())
-        if r.get("config") == _normalised(config.to_dict()):
+        if r.get("config") == normalised(config.to_dict()):
             return r
     return None
 
@@ -534,15 +433,16 @@ def _read_resume(work: Path, config: RunConfig) -> dict | None:
 # ----------------------------------------------------------------------------------- many runs at once
 
 
-def _worker(config: RunConfig, root: str, queue: Any, backend: str) -> dict:
+def _worker(config: RunConfig, root: str, queue: Any, backend: str, load_policy: PolicyLoader | None) -> dict:
     def progress(steps: int) -> None:
         queue.put((config.game, config.run, steps))
 
-    return collect_run(config, root, progress, backend=backend)
+    return collect_run(config, root, progress, backend=backend, load_policy=load_policy)
 
 
 def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int = 1,
-                progress: Callable[[str, int, int], None] | None = None, backend: str = "auto") -> list[dict]:
+                progress: Callable[[str, int, int], None] | None = None, backend: str = "auto",
+                load_policy: PolicyLoader | None = None) -> list[dict]:
     """Collect every game/run, `jobs` at a time; progress(game, run, env_steps) as they play.
 
     On the vector backend the `jobs` runs play together in this process (`collect_together`: one C++ thread
@@ -550,13 +450,14 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
     Summaries come back in the order of `configs`.
     """
     for c in configs:
-        validate(c)
+        validate(c, load_policy)
     together = all(choose_backend(backend, c.mode, c.difficulty) == "vector" for c in configs)
     if configs:
         check_memory(max(c.capacity for c in configs), min(jobs, len(configs)))
         writable_directory(root, "--out")  # a file, /proc, read-only, a too long name: one line, exit 2
     if together or jobs <= 1 or len(configs) <= 1:
-        return collect_together(configs, root, width=jobs if together else 1, backend=backend, progress=progress)
+        return collect_together(configs, root, width=jobs if together else 1, backend=backend, progress=progress,
+                                load_policy=load_policy)
     import concurrent.futures as cf
     import multiprocessing as mp
     import queue as queue_mod
@@ -565,7 +466,7 @@ def collect_all(configs: Sequence[RunConfig], root: str | os.PathLike, jobs: int
     with ctx.Manager() as manager:
         q = manager.Queue()
         with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_worker, c, str(root), q, backend) for c in configs]
+            futures = [pool.submit(_worker, c, str(root), q, backend, load_policy) for c in configs]
             pending = set(futures)
             while pending:
                 _, pending = cf.wait(pending, timeout=0.2)

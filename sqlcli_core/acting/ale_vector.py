@@ -23,41 +23,17 @@ all emulators before receiving from any lets the C++ ones step concurrently.
 
 from __future__ import annotations
 
-import os
-from typing import Protocol
-
 import numpy as np
 
-from sqlcli_core.atari.env import PROTOCOLS, ActingProtocol, AtariGame, check_seed
-from sqlcli_core.atari.games import Game
-from sqlcli_core.synthetic.emulator import synthetic_emulator
+from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.backend import Emulator
+from sqlcli_core.acting.protocol import PROTOCOLS, ActingProtocol, check_seed
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import KNOWN_GAMES, Game
 
 BACKENDS = ("auto", "vector", "python")
 
 
-class Emulator(Protocol):
-    """One preprocessed emulator, stepped in two halves so that many can run at once."""
-
-    game: Game
-    num_actions: int
-
-    def start(self, seed: int) -> np.ndarray:
-        """Re-seed (reloading the ROM) and start the first episode; returns its first 84x84 frame."""
-        ...
-
-    def reset(self) -> np.ndarray:
-        """Start the next episode of the same stream; returns its first frame."""
-        ...
-
-    def send(self, action: int) -> None:
-        """Start one agent step with this action (an index into the minimal action set)."""
-        ...
-
-    def recv(self) -> tuple[np.ndarray, float, bool]:
-        """Finish the step: (frame, raw reward, episode over at game over or at the step cap)."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def vector_available(mode: int | None, difficulty: int | None) -> bool:
@@ -71,8 +47,6 @@ def vector_available(mode: int | None, difficulty: int | None) -> bool:
 
 def choose_backend(backend: str, mode: int | None, difficulty: int | None) -> str:
     """'vector' or 'python' for a requested backend ('auto' picks vector wherever it is identical)."""
-    from sqlcli_core.errors import UsageError
-
     if backend not in BACKENDS:
         raise UsageError(f"unknown backend '{backend}'", hint=f"choose one of {', '.join(BACKENDS)}")
     if backend == "python" or (backend == "auto" and not vector_available(mode, difficulty)):
@@ -170,62 +144,26 @@ class PythonGame:
         self.env.close()
 
 
-class EmulatorPool:
-    """Emulators of any games, re-used across streams: a new stream re-seeds an idle emulator of its game
-    (one ROM load) instead of creating one."""
 
-    def __init__(self, backend: str, *, protocol: ActingProtocol, mode: int | None = None,
-                 difficulty: int | None = None, max_episode_steps: int | None = None):
-        self.backend = choose_backend(backend, mode, difficulty)
-        self.protocol = protocol
-        self.mode, self.difficulty = mode, difficulty
-        self.max_episode_steps = max_episode_steps
-        self._idle: dict[str, list[Emulator]] = {}
-        self._all: list[Emulator] = []
 
-    def take(self, game: Game, seed: int) -> tuple[Emulator, np.ndarray]:
-        """An emulator of `game` started with `seed`, and its first frame."""
-        return self.take_many([(game, seed)])[0]
+class AleBackend:
+    """The Atari games of the catalog, played in ALE with Dopamine's preprocessing (the `GameBackend` of ALE).
 
-    def take_many(self, wanted: list[tuple[Game, int]]) -> list[tuple[Emulator, np.ndarray]]:
-        """`take` for several (game, seed) at once.
+    engine "vector": ale_py's C++ vector environment (`VectorGame`; the default game only), "python":
+    `AtariGame` (`PythonGame`; any mode and difficulty); `choose_backend` resolves the CLI's --backend to one.
+    """
 
-        A vector emulator costs two ROM loads: its constructor's (holding the GIL; ale_py seeds it from the
-        clock) and its seeded start's (in C++, without the GIL). The starts run in worker threads as soon as
-        each emulator exists, so they overlap the next constructors (and each other).
-        """
-        if self.backend != "vector" or len(wanted) < 2:
-            return [(e, e.start(seed)) for e, (_, seed) in zip(self._emulators(wanted), wanted)]
-        from concurrent.futures import ThreadPoolExecutor
+    name = "ale"
 
-        with ThreadPoolExecutor(min(len(wanted), os.cpu_count() or 1)) as threads:
-            starts = [(e, threads.submit(e.start, seed)) for e, (_, seed) in zip(self._emulators(wanted), wanted)]
-            return [(e, start.result()) for e, start in starts]
+    def knows(self, game: str) -> bool:
+        return game in KNOWN_GAMES
 
-    def _emulators(self, wanted: list[tuple[Game, int]]):
-        """One emulator per (game, seed), an idle one of the game where there is one, yielded as it exists."""
-        for game, seed in wanted:
-            idle = self._idle.get(game.name)
-            if idle:
-                yield idle.pop()
-            else:
-                self._all.append(self._create(game, seed))
-                yield self._all[-1]
+    def make_emulator(self, game: Game, *, protocol: ActingProtocol, engine: str = "python", mode: int | None = None,
+                      difficulty: int | None = None, max_episode_steps: int | None = None, seed: int = 0) -> Emulator:
+        if engine == "vector":
+            return VectorGame(game, protocol=protocol, max_episode_steps=max_episode_steps)
+        return PythonGame(game, protocol=protocol, mode=mode, difficulty=difficulty,
+                          max_episode_steps=max_episode_steps, seed=seed)
 
-    def give_back(self, emulator: Emulator) -> None:
-        self._idle.setdefault(emulator.game.name, []).append(emulator)
 
-    def _create(self, game: Game, seed: int) -> Emulator:
-        synthetic = synthetic_emulator(game, seed, self.max_episode_steps)
-        if synthetic is not None:
-            return synthetic
-        if self.backend == "vector":
-            return VectorGame(game, protocol=self.protocol, max_episode_steps=self.max_episode_steps)
-        return PythonGame(game, protocol=self.protocol, mode=self.mode, difficulty=self.difficulty,
-                          max_episode_steps=self.max_episode_steps, seed=seed)
-
-    def close(self) -> None:
-        for emulator in self._all:
-            emulator.close()
-        self._all.clear()
-        self._idle.clear()
+ALE = AleBackend()

@@ -14,7 +14,7 @@ starting point of Q-learning on the new game.
 
 `--init scratch` keeps the architecture (the run's NetworkConfig) and initialises everything afresh: the
 baseline that isolates what pre-training brings. Freezing is done in the optimizer (the frozen parts'
-updates are set to zero) handed to `learner.make_train_step`, so the update is the learner's own.
+updates are set to zero) handed to `make_train_step`, so the update is the learner's own.
 """
 
 from __future__ import annotations
@@ -31,12 +31,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sqlcli_core.atari.games import Game
 from sqlcli_core.errors import DataError, UsageError
-from sqlcli_core.methods import DEFAULT_METHOD, get_method
+from sqlcli_core.games.catalog import Game
+from sqlcli_core.methods.catalog import DEFAULT_METHOD
+from sqlcli_core.methods.registry import get_method
+from sqlcli_core.networks.config import num_actions_for
+from sqlcli_core.networks.heads import head_offsets
+from sqlcli_core.networks.network import abstract_params, build_network, values_per_action
+from sqlcli_core.runs.policy import _resolve_checkpoint, load_policy
+from sqlcli_core.runs.run_record import identity_method, read_run
+from sqlcli_core.training.configs import FREEZE_CHOICES, INITS
+from sqlcli_core.training.mesh import make_mesh
+from sqlcli_core.training.update import make_optimizer, make_train_step
 
-INITS = ("pretrained", "scratch")
-FREEZE_CHOICES = ("none", "torso", "shared")
 SHARED_PARTS = ("torso", "spatial_embedding", "projection")
 FINETUNE_HEAD = get_method(DEFAULT_METHOD).head  # fine-tuning trains Scaled QL: categorical heads
 
@@ -47,7 +54,7 @@ class Pretrained:
 
     run_dir: Path
     step: int
-    network_config: Any  # networks.NetworkConfig
+    network_config: Any  # NetworkConfig
     games: list[Game]
     num_actions: tuple[int, ...]
     params: Any  # haiku params of the online network (host or device arrays)
@@ -68,21 +75,20 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
 
     Refuses, with one line each: a path that is no run, a checkpoint that holds no torso, a checkpoint
     whose arrays do not match the architecture its run.json declares, and damaged checkpoints (from RUN, the
-    newest intact one is used with a warning, as `checkpoint.load_policy` does).
+    newest intact one is used with a warning, as `load_policy` does).
     """
-    from sqlcli_core.training import checkpoint
 
     path = Path(run_or_checkpoint)
     if not path.exists():
         raise DataError(f"pre-trained run {path} does not exist", hint="pass --from RUN written by `sql pretrain`")
-    run_dir, step = checkpoint._resolve_checkpoint(path)
-    record = checkpoint.read_run(run_dir)
+    run_dir, step = _resolve_checkpoint(path)
+    record = read_run(run_dir)
     identity = record.get("identity") or {}
-    method = get_method(checkpoint.identity_method(identity))
+    method = get_method(identity_method(identity))
     if method.finetune is not None:  # before reading the network: a dt run has another network config
         raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
                          hint="fine-tune a scaled-ql, c51 or bc run")
-    policy = checkpoint.load_policy(path)  # verified; the architecture checked against run.json
+    policy = load_policy(path)  # verified; the architecture checked against run.json
     return Pretrained(run_dir=Path(run_dir), step=policy.step, network_config=policy.network_config,
                       games=list(policy.games), num_actions=tuple(policy.num_actions), params=policy.params,
                       method=method.name)
@@ -90,9 +96,8 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
 
 def finetune_num_actions(network_config, game: Game) -> tuple[int]:
     """The one-game head size: the game's minimal action set, or 18 when the run used the full set."""
-    from sqlcli_core import networks
 
-    return networks.num_actions_for(network_config, [game])
+    return num_actions_for(network_config, [game])
 
 
 def head_module(params: Any) -> str:
@@ -106,9 +111,8 @@ def head_module(params: Any) -> str:
 def head_columns(params: Any, num_actions: Sequence[int], per_action: int, game: int) -> dict[str, np.ndarray]:
     """Game `game`'s slice of a multi-game head: {"w": (D, A_g * per_action), "b": (A_g * per_action,)}.
 
-    per_action: columns per action (networks.values_per_action: the atoms of a categorical head, 1 for a
+    per_action: columns per action (values_per_action: the atoms of a categorical head, 1 for a
     policy head)."""
-    from sqlcli_core.networks.heads import head_offsets
 
     offsets = head_offsets(num_actions, per_action)
     lo, hi = int(offsets[game]), int(offsets[game + 1])
@@ -159,9 +163,8 @@ def trainable_labels(params: Any, freeze: str) -> Any:
 
 def make_finetune_optimizer(learner_config, labels: Any) -> optax.GradientTransformation:
     """The learner's optimizer on trainable leaves; frozen leaves get zero updates (and no Adam state)."""
-    from sqlcli_core.training import learner
 
-    return optax.multi_transform({"train": learner.make_optimizer(learner_config), "freeze": optax.set_to_zero()},
+    return optax.multi_transform({"train": make_optimizer(learner_config), "freeze": optax.set_to_zero()},
                                  labels)
 
 
@@ -169,9 +172,8 @@ def make_finetune_optimizer(learner_config, labels: Any) -> optax.GradientTransf
 def _jitted_init(network_config, num_actions: tuple[int, ...]) -> Callable:
     """network.init, jitted once per architecture: op-by-op initialisation compiles every random
     primitive separately (tens of seconds on a CPU)."""
-    from sqlcli_core import networks
 
-    return jax.jit(networks.build_network(network_config, num_actions).init)
+    return jax.jit(build_network(network_config, num_actions).init)
 
 
 @functools.lru_cache(maxsize=8)
@@ -179,13 +181,11 @@ def cached_finetune_step(network_config, num_actions: tuple[int, ...], learner_c
                          devices: tuple) -> tuple[optax.GradientTransformation, Callable]:
     """(optimizer, jitted step) for one setting, built once per process so that several runs in one
     process (the benchmark, tests) compile once. `devices`: the mesh's devices."""
-    from sqlcli_core import networks
-    from sqlcli_core.training import learner
 
-    labels = trainable_labels(networks.abstract_params(network_config, num_actions), freeze)
+    labels = trainable_labels(abstract_params(network_config, num_actions), freeze)
     optimizer = make_finetune_optimizer(learner_config, labels)
-    mesh = learner.make_mesh(list(devices))
-    return optimizer, learner.make_train_step(network_config, num_actions, learner_config, mesh, optimizer=optimizer)
+    mesh = make_mesh(list(devices))
+    return optimizer, make_train_step(network_config, num_actions, learner_config, mesh, optimizer=optimizer)
 
 
 def initial_params(network_config, num_actions: Sequence[int], seed: int, *, init: str,
@@ -204,7 +204,6 @@ def initial_params(network_config, num_actions: Sequence[int], seed: int, *, ini
     if init == "scratch":
         return fresh, {"init": "scratch", "head": "fresh", "parts": []}
     assert pretrained is not None
-    from sqlcli_core.networks import values_per_action
 
     head = None
     names = [g.name for g in pretrained.games]

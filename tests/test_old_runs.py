@@ -1,0 +1,58 @@
+"""Run directories written by release 0.2 still resume: their run.json (tests/fixtures/release_0_2, written by
+that release's `sql demo`, `finetune-offline` and `finetune-online`) re-creates the same settings through
+`--config RUN/run.json`, and the resume checks accept them, refusing a changed setting."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sqlcli_core.errors import UsageError
+from sqlcli_core.games.catalog import resolve_games
+from sqlcli_core.networks.config import num_actions_for
+from sqlcli_core.runs.run_record import check_resume_settings, prepare_run_dir, read_run, run_identity
+from sqlcli_core.training import finetune_offline, finetune_online, pretrain
+
+FIXTURES = Path(__file__).parent / "fixtures" / "release_0_2"
+
+
+def old_run(tmp_path: Path, command: str) -> Path:
+    run = tmp_path / command
+    run.mkdir()
+    shutil.copy(FIXTURES / f"{command}.run.json", run / "run.json")
+    return run
+
+
+def test_an_old_pretrain_run_recreates_its_settings_and_identity(tmp_path):
+    run = old_run(tmp_path, "pretrain")
+    record = read_run(run)
+    settings, config = pretrain.resolve_settings(run / "run.json", {}, lambda v: v)
+    assert config.to_dict() == record["config"]  # every recorded setting, in the same shape
+    games = resolve_games(config.games)
+    identity = run_identity(config.network.to_dict(), [g.name for g in games], num_actions_for(config.network, games),
+                            config.learner.method)
+    assert identity == record["identity"]
+    prepare_run_dir(run, identity=identity, config=config.to_dict(), parameter_counts=record["parameter_counts"],
+                    seed=config.seed, write=False)  # the resume's identity check passes
+    wider = run_identity({**config.network.to_dict(), "width": 2.0}, identity["games"], identity["num_actions"])
+    with pytest.raises(UsageError, match="holds a different run"):
+        prepare_run_dir(run, identity=wider, config=config.to_dict(), parameter_counts={}, seed=0, write=False)
+
+
+@pytest.mark.parametrize("command, module", [("finetune_offline", finetune_offline),
+                                             ("finetune_online", finetune_online)])
+def test_an_old_finetuning_run_resumes_with_its_settings_and_refuses_others(tmp_path, command, module):
+    run = old_run(tmp_path, command)
+    record = read_run(run)
+    config = module.resolve_config(run / "run.json", {})
+    recorded = record["config"]["settings"]
+    assert {k: v for k, v in json.loads(json.dumps(config.identity_fields())).items() if k in recorded} == recorded
+    name = command.replace("_", "-")
+    check_resume_settings(run, name, config.identity_fields(), record["config"]["from"],
+                          defaults=module.identity_defaults())
+    changed = {**config.identity_fields(), "gamma": 0.9}
+    with pytest.raises(UsageError, match=r"other settings \(gamma\)"):
+        check_resume_settings(run, name, changed, record["config"]["from"], defaults=module.identity_defaults())
