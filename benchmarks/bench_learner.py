@@ -5,10 +5,14 @@ For each (network, batch): the jitted train step is timed
   * end to end: batches from a real ReplaySampler over a real Zarr store, through the learner's prefetch
     thread (the gap between the two is the input pipeline's cost);
 and its achieved FLOP/s (XLA's cost analysis of the compiled step x steps/s) is printed next to the
-baseline: this machine's measured f32 matmul peak (a large jnp.dot timed in the same process).
+baseline. On an accelerator (GPU, TPU) the baseline is the device's published peak for the compute dtype, and
+the ratio is the model FLOP utilisation (benchmarks/mfu.py; peaks and sources in sqlcli_core/accelerators.py);
+the default there is the paper's resnet101 at batch 512 in bf16 and f32. On CPU there is no published peak: the
+baseline is this machine's measured f32 matmul peak (a large jnp.dot timed in the same process).
 
-    python -m benchmarks.bench_learner                 # DQN CNN at batch 32 and 256, resnet18 (width 0.25) at 32
+    python -m benchmarks.bench_learner                 # CPU: DQN CNN at batch 32 and 256, resnet18 (width 0.25) at 32
     python -m benchmarks.bench_learner --steps 20 --configs dqn:1.0:32,resnet18:0.5:16
+    python -m benchmarks.bench_learner --profile /tmp/trace   # accelerator: resnet101 B=512, bf16 and f32, + trace
 """
 
 from __future__ import annotations
@@ -59,9 +63,15 @@ def step_flops(compiled) -> float | None:
     return float(flops) if flops else None
 
 
-def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_bytes: int) -> dict:
+def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_bytes: int, dtype: str = "f32",
+          profile: Path | None = None) -> dict:
+    """One row; `profile`: a JAX profiler trace of the compute-only steps into that folder (TensorBoard's
+    profile tab, or Perfetto, opens it)."""
+    import contextlib
+
     import jax
 
+    from benchmarks.mfu import DTYPES, utilisation
     from sqlcli_core.data.sampler import ReplaySampler
     from sqlcli_core.networks.config import NetworkConfig
     from sqlcli_core.networks.network import count_parameters
@@ -72,7 +82,7 @@ def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_by
 
     games = ["Pong", "Breakout"]
     num_actions = (6, 4)
-    net = NetworkConfig(arch=arch, width=width)
+    net = NetworkConfig(arch=arch, width=width, compute_dtype=DTYPES[dtype])
     cfg = LearnerConfig()
     mesh = make_mesh()
     sharding = batch_sharding(mesh)
@@ -89,11 +99,14 @@ def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_by
         for _ in range(2):  # warm-up
             state, m = step(state, fixed)
         jax.block_until_ready(m)
-        t = time.perf_counter()
-        for _ in range(steps):
-            state, m = step(state, fixed)
-        jax.block_until_ready(m)
-        compute_s = (time.perf_counter() - t) / steps
+        tracing = jax.profiler.trace(str(profile / f"{arch}-w{width}-b{batch}-{dtype}")) if profile else \
+            contextlib.nullcontext()
+        with tracing:
+            t = time.perf_counter()
+            for _ in range(steps):
+                state, m = step(state, fixed)
+            jax.block_until_ready(m)
+            compute_s = (time.perf_counter() - t) / steps
 
         with Prefetcher(sampler, sharding, depth=2) as batches:
             for _ in range(2):
@@ -111,19 +124,26 @@ def bench(arch: str, width: float, batch: int, steps: int, store: Path, cache_by
             sampler.next_batch()
         sample_s = (time.perf_counter() - t) / steps
 
+    device = jax.devices()[0]
     return {
-        "arch": arch, "width": width, "batch": batch, "parameters": params, "compile_s": compile_s,
+        "arch": arch, "width": width, "batch": batch, "dtype": dtype, "device_kind": device.device_kind,
+        "devices": len(mesh.devices.flat), "parameters": params, "compile_s": compile_s,
         "compute_steps_per_s": 1 / compute_s, "compute_samples_per_s": batch / compute_s,
         "e2e_steps_per_s": 1 / e2e_s, "e2e_samples_per_s": batch / e2e_s,
         "sampler_alone_samples_per_s": batch / sample_s,
-        "flops_per_step": flops, "achieved_flops_per_s": None if flops is None else flops / compute_s,
+        "flops_per_step": flops, **utilisation(flops, compute_s, device.device_kind, dtype),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="dqn:1.0:32,dqn:1.0:256,resnet18:0.25:32",
-                        help="comma-separated ARCH:WIDTH:BATCH (default: %(default)s)")
+    parser.add_argument("--configs", default=None,
+                        help="comma-separated ARCH:WIDTH:BATCH (default: resnet101:1.0:512 on an accelerator, "
+                        "dqn:1.0:32,dqn:1.0:256,resnet18:0.25:32 on CPU)")
+    parser.add_argument("--dtypes", default=None, help="comma-separated compute dtypes, f32 and/or bf16 (default: "
+                        "bf16,f32 on an accelerator, f32 on CPU)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="write a JAX profiler trace of each row's compute-only steps under DIR")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: %(default)s)")
     parser.add_argument("--rows", type=int, default=6000, help="rows per game in the store (default: %(default)s)")
     parser.add_argument("--cache-bytes", type=int, default=512 << 20, help="sampler cache (default: 512 MiB)")
@@ -132,25 +152,35 @@ def main() -> None:
 
     import jax
 
+    from benchmarks.mfu import DTYPES, describe
     from sqlcli_core.provenance import package_versions
 
-    peak = matmul_peak()
+    accelerator = jax.default_backend() != "cpu"
+    configs = args.configs or ("resnet101:1.0:512" if accelerator else "dqn:1.0:32,dqn:1.0:256,resnet18:0.25:32")
+    dtypes = (args.dtypes or ("bf16,f32" if accelerator else "f32")).split(",")
+    if unknown := [d for d in dtypes if d not in DTYPES]:
+        parser.error(f"unknown --dtypes {', '.join(unknown)}: choose from {', '.join(DTYPES)}")
+    if not accelerator:
+        print("no accelerator (JAX runs on the CPU): achieved FLOP/s are compared with this machine's measured "
+              "f32 matmul peak, not a published one", flush=True)
+    peak = None if accelerator else matmul_peak()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         store = build_store(Path(tmp), args.rows)
-        for spec in args.configs.split(","):
+        for spec in configs.split(","):
             arch, width, batch = spec.split(":")
-            r = bench(arch, float(width), int(batch), args.steps, store, args.cache_bytes)
-            results.append(r)
-            print(f"{arch:>9} w{float(width):<5} B={int(batch):<4} {r['parameters']:>10,} params | compute-only "
-                  f"{r['compute_steps_per_s']:7.2f} steps/s {r['compute_samples_per_s']:8.0f} samples/s | end to end "
-                  f"{r['e2e_steps_per_s']:7.2f} steps/s {r['e2e_samples_per_s']:8.0f} samples/s | sampler alone "
-                  f"{r['sampler_alone_samples_per_s']:8.0f} samples/s | "
-                  + (f"{r['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s achieved" if r["achieved_flops_per_s"] else "no FLOP count")
-                  + f" vs {peak / 1e9:.1f} GFLOP/s matmul peak", flush=True)
-    summary = {"devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count(),
-               "matmul_peak_flops_per_s": peak, "results": results, "versions": package_versions(),
-               "load_average": os.getloadavg()}
+            for dtype in dtypes:
+                r = bench(arch, float(width), int(batch), args.steps, store, args.cache_bytes, dtype, args.profile)
+                results.append(r)
+                print(f"{arch:>9} w{float(width):<5} B={int(batch):<4} {dtype:>4} {r['parameters']:>10,} params | "
+                      f"compute-only {r['compute_steps_per_s']:7.2f} steps/s {r['compute_samples_per_s']:8.0f} "
+                      f"samples/s | end to end {r['e2e_steps_per_s']:7.2f} steps/s {r['e2e_samples_per_s']:8.0f} "
+                      f"samples/s | sampler alone {r['sampler_alone_samples_per_s']:8.0f} samples/s | "
+                      + describe(r, peak), flush=True)
+    summary = {"devices": [str(d) for d in jax.devices()], "backend": jax.default_backend(),
+               "accelerator": accelerator, "cpu_count": os.cpu_count(), "matmul_peak_flops_per_s": peak,
+               "profile": str(args.profile) if args.profile else None, "results": results,
+               "versions": package_versions(), "load_average": os.getloadavg()}
     if args.json:
         print(json.dumps(summary))
 

@@ -63,10 +63,20 @@ def _usage_error_line(exc: Exception) -> str:
     return f"{message} (see '{ctx.command_path if ctx is not None else 'sql'} --help')"
 
 
+def _usage_name(param) -> str:
+    return param.metavar if param.required else f"[{param.metavar}]"
+
+
 def plain_help(command) -> None:
     """How every option reads in `--help`: our help text states the default (typer would print it a second
     time) and a flag shows no `<bool>` value it does not take."""
     for param in command.params:
+        if param.param_type_name == "argument" and param.metavar is None:
+            # named as the usage line and `--help` show it (RUN_DIRS..., [DST]), also in "missing argument"
+            # errors: typer's own names are the Python ones ('run_dirs', `{src} [dst]`)
+            param.metavar = param.name.upper() + ("..." if param.nargs != 1 else "")
+            if hasattr(param, "_usage_display_name"):  # typer >= 0.2x writes `{src} [dst]`; click's `SRC [DST]`
+                param._usage_display_name = functools.partial(_usage_name, param)
         if hasattr(param, "show_default"):
             param.show_default = False
         if getattr(param, "is_flag", False):

@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("diagnose", "diagnose"),
     "demo": ("demo", "demo"),
     "games": ("games", "games"),
+    "env": ("env", "env"),
 }
 
 

@@ -88,14 +88,20 @@ class ProgressReport:
 
         12:03:04 pretrain 1,200/10,000 steps (12.0%)  35.2 steps/s  ETA 4m10s  elapsed 34s  loss 0.1234  td 0.1200
 
-    Rates and the ETA count only what this invocation did (a resumed run starts from its checkpoint).
+    Rates and the ETA count only what this invocation did (a resumed run starts from its checkpoint), from the
+    first move on (the first unit of work often includes compilation) or, with `rate_from="start"`, from
+    `start()`: for work that finishes in bursts (eval's emulators end episodes together), where the time of the
+    first burst would make the rate jump (67.6 episodes/s, then 0.25/s).
     Several tasks (collect's game/runs) are summed on the plain line, with the unfinished ones named.
     """
 
     def __init__(self, label: str, *, unit: str = "steps", every: float | None = None,
                  interactive: bool | None = None, enabled: bool = True, stream=None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, rate_from: str = "first"):
+        if rate_from not in ("first", "start"):
+            raise ValueError(f"rate_from must be 'first' or 'start', got {rate_from!r}")
         self.label, self.unit, self.enabled = label, unit, enabled
+        self.rate_from = rate_from
         self.every = progress_seconds() if every is None else every
         self.interactive = (console.is_terminal and not console.is_dumb_terminal) if interactive is None else interactive
         self.stream = stream
@@ -135,6 +141,9 @@ class ProgressReport:
                 t.first = t.completed
             elif self._started_at is not None and t.completed > t.first:
                 # the first unit of work often includes start-up (compilation): rates count from after it
+                if self.rate_from == "start":  # counted from start(): nothing done then
+                    t.origin = t.origin or (self._started_at, t.first)
+                    self._origin = self._origin or (self._started_at, 0.0)
                 if t.origin is None:
                     t.origin = (self.clock(), t.completed)
                 if self._origin is None:

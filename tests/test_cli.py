@@ -68,7 +68,7 @@ def test_games_json_keeps_stdout_for_the_summary():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["shard"], "error: missing argument 'src' (see 'python -m sqlcli.main shard --help')"),
+    (["shard"], "error: missing argument 'SRC' (see 'python -m sqlcli.main shard --help')"),
     (["shard", "a", "b", "--jobs", "x"], "error: invalid value for '--jobs': "),
     (["shard", "a", "b", "--jobs", "0"], "error: invalid value for '--jobs': "),
     (["shard", "a", "b", "--bogus"], "error: no such option: --bogus"),
@@ -211,7 +211,7 @@ def test_wandb_without_the_extra_is_one_line(tmp_path):
 
 
 COMMANDS = ("fetch-data", "collect", "shard", "pretrain", "eval", "finetune-offline", "finetune-online", "plot",
-            "scale-report", "demo", "games", "diagnose")
+            "scale-report", "demo", "games", "env", "diagnose")
 
 
 def test_help_panels_examples_choices_and_defaults_once():

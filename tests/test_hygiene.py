@@ -94,7 +94,7 @@ def test_docs_game_table_is_the_catalog():
 # The packages from the bottom up: a module imports only from its own layer or the ones below it (at the
 # top of a file or inside a function alike), and no chain of imports leads back to where it started.
 LAYERS = (
-    ("base", ("sqlcli_core", "sqlcli_core.errors", "sqlcli_core.atomic", "sqlcli_core.provenance",
+    ("base", ("sqlcli_core", "sqlcli_core.errors", "sqlcli_core.atomic", "sqlcli_core.provenance", "sqlcli_core.accelerators",
               "sqlcli_core.settings", "sqlcli_core.ranges", "sqlcli_core.locks")),
     ("games", ("sqlcli_core.games", "sqlcli_core.synthetic")),  # synthetic: the known-answer games
     ("data", ("sqlcli_core.data",)),

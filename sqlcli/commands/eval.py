@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import typer
@@ -16,7 +17,7 @@ from sqlcli.progress import ProgressReport
 from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
 from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import append_jsonl, atomic_output
-from sqlcli_core.errors import DataError, UsageError, from_os_error
+from sqlcli_core.errors import DataError, SqlWarning, UsageError, from_os_error
 from sqlcli_core.evaluation.evaluate import (
     EpisodeResult,
     EvalConfig,
@@ -26,12 +27,12 @@ from sqlcli_core.evaluation.evaluate import (
     check_action_sets,
     evaluate,
     head_indices,
+    stream_seeds,
     validate_config,
     work_items,
-    write_gif,
 )
 from sqlcli_core.evaluation.results import build_eval_result, write_eval_result
-from sqlcli_core.games.catalog import canonical_name, resolve_games
+from sqlcli_core.games.catalog import Game, canonical_name, resolve_games
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.ranges import parse_ranges
 
@@ -170,10 +171,10 @@ def eval_command(
         "turns: one half's policy call runs while the other half's emulators step (two calls of half the rows per "
         "step; Q-policies only). Scores are the same. Default: on (8% faster on 2 idle cores, docs/benchmarks.md)."),
     record: str = typer.Option(
-        None, "--record", rich_help_panel=o.OUTPUT, help="Save a GIF of this game's first episode (first seed) beside the result. "
-        "Default: none."),
+        None, "--record", rich_help_panel=o.OUTPUT, help="Save an MP4 of this game's first episode (first seed) "
+        "beside the result: the RGB screen next to the agent's 84x84 view, at the game's speed. Default: none."),
     record_steps: int = typer.Option(
-        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the GIF (15 per second of game). Default: 3000."),
+        3000, "--record-steps", rich_help_panel=o.OUTPUT, help="Agent steps kept in the video (15 per second of game). Default: 3000."),
     out: Path = typer.Option(
         None, "--out", rich_help_panel=o.OUTPUT, help="Result JSON path (a .md table and a .episodes.jsonl log go beside it). Default: "
         "RUN/eval/NAME.json for a checkpoint, ./eval/NAME.json otherwise."),
@@ -275,15 +276,24 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
     if previous:
         console.print(f"resuming: {len(previous)} of {total} episodes already played ({episodes_path})")
 
-    gif_path = None
+    video_path = None
 
-    def save_gif(item: WorkItem, frames) -> None:
-        nonlocal gif_path
-        gif_path = out.with_name(f"{out.stem}.{item.game}.gif")
-        write_gif(gif_path, frames, frame_skip=protocol.frame_skip)
+    def save_video(item: WorkItem, frames, actions) -> None:
+        """The recorded episode replayed for its RGB screens, beside the agent's view, as an MP4."""
+        nonlocal video_path
+        from sqlcli_core.evaluation.recording import replay_episode, write_mp4
+
+        env_seed, _ = stream_seeds(item.game, item.seed)
+        replay = replay_episode(Game(item.game), env_seed, actions, frames, protocol=protocol, mode=config.mode,
+                                difficulty=config.difficulty)
+        if replay.matched < len(frames):
+            warnings.warn(f"--record: the replay of {item.game} seed {item.seed} left the played episode after "
+                          f"{replay.matched} of {len(frames)} frames; the video stops there", SqlWarning, stacklevel=1)
+        video_path = write_mp4(out.with_name(f"{out.stem}.{item.game}.mp4"), replay, frame_skip=protocol.frame_skip)
 
     digest = settings_digest(settings)
-    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes")
+    # emulators end episodes in bursts: the rate counts from the start, not from the first episode
+    report = ProgressReport(f"eval {len(config.games)} games", unit="episodes", rate_from="start")
     report.add("episodes", total=total, completed=len(previous))
     with report:
 
@@ -293,7 +303,7 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
 
         new, stats = evaluate(policy, config, num_envs=num_envs, threads=threads, backend=backend,
                                  overlap=overlap, done={r.key for r in previous}, record=record_item, record_frames=record_steps,
-                                 on_episode=played, on_record=save_gif)
+                                 on_episode=played, on_record=save_video)
 
     cli_config = {**settings, "num_envs": num_envs, "threads": threads, "backend": backend, "overlap": overlap, "record": record,
                   "record_steps": record_steps, "out": str(out), "bootstrap_reps": bootstrap_reps}
@@ -303,16 +313,17 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         throughput={**stats.to_dict(), "num_envs": num_envs, "threads": threads, "backend": backend,
                     "overlap": overlap, "episodes_reused": len(previous)})
     md_path = write_eval_result(out, result, markdown=True)
-    from sqlcli_core.analysis.plots import write_eval_bars
+    from sqlcli_core.analysis.eval_chart import write_eval_chart
 
-    png_path = write_eval_bars(result, out.with_suffix(".png"))
+    png_path = write_eval_chart(result, out.with_suffix(".png"))
 
     _print_tables(result)
     console.print(f"{stats.env_steps} env steps in {stats.seconds:.1f} s: {stats.env_steps_per_s:.0f} env steps/s "
                   f"({num_envs} {backend} emulators)", markup=False)
-    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {gif_path}" if gif_path else ""), markup=False)
+    console.print(f"wrote {out}, {md_path}, {png_path}" + (f", {video_path}" if video_path else ""), markup=False)
     emit_summary({
-        "out": str(out), "markdown": str(md_path), "plot": str(png_path), "gif": str(gif_path) if gif_path else None,
+        "out": str(out), "markdown": str(md_path), "plot": str(png_path),
+        "video": str(video_path) if video_path else None,
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),

@@ -183,5 +183,9 @@ class AtariGame:
     def _observation(self) -> np.ndarray:
         return area_resize(np.maximum(self._buffers[0], self._buffers[1]))
 
+    def screen_rgb(self) -> np.ndarray:
+        """The emulator's screen as it is now, (210, 160, 3) uint8 RGB: what a person sees, unprocessed."""
+        return self._ale.getScreenRGB()
+
     def close(self) -> None:
         self._ale = None

@@ -1,4 +1,4 @@
-"""PNG figures of runs and results: learning curves (one run or several), and per-game eval bars.
+"""PNG figures of runs: learning curves (one run or several); eval results' figures are analysis/eval_chart.py.
 
 Every figure is drawn on matplotlib's Agg canvas directly (no pyplot): no display needed, no global backend
 set. Functions return PNG bytes; `write_*` put them on disk atomically.
@@ -10,7 +10,6 @@ a single run), and one for the evaluation score (kind "eval" records: mean with 
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from sqlcli_core.analysis import eval_curves
+from sqlcli_core.analysis.figures import new_figure, png_bytes
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.runs.metrics import INDEX_COLUMNS, read_metrics
@@ -26,6 +27,7 @@ LEARNING_CURVES_FILE = "learning_curves.png"
 # Training columns that count or index rather than measure: not curves of their own.
 NOT_CURVES = frozenset({*INDEX_COLUMNS, "grad_steps", "episodes", "samples_per_s"})
 EVAL_PANEL = "eval score"
+EVAL_RESULT = "eval_result"  # the kind of the records `compare_runs` makes of RUN/eval/*.json (eval_curves)
 # What the common columns measure, for the panel titles (other columns are titled by their name).
 PANEL_TITLES = {
     "loss": "loss (what the optimizer minimises)", "td_loss": "td_loss: distributional TD loss",
@@ -37,21 +39,6 @@ PANEL_TITLES = {
 }
 MAX_GAME_LEGEND = 12  # more games than this: thin lines, no legend entry per game
 COLUMNS = 3
-
-
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def _is_number(value: Any) -> bool:
@@ -76,7 +63,8 @@ def curve_panels(records: Sequence[Mapping[str, Any]], per_game: bool = True) ->
                 scalars.append(key)
     scalars.sort(key=lambda k: k != "loss")  # loss first, the rest in record order
     evals = [EVAL_PANEL] if any(r.get("kind") == "eval" for r in records) else []
-    return scalars + games + evals
+    files = eval_curves.panels_of([r for r in records if r.get("kind") == EVAL_RESULT])
+    return scalars + games + evals + files
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +78,10 @@ def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray,
 
 def _draw_panel(ax, panel: str, runs: Sequence[tuple[str, Sequence[Mapping]]], colors: Sequence[str]) -> None:
     single = len(runs) == 1
-    if panel == EVAL_PANEL:
+    if panel in (eval_curves.NORMALIZED, eval_curves.RAW):
+        eval_curves.draw_eval_points(ax, panel, [(label, [r for r in records if r.get("kind") == EVAL_RESULT])
+                                                 for label, records in runs], colors)
+    elif panel == EVAL_PANEL:
         for (_, records), color in zip(runs, colors):
             evals = [r for r in records if r.get("kind") == "eval" and _is_number(r.get("mean"))]
             if not evals:
@@ -151,7 +142,7 @@ def learning_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], *, 
     rows = math.ceil(len(panels) / COLUMNS)
     cols = min(COLUMNS, len(panels))
     top = 0.45 if len(runs) > 1 or title else 0.0  # inches for the title or the runs' legend
-    fig = _figure(4.2 * cols, 2.9 * rows + top)
+    fig = new_figure(4.2 * cols, 2.9 * rows + top)
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -167,7 +158,7 @@ def learning_curves(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], *, 
     elif title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 1 - top / fig.get_figheight()))
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def step_label(run_dir: str | Path) -> str:
@@ -209,17 +200,21 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Se
         path = Path(run_dir)
         if not path.is_dir():
             raise UsageError(f"run {path} does not exist", hint="pass run directories of `sql pretrain` or `sql finetune-*`")
-        records = read_metrics(path)
+        records = read_metrics(path) + [{"kind": EVAL_RESULT, **p} for p in eval_curves.eval_points(path)]
         if not records:
-            raise DataError(f"{path} has no metrics ({path / 'metrics.jsonl'} missing or empty)",
+            raise DataError(f"{path} has no metrics ({path / 'metrics.jsonl'} missing or empty) and no eval results",
                             hint="pass a run that has trained for at least one logging step")
         runs.append(records)
     labels = run_labels(run_dirs)
     available = curve_panels([r for records in runs for r in records], per_game=True)
     if metrics:
-        wanted = [EVAL_PANEL if m == "eval" else m for m in metrics]
+        eval_panels = [p for p in (EVAL_PANEL, eval_curves.NORMALIZED, eval_curves.RAW) if p in available]
+        wanted = [p for m in metrics for p in ((eval_panels or [EVAL_PANEL]) if m == "eval" else [m])]
         columns = {k for records in runs for r in records for k in r}
         unknown = [m for m in wanted if m not in available and m not in columns]
+        if "eval" in metrics and EVAL_PANEL in unknown:
+            raise UsageError("no evaluation in these runs (no eval records in metrics.jsonl, no RUN/eval/*.json)",
+                             hint="evaluate a checkpoint first: sql eval RUN")
         if unknown:
             raise UsageError(f"no metric {', '.join(unknown)} in these runs",
                              hint=f"choose from: {', '.join('eval' if p == EVAL_PANEL else p for p in available)}")
@@ -236,80 +231,3 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Se
         f.write(png)
     return {"out": str(out), "runs": [str(d) for d in run_dirs],
             "panels": ["eval" if p == EVAL_PANEL else p for p in panels]}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Eval results
-
-
-def game_intervals(result: Mapping[str, Any], reps: int = 2000, seed: int = 0) -> list[dict]:
-    """Per game of an eval result: the score shown (human-normalized where the game has reference scores,
-    else raw), and a 95% percentile bootstrap interval of its mean over runs (seed means with 2+ seeds,
-    episodes otherwise, as the aggregates resample)."""
-    from sqlcli_core.evaluation import aggregates
-
-    rows = []
-    for game, block in result["games"].items():
-        scores = np.asarray(block["scores"], float)
-        seeds = np.asarray(block["seeds"])
-        distinct = sorted(set(seeds.tolist()))
-        runs = np.array([scores[seeds == s].mean() for s in distinct]) if len(distinct) >= 2 else scores
-        ref = block.get("reference")
-        normalized = ref is not None and block.get("human_normalized") is not None
-        if normalized:
-            runs = (runs - ref["random"]) / (ref["human"] - ref["random"])
-        value = float(runs.mean())
-        if runs.size >= 2:
-            reps_stats = aggregates.bootstrap_distribution(runs[:, None], lambda b: b.mean(axis=(1, 2)), reps=reps,
-                                                           seed=seed)
-            lo, hi = aggregates.percentile_interval(reps_stats)
-        else:
-            lo = hi = value
-        rows.append({"game": game, "value": value, "ci95": [lo, hi], "normalized": normalized, "runs": int(runs.size)})
-    return rows
-
-
-def eval_bars(result: Mapping[str, Any]) -> bytes:
-    """PNG: one horizontal bar per game with its 95% interval; human-normalized games in percent (random at
-    0%, human at 100%), games without reference scores in a raw-score panel of their own."""
-    rows = game_intervals(result)
-    normalized = [r for r in rows if r["normalized"]]
-    raw = [r for r in rows if not r["normalized"]]
-    groups = [(g, n) for g, n in ((normalized, True), (raw, False)) if g]
-    heights = [max(1.6, 0.28 * len(g) + 1.1) for g, _ in groups]
-    fig = _figure(7.5, sum(heights) + 0.4)
-    policy = result.get("policy", {})
-    who = policy.get("run") or policy.get("kind", "policy")
-    step = policy.get("step")
-    fig.suptitle(f"{Path(str(who)).name}{f' step {step}' if step is not None else ''}, protocol "
-                 f"{result.get('protocol', {}).get('name', '?')}: mean and 95% interval per game", fontsize=9)
-    grid = fig.add_gridspec(len(groups), 1, height_ratios=heights)
-    for i, (group, is_normalized) in enumerate(groups):
-        ax = fig.add_subplot(grid[i])
-        scale = 100.0 if is_normalized else 1.0
-        y = np.arange(len(group))[::-1]
-        values = np.array([r["value"] for r in group]) * scale
-        lo = np.array([r["ci95"][0] for r in group]) * scale
-        hi = np.array([r["ci95"][1] for r in group]) * scale
-        ax.barh(y, values, color="C0" if is_normalized else "C2", alpha=0.75, height=0.7)
-        ax.errorbar(values, y, xerr=np.stack([values - lo, hi - values]).clip(min=0), fmt="none", ecolor="k",
-                    capsize=3, lw=1.2)
-        ax.set_yticks(y, [r["game"] for r in group], fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-        ax.grid(True, axis="x", alpha=0.3)
-        if is_normalized:
-            ax.axvline(0.0, color="0.3", lw=1.0, ls="--", label="random (0%)")
-            ax.axvline(100.0, color="C3", lw=1.0, ls=":", label="human (100%)")
-            ax.set_xlabel("human-normalized score (%)", fontsize=8)
-            ax.legend(fontsize=7, loc="lower right")
-        else:
-            ax.set_xlabel("raw score (no reference scores for these games)", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    return _png(fig)
-
-
-def write_eval_bars(result: Mapping[str, Any], path: str | Path) -> Path:
-    png = eval_bars(result)
-    with atomic_output(path, "wb") as f:
-        f.write(png)
-    return Path(path)

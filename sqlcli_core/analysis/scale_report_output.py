@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sqlcli_core.analysis.power_law import CONFIDENCE
 from sqlcli_core.analysis.scale_report import OUTPUT_STEM, PARAM_COUNTS, PowerLawFit, RunPoint
 from sqlcli_core.atomic import atomic_output, write_json
@@ -90,56 +88,11 @@ def render_csv(points: Sequence[RunPoint], fits: Sequence[PowerLawFit]) -> str:
 
 
 def render_plot(points: Sequence[RunPoint], fits: Sequence[PowerLawFit], group_by: Sequence[str],
-                metric: str) -> bytes:
-    """PNG bytes: score vs parameters (log x), eval CIs as error bars, each group's fitted curve.
+                metric: str, *, n_bootstrap: int = 10_000, seed: int = 0) -> bytes:
+    """PNG bytes: score vs parameters on log-log axes, eval 95% intervals, each group's fit and its band."""
+    from sqlcli_core.analysis.scale_plot import render_scale_plot
 
-    Uses the Agg canvas directly (no pyplot), so it never needs a display and sets no global backend.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=150)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    colors = [f"C{i}" for i in range(10)]
-    by_label = {f.label: f for f in fits}
-    groups: dict[str, list[RunPoint]] = {}
-    for p in points:
-        groups.setdefault(", ".join(p.group_key(group_by)) or "all runs", []).append(p)
-    for i, (label, members) in enumerate(groups.items()):
-        color = colors[i % len(colors)]
-        fit = by_label.get(label)
-        left = {name for name, _ in fit.left_out} if fit else set()
-        for kept in (True, False):
-            sel = [p for p in members if (p.name not in left) == kept]
-            if not sel:
-                continue
-            x = np.array([p.params for p in sel], float)
-            y = np.array([p.score for p in sel], float)
-            y = 100 * y  # percent, as the tables
-            lo = np.array([p.score - p.ci_low if p.ci_low is not None else 0.0 for p in sel]) * 100
-            hi = np.array([p.ci_high - p.score if p.ci_high is not None else 0.0 for p in sel]) * 100
-            ax.errorbar(x, y, yerr=np.stack([np.maximum(lo, 0), np.maximum(hi, 0)]), fmt="o", color=color,
-                        mfc=color if kept else "none", ms=6, capsize=5, capthick=1.5, elinewidth=1.5, zorder=3,
-                        label=None if kept else f"{label}: left out (score <= 0)")
-        if fit is not None and fit.b is not None:
-            used = [p.params for p in members if p.name in fit.used]
-            grid = np.geomspace(min(used) / 1.3, max(used) * 1.3, 200)
-            ci = "" if fit.b_ci95 is None else f" [{fit.b_ci95[0]:.3f}, {fit.b_ci95[1]:.3f}]"
-            ax.plot(grid, 100 * fit.a * grid ** fit.b, "-", color=color, label=f"{label}: b = {fit.b:.3f}{ci}")
-        elif fit is not None:
-            ax.plot([], [], "o", color=color, label=f"{label}: no fit")
-    ax.set_xscale("log")
-    ax.axhline(0.0, color="0.35", lw=1.0, ls="--", zorder=1, label="random policy (0%)")
-    ax.set_xlabel(f"parameters ({points[0].param_count if points else 'total'}, log scale)")
-    ax.set_ylabel(f"human-normalized {metric.upper()} (%)")
-    ax.set_title("score = a * params^b (error bars: eval 95% intervals)", fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return render_scale_plot(points, fits, group_by, metric, n_bootstrap=n_bootstrap, seed=seed)
 
 
 def report_paths(out_dir: str | Path) -> dict[str, Path]:
@@ -152,7 +105,10 @@ def write_report(out_dir: str | Path, points: Sequence[RunPoint], fits: Sequence
                  notes: Sequence[str] = ()) -> dict[str, Path]:
     """Write PNG, Markdown, CSV and JSON into `out_dir`, each atomically. Returns their paths."""
     paths = report_paths(out_dir)
-    png = render_plot(points, fits, group_by, metric)   # render everything before writing anything
+    config = prov.get("config") or {}
+    # render everything before writing anything; the band from the resamples of the fit's interval
+    png = render_plot(points, fits, group_by, metric, n_bootstrap=int(config.get("n_bootstrap", 10_000)),
+                      seed=int(prov.get("seed") or 0))
     md = render_markdown(points, fits, metric, prov, notes)
     table = render_csv(points, fits)
     with atomic_output(paths["png"], "wb") as f:

@@ -249,6 +249,7 @@ class _Stream:
         self.score, self.length, self.over = 0.0, 0, False
         recording = self.record_frames and self.episode == 0
         self.frames: list[np.ndarray] | None = [self.stack[-1].copy()] if recording else None
+        self.actions: list[int] | None = [] if recording else None  # what was sent: a replay shows the screen
 
     def finish_step(self) -> None:
         frame, reward, self.over = self.env.recv()
@@ -270,7 +271,7 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
              done: Iterable[tuple[str, int, int]] = (), record: tuple[str, int] | None = None,
              record_frames: int = 3000,
              on_episode: Callable[[EpisodeResult], None] | None = None,
-             on_record: Callable[[WorkItem, list[np.ndarray]], None] | None = None,
+             on_record: Callable[[WorkItem, list[np.ndarray], list[int]], None] | None = None,
              ) -> tuple[list[EpisodeResult], EvalStats]:
     """Play every episode of `config` whose (game, seed, episode) key is not in `done`.
 
@@ -281,7 +282,8 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
     half's emulators step (two calls of half the rows per step). `backend`: 'auto' (the vector emulators
     unless a mode/difficulty is set), 'vector' or 'python' (`AtariGame`; threads > 1 steps those in that many
     threads). Scores do not depend on the backend, on num_envs or on overlap. `record` = (game, seed) hands
-    that stream's first episode's 84x84 frames (at most `record_frames`, from its start) to `on_record`;
+    that stream's first episode's 84x84 frames (at most `record_frames`, from its start) and the actions sent
+    between them (one fewer) to `on_record`;
     it is played again if already in `done`, and then not reported twice.
     """
     validate_config(config)
@@ -327,7 +329,7 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
         result = EpisodeResult(plan.game, plan.seed, stream.episode, float(stream.score), stream.length,
                                truncated=stream.length >= config.max_steps)
         if stream.frames is not None and on_record is not None:
-            on_record(WorkItem(*result.key), stream.frames)
+            on_record(WorkItem(*result.key), stream.frames, stream.actions)
         if stream.episode in plan.report:
             results.append(result)
             stats.episodes += 1
@@ -357,6 +359,8 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
         choose.taken(streams, actions)
         for stream, action in zip(streams, actions):
             stream.env.send(action)
+            if stream.actions is not None and len(stream.actions) < stream.record_frames - 1:
+                stream.actions.append(action)
 
     def finish(streams: list[_Stream], room: int) -> None:
         """Collect the streams' steps; end finished episodes and streams, and start waiting streams."""
@@ -393,35 +397,3 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
         blas_limit.restore_original_limits()
         stats.seconds = time.perf_counter() - start
     return results, stats
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Summaries
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def write_gif(path, frames: Sequence[np.ndarray], *, scale: int = 2, frame_skip: int = 4) -> None:
-    """Save 84x84 uint8 frames as a looping grayscale GIF at the game's real speed (60 Hz / frame_skip), atomically."""
-    from PIL import Image
-
-    from sqlcli_core.atomic import atomic_output
-
-    if not frames:
-        raise UsageError("no frames to record", hint="record a game that is being evaluated")
-    images = [Image.fromarray(np.kron(f, np.ones((scale, scale), np.uint8))) for f in frames]
-    duration_ms = max(20, int(round(1000 * frame_skip / 60 / 10)) * 10)  # GIF delays are in 10 ms units
-    with atomic_output(path, "wb") as f:
-        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=0)

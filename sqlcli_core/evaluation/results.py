@@ -14,6 +14,7 @@ import numpy as np
 from sqlcli_core.atomic import atomic_output, write_json
 from sqlcli_core.errors import UsageError
 from sqlcli_core.evaluation import aggregates
+from sqlcli_core.evaluation.eval_events import write_eval_events
 from sqlcli_core.evaluation.evaluate import FRAME_STACK, EpisodeResult, EvalConfig
 from sqlcli_core.games.catalog import REFERENCE_SCORE_SOURCE, Game
 from sqlcli_core.provenance import provenance
@@ -41,6 +42,9 @@ def write_eval_result(path: str | os.PathLike, result: dict, *, markdown: bool =
     """Write an eval result atomically at `path` (JSON); with `markdown`, its report beside it (.md, returned)."""
     path = Path(path)
     write_json(path, result)
+    run = (result.get("policy") or {}).get("run")
+    if run:  # a run's result also goes into its TensorBoard events, at the checkpoint's step
+        write_eval_events(run, result)
     if not markdown:
         return None
     md_path = path.with_suffix(".md")
