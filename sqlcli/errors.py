@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from sqlcli.console import PROCESS_STATE, err_console
-from sqlcli_core.errors import SqlError, UsageError, from_os_error
+from sqlcli_core.errors import SqlError, UsageError, from_os_error, memory_error
 
 # click's base exception, whether typer uses click or its own vendored copy (typer >= 0.2x).
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -140,6 +140,11 @@ def handles_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("interrupted: re-run the same command to resume", highlight=False)
             raise typer.Exit(130) from None
+        except Exception as exc:  # running out of host or device memory: exit 5, one line; anything else is a bug
+            err = memory_error(exc, f"running `sql {fn.__name__.removesuffix('_command').replace('_', '-')}`")
+            if err is None:
+                raise
+            fail(err.one_line(), err.exit_code)
 
     return wrapper
 

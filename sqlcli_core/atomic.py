@@ -51,6 +51,36 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         raise
 
 
+def make_directories(path: str | os.PathLike) -> list[Path]:
+    """`mkdir -p path`, undone when it fails: the directories this call created are removed again (deepest
+    first) before the OSError propagates, so a refused path (a name too long, a read-only parent) leaves no
+    empty parent folder behind. Returns the directories created, outermost first."""
+    path = Path(path)
+    missing = []
+    for candidate in (path, *path.parents):
+        if _exists(candidate) or candidate == candidate.parent:
+            break
+        missing.append(candidate)
+    created: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            directory.mkdir(exist_ok=True)
+            created.append(directory)
+    except OSError:
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        raise
+    return created
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a name too long: it does not exist, and creating it gives the error to report
+        return False
+
+
 def writable_directory(path: str | os.PathLike, what: str) -> Path:
     """Create the directory `path` if needed and check that a file can be created in it, before a command
     writes anything there. `what` names it for the user ("--out", "the store"). A one-line SqlError, with
@@ -60,8 +90,14 @@ def writable_directory(path: str | os.PathLike, what: str) -> Path:
     try:
         if path.exists() and not path.is_dir():
             raise UsageError(f"{what} {path} is a file, not a directory", hint="choose a directory path")
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".sql-probe.", dir=path)
+        created = make_directories(path)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".sql-probe.", dir=path)
+        except OSError:
+            for directory in reversed(created):  # nothing half-created: the folders made for nothing go again
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            raise
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:

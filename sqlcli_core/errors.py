@@ -104,3 +104,19 @@ def from_os_error(exc: OSError, action: str) -> SqlError:
     cls, what, hint = _OS_ERRORS.get(exc.errno or -1, (ResourceError, exc.strerror or str(exc), "check the path"))
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     return cls(f"{what} while {action}{where}", hint=hint)
+
+
+def memory_error(exc: BaseException, action: str) -> ResourceError | None:
+    """A one-line ResourceError (exit 5) for running out of memory while doing `action`, or None when `exc` is
+    something else: a MemoryError (numpy's allocation failures included) is host memory; XLA's
+    RESOURCE_EXHAUSTED (a runtime error whose text carries that status) is device memory."""
+    if isinstance(exc, MemoryError):
+        detail = str(exc).splitlines()[0] if str(exc) else "an allocation failed"
+        return ResourceError(f"out of host memory while {action} ({detail})",
+                             hint="lower --batch-size, --cache-bytes or --prefetch, or free memory")
+    text = str(exc)
+    if "RESOURCE_EXHAUSTED" in text:
+        detail = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)[:200]
+        return ResourceError(f"out of device memory while {action} ({detail})",
+                             hint="lower --batch-size, or use a smaller --arch/--width or more devices")
+    return None

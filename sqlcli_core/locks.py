@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sqlcli_core.atomic import make_directories
 from sqlcli_core.errors import UsageError, from_os_error
 
 LOCK_NAME = ".sql-writer.lock"
@@ -62,10 +63,14 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str, hint: str) -> Iterat
     opens the file anew.
     """
     path = Path(lock_path)
+    created = []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = make_directories(path.parent)  # undone if the lock file cannot be made: no empty folders left
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        for directory in reversed(created):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
         raise from_os_error(exc, f"creating the lock file {path}") from None
     try:
         while True:
@@ -91,7 +96,9 @@ def writer_lock(lock_path: str | os.PathLike, *, what: str, hint: str) -> Iterat
 
 
 def directory_lock(directory: str | os.PathLike, *, what: str, hint: str) -> contextlib.AbstractContextManager:
-    """`writer_lock` on DIRECTORY/.sql-writer.lock: one writer per directory."""
+    """`writer_lock` on DIRECTORY/.sql-writer.lock: one writer per directory (a file there is refused, exit 2)."""
+    if Path(directory).is_file():
+        raise UsageError(f"{what} is a file, not a directory", hint="choose a directory path")
     return writer_lock(Path(directory) / LOCK_NAME, what=what, hint=hint)
 
 

@@ -224,6 +224,30 @@ def test_rerun_of_a_finished_run_does_nothing_and_other_settings_are_refused(sto
     assert len(wider.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_a_refused_resume_leaves_run_json_as_it_was(store, env, uninterrupted):
+    """The sampler refuses to continue with another batch size (exit 2): run.json must still describe the
+    checkpoints that are there, not the refused invocation's settings (it used to be rewritten first)."""
+    run, _ = uninterrupted
+    before = (run / "run.json").read_bytes()
+    args = [a if a != "8" else "16" for a in RUN_ARGS]  # --batch-size 8 -> 16
+    assert "16" in args and args.index("16") == RUN_ARGS.index("--batch-size") + 1
+    refused = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *args], env)
+    assert refused.returncode == 2 and "sampler state was saved with batch_size=8" in refused.stderr
+    assert (run / "run.json").read_bytes() == before
+
+
+def test_a_batch_that_cannot_fit_is_refused_before_anything_is_allocated(store, env, tmp_path):
+    """--batch-size 100000000 used to end after a minute in numpy's ArrayMemoryError traceback from the
+    sampler's thread, leaving the run directory behind: now one line with the numbers, exit 5, nothing made."""
+    run = tmp_path / "r"
+    proc = sql(["pretrain", "--data", str(store), "--run-dir", str(run), *RUN_ARGS, "--batch-size", "100000000"], env)
+    assert proc.returncode == 5, proc.stderr[-2000:]
+    line = " ".join(proc.stderr.split())
+    assert line.startswith("error: this run needs about ") and "of host memory (" in line and "available" in line
+    assert "Traceback" not in proc.stderr and not run.exists()
+
+
 runner = CliRunner()
 
 

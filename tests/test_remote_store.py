@@ -315,3 +315,60 @@ def test_https_store_is_read_only_and_reads_like_the_directory(source):
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def test_a_missing_bucket_is_named_by_every_command(server, source, tmp_path):
+    """shard, pretrain and finetune-offline: exit 2 naming the bucket (not exit 5, not "not a Zarr store");
+    an endpoint that cannot be reached: exit 4 naming the URL. scale-report, which reads the store only to
+    name the data composition, warns naming the bucket and reports the composition as unknown."""
+    root, _ = source
+    (tmp_path / "none").mkdir()  # --from: the data is checked before the pre-trained run is read
+    missing = "the bucket nobucket of s3://nobucket/st does not exist"
+    for args in (["shard", str(root), "s3://nobucket/st", *SHARD_FLAGS],
+                 ["pretrain", "--data", "s3://nobucket/st", "--run-dir", str(tmp_path / "r"), "--arch", "dqn",
+                  "--games", "pong", "--steps", "2"],
+                 ["finetune-offline", "--from", str(tmp_path / "none"), "--game", "Pong", "--data", "s3://nobucket/st",
+                  "--run-dir", str(tmp_path / "f"), "--steps", "2"]):
+        out = sql(args)
+        assert out.returncode == 2, (args[0], out.stderr)
+        assert out.stderr.startswith(f"error: {missing}") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "r").exists() and not (tmp_path / "f").exists()
+    existing = sql(["pretrain", "--data", f"s3://{BUCKET}/nostore", "--run-dir", str(tmp_path / "r"), "--arch", "dqn",
+                    "--games", "pong"])
+    assert existing.returncode == 3 and f"s3://{BUCKET}/nostore is not a Zarr store" in existing.stderr
+
+    unreachable = {**os.environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}
+    out = sql(["pretrain", "--data", "s3://nobucket/st", "--run-dir", str(tmp_path / "r"), "--arch", "dqn"], unreachable)
+    assert out.returncode == 4 and out.stderr.startswith("error: s3://nobucket/st/zarr.json: "), out.stderr
+
+    from tests.test_scale_report import make_run
+
+    runs = [make_run(tmp_path / "runs", f"r{i}", 10 ** (6 + i), 0.1 * 2 ** i) for i in range(3)]
+    for run in runs:
+        record = json.loads((run / "run.json").read_text())
+        record["config"]["data"] = "s3://nobucket/st"
+        (run / "run.json").write_text(json.dumps(record))
+    report = sql(["scale-report", *map(str, runs), "--out", str(tmp_path / "report")])
+    assert report.returncode == 0, report.stderr
+    assert f"warning: data composition unknown: {missing}" in " ".join(report.stderr.split())
+
+
+def test_writer_leases_live_beside_the_store_which_lists_without_warnings(server, s3_store):
+    """The leases of `shard` into s3://replay/store are under s3://replay/.store.sql-locks/, not in the store:
+    zarr lists the store's groups without a warning and its bytes are data only."""
+    import warnings
+
+    url, summary = s3_store
+    client = s3_client(server)
+    keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])]
+    assert any(k.startswith(".store.sql-locks/Pong/1/.sql-writer/lease-") for k in keys)
+    assert not [k for k in keys if k.startswith("store/") and "/.sql-writer/" in k]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(st.open_store(url).members(max_depth=None))
+    assert {"Pong/1/frames", "Pong/2/frames", "Breakout/1/frames"} <= set(members)
+    for run in summary["runs"]:
+        prefix = f"store/{run['game']}/{run['run']}/"
+        assert run["bytes_on_disk"] == sum(o["Size"] for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=prefix) for o in page.get("Contents", []))

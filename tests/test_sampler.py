@@ -11,7 +11,7 @@ import pytest
 from sqlcli_core.data import store as st
 from sqlcli_core.data.reference_sampler import ReferenceSampler, reference_transition
 from sqlcli_core.data.sampler import ReplaySampler
-from sqlcli_core.errors import ResourceError, UsageError
+from sqlcli_core.errors import UsageError
 from tests.replay_fixture import write_run
 
 CHUNK = 32
@@ -144,7 +144,7 @@ def test_deterministic_and_restorable(store):
 
 
 def test_bad_settings(store):
-    with pytest.raises(ResourceError, match="cache_bytes"):
+    with pytest.raises(UsageError, match="cache_bytes"):  # a setting too small: exit 2
         make(store, cache_bytes=UNIT_BYTES)
     with pytest.raises(UsageError, match="not in the store"):
         make(store, games=["Pong", "Qbert"])

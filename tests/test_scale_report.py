@@ -77,7 +77,7 @@ def add_eval(run: Path, eval_name: str, score: float, ci_halfwidth: float = 0.05
         "protocol": {"name": "dopamine", "deviates_from_protocol": deviates},
         "policy": {"kind": "checkpoint", "run": str(run), "step": 1000, "arch": "resnet", "num_params": None},
         "games": {"Pong": {"scores": [1.0], "seeds": [0], "mean": 1.0, "std": 0.0, "human_normalized": score}},
-        "aggregates": {"iqm": agg, "median": {"value": score * 2, "ci95": None}, "mean": agg},
+        "aggregates": {"iqm": agg, "median": {"value": score * 2, "ci95": [score * 2 - ci_halfwidth, score * 2 + ci_halfwidth]}, "mean": agg},
         "aggregate_method": {"games": games},
         "excluded_from_aggregates": [], "notes": [],
     }))
@@ -285,6 +285,27 @@ def test_metric_option_and_bad_options(tmp_path):
     assert res.exit_code == 2 and "--group-by" in err(res)
 
 
+@pytest.mark.parametrize("aggregate, words", [
+    ({"value": 0.2, "ci95": "x"}, 'aggregates.iqm.ci95 is "x", not an interval [low, high] of two ordered'),
+    ({"value": 0.2, "ci95": [0.3, 0.1]}, "aggregates.iqm.ci95 is [0.3, 0.1], not an interval"),
+    ({"value": 0.2, "ci95": [0.1]}, "aggregates.iqm.ci95 is [0.1], not an interval"),
+    ({"value": 0.2}, "aggregates.iqm.ci95 is null, not an interval"),
+    ({"value": "0.2", "ci95": [0.1, 0.3]}, 'aggregates.iqm.value is "0.2", not a finite number'),
+    ("0.2", 'aggregates.iqm is "0.2", not an object {value, ci95}'),
+])
+def test_a_malformed_eval_file_is_exit_3_naming_file_and_key(tmp_path, aggregate, words):
+    """A point is fitted and drawn with its error bar, or the report refuses: never a dropped error bar."""
+    runs = [make_run(tmp_path, f"r{i}", 10 ** (6 + i), 0.1 * 2 ** i) for i in range(3)]
+    path = runs[1] / "eval" / "final.json"
+    record = json.loads(path.read_text())
+    record["aggregates"]["iqm"] = aggregate
+    path.write_text(json.dumps(record))
+    res = cli(*runs, "--out", tmp_path / "o")
+    assert res.exit_code == 3, res.output
+    assert err(res).startswith(f"error: {path}: {words}") and len(res.stderr.strip().splitlines()) <= 2
+    assert not (tmp_path / "o").exists()
+
+
 def test_arch_family_and_parameter_totals():
     assert arch_family("resnet101") == "resnet"
     assert arch_family("impala-4x") == "impala"
@@ -408,3 +429,37 @@ def test_equal_scores_give_a_flat_line_and_no_r2():
     assert a == pytest.approx(0.20703002) and abs(b) < 1e-12 and r2 is None
     _, _, r2 = power_law.fit_log_log(np.array([1e5, 1e6, 1e7]), np.array([0.1, 0.2, 0.4]))
     assert r2 == pytest.approx(1.0)  # an exact power law (0.1 * 2 ** k at 10 ** k): doubling per decade
+
+
+@pytest.mark.parametrize("eval_record, words", [
+    ({"mean": 3.0, "std": "x"}, 'the eval record at step 20: std is "x", not a finite number'),
+    ({"mean": None, "std": 1.0}, "the eval record at step 20: mean is null, not a finite number"),
+])
+def test_plot_refuses_an_eval_record_it_would_draw_without_its_band(tmp_path, eval_record, words):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"step": 10, "kind": "train", "loss": 1.0}, {"step": 20, "kind": "eval", **eval_record}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    res = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 3, res.output
+    assert err(res).startswith(f"error: {run / 'metrics.jsonl'}: {words}")
+    assert not (tmp_path / "p.png").exists()
+    lines[1] = {"step": 20, "kind": "eval", "mean": 3.0, "std": 1.0}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")]).exit_code == 0
+
+
+def test_plot_refuses_an_eval_file_whose_interval_is_not_two_ordered_numbers(tmp_path):
+    """`sql plot` draws RUN/eval/*.json as points with their 95% error bars: a malformed ci95 is exit 3 naming
+    the file and the key (it would be drawn without its bar, or end in a traceback)."""
+    run = make_run(tmp_path, "r", 10 ** 6, 0.2)
+    path = run / "eval" / "final.json"
+    record = json.loads(path.read_text())
+    record["aggregates"]["iqm"]["ci95"] = "x"
+    path.write_text(json.dumps(record))
+    res = runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")])
+    assert res.exit_code == 3, res.output
+    assert err(res).startswith(f"error: {path}: aggregates.iqm.ci95 is \"x\", not an interval")
+    record["aggregates"]["iqm"]["ci95"] = [0.1, 0.3]
+    path.write_text(json.dumps(record))
+    assert runner.invoke(app, ["plot", str(run), "--out", str(tmp_path / "p.png")]).exit_code == 0

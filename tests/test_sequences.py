@@ -14,7 +14,7 @@ import pytest
 from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 from sqlcli_core.data.sequence_sampler import SequenceSampler, returns_to_go
-from sqlcli_core.errors import ResourceError, UsageError
+from sqlcli_core.errors import UsageError
 from tests.replay_fixture import covered_segments, stored_positions, write_run
 
 CHUNK = 32
@@ -171,7 +171,7 @@ def test_deterministic_and_restorable(fixture):
 
 def test_bad_settings(fixture):
     store, _ = fixture
-    with pytest.raises(ResourceError, match="cache_bytes"):
+    with pytest.raises(UsageError, match="cache_bytes"):  # a setting too small: exit 2
         make(store, cache_bytes=1000)
     with pytest.raises(UsageError, match="not in the store"):
         make(store, games=["Pong", "Qbert"])

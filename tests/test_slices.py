@@ -74,3 +74,10 @@ def test_sampling_stays_inside_the_spread_slice(store):
     assert rec["runs"] == [{"run": 1, "rows": 320, "segments": [[0, 320, 0]], "checkpoints": [0, 1, 2, 3, 4]}]
     with pytest.raises(UsageError, match="unknown slice rule"):
         slice_run_set(store, "Pong", runs=None, checkpoints=None, budget=10, rule="middle")
+    # more rows than the selection holds: refused before anything trains (1100 rows: 700 + 400)
+    with pytest.raises(UsageError, match=r"--transitions 1,101 asks for more rows than the 1,100 of Pong that "
+                                         r"--runs all --checkpoints all select"):
+        slice_run_set(store, "Pong", runs=None, checkpoints=None, budget=1101)
+    with pytest.raises(UsageError, match=r"more rows than the 700 of Pong that --runs 1 "):
+        slice_run_set(store, "Pong", runs="1", checkpoints=None, budget=701, rule="first")
+    assert slice_run_set(store, "Pong", runs=None, checkpoints=None, budget=1100)[1]["rows"] == 1100

@@ -21,7 +21,6 @@ from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data import store as st
 from sqlcli_core.data.reference_sampler import reference_is_valid
 from sqlcli_core.errors import DataError
-from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import complete_episodes, covered_segments, stored_positions, write_run
 
 CAP, TOTAL = 200, 1150
@@ -52,12 +51,12 @@ def sharded(source, tmp_path_factory):
 
 
 def tree_bytes(path: Path, skip_root_json: bool = True) -> dict[str, bytes]:
-    """Every file of a store (relative path -> bytes), without the root zarr.json (provenance timestamps) and
-    the writer-lock files (who held them last: not data)."""
+    """Every file of a store (relative path -> bytes), without the root zarr.json (provenance timestamps). The
+    writer locks live outside the store (ingest.run_group_lock), so every file here is data."""
     out = {}
     for p in sorted(path.rglob("*")):
         rel = str(p.relative_to(path))
-        if p.is_file() and p.name != LOCK_NAME and not (skip_root_json and rel == "zarr.json"):
+        if p.is_file() and not (skip_root_json and rel == "zarr.json"):
             out[rel] = p.read_bytes()
     return out
 
@@ -149,8 +148,8 @@ def test_cli_json_rerun_is_a_noop_and_verify_catches_corruption(source, sharded,
     for r in summary["runs"]:
         for k in ("rows", "episodes", "return_mean", "return_min", "return_max", "sampleable_transitions"):
             assert r[k] == ref[(r["game"], r["run"])][k]
-    def mtimes():  # every file but the writer-lock records, which each run rewrites (who holds the lock)
-        return {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file() and p.name != LOCK_NAME}
+    def mtimes():  # every file of the store (the writer locks, rewritten by each run, live outside it)
+        return {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
 
     before = mtimes()
     again = st.shard(root, dst, config=st.ShardConfig(frame_chunk=64))

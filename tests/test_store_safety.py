@@ -24,6 +24,7 @@ import pytest
 from sqlcli_core.data import store as st
 from sqlcli_core.data.reference_sampler import ReferenceSampler
 from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.store.ingest import run_group_lock
 from sqlcli_core.errors import DataError
 from sqlcli_core.locks import LOCK_NAME
 from tests.replay_fixture import write_run
@@ -82,7 +83,7 @@ def test_second_writer_of_a_run_group_is_refused_then_admitted_after_sigkill(sou
     dst = tmp_path / "store"
     assert sql("shard", str(source), str(dst), "--games", "Pong", "--checkpoints", "0-3", "--frame-chunk", "64").returncode == 0
     before = tree_bytes(dst)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(dst / "Pong" / "1" / LOCK_NAME)],
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_group_lock(dst, "Pong", 1))],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -98,6 +99,41 @@ def test_second_writer_of_a_run_group_is_refused_then_admitted_after_sigkill(sou
     again = sql("shard", str(source), str(dst), "--games", "Pong", "--frame-chunk", "64")
     assert again.returncode == 0, again.stderr
     assert tree_bytes(dst) == tree_bytes(whole["Pong"])
+
+
+def test_store_locks_live_outside_the_store_which_lists_without_warnings(source, tmp_path):
+    """The run groups' writer locks are next to the store, not in it: zarr and xarray list the store without a
+    warning, and bytes_on_disk counts the data only (the same number on every run; it used to include a lock
+    file whose holder record changed size from run to run). A lock file an earlier version left inside a run
+    group is removed by the next shard."""
+    import warnings
+
+    import xarray as xr
+    import zarr
+
+    dst = tmp_path / "store"
+    first = sql("shard", str(source), str(dst), "--games", "Pong", "--checkpoints", "0-3", "--frame-chunk", "64",
+                "--json")
+    assert first.returncode == 0, first.stderr
+    legacy = dst / "Pong" / "1" / LOCK_NAME
+    legacy.write_text('{"pid": 1, "command": "an earlier sql"}')
+    again = sql("shard", str(source), str(dst), "--games", "Pong", "--frame-chunk", "64", "--json")
+    assert again.returncode == 0, again.stderr
+    assert not legacy.exists()
+    lock = run_group_lock(dst, "Pong", 1)
+    assert lock.exists() and dst.resolve() not in lock.parents
+    # every file of the store is zarr metadata or an array chunk
+    for p in dst.rglob("*"):
+        assert p.is_dir() or p.name == "zarr.json" or "c" in p.relative_to(dst).parts, p
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        members = dict(zarr.open_group(dst, mode="r").members(max_depth=None))
+        tree = xr.open_datatree(dst, engine="zarr", consolidated=False)
+    assert {"Pong", "Pong/1", "Pong/1/frames"} <= set(members) and tree["Pong/1"].sizes["row"] > 0
+    reported = json.loads(again.stdout)["runs"][0]["bytes_on_disk"]
+    assert reported == sum(p.stat().st_size for p in (dst / "Pong" / "1").rglob("*") if p.is_file())
+    third = sql("shard", str(source), str(dst), "--games", "Pong", "--frame-chunk", "64", "--json")
+    assert json.loads(third.stdout)["runs"][0]["bytes_on_disk"] == reported
 
 
 def test_two_shards_of_one_store_at_once_never_both_write_a_run(source, whole, tmp_path):

@@ -59,6 +59,7 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
               ) -> tuple[str, list[float], list[str]]:
     """Every option checked as the steps will check it, before the first step runs (nothing is written)."""
     from sqlcli.commands.eval import parse_seeds
+    from sqlcli_core.acting import collect_runs
     from sqlcli_core.acting.policies import parse_policy
     from sqlcli_core.acting.protocol import get_protocol
     from sqlcli_core.evaluation.evaluate import EvalConfig, validate_config
@@ -66,7 +67,14 @@ def _validate(games: str, policy: str, epsilon: float, transitions: int, widths:
     from sqlcli_core.training.pretrain import resolve_settings
 
     game_list = ",".join(g.name for g in resolve_games(games))
-    parse_policy(policy, epsilon)
+    spec = parse_policy(policy, epsilon)
+    loader = None
+    if spec.kind == "checkpoint":  # JAX: only for a checkpoint behaviour policy
+        from sqlcli_core.runs.policy import load_policy as loader
+    for game in game_list.split(","):  # the policy against each game's actions, as collect checks it
+        collect_runs.validate(collect_runs.RunConfig(game=game, run=1, transitions=transitions,
+                                                     capacity=max(1000, transitions // 2), seed=seed, policy=spec),
+                              loader)
     try:
         width_list = [float(w) for w in widths.split(",") if w.strip()]
     except ValueError:

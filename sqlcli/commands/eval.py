@@ -17,7 +17,7 @@ from sqlcli.progress import ProgressReport
 from sqlcli_core.acting.ale_vector import BACKENDS, choose_backend
 from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import append_jsonl, atomic_output
-from sqlcli_core.errors import DataError, SqlWarning, UsageError, from_os_error
+from sqlcli_core.errors import DataError, SqlWarning, UsageError
 from sqlcli_core.evaluation.evaluate import (
     EpisodeResult,
     EvalConfig,
@@ -247,10 +247,7 @@ def eval_command(
         out = folder / f"{name or _default_name(label, settings, config)}.json"
     elif out.suffix != ".json":
         raise UsageError(f"--out {out} must end in .json", hint="e.g. --out results/pong.json")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise from_os_error(exc, f"creating {out.parent}") from None
+    # writer_lock creates out's folder, and removes what it created if the lock file cannot be made.
     with writer_lock(out.with_name(f".{out.name}.lock"), what=f"the eval result {out}",
                      hint="wait for that `sql eval` to finish, or pass another --name or --out"):
         _play_and_write(policy, config, policy_kind, policy_block, settings, out, num_envs, threads, backend,

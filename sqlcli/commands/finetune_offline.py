@@ -23,6 +23,12 @@ Checkpoints = Annotated[str | None, o.option(OfflineConfig, "checkpoints", panel
 CacheBytes = Annotated[int | None, o.option(OfflineConfig, "cache_bytes", panel=o.DATA)]
 EvalEnvs = Annotated[int | None, o.option(OfflineConfig, "eval_envs", panel=o.EVALUATION)]
 
+# The options whose unit differs between the two commands (agent steps online, gradient steps offline): each
+# command's own help, not the shared one.
+Steps = Annotated[int | None, o.option(OfflineConfig, "steps", panel=o.OPTIMISATION)]
+CheckpointEvery = Annotated[int | None, o.option(OfflineConfig, "checkpoint_every", panel=o.RUN)]
+LogEvery = Annotated[int | None, o.option(OfflineConfig, "log_every", panel=o.RUN)]
+
 EXAMPLE = ("Example: sql finetune-offline --from runs/pretrain --game Alien --data store --transitions 2000000 "
            "--run-dir runs/alien-ft")
 
@@ -31,11 +37,11 @@ EXAMPLE = ("Example: sql finetune-offline --from runs/pretrain --game Alien --da
 def finetune_offline(
     run_dir: o.RunDir, source: o.From = None, game: Game = None, data: Data = None,
     transitions: Transitions = None, slice_rule: SliceRule = None, runs: Runs = None, checkpoints: Checkpoints = None, init: o.Init = None,
-    freeze: o.Freeze = None, steps: o.Steps = None, batch_size: o.BatchSize = None, lr: o.Lr = None,
+    freeze: o.Freeze = None, steps: Steps = None, batch_size: o.BatchSize = None, lr: o.Lr = None,
     adam_eps: o.AdamEps = None, alpha: o.Alpha = None, gamma: o.Gamma = None, n_step: o.NStep = None,
     target_update_period: o.TargetUpdatePeriod = None, cache_bytes: CacheBytes = None, protocol: o.Protocol = None,
     final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None, eval_max_steps: o.EvalMaxSteps = None,
-    eval_envs: EvalEnvs = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
+    eval_envs: EvalEnvs = None, checkpoint_every: CheckpointEvery = None, log_every: LogEvery = None,
     seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune offline on a new game's data; writes RUN/metrics.jsonl and RUN/eval/final.json (raw and human-normalized)."""

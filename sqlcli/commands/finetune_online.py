@@ -25,6 +25,12 @@ ReplayCapacity = Annotated[int | None, o.option(OnlineConfig, "replay_capacity",
 EvalEvery = Annotated[int | None, o.option(OnlineConfig, "eval_every", panel=o.EVALUATION)]
 EvalEpisodes = Annotated[int | None, o.option(OnlineConfig, "eval_episodes", panel=o.EVALUATION)]
 
+# The options whose unit differs between the two commands (agent steps online, gradient steps offline): each
+# command's own help, not the shared one.
+Steps = Annotated[int | None, o.option(OnlineConfig, "steps", panel=o.OPTIMISATION)]
+CheckpointEvery = Annotated[int | None, o.option(OnlineConfig, "checkpoint_every", panel=o.RUN)]
+LogEvery = Annotated[int | None, o.option(OnlineConfig, "log_every", panel=o.RUN)]
+
 EXAMPLE = ("Example: sql finetune-online --from runs/pretrain --game breakout --mode 12 --steps 20000 "
            "--run-dir runs/breakout-m12")
 
@@ -32,14 +38,14 @@ EXAMPLE = ("Example: sql finetune-online --from runs/pretrain --game breakout --
 @handles_errors
 def finetune_online(
     run_dir: o.RunDir, source: o.From = None, game: Game = None, mode: Mode = None, difficulty: Difficulty = None,
-    steps: o.Steps = None, init: o.Init = None, freeze: o.Freeze = None, num_envs: NumEnvs = None,
+    steps: Steps = None, init: o.Init = None, freeze: o.Freeze = None, num_envs: NumEnvs = None,
     batch_size: o.BatchSize = None, lr: o.Lr = None, adam_eps: o.AdamEps = None, alpha: o.Alpha = None,
     gamma: o.Gamma = None, n_step: o.NStep = None, target_update_period: o.TargetUpdatePeriod = None,
     update_period: UpdatePeriod = None, min_replay: MinReplay = None, epsilon_start: EpsilonStart = None,
     epsilon_end: EpsilonEnd = None, epsilon_decay_steps: EpsilonDecaySteps = None,
     replay_capacity: ReplayCapacity = None, protocol: o.Protocol = None, eval_every: EvalEvery = None,
     eval_episodes: EvalEpisodes = None, final_seeds: o.FinalSeeds = None, final_episodes: o.FinalEpisodes = None,
-    eval_max_steps: o.EvalMaxSteps = None, checkpoint_every: o.CheckpointEvery = None, log_every: o.LogEvery = None,
+    eval_max_steps: o.EvalMaxSteps = None, checkpoint_every: CheckpointEvery = None, log_every: LogEvery = None,
     seed: o.Seed = None, config_file: o.ConfigFile = None, wandb_project: o.Wandb = None, as_json: bool = JSON_OPTION,
 ) -> None:
     """Fine-tune online on an ALE game variant; writes RUN/metrics.jsonl, RUN/learning_curve.csv, RUN/eval/final.json."""

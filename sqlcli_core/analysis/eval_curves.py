@@ -15,22 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from sqlcli_core.analysis.eval_chart import game_intervals
+from sqlcli_core.evaluation import result_file
 from sqlcli_core.evaluation.eval_events import eval_step
 
 EVAL_FOLDER = "eval"
 NORMALIZED, RAW = "eval IQM", "eval raw score"  # the two panels these points go to
 
 
-def eval_point(result: dict) -> dict[str, Any] | None:
-    """{step, panel, value, ci95, deviates} of one result, None when it has no step or no single value."""
+def eval_point(result: dict, path: str | Path = "the eval result") -> dict[str, Any] | None:
+    """{step, panel, value, ci95, deviates} of one result, None when it has no step or no single value.
+
+    An aggregate of the wrong shape (a ci95 that is not two ordered numbers, a value that is not a number) is
+    a DataError (exit 3) naming `path` and the key: a point is drawn with its error bar or not at all."""
     step = eval_step(result)
     if step is None:
         return None
     deviates = bool((result.get("protocol") or {}).get("deviates_from_protocol"))
-    iqm = (result.get("aggregates") or {}).get("iqm")
-    if iqm and iqm.get("value") is not None:
-        return {"step": step, "panel": NORMALIZED, "value": float(iqm["value"]), "ci95": list(iqm["ci95"]),
-                "deviates": deviates}
+    value, ci95 = result_file.aggregate(result, path, "iqm", hint=f"re-run `sql eval`, or remove {Path(path).name}")
+    if value is not None:
+        return {"step": step, "panel": NORMALIZED, "value": value, "ci95": list(ci95), "deviates": deviates}
     if len(result.get("games") or {}) == 1:
         (row,) = game_intervals(result)
         return {"step": step, "panel": RAW, "value": row["value"], "ci95": row["ci95"], "deviates": deviates}
@@ -47,7 +50,7 @@ def eval_points(run_dir: str | Path) -> list[dict[str, Any]]:
             continue  # not a result file (or one being written by another process): nothing to draw
         if not isinstance(result, dict) or "games" not in result:
             continue
-        point = eval_point(result)
+        point = eval_point(result, path)
         if point is None:
             continue
         created = str((result.get("provenance") or {}).get("created", ""))

@@ -21,6 +21,7 @@ from sqlcli_core.analysis import eval_curves
 from sqlcli_core.analysis.figures import new_figure, png_bytes
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.errors import DataError, UsageError
+from sqlcli_core.evaluation import result_file
 from sqlcli_core.runs.metrics import INDEX_COLUMNS, read_metrics
 
 LEARNING_CURVES_FILE = "learning_curves.png"
@@ -204,6 +205,10 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, *, metrics: Se
         if not records:
             raise DataError(f"{path} has no metrics ({path / 'metrics.jsonl'} missing or empty) and no eval results",
                             hint="pass a run that has trained for at least one logging step")
+        for record in records:  # an eval point is drawn with its band or refused (exit 3), never without it
+            if record.get("kind") == "eval":
+                result_file.eval_record(record, path / "metrics.jsonl",
+                                        hint="the eval records were edited or damaged; re-run the evaluation")
         runs.append(records)
     labels = run_labels(run_dirs)
     available = curve_panels([r for records in runs for r in records], per_game=True)

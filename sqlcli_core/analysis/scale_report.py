@@ -24,6 +24,7 @@ import functools
 import json
 import math
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from sqlcli_core.analysis.power_law import bootstrap_power_law, fit_log_log
-from sqlcli_core.errors import DataError, SqlError, UsageError
+from sqlcli_core.errors import DataError, SourceUnavailable, SqlError, SqlWarning, UsageError
+from sqlcli_core.evaluation import result_file
 from sqlcli_core.ranges import format_ranges
 
 METRICS = ("iqm", "median", "mean")
@@ -233,6 +235,9 @@ def composition_from_store(store_path: str, games: tuple[str, ...] | None) -> st
         held = {int(record["checkpoint"])
                 for _, _, group in store.iter_runs(root, set(games) if games else None)
                 for record in store.run_meta(group).get("checkpoints", [])}
+    except (UsageError, SourceUnavailable) as exc:  # a missing bucket, an unreachable store: say which
+        warnings.warn(f"data composition unknown: {exc}", SqlWarning, stacklevel=2)
+        return None
     except (SqlError, OSError, KeyError, TypeError, ValueError):
         return None
     if not held:
@@ -269,14 +274,8 @@ def load_run_point(run_dir: str | Path, metric: str = "iqm", eval_name: str | No
         raise DataError(f"{eval_path}: no provenance block, so not a result file of `sql eval`",
                         hint=f"re-run `sql eval {run_dir}`, or remove that file from {run_path / 'eval'}")
 
-    aggregate = _lookup(ev, (f"aggregates.{metric}",))
-    value = aggregate.get("value") if isinstance(aggregate, Mapping) else None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise DataError(f"{eval_path}: no finite human-normalized {metric} (aggregates.{metric}.value)",
-                        hint="evaluate on games with human reference scores, or pick another --eval-name")
-    ci = aggregate.get("ci95")
-    ci_low, ci_high = (float(ci[0]), float(ci[1])) if (
-        isinstance(ci, Sequence) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)) else (None, None)
+    # A malformed aggregate is exit 3 naming the key (never a point without its error bar).
+    value, (ci_low, ci_high) = _checked_aggregate(ev, eval_path, metric, run_dir)
 
     counted = total_parameters(_lookup(run, _PARAM_KEYS)) or total_parameters(
         _lookup(ev, ("policy.num_params",)))
@@ -316,6 +315,15 @@ def load_run_point(run_dir: str | Path, metric: str = "iqm", eval_name: str | No
         eval_games=tuple(sorted(str(g) for g in agg_games)),
         eval_deviates=bool(_lookup(ev, ("protocol.deviates_from_protocol",))),
     )
+
+
+def _checked_aggregate(ev: Mapping[str, Any], eval_path: Path, metric: str, run_dir) -> tuple[float, tuple]:
+    value, ci = result_file.aggregate(ev, eval_path, metric, hint=f"re-run `sql eval {run_dir}`, or remove "
+                                      f"{eval_path.name} from {Path(run_dir) / 'eval'}")
+    if value is None:
+        raise DataError(f"{eval_path}: no human-normalized {metric} (aggregates.{metric})",
+                        hint="evaluate on games with human reference scores, or pick another --eval-name")
+    return value, ci
 
 
 def _shorten(names: Sequence[str], shown: int = 5) -> str:

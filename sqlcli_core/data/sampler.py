@@ -43,7 +43,7 @@ from sqlcli_core.data import transitions as tr
 from sqlcli_core.data.batch import TransitionBatch
 from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import RunView, open_run_set
-from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.games.catalog import Game, canonical_name
 
 DEFAULT_CACHE_BYTES = 2 << 30  # at least this much by default (up to 8 games: ~18 units per game or more)
@@ -196,7 +196,7 @@ class ReplaySampler(UnitSchedule):
         self.slots_per_game = cache_slots(self.cache_bytes, G, U, n_step, spares=self.spares)
         if self.slots_per_game < 1:
             need = (G + self.spares) * slot_bytes(U, n_step)
-            raise ResourceError(f"cache_bytes={self.cache_bytes} holds no unit per game ({G} games, "
+            raise UsageError(f"cache_bytes={self.cache_bytes} holds no unit per game ({G} games, "
                                 f"{slot_bytes(U, n_step)} bytes a unit)",
                                 hint=f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}")
         self.slots = K = self.slots_per_game * G

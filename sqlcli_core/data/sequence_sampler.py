@@ -37,7 +37,7 @@ from sqlcli_core.data import replay_format as rf
 from sqlcli_core.data.sampler import DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME, FRAME_BYTES
 from sqlcli_core.data.unit_schedule import UnitSchedule
 from sqlcli_core.data.view import ARRAY_NAMES, open_run_set
-from sqlcli_core.errors import DataError, ResourceError, UsageError
+from sqlcli_core.errors import DataError, UsageError
 from sqlcli_core.games.catalog import Game, canonical_name
 
 STATE_FORMAT = "sql-sequence-sampler"
@@ -216,7 +216,7 @@ class SequenceSampler(UnitSchedule):
             cache_bytes = max(DEFAULT_CACHE_BYTES, DEFAULT_CACHE_BYTES_PER_GAME * G)
         self.slots_per_game = int(cache_bytes // slot_bytes // G)
         if self.slots_per_game < 1:
-            raise ResourceError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
+            raise UsageError(f"cache_bytes={cache_bytes} holds no unit per game ({G} games, {slot_bytes} bytes a unit)",
                                 hint=f"give at least {G * slot_bytes} bytes or lower unit_rows")
         self.slots = K = self.slots_per_game * G
         self._frames = np.zeros((K, R, *rf.FRAME_SHAPE), np.uint8)

@@ -132,6 +132,10 @@ def slice_run_set(data, game: str, *, runs: str | None, checkpoints: str | None,
         raise UsageError(f"no rows of {game} match --runs {runs or 'all'} --checkpoints {checkpoints or 'all'}",
                          hint="see `sql shard --verify` for the runs and checkpoints the store holds")
     rows = sum(r["rows"] for r in record)
+    if rows < budget:  # refused before anything trains, not reported after the run
+        raise UsageError(f"--transitions {budget:,} asks for more rows than the {rows:,} of {game} that --runs "
+                         f"{runs or 'all'} --checkpoints {checkpoints or 'all'} select in {data}",
+                         hint=f"pass --transitions {rows} or fewer, or shard more of {game}'s data into the store")
     location = absolute_location(data) if not isinstance(data, RunSet) else data.location
     return RunSet(source.games, tuple(chosen), source.location), {
         "store": location, "game": game, "rule": rule, "requested_rows": budget, "rows": rows, "runs": record}

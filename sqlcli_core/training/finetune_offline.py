@@ -34,6 +34,7 @@ from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.policy import make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
 from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.training import memory
 from sqlcli_core.training.configs import INITS, OfflineConfig
 from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
 from sqlcli_core.training.loop import Prefetcher, fit
@@ -111,6 +112,11 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     counts = count_parameters(params)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "from": source_str, "origin": origin, "data_selection": selection}
+    # Before the sampler allocates its cache (exit 5 with the numbers, nothing created).
+    memory.check_fits(memory.training_estimate(local_batch=config.batch_size, sample_bytes=memory.TRANSITION_SAMPLE_BYTES,
+                                               cache_bytes=config.cache_bytes, host_batches=5, device_batches=3,
+                                               devices=1),
+                      hint="lower --batch-size (or --cache-bytes), or use a larger machine")
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
                             gamma=config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
     resumed_from, last = None, None
@@ -124,6 +130,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                 restored, meta, resumed_from = resumed
                 state = TrainState(*restored)
                 sampler.load_state_dict(meta["sampler_states"][0])
+                run.accept()  # only now: a refused resume leaves run.json as it was
             else:
                 run.start_fresh()
 
@@ -193,5 +200,5 @@ def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
 
     settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
-                              aliases={"lr": "learning_rate"})
+                              classes=(OfflineConfig,))
     return OfflineConfig(**settings)

@@ -197,7 +197,7 @@ def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
 
     settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
-                              aliases={"lr": "learning_rate"})
+                              classes=(OnlineConfig,))
     return OnlineConfig(**settings)
 
 
@@ -283,6 +283,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 actor_rng.bit_generator.state = meta["actor_rng"]
                 agent_steps = int(meta["agent_steps"])
                 resumed_from = agent_steps
+                run.accept()  # only now: a refused resume leaves run.json as it was
             else:
                 actors.reset(replay)
                 run.start_fresh()

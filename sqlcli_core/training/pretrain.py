@@ -15,12 +15,13 @@ from typing import Any
 
 import jax
 
-from sqlcli_core.data.sampler import ReplaySampler
+from sqlcli_core.data.sampler import ReplaySampler, default_cache_bytes
 from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.networks.config import (
     AnyNetworkConfig,
+    DecisionTransformerConfig,
     NetworkConfig,
     network_config,
     network_defaults,
@@ -31,6 +32,7 @@ from sqlcli_core.networks.network import parameter_table
 from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.run_record import run_identity
 from sqlcli_core.settings import field_names, merge_settings
+from sqlcli_core.training import memory
 from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 from sqlcli_core.training.loop import Prefetcher, fit
 from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
@@ -48,6 +50,8 @@ _TOP_FIELDS = tuple(n for n in field_names(PretrainConfig) if n not in ("network
 SETTING_NAMES = _TOP_FIELDS + network_setting_names() + field_names(LearnerConfig)
 # Other spellings accepted in files: the CLI's short flag and the boolean form of the compute dtype.
 SETTING_ALIASES = {"lr": "learning_rate", "bf16": "compute_dtype"}
+# The dataclasses that declare the flat settings (and so their types: settings.check_settings).
+SETTING_CLASSES = (PretrainConfig, NetworkConfig, DecisionTransformerConfig, LearnerConfig)
 
 
 def default_settings() -> dict[str, Any]:
@@ -81,8 +85,7 @@ def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
                      parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
     """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
     settings = merge_settings(default_settings(), config_file, flags, from_run=settings_from_run,
-                              aliases=SETTING_ALIASES)
-    settings["compute_dtype"] = normalize_setting("compute_dtype", settings["compute_dtype"])
+                              aliases=SETTING_ALIASES, classes=SETTING_CLASSES, normalize=normalize_setting)
     if parse_game_weights is not None:
         settings["game_weights"] = parse_game_weights(settings["game_weights"])
     return settings, config_from_settings(settings)
@@ -151,6 +154,19 @@ def make_sampler(config: PretrainConfig, games, local_batch: int):
                          prefetch_units=config.prefetch_units, **common)
 
 
+def check_memory(config: PretrainConfig, num_games: int, local_batch: int, devices: int) -> None:
+    """Refuse (exit 5, with the numbers) a run whose batches and sampler cache cannot fit in this machine."""
+    sequences = config.learner.get_method().batch_kind == "sequences"
+    sample = (memory.sequence_sample_bytes(config.network.context_steps) if sequences
+              else memory.TRANSITION_SAMPLE_BYTES)
+    cache = config.cache_bytes if config.cache_bytes is not None else default_cache_bytes(num_games)
+    # The sampler's queue (2) and the batch it builds, then the Prefetcher's copies on their way to the devices.
+    estimate = memory.training_estimate(local_batch=local_batch, sample_bytes=sample, cache_bytes=cache,
+                                        host_batches=3 + config.prefetch, device_batches=config.prefetch + 1,
+                                        devices=devices)
+    memory.check_fits(estimate, hint="lower --batch-size (or --cache-bytes, --prefetch), or use a larger machine")
+
+
 def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] | None = None,
                     on_log: Callable[[dict], None] | None = None,
                     on_step: Callable[[int], None] | None = None) -> dict:
@@ -171,6 +187,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     mesh = make_mesh()
     local_batch = check_batch_size(config.batch_size, mesh)
     primary = jax.process_index() == 0
+    check_memory(config, len(games), local_batch, mesh.devices.size)  # before the sampler allocates anything
 
     sampler = make_sampler(config, games, local_batch)
     try:
@@ -197,6 +214,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
                         f"checkpoint {resumed_from} was written by {len(saved)} processes, this run has "
                         f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
                 sampler.load_state_dict(saved[jax.process_index()])
+                run.accept()  # only now: a refused resume leaves run.json as it was
             else:
                 state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names)
                 run.start_fresh()

@@ -270,18 +270,38 @@ def _run_writer(root, dst, game: str, run: int, config: ShardConfig):
     """What keeps a run group to one writer: a lease in object storage (remote.writer_lease), an exclusive
     flock on a local disk (`_local_writer`)."""
     if isinstance(dst, str):
-        return remote.writer_lease(root.store, f"{root.store_path.path.strip('/')}/{game}/{run}".strip("/"),
-                                   what=f"{dst}/{game}/{run}", seconds=config.lease_seconds)
+        leases, base = remote.lease_store(dst)  # beside the store, not in it
+        return remote.writer_lease(leases, f"{base}/{game}/{run}".strip("/"), what=f"{dst}/{game}/{run}",
+                                   seconds=config.lease_seconds)
     return _local_writer(dst, game, run)
 
 
 def _local_writer(dst: Path, game: str, run: int):
-    """One writer per run group of a local store: an exclusive flock on DST/{Game}/{run}/.sql-writer.lock,
-    released by the kernel when its holder dies (`sqlcli_core.locks`), so a killed shard leaves nothing to
-    clean up and a second writer is refused with one line naming the first."""
+    """One writer per run group of a local store: an exclusive flock on the run group's lock file
+    (`run_group_lock`), released by the kernel when its holder dies (`sqlcli_core.locks`), so a killed shard
+    leaves nothing to clean up and a second writer is refused with one line naming the first."""
     where = dst / game / str(run)
-    return writer_lock(where / LOCK_NAME, what=f"the run group {where}",
-                       hint="wait for that shard to finish, or shard into another DST")
+    return _migrating_lock(writer_lock(run_group_lock(dst, game, run), what=f"the run group {where}",
+                                       hint="wait for that shard to finish, or shard into another DST"), where)
+
+
+def run_group_lock(dst: str | os.PathLike, game: str, run: int) -> Path:
+    """Where the writer lock of DST/{Game}/{run} lives: next to the store, never inside it
+    (PARENT/.NAME.sql-locks/{Game}.{run}.lock). Zarr lists every entry of a group's directory, so a lock file
+    in the store made every zarr/xarray listing warn and counted in the store's bytes on disk. The path is
+    the store's real path, so two spellings of one store (a symlink, a relative path) share the lock."""
+    real = Path(os.path.realpath(dst))
+    return real.parent / f".{real.name}.sql-locks" / f"{game}.{run}.lock"
+
+
+@contextlib.contextmanager
+def _migrating_lock(lock, where: Path):
+    """Hold `lock`; remove the lock file earlier versions kept inside the run group (`where`), so that a
+    store written by them lists cleanly once a shard has run on it again."""
+    with lock as path:
+        with contextlib.suppress(OSError):
+            (where / LOCK_NAME).unlink(missing_ok=True)
+        yield path
 
 
 def _shard_run(dst, game, run, ckpts, config, progress, stop) -> dict:

@@ -101,6 +101,24 @@ def open_remote(url: str, *, read_only: bool, retry: RetryPolicy = RetryPolicy()
     return _remote_store_class()(inner, url.rstrip("/"), retry)
 
 
+def require_bucket(store) -> None:
+    """Name a missing bucket: a UsageError (exit 2) when the bucket of `store` (a RemoteStore) does not exist.
+
+    Called where a store turned out absent or is about to be created, so that "not a Zarr store" or a write
+    error does not hide the cause. A bucket that cannot be reached (network, endpoint, credentials) is the
+    retried request's SourceUnavailable (exit 4), naming the URL. https:// stores have no bucket."""
+    scheme = scheme_of(store.url)
+    if scheme in READ_ONLY_SCHEMES:
+        return
+    bucket = store.url.split("://", 1)[1].split("/", 1)[0]
+    try:
+        run_sync(store._call("", lambda: store.fs._info(bucket)))
+    except FileNotFoundError:
+        raise UsageError(f"the bucket {bucket} of {store.url} does not exist",
+                         hint="create the bucket or check its name" + ("; a non-AWS server needs AWS_ENDPOINT_URL"
+                                                                       if scheme == "s3" else "")) from None
+
+
 _REMOTE_CLASS = None
 
 
@@ -387,6 +405,19 @@ class WriterLease:
         if self.number is not None and not self._lost:
             with contextlib.suppress(SqlError, OSError):
                 self._put(self._key("released", self.number), {"owner": self.token})
+
+
+def lease_store(url: str):
+    """(store, prefix) where the writer leases of the store at `url` live: beside it, never inside it
+    (s3://BUCKET/PATH/NAME -> s3://BUCKET/PATH/.NAME.sql-locks/), so that zarr lists the store's run groups
+    without warnings and the store's byte counts are data only. A store at a bucket's root has no beside:
+    its leases stay in its run groups (under .sql-writer/)."""
+    scheme, rest = url.split("://", 1)
+    bucket, _, path = rest.strip("/").partition("/")
+    if not path:
+        return open_remote(url, read_only=False), ""
+    parent, _, name = path.rpartition("/")
+    return open_remote(f"{scheme}://{bucket}/{parent + '/' if parent else ''}.{name}.sql-locks", read_only=False), ""
 
 
 @contextlib.contextmanager

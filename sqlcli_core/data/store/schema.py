@@ -89,9 +89,13 @@ def _open_group(where: Path | str, mode: str):
 
 
 def _has_root(where: Path | str) -> bool:
+    """Whether the store's root group exists; a missing bucket is named (exit 2) rather than "not a store"."""
     if isinstance(where, str):
         store = remote.open_remote(where, read_only=True)
-        return remote.run_sync(store.exists("zarr.json"))
+        if remote.run_sync(store.exists("zarr.json")):
+            return True
+        remote.require_bucket(store)
+        return False
     return (where / "zarr.json").exists()
 
 
