@@ -367,7 +367,9 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),
-                      "human_normalized": b["human_normalized"]} for g, b in result["games"].items()},
+                      "human_normalized": b["human_normalized"],
+                      **({"optimal_normalized": b["optimal_normalized"]} if "optimal_normalized" in b else {})}
+                  for g, b in result["games"].items()},
         "aggregates": result["aggregates"], "excluded_from_aggregates": result["excluded_from_aggregates"],
         "episodes_played": stats.episodes, "episodes_reused": len(previous),
         "env_steps": stats.env_steps, "env_steps_per_s": round(stats.env_steps_per_s, 1),
@@ -377,15 +379,20 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
 
 def _print_tables(result: dict) -> None:
     table = Table(title=f"{result['policy']['kind']} policy, protocol {result['protocol']['name']}")
-    for col in ("game", "episodes", "mean", "std", "human-normalized"):
+    synthetic = any("optimal_normalized" in b for b in result["games"].values())
+    for col in ("game", "episodes", "mean", "std", "human-normalized") + (("of optimal (0 = random)",) if synthetic else ()):
         table.add_column(col, justify="left" if col == "game" else "right")
     for game, b in result["games"].items():
-        hns = b["human_normalized"]
-        table.add_row(game, str(len(b["scores"])), f"{b['mean']:.1f}", f"{b['std']:.1f}",
-                      "-" if hns is None else f"{100 * hns:.1f}%")
+        hns, ons = b["human_normalized"], b.get("optimal_normalized")
+        digits = 2 if synthetic else 1
+        table.add_row(game, str(len(b["scores"])), f"{b['mean']:.{digits}f}", f"{b['std']:.{digits}f}",
+                      "-" if hns is None else f"{100 * hns:.1f}%",
+                      *(("-" if ons is None else f"{100 * ons:.1f}%",) if synthetic else ()))
     console.print(table)
+    scale = result.get("aggregate_method", {}).get("scale", "human")
     for agg, a in result["aggregates"].items():
         lo, hi = a["ci95"]
-        console.print(f"{agg}: {100 * a['value']:.1f}% (95% CI {100 * lo:.1f}% .. {100 * hi:.1f}%)", markup=False)
+        console.print(f"{agg} ({scale}-normalized): {100 * a['value']:.1f}% (95% CI {100 * lo:.1f}% .. "
+                      f"{100 * hi:.1f}%)", markup=False)
     for note in result["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False)
