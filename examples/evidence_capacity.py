@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-from evidence_common import Lab, format_interval, game_means, human_normalized, mean_interval, parse_args
+from evidence_common import Lab, episode_scores, parse_args
+from evidence_tables import capacity_markdown
 
 
 def run(lab: Lab) -> dict:
+    """Train, evaluate and fit; the record holds every run's episode scores (docs/results/capacity.json)."""
     s = lab.scale
     lab.make_data()
     runs, rows = [], []
@@ -26,15 +27,14 @@ def run(lab: Lab) -> dict:
         per_seed = []
         for seed in s.seeds:
             run_dir = lab.pretrain("scaled-ql", width, seed)
-            scores = game_means(lab.evaluate(run_dir))
-            per_seed.append(float(np.mean([human_normalized(g, scores[g]) for g in s.games])))
+            per_seed.append(episode_scores(lab.evaluate(run_dir, seed=seed)))
             runs.append(run_dir)
         summary = json.loads((run_dir / "run.json").read_text())
         counts = summary.get("parameter_counts") or {}
         rows.append({"width": width, "projection_dim": round(1024 * width),
                      "parameters": int(sum(counts.values())) if counts else None,
                      "shared_parameters": int(sum(v for k, v in counts.items() if k != "heads")) if counts else None,
-                     "human_normalized_mean": mean_interval(per_seed)})
+                     "episodes": per_seed})
     out = lab.root / "results" / "capacity"
     report = {}
     for params in ("total", "shared"):
@@ -44,28 +44,12 @@ def run(lab: Lab) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| width | projection | parameters (total / shared) | human-normalized mean [95% CI over seeds] |",
-             "|---:|---:|---:|---:|"]
-    for row in result["sizes"]:
-        total = f"{row['parameters']:,}" if row["parameters"] else "?"
-        shared = f"{row['shared_parameters']:,}" if row["shared_parameters"] else "?"
-        score = format_interval(row["human_normalized_mean"], 3)
-        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {total} / {shared} | {score} |")
-    for params, rep in result["scale_report"].items():
-        if "refused" in rep:
-            lines.append(f"\nscale-report ({params} parameters): refused: {rep['refused']}")
-        for fit in rep.get("fits", []):
-            interval = "-" if fit["b_ci95"] is None else f"[{fit['b_ci95'][0]:.3f}, {fit['b_ci95'][1]:.3f}]"
-            b = "-" if fit["b"] is None else f"{fit['b']:.3f}"
-            group = ", ".join(fit["group"].values()) or "all runs"
-            lines.append(f"\nscale-report ({params} parameters, {group}): exponent b = {b}, "
-                         f"95% bootstrap interval {interval}")
-    return "\n".join(lines)
+    return capacity_markdown(result)
 
 
 def main() -> None:
     args = parse_args(__doc__)
-    lab = Lab(args.root, args.quick, args.scripted_action)
+    lab = Lab(args.root, args.quick, args.scripted_action, args.records)
     result = run(lab)
     lab.write_result("capacity", result)
     print(markdown(result))

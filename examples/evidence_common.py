@@ -7,7 +7,13 @@ Its own returns are recorded in the collect logs; random play comes from `sql ev
 
 Every step is a real `sql` command, run in this process (typer's CliRunner; one JAX import for the whole
 experiment instead of one per command), printed as the shell line it stands for and recorded in the result
-JSON. Each command is resumable and idempotent, so re-running an experiment continues where it stopped
+JSON. The result JSON (the *record*: the raw episode scores, settings, commands, versions, machine) goes to
+ROOT/results/ and, for the full scale or with `--records DIR`, to the repository's docs/results/, from which
+`examples/results_tables.py` recomputes every table of docs/results.md (examples/evidence_tables.py).
+
+Evaluation: each training seed's run is played on evaluation seeds of its own (`eval_seeds_for`), so no two
+runs share an episode and the intervals (two-level bootstrap over runs and their episodes) hold the
+evaluation noise. Each command is resumable and idempotent, so re-running an experiment continues where it stopped
 and finished steps cost nothing: collect skips finished runs, pretrain continues up to --steps, evaluations
 whose JSON exists are read back.
 """
@@ -30,10 +36,11 @@ import numpy as np
 # The experiments are many small matmuls next to emulators on a small CPU: BLAS threads only contend.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+RECORDS = Path(__file__).resolve().parent.parent / "docs" / "results"  # the committed records of docs/results.md
 PRETRAIN_GAMES = ("Freeway", "Breakout", "DemonAttack", "Assault", "ChopperCommand", "Centipede")
 HELDOUT_GAME = "SpaceInvaders"  # one of the paper's held-out games; never in PRETRAIN_GAMES
 BEHAVIOUR_EPSILON = 0.5  # the behaviour: the scripted action, replaced by a uniform one this often
-METHODS = ("scaled-ql", "bc", "dt")
+METHODS = ("scaled-ql", "c51", "bc", "dt")  # c51: Scaled QL at CQL weight 0, the control
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +57,8 @@ class Scale:
     """Samples per gradient step."""
     seeds: tuple[int, ...]
     """Training seeds: every reported number is a mean over them with a 95% interval."""
-    eval_seeds: str
-    """`sql eval --seeds` of every evaluation (one episode each)."""
+    eval_episodes: int
+    """Evaluation episodes per run and game: that many evaluation seeds of the run's own, one episode each."""
     eval_max_steps: int
     """Agent-step cap of every evaluation episode (Freeway's episodes are 2,048 steps)."""
     widths: tuple[float, ...]
@@ -75,11 +82,11 @@ class Scale:
     offline_steps: int
 
 
-FULL = Scale(games=PRETRAIN_GAMES, transitions=25_000, steps=6_000, batch_size=64, seeds=(0, 1, 2), eval_seeds="0,1",
+FULL = Scale(games=PRETRAIN_GAMES, transitions=25_000, steps=6_000, batch_size=64, seeds=(0, 1, 2), eval_episodes=10,
              eval_max_steps=2_500, widths=(0.25, 0.5, 1.0), method_width=0.5, dt_width=0.125, dt_batch_size=16,
              online_steps=20_000, online_update_period=4, online_min_replay=1_600, online_eval_every=4_000,
              offline_transitions=5_000, offline_steps=2_000)
-QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_size=8, seeds=(0,), eval_seeds="0",
+QUICK = Scale(games=("Breakout", "Assault"), transitions=1_200, steps=8, batch_size=8, seeds=(0,), eval_episodes=2,
               eval_max_steps=40, widths=(0.25, 0.5, 1.0), method_width=0.25, dt_width=0.0625, dt_batch_size=8,
               online_steps=32, online_update_period=4, online_min_replay=16, online_eval_every=16,
               offline_transitions=200, offline_steps=8)
@@ -91,6 +98,9 @@ def parse_args(description: str, *extra) -> argparse.Namespace:
                    help="working directory: data, runs and results (shared by the three experiments)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny version that only proves the chain runs (seconds; its numbers mean nothing)")
+    p.add_argument("--records", type=Path, default=None,
+                   help="also write the result JSON here (default: the repository's docs/results/ for the full "
+                        "scale, nowhere else for --quick)")
     p.add_argument("--scripted-action", type=int, default=1,
                    help="the behaviour's action (index in each game's minimal set): pattern:A with epsilon 0.5. "
                         "Default 1 (UP in Freeway, FIRE in the others); another one needs another --root")
@@ -102,8 +112,9 @@ def parse_args(description: str, *extra) -> argparse.Namespace:
 class Lab:
     """The experiments' shared working directory, and the one way they run `sql` commands."""
 
-    def __init__(self, root: Path, quick: bool, scripted_action: int = 1):
+    def __init__(self, root: Path, quick: bool, scripted_action: int = 1, records: Path | None = None):
         self.root = root.resolve()
+        self.records = records if records is not None or quick else RECORDS
         self.quick = quick
         self.scripted_action = scripted_action
         self.scale = QUICK if quick else FULL
@@ -158,9 +169,9 @@ class Lab:
                  "--seed", 0, "--jobs", 2, "--out", out)
         return out
 
-    def data_returns(self, game: str, replay: Path | None = None) -> np.ndarray:
+    def data_returns(self, game: str, replay: Path | None = None, run: str = "1") -> np.ndarray:
         """The behaviour's own returns: every complete episode of the collected run."""
-        log = json.loads(((replay or self.root / "replay") / game / "1" / "collect_log.json").read_text())
+        log = json.loads(((replay or self.root / "replay") / game / run / "collect_log.json").read_text())
         return np.asarray([e["return"] for e in log["episodes"] if e["terminal"]], dtype=float)
 
     # -- pre-training and evaluation --------------------------------------------------------------------------
@@ -178,15 +189,17 @@ class Lab:
                  "--checkpoint-every", s.steps, "--log-every", max(1, s.steps // 12), "--run-dir", run)
         return run
 
-    def evaluate(self, run: Path | None, games: Sequence[str] | None = None, name: str = "evidence") -> dict:
-        """`sql eval` of a run's newest checkpoint (or random play when run is None) under the shared cap."""
+    def evaluate(self, run: Path | None, games: Sequence[str] | None = None, name: str = "evidence",
+                 seed: int | None = None, extra: Sequence[object] = ()) -> dict:
+        """`sql eval` of a run's newest checkpoint (or random play when run is None) under the shared cap, on the
+        evaluation seeds of training seed `seed` (random play: seeds 0..n-1). extra: more `sql eval` options."""
         s = self.scale
         games = ",".join(games or s.games)
         out = self.root / "random" / f"{name}.json" if run is None else run / "eval" / f"{name}.json"
         if not out.exists():
-            policy = ("--policy", "random", "--out", out) if run is None else (run, "--name", name)
-            self.sql("eval", *policy, "--games", games, "--seeds", s.eval_seeds, "--episodes", 1,
-                     "--max-steps", s.eval_max_steps)
+            policy = ("--policy", "random", "--out", out) if run is None else (run, "--name", name, *extra)
+            self.sql("eval", *policy, "--games", games, "--seeds", eval_seeds_for(seed, s.eval_episodes),
+                     "--episodes", 1, "--max-steps", s.eval_max_steps)
         return json.loads(out.read_text())
 
     # -- results ----------------------------------------------------------------------------------------------
@@ -203,48 +216,30 @@ class Lab:
             "seconds": round(time.time() - self.started, 1), "commands": self.commands,
             "versions": provenance.package_versions(), **result,
         }
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out)
-        print(f"wrote {out} ({record['seconds']:.0f} s)", file=sys.stderr)
+        for path in [out] + ([self.records / f"{name}.json"] if self.records is not None else []):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+            tmp.replace(path)
+            print(f"wrote {path} ({record['seconds']:.0f} s)", file=sys.stderr)
         return out
 
 
-def game_means(evaluation: Mapping) -> dict[str, float]:
-    """Mean episode score per game of one `sql eval` result."""
-    return {game: float(v["mean"]) for game, v in evaluation["games"].items()}
+def eval_seeds_for(training_seed: int | None, episodes: int) -> str:
+    """`sql eval --seeds` of a run: `episodes` seeds of its own, 1000 (seed + 1) onward (random play: 0 onward)."""
+    base = 0 if training_seed is None else 1000 * (training_seed + 1)
+    return f"{base}-{base + episodes - 1}"
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict:
-    """Mean and Student-t interval over independent values (training seeds); no interval below 2 values."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if x.size < 2:
-        return {"mean": mean, "ci95": None, "n": int(x.size), "values": x.tolist()}
-    half = float(stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size))
-    return {"mean": mean, "ci95": [mean - half, mean + half], "n": int(x.size), "values": x.tolist()}
-
-
-def format_interval(v: Mapping, digits: int = 1) -> str:
-    """'mean [low, high]' of a mean_interval result (just the mean without an interval)."""
-    text = f"{v['mean']:,.{digits}f}"
-    if v.get("ci95"):
-        text += f" [{v['ci95'][0]:,.{digits}f}, {v['ci95'][1]:,.{digits}f}]"
-    return text
+def episode_scores(evaluation: Mapping) -> dict[str, list[float]]:
+    """Every episode's score per game of one `sql eval` result (ordered by seed, episode)."""
+    return {game: [float(x) for x in v["scores"]] for game, v in evaluation["games"].items()}
 
 
 def error_bars(entries: Sequence[Mapping]) -> np.ndarray:
     """(2, N) distances below and above each mean for matplotlib's yerr (0 without an interval)."""
     return np.array([[v["mean"] - v["ci95"][0], v["ci95"][1] - v["mean"]] if v.get("ci95") else [0.0, 0.0]
                      for v in entries]).T
-
-
-def human_normalized(game: str, score: float) -> float:
-    from sqlcli_core.games.catalog import resolve_games
-
-    return resolve_games(game)[0].human_normalized(score)
 
 
 def save_figure(fig, path: Path) -> Path:

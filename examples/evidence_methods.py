@@ -12,21 +12,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from evidence_common import (
-    HELDOUT_GAME,
-    METHODS,
-    Lab,
-    error_bars,
-    format_interval,
-    game_means,
-    human_normalized,
-    mean_interval,
-    parse_args,
-    save_figure,
-)
+from evidence_common import HELDOUT_GAME, METHODS, Lab, episode_scores, error_bars, parse_args, save_figure
+from evidence_tables import LABELS, methods_markdown, summarize_methods
 
-LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action",
-          "scaled-ql": "Scaled QL", "bc": "BC", "dt": "Decision Transformer"}
+# Evaluated columns: each method's runs, and BC's runs again with sampled actions (BC acts greedily by default).
+SAMPLED_BC = "bc-sample"
 
 
 def greedy_agreement(run_dir, store, games, samples: int, action: int) -> dict:
@@ -48,68 +38,40 @@ def greedy_agreement(run_dir, store, games, samples: int, action: int) -> dict:
 
 
 def run(lab: Lab, methods: tuple[str, ...] = METHODS) -> dict:
+    """Train and evaluate; the record holds every episode score (docs/results/methods.json), from which
+    examples/evidence_tables.py computes the intervals and aggregates."""
     s = lab.scale
     lab.make_data()
-    random_scores = game_means(lab.evaluate(None))
+    random_play = episode_scores(lab.evaluate(None))
     always = lab.always_scripted()
-    per_method: dict[str, list[dict[str, float]]] = {}
+    episodes: dict[str, list[dict[str, list[float]]]] = {}
     runs: dict[str, list[str]] = {}
     for method in methods:
         for seed in s.seeds:
             run_dir = lab.pretrain(method, s.method_width, seed)
-            per_method.setdefault(method, []).append(game_means(lab.evaluate(run_dir)))
+            episodes.setdefault(method, []).append(episode_scores(lab.evaluate(run_dir, seed=seed)))
             runs.setdefault(method, []).append(str(run_dir))
+            if method == "bc":  # the same runs, acting by sampling: BC's acting is a setting, not the method
+                sampled = lab.evaluate(run_dir, seed=seed, name="evidence-sample", extra=("--acting", "sample"))
+                episodes.setdefault(SAMPLED_BC, []).append(episode_scores(sampled))
+    columns = [c for m in methods for c in ((m, SAMPLED_BC) if m == "bc" else (m,))]
     # Why the scores are what they are: which action the value and policy networks prefer on the data's states.
     agreement = {method: greedy_agreement(runs[method][0], lab.store, s.games, 256 if lab.quick else 3072,
                                           lab.scripted_action)
-                 for method in ("scaled-ql", "bc") if method in runs}
-
-    table: dict[str, dict] = {}
-    for game in s.games:
-        data = lab.data_returns(game)
-        row = {"random": {"mean": random_scores[game]}, "data": {**mean_interval(data), "episodes": int(data.size)}}
-        reference = lab.data_returns(game, always)
-        if reference.size:
-            row["always"] = {**mean_interval(reference), "episodes": int(reference.size)}
-        for method, seeds in per_method.items():
-            row[method] = mean_interval([scores[game] for scores in seeds])
-            lower = row[method]["ci95"][0] if row[method]["ci95"] else row[method]["mean"]
-            row[method]["above_data"] = bool(lower > row["data"]["mean"])
-        table[game] = row
-
-    # Aggregate: per training seed, the mean human-normalized score over games; interval over seeds.
-    aggregate = {
-        "random": float(np.mean([human_normalized(g, random_scores[g]) for g in s.games])),
-        "data": float(np.mean([human_normalized(g, table[g]["data"]["mean"]) for g in s.games])),
+                 for method in ("scaled-ql", "c51", "bc") if method in runs}
+    record = {
+        "games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": columns,
+        "scripted_action": lab.scripted_action,
+        "episodes": {"random": random_play, "methods": episodes,
+                     "data": {g: lab.data_returns(g).tolist() for g in s.games},
+                     "always": {g: lab.data_returns(g, always).tolist() for g in s.games}},
+        "greedy_agreement_seed0": agreement, "runs": runs,
     }
-    for method, seeds in per_method.items():
-        aggregate[method] = mean_interval([np.mean([human_normalized(g, sc[g]) for g in s.games]) for sc in seeds])
-    return {"games": list(s.games), "heldout_game_not_used": HELDOUT_GAME, "methods": list(methods),
-            "scripted_action": lab.scripted_action,
-            "per_game": table, "human_normalized_mean": aggregate, "greedy_agreement_seed0": agreement, "runs": runs}
+    return {**record, **summarize_methods(record)}
 
 
 def markdown(result: dict) -> str:
-    cols = ["random", "data", "always", *result["methods"]]
-    lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
-
-    def cell(v: dict, digits: int = 1) -> str:
-        text = format_interval(v, digits)
-        return f"**{text}**" if v.get("above_data") else text
-
-    for game, row in result["per_game"].items():
-        lines.append(f"| {game} | " + " | ".join(cell(row[c]) if c in row else "-" for c in cols) + " |")
-    agg = result["human_normalized_mean"]
-    lines.append("| human-normalized mean | " + " | ".join(
-        "-" if c not in agg else cell(agg[c], 3) if isinstance(agg[c], dict) else f"{agg[c]:.3f}" for c in cols) + " |")
-    lines += ["", f"| greedy action = the scripted action {result['scripted_action']}, on the data's states (seed 0) | "
-              + " | ".join(result["games"]) + " |", "|---|" + "---:|" * len(result["games"])]
-    for method, per_game in result["greedy_agreement_seed0"].items():
-        lines.append(f"| {LABELS[method]} | " + " | ".join(
-            f"{100 * per_game[g]['greedy_is_scripted']:.1f}%" for g in result["games"]) + " |")
-    lines.append("| (the data took it) | " + " | ".join(
-        f"{100 * per_game[g]['data_took_scripted']:.1f}%" for g in result["games"]) + " |")
-    return "\n".join(lines)
+    return methods_markdown(result)
 
 
 def plot(result: dict, path) -> None:
@@ -119,9 +81,9 @@ def plot(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     cols = ["random", "data", *result["methods"]]
+    colors = ["#9e9e9e", "#424242", "#1f77b4", "#17becf", "#ff7f0e", "#bcbd22", "#2ca02c"]
     games = result["games"]
     fig, axes = plt.subplots(1, len(games), figsize=(2.3 * len(games), 3.2))
-    colors = ["#9e9e9e", "#424242", "#1f77b4", "#ff7f0e", "#2ca02c"]
     for ax, game in zip(np.atleast_1d(axes), games):
         row = result["per_game"][game]
         ax.bar(range(len(cols)), [row[c]["mean"] for c in cols], yerr=error_bars([row[c] for c in cols]),
@@ -130,7 +92,8 @@ def plot(result: dict, path) -> None:
         ax.set_title(game, fontsize=9)
         ax.set_xticks(range(len(cols)), [LABELS[c].replace(" ", "\n", 1) for c in cols], fontsize=6, rotation=90)
         ax.tick_params(axis="y", labelsize=7)
-    fig.suptitle("Score per game: mean over training seeds, 95% t-interval (data: over its episodes)", fontsize=9)
+    fig.suptitle("Score per game: mean over training seeds, 95% two-level bootstrap interval (seeds, then their "
+                 "episodes; data: its episodes)", fontsize=9)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -143,7 +106,7 @@ def main() -> None:
     methods = tuple(m for m in args.methods.split(",") if m)
     if not methods or set(methods) - set(METHODS):
         sys.exit(f"--methods: choose from {','.join(METHODS)}")
-    lab = Lab(args.root, args.quick, args.scripted_action)
+    lab = Lab(args.root, args.quick, args.scripted_action, args.records)
     result = run(lab, methods)
     lab.write_result("methods", result)
     plot(result, lab.root / "results" / "methods.png")

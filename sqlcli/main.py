@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune-online": ("finetune_online", "finetune_online"),
     "plot": ("plot", "plot"),
     "scale-report": ("scale_report", "scale_report"),
+    "diagnose": ("diagnose", "diagnose"),
     "demo": ("demo", "demo"),
     "games": ("games", "games"),
     "env": ("env", "env"),

@@ -100,3 +100,64 @@ def test_human_normalization_and_bad_input():
         agg.aggregates_with_ci(np.array([[np.nan]]))
     with pytest.raises(UsageError, match=r"\(runs, games\)"):
         agg.aggregates_with_ci(np.zeros(3))
+
+
+# ------------------------------------------------------------------------------------------ evaluation noise
+
+
+def _loop_nested_bootstrap(scores, reps, seed):
+    """Independent re-derivation of the two-level bootstrap: the same draws, one replicate, game and run at a
+    time (runs within the game, then the drawn run's episodes)."""
+    runs, episodes, games = scores.shape
+    rng = np.random.default_rng(seed)
+    run_idx = rng.integers(0, runs, size=(reps, runs, games))
+    ep_idx = rng.integers(0, episodes, size=(reps, runs, episodes, games))
+    out = {"iqm": [], "median": [], "mean": []}
+    for b in range(reps):
+        m = np.empty((runs, games))
+        for g in range(games):
+            for r in range(runs):
+                m[r, g] = np.mean([scores[run_idx[b, r, g], ep_idx[b, r, e, g], g] for e in range(episodes)])
+        out["iqm"].append(scipy.stats.trim_mean(m, 0.25, axis=None))
+        out["median"].append(np.median(m.mean(axis=0)))
+        out["mean"].append(m.mean())
+    return {k: np.percentile(v, [2.5, 97.5]) for k, v in out.items()}
+
+
+def test_nested_bootstrap_matches_a_plain_loop_on_the_same_draws():
+    rng = np.random.default_rng(11)
+    scores = rng.normal(size=(3, 4, 5)) + rng.normal(size=(3, 1, 5))  # runs differ, episodes vary within them
+    ours = agg.aggregates_with_ci(scores, reps=300, seed=4)
+    ref = _loop_nested_bootstrap(scores, 300, 4)
+    run_means = scores.mean(axis=1)
+    for name in ("iqm", "median", "mean"):
+        np.testing.assert_allclose(ours[name]["ci95"], ref[name], rtol=1e-12)
+    assert ours["iqm"]["value"] == pytest.approx(scipy.stats.trim_mean(run_means, 0.25, axis=None))
+    assert ours["mean"]["value"] == pytest.approx(scores.mean())
+
+
+def test_nested_bootstrap_spread_matches_the_two_level_variance():
+    """Var of the bootstrap mean over games = sum over games of (var_r(mu_r) + mean_r(s_r^2) / E) / R / G^2
+    (population variances: a run drawn uniformly, then E of its episodes uniformly)."""
+    rng = np.random.default_rng(2)
+    runs, episodes, games = 4, 10, 2
+    scores = rng.normal(size=(runs, episodes, games)) * 3 + rng.normal(size=(runs, 1, games)) * 2
+    dist = agg.bootstrap_distribution(scores, agg.mean_batched, reps=40_000, seed=9)
+    mu = scores.mean(axis=1)  # (runs, games)
+    within = scores.var(axis=1).mean(axis=0)  # (games,)
+    want = np.sum((mu.var(axis=0) + within / episodes) / runs) / games ** 2
+    assert dist.var() == pytest.approx(want, rel=0.03)
+    # shared episodes (every run the same policy) no longer give a zero-width interval
+    same = np.repeat(rng.normal(size=(1, episodes, 1)), 3, axis=0)
+    lo, hi = agg.aggregates_with_ci(same, reps=2000)["mean"]["ci95"]
+    assert hi - lo > 0.5
+
+
+def test_per_game_episode_tensors_are_normalized_elementwise():
+    per_game = {"A": np.array([[0.0, 10.0], [20.0, 30.0]]), "B": np.array([[1.0, 1.0], [3.0, 5.0]])}
+    tensor, kept = agg.human_normalized_matrix(per_game, {"A": (0.0, 10.0), "B": (1.0, 3.0)})
+    assert kept == ["A", "B"] and tensor.shape == (2, 2, 2)
+    np.testing.assert_allclose(tensor[..., 0], [[0, 1], [2, 3]])
+    np.testing.assert_allclose(tensor[..., 1], [[0, 0], [1, 2]])
+    with pytest.raises(UsageError, match="runs \\(or episodes\\)"):
+        agg.human_normalized_matrix({"A": np.zeros((2, 2)), "B": np.zeros((2, 3))}, {"A": (0, 1), "B": (0, 1)})

@@ -211,7 +211,7 @@ def test_wandb_without_the_extra_is_one_line(tmp_path):
 
 
 COMMANDS = ("fetch-data", "collect", "shard", "pretrain", "eval", "finetune-offline", "finetune-online", "plot",
-            "scale-report", "demo", "games", "env")
+            "scale-report", "demo", "games", "env", "diagnose")
 
 
 def test_help_panels_examples_choices_and_defaults_once():

@@ -281,6 +281,48 @@ def test_expert_return_distribution_against_numpy():
     np.testing.assert_allclose(freq, np.asarray(jax.nn.softmax(q_logits[0])), atol=0.01)
 
 
+def test_best_of_returns_follows_the_distribution_of_a_maximum():
+    """The largest of S draws at inverse temperature beta: P(max <= k) = F(k)^S, F the tempered CDF (numpy)."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(8,)).astype(np.float32) * 1.5
+    n = 40_000
+    for samples, beta, kappa in [(1, 1.0, 0.0), (4, 0.75, 0.0), (128, 0.75, 0.0), (3, 1.0, 2.0)]:
+        acting = mdt.DTActing(return_samples=samples, return_inverse_temperature=beta, kappa=kappa)
+        keys = jax.random.split(jax.random.PRNGKey(samples), n)
+        got = np.asarray(jax.jit(lambda k, lg, a=acting: mdt.best_of_returns(k, lg, a))(keys, jnp.tile(logits, (n, 1))))
+        tempered = beta * (logits - np.log(np.exp(logits).sum()) + kappa * np.linspace(0, 1, 8))
+        p = np.exp(tempered - tempered.max())
+        cdf = np.cumsum(p / p.sum())
+        want = np.diff(np.concatenate([[0.0], cdf ** samples]))
+        np.testing.assert_allclose(np.bincount(got, minlength=8) / n, want, atol=0.01)
+    assert mdt.DTActing() == mdt.DTActing(return_samples=128, return_inverse_temperature=0.75, kappa=0.0,
+                                          action_inverse_temperature=1.0, action_top_fraction=0.5,
+                                          greedy_action=False)  # the authors' notebook
+    for bad in ({"return_samples": 0}, {"action_top_fraction": 0.0}, {"action_top_fraction": 1.5}, {"kappa": -1.0}):
+        with pytest.raises(UsageError):
+            mdt.DTActing(**bad)
+
+
+def test_top_fraction_keeps_the_logits_above_numpys_percentile():
+    rng = np.random.default_rng(5)
+    for fraction in (0.5, 0.25, 0.8, 1.0):
+        logits = rng.normal(size=(64, 9)).astype(np.float32)
+        sizes = rng.integers(1, 10, 64)
+        logits[np.arange(9)[None, :] >= sizes[:, None]] = dt.MASKED_LOGIT
+        logits[0, :3] = [1.0, 1.0, 1.0]  # ties: the maximum stays
+        sizes[0] = 3
+        logits[0, 3:] = dt.MASKED_LOGIT
+        got = np.asarray(mdt.top_fraction_logits(jnp.asarray(logits), fraction))
+        for row, n, out in zip(logits, sizes, got):
+            real = row[:n]
+            keep = (real > np.percentile(real, 100 * (1 - fraction))) | (real == real.max())
+            if fraction == 1.0:
+                keep = np.ones(n, bool)
+            np.testing.assert_array_equal(np.isfinite(out[:n]), keep)
+            np.testing.assert_array_equal(out[:n][keep], real[keep])
+            assert not np.isfinite(out[n:]).any() or fraction == 1.0
+
+
 def test_act_on_context_conditions_on_the_expert_return(tiny):
     net, params, apply = tiny
     x = make_inputs(8)

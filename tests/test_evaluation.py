@@ -170,12 +170,61 @@ def test_cli_refuses_bad_input_with_one_line(tmp_path):
          "--record Breakout is not among the evaluated games"),
         (["eval", str(tmp_path / "nope")], "does not exist"),
         (["eval"], "no checkpoint given"),
+        (["eval", "--policy", "random", "--games", "pong", "--acting", "sample"], "--acting and --dt-* do not apply"),
+        (["eval", "--policy", "random", "--games", "pong", "--dt-kappa", "1"], "--acting and --dt-* do not apply"),
     ]
     for args, message in cases:
         res = runner.invoke(app, args)
         assert res.exit_code == 2 or (res.exit_code == 3 and "does not exist" in message), (args, res.output)
         assert message in " ".join(res.output.split()), (args, res.output)
     assert not list(tmp_path.iterdir())
+
+
+class FixedLogits:
+    """A QPolicy whose values are fixed per head (a BC policy's logits), -inf beyond each game's actions."""
+
+    games = [Game("Breakout"), Game("Pong")]
+    logits = {0: [2.0, 0.0, -1.0, 1.0], 1: [0.0, 0.5, 0.0, -2.0, 1.0, 0.0]}
+
+    def q_values(self, obs, game):
+        q = np.full((len(game), 6), -np.inf, np.float32)
+        for i, head in enumerate(game):
+            q[i, :len(self.logits[int(head)])] = self.logits[int(head)]
+        return q
+
+
+def test_sampled_acting_draws_from_the_softmax_keyed_by_each_stream():
+    from types import SimpleNamespace
+
+    from sqlcli_core.evaluation.sequence_acting import SampledActing
+
+    choose = SampledActing(FixedLogits())
+
+    def stream(game, seed, episode, step):
+        return SimpleNamespace(plan=SimpleNamespace(game=game, seed=seed), episode=episode, length=step)
+
+    n = 20_000
+    for head, game in enumerate(("Breakout", "Pong")):
+        streams = [stream(game, 0, t // 1000, t % 1000) for t in range(n)]
+        actions = choose(streams, np.zeros((n, 4, 84, 84), np.uint8), np.full(n, head, np.int32))
+        logits = np.array(FixedLogits.logits[head])
+        want = np.exp(logits) / np.exp(logits).sum()
+        np.testing.assert_allclose(np.bincount(actions, minlength=len(want)) / n, want, atol=0.012)
+    # a stream's draw does not depend on the other streams of the call
+    streams = [stream("Breakout", s, 0, 5) for s in range(8)]
+    together = choose(streams, np.zeros((8, 4, 84, 84), np.uint8), np.zeros(8, np.int32))
+    alone = [int(choose([s], np.zeros((1, 4, 84, 84), np.uint8), np.zeros(1, np.int32))[0]) for s in streams]
+    assert together.tolist() == alone
+
+
+def test_acting_enters_the_settings_digest_only_where_it_changes_play():
+    base = EvalConfig(games=("Pong",))
+    greedy = dataclasses.replace(base, acting={"mode": "greedy", "method_default": False})
+    assert greedy.play_settings() == base.play_settings()  # earlier logs and default names of greedy evals hold
+    sampled = dataclasses.replace(base, acting={"mode": "sample", "method_default": False})
+    dt = dataclasses.replace(base, acting={"mode": "sample", "method_default": True, "dt": {"return_samples": 128}})
+    assert sampled.play_settings()["acting"] == {"mode": "sample"}
+    assert dt.play_settings()["acting"] == {"mode": "sample", "dt": {"return_samples": 128}}
 
 
 @pytest.mark.slow
@@ -280,6 +329,11 @@ def test_real_checkpoint_is_played_greedily_and_refuses_other_games(tiny_run):
     assert result["policy"]["arch"] == "dqn" and result["policy"]["num_params"] > 0
     assert result["protocol"]["epsilon"] == PROTOCOLS["dopamine"].epsilon
     assert result["aggregate_method"]["unit"] == "episode"
+    assert result["policy"]["acting"] == {"mode": "greedy", "method_default": True}
+    for args, message in [(["--acting", "sample"], "runs of method scaled-ql act greedy, not sample"),
+                          (["--dt-kappa", "1"], "--dt-kappa applies to Decision Transformer runs")]:
+        refused = runner.invoke(app, ["eval", str(tiny_run), *args])
+        assert refused.exit_code == 2 and message in " ".join(refused.output.split()), refused.output
     policy = GreedyOf(load_policy(tiny_run))
     for head, name in enumerate(["Pong", "Breakout"]):
         ((score, length, truncated),) = reference_stream(policy, name, 3, head, 1, 0.001, 60)
@@ -393,8 +447,8 @@ class RecordingPolicy:
         self.step, self.num_actions = policy.step, policy.num_actions
         self.log: dict[tuple[int, int], tuple[int, float]] = {}
 
-    def actor(self, num_envs):
-        inner, log = self.policy.actor(num_envs), self.log
+    def actor(self, num_envs, acting=None):
+        inner, log = self.policy.actor(num_envs, acting), self.log
 
         class Actor:
             start_episodes, record = inner.start_episodes, inner.record
@@ -446,4 +500,14 @@ def test_decision_transformer_run_is_played_by_expert_action_inference(tiny_dt_r
     (out,) = (tiny_dt_run / "eval").glob("*.json")
     result = json.loads(out.read_text())
     assert result["policy"]["arch"] == "dt-10m" and result["policy"]["step"] == 5
+    acting = result["policy"]["acting"]  # the authors' notebook's acting, recorded
+    assert acting["mode"] == "sample" and acting["method_default"] is True
+    assert acting["dt"] == {"return_samples": 128, "return_inverse_temperature": 0.75, "kappa": 0.0,
+                            "action_inverse_temperature": 1.0, "action_top_fraction": 0.5, "greedy_action": False}
+    res = runner.invoke(app, ["eval", str(tiny_dt_run), "--seeds", "3", "--episodes", "1", "--max-steps", "40",
+                              "--bootstrap-reps", "200", "--acting", "greedy", "--dt-return-samples", "4",
+                              "--name", "greedy", "--json"])
+    assert res.exit_code == 0, res.output
+    acting = json.loads((tiny_dt_run / "eval" / "greedy.json").read_text())["policy"]["acting"]
+    assert acting["dt"]["greedy_action"] is True and acting["dt"]["return_samples"] == 4
     assert [len(result["games"][g]["scores"]) for g in ("Pong", "Breakout")] == [1, 1]

@@ -32,27 +32,59 @@ def run_quick(name: str, root: Path) -> dict:
     return record
 
 
-def test_methods_quick(root):
+def test_methods_quick(root, monkeypatch):
     record = run_quick("methods", root)
-    assert set(record["human_normalized_mean"]) == {"random", "data", "scaled-ql", "bc", "dt"}
+    columns = {"scaled-ql", "c51", "bc", "bc-sample", "dt"}
+    assert set(record["human_normalized"]) == {"random", "data"} | columns
     for game in record["games"]:
-        assert {"random", "data", "scaled-ql", "bc", "dt"} <= set(record["per_game"][game])
-    assert set(record["greedy_agreement_seed0"]) == {"scaled-ql", "bc"}
+        assert {"random", "data"} | columns <= set(record["per_game"][game])
+        episodes = [seed[game] for seed in record["episodes"]["methods"]["scaled-ql"]]
+        assert [len(e) for e in episodes] == [2]  # the run's own evaluation seeds, one episode each
+    assert set(record["greedy_agreement_seed0"]) == {"scaled-ql", "c51", "bc"}
     assert (root / "results" / "methods.png").stat().st_size > 0
+    # the quick run's evaluation seeds are its own (training seed 0: 1000-1001) and BC was also sampled
+    evals = sorted((root / "runs" / "bc-w0.25-s0" / "eval").glob("*.json"))
+    assert [p.name for p in evals] == ["evidence-sample.json", "evidence.json"]
+    sampled = json.loads(evals[0].read_text())
+    assert sampled["policy"]["acting"]["mode"] == "sample" and set(sampled["games"]["Breakout"]["seeds"]) == {1000, 1001}
+    # the tables are recomputed from the record alone (what examples/results_tables.py does for the page)
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
+    from evidence_tables import methods_markdown
+
+    assert methods_markdown(record).splitlines()[0].startswith("| game | random play")
 
 
-def test_capacity_quick(root):
+def test_capacity_quick(root, monkeypatch):
     record = run_quick("capacity", root)
     params = [row["parameters"] for row in record["sizes"]]
     assert len(params) == 3 and params == sorted(params) and len(set(params)) == 3
     # A tiny run's score may be non-positive, which the power law refuses: then the refusal is recorded.
     for report in record["scale_report"].values():
         assert "fits" in report or "refused" in report
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
+    from evidence_tables import capacity_markdown
+
+    assert len(capacity_markdown(record).splitlines()) >= 5  # recomputed from the record's episodes alone
 
 
-def test_transfer_quick(root):
+def test_transfer_quick(root, monkeypatch):
     record = run_quick("transfer", root)
     for kind in ("online", "offline"):
         assert {"pretrained", "scratch"} <= set(record[kind])
-    assert record["online"]["pretrained"]["curve"]
+    assert record["online"]["pretrained"]["curves"] and record["online"]["pretrained"]["final_episodes"]
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the scripts' neighbour module, as they import it
+    from evidence_tables import transfer_markdown
+
+    assert "| final score |" in transfer_markdown(record)  # recomputed from the record alone
     assert (root / "results" / "transfer.png").stat().st_size > 0
+
+
+def test_mixture_quick(root):
+    """The Freeway mixture: two behaviours as runs 1 and 2 of one store, every arm trained and evaluated, and the
+    Q(UP) - Q(NOOP) sign read on bottom-row states."""
+    record = run_quick("mixture", root)
+    assert record["arms"] == ["scaled-ql", "scaled-ql-a0.01", "c51", "bc", "bc-sample"]
+    assert set(record["up_minus_noop_bottom_rows"]) == {"scaled-ql", "scaled-ql-a0.01", "c51", "bc"}
+    assert sorted(p.name for p in (root / "mixture-replay" / "Freeway").iterdir()) == ["1", "2"]
+    logs = [json.loads((root / "mixture-replay" / "Freeway" / r / "collect_log.json").read_text()) for r in "12"]
+    assert [(log["policy"]["pattern"], log["policy"]["epsilon"]) for log in logs] == [([1], 0.1), ([0], 0.5)]

@@ -342,6 +342,11 @@ def test_checkpoints_without_torso_or_of_another_architecture_are_refused(pretra
     (other / "run.json").write_text(json.dumps(record))
     with pytest.raises(DataError, match=r"does not match its architecture \(torso/"):
         transfer.load_pretrained(other)
+    # A run trained with full_action_space by an older sql (18-wide heads on minimal-set actions, unmapped).
+    record["identity"]["network"].update(width=0.25, full_action_space=True)
+    (other / "run.json").write_text(json.dumps(record))
+    with pytest.raises(UsageError, match="trained with full_action_space"):
+        transfer.load_pretrained(other)
     # A checkpoint whose parameters have no torso.
     headless = tmp_path / "no_torso"
     shutil.copytree(pretrained, headless)

@@ -96,7 +96,7 @@ def test_docs_game_table_is_the_catalog():
 LAYERS = (
     ("base", ("sqlcli_core", "sqlcli_core.errors", "sqlcli_core.atomic", "sqlcli_core.provenance", "sqlcli_core.accelerators",
               "sqlcli_core.settings", "sqlcli_core.ranges", "sqlcli_core.locks")),
-    ("games", ("sqlcli_core.games",)),
+    ("games", ("sqlcli_core.games", "sqlcli_core.synthetic")),  # synthetic: the known-answer games
     ("data", ("sqlcli_core.data",)),
     ("networks", ("sqlcli_core.networks",)),
     ("methods", ("sqlcli_core.methods",)),

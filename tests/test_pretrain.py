@@ -284,6 +284,13 @@ def test_config_file_sets_what_flags_do_not(tmp_path):
     assert summary["parts"]["projection"] == 128 * 64 + 64  # TOML-only network setting took effect
     assert summary["parts"]["heads"] == 64 * 6 * 11 + 6 * 11
 
+    # 18-wide heads on the stores' minimal-set action indices would train silently wrong: refused
+    for text in ('full_action_space = true\narch = "dqn"\n', 'full_action_space = true\nmethod = "dt"\narch = "dt-10m"\n'):
+        cfg.write_text(text)
+        result = runner.invoke(app, ["pretrain", "--dry-run", "--config", str(cfg)])
+        assert result.exit_code == 2 and "full_action_space is not supported for training" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
     cfg.write_text("widht = 2\n")
     result = runner.invoke(app, ["pretrain", "--dry-run", "--config", str(cfg)])
     assert result.exit_code == 2 and "unknown setting 'widht'" in result.output

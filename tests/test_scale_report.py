@@ -174,6 +174,19 @@ def test_two_points_fit_exactly_without_interval(tmp_path):
     assert "no interval" in err(res)
 
 
+def test_identical_scores_are_reported_as_indistinguishable_not_fitted(tmp_path):
+    """The demo's case: two sizes with the same score. A line through them (b = 8.8e-18, interval 32.5% ..
+    32.5%) is no result; the report says the sizes could not be told apart."""
+    runs = [make_run(tmp_path, "small", 1_000_000, 0.325), make_run(tmp_path, "big", 4_000_000, 0.325),
+            make_run(tmp_path, "bigger", 16_000_000, 0.325)]
+    res = cli(*runs, "--out", tmp_path / "out", "--json")
+    assert res.exit_code == 0, res.output
+    (fit,) = json.loads(res.stdout.strip().splitlines()[-1])["fits"]
+    assert fit["status"] == "indistinguishable" and fit["b"] is None and fit["b_ci95"] is None
+    assert "could not be told apart" in err(res)
+    assert "indistinguishable" in (tmp_path / "out" / "scale_report.md").read_text()
+
+
 def test_one_point_is_a_clear_error_and_writes_nothing(tmp_path):
     run = make_run(tmp_path, "only", 1_000_000, 0.3)
     out = tmp_path / "out"

@@ -108,6 +108,23 @@ def _pretrain_flags(arch: str, width: float, batch_size: int, steps: int, seed: 
             "log_every": max(1, steps // 20), "seed": seed}
 
 
+def _learner_check(out: Path, seed: int, script: list[str], total: int) -> dict:
+    """collect -> shard -> pretrain -> diagnose on a known-answer game; the diagnosis and its one-line verdict."""
+    from sqlcli_core.synthetic import check
+
+    root = out / "learner-check"
+    _run(["collect", "--games", check.GAME, "--policy", check.POLICY, "--epsilon", "0", "--transitions",
+          str(check.TRANSITIONS), "--capacity", str(check.TRANSITIONS + 4000), "--seed", str(seed),
+          "--out", str(root / "data")], script, total)
+    _run(["shard", str(root / "data"), str(root / "store")], script, total)
+    _run(["pretrain", "--data", str(root / "store"), "--run-dir", str(root / "run"), "--games", check.GAME,
+          "--seed", str(seed), *check.PRETRAIN_FLAGS], script, total)
+    result = _run(["diagnose", str(root / "run"), "--game", check.GAME], script, total)
+    keys = ("game", "max_abs_q_error", "mean_abs_q_error", "greedy_action_agreement", "greedy_return",
+            "optimal_return", "data_return")
+    return {**{k: result.get(k) for k in keys}, "line": check.verdict(result), "run_dir": str(root / "run")}
+
+
 @handles_errors
 def demo(
     out: Path = typer.Option(Path("sql-demo"), "--out", rich_help_panel=o.OUTPUT, help="Directory for everything the demo makes. Default: ./sql-demo."),
@@ -128,9 +145,13 @@ def demo(
     methods: str = typer.Option("scaled-ql", "--methods", rich_help_panel=o.OPTIMISATION, help="Pre-training methods, comma-separated (e.g. "
                                 "scaled-ql,bc): each trains every width and is its own group of the report. "
                                 "Default: scaled-ql."),
+    check: bool = typer.Option(True, "--check/--no-check", rich_help_panel=o.EVALUATION,
+                               help="End with the learner check on a known-answer game (docs/known-answer.md): "
+                               "C51 must come within 0.05 of the exact Q* and play the optimal return. Default: on."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run collect -> shard -> pretrain (two sizes per method) -> eval -> scale-report on a small default, offline."""
+    """Run collect -> shard -> pretrain (two sizes per method) -> eval -> scale-report on a small default, offline,
+    then check that the learner learns on a game whose answer is known."""
     game_list, width_list, method_list = _validate(games, policy, epsilon, transitions, widths, arch, batch_size,
                                                    steps, eval_seeds, eval_max_steps, seed, methods)
     out = out.resolve()
@@ -138,6 +159,7 @@ def demo(
     script: list[str] = []
     started = time.perf_counter()
     total = 2 + 2 * len(method_list) * len(width_list) + 2  # collect, shard, (pretrain, eval) per run, random, report
+    total += 4 if check else 0  # the learner check: collect, shard, pretrain, diagnose
 
     data, store = out / "data", out / "store"
     _run(["collect", "--games", game_list, "--transitions", str(transitions), "--capacity", str(max(1000, transitions // 2)),
@@ -161,12 +183,15 @@ def demo(
                         "--bootstrap-reps", "5000"], script, total)
     report = _run(["scale-report", *[r["run_dir"] for r in runs], "--out", str(out / "report"), "--eval-name", "demo"], script, total)
 
+    learner_check = _learner_check(out, seed, script, total) if check else None
+
     with atomic_output(out / "demo.sh", "w") as f:
         f.write("#!/usr/bin/env bash\n# The commands `sql demo` ran, in order.\nset -euo pipefail\n" + "\n".join(script) + "\n")
     summary = {
         "out": str(out), "games": game_list.split(","), "wall_s": round(time.perf_counter() - started, 1),
         "data": str(data), "store": str(store), "store_runs": shard.get("runs"), "runs": runs,
         "random_policy": random_eval, "report": report, "commands": script,
+        "learner_check": learner_check,
     }
     write_json(out / "demo_summary.json", summary)
     console.print(f"\n[bold green]demo finished in {summary['wall_s']:.0f} s[/]. Everything is under {out}:")
@@ -175,4 +200,6 @@ def demo(
                         ("random-policy baseline", out / "random-policy.json"), ("scaling report", out / "report"),
                         ("the commands, as a script", out / "demo.sh")]:
         console.print(f"  {label:28s} {path}")
+    if learner_check is not None:
+        console.print(learner_check["line"], markup=False)
     emit_summary(summary, as_json)

@@ -34,11 +34,36 @@ from sqlcli_core.evaluation.evaluate import (
 from sqlcli_core.evaluation.results import build_eval_result, write_eval_result
 from sqlcli_core.games.catalog import Game, canonical_name, resolve_games
 from sqlcli_core.locks import writer_lock
+from sqlcli_core.methods.acting_settings import ACTING_MODES, DTActing, acting_block, resolve_mode
 from sqlcli_core.ranges import parse_ranges
+from sqlcli_core.settings import field_help
 
 POLICIES = ("checkpoint", "random")
 PolicyChoice = o.choices("PolicyChoice", POLICIES)
 BackendChoice = o.choices("BackendChoice", BACKENDS)
+ActingChoice = o.choices("ActingChoice", ACTING_MODES)
+DT_OPTIONS = ("return_samples", "return_inverse_temperature", "kappa", "action_inverse_temperature",
+              "action_top_fraction")
+
+
+def dt_option(name: str):
+    """A `--dt-*` option of the Decision Transformer's acting (`DTActing.<name>`), None when not given."""
+    return typer.Option(None, "--dt-" + name.replace("_", "-"), rich_help_panel=o.EVALUATION,
+                        help="Decision Transformer runs: " + field_help(DTActing, name))
+
+
+def resolve_acting(policy, asked: str | None, dt_given: dict) -> dict:
+    """The acting block of a checkpoint policy: its method's default mode or `asked`, and (dt) DTActing."""
+    from sqlcli_core.methods import get_method  # imports JAX: only once a checkpoint is evaluated
+
+    method = get_method(getattr(policy, "method", None))
+    mode = resolve_mode(method.name, method.acting_modes, asked)
+    given = {k: v for k, v in dt_given.items() if v is not None}
+    if method.make_actor is None and given:
+        raise UsageError(f"--dt-{next(iter(given)).replace('_', '-')} applies to Decision Transformer runs, "
+                         f"not to this {method.name} run", hint="drop the --dt-* options")
+    dt = DTActing(**given) if method.make_actor is not None else None
+    return acting_block(method.name, mode, asked is None, dt)
 EPISODES_FORMAT = "sql-eval-episodes"
 
 
@@ -181,6 +206,15 @@ def eval_command(
     name: str = typer.Option(
         None, "--name", rich_help_panel=o.OUTPUT, help="NAME of the default output path. Default: derived from step, protocol, games and "
         "a hash of the settings."),
+    acting: ActingChoice = typer.Option(
+        None, "--acting", rich_help_panel=o.EVALUATION, help="greedy (argmax) or sample (draws from the policy). "
+        "Default: the method's: greedy for scaled-ql and c51 (paper) and bc (ours: the Q-methods' acting), "
+        "sample for dt (authors' code). scaled-ql and c51 act greedily only."),
+    dt_return_samples: int = dt_option("return_samples"),
+    dt_return_inverse_temperature: float = dt_option("return_inverse_temperature"),
+    dt_kappa: float = dt_option("kappa"),
+    dt_action_inverse_temperature: float = dt_option("action_inverse_temperature"),
+    dt_action_top_fraction: float = dt_option("action_top_fraction"),
     bootstrap_reps: int = typer.Option(
         50_000, "--bootstrap-reps", rich_help_panel=o.OUTPUT, help="Stratified bootstrap replicates for the 95% intervals. Default: 50000 "
         "(rliable's)."),
@@ -199,7 +233,11 @@ def eval_command(
     if max_steps is None:
         max_steps = protocol.max_episode_steps
 
+    acting = o.plain(acting)
+    dt_given = dict(zip(DT_OPTIONS, (dt_return_samples, dt_return_inverse_temperature, dt_kappa,
+                                     dt_action_inverse_temperature, dt_action_top_fraction)))
     source = run_dir = None
+    acting_settings = None
     if policy_kind == "checkpoint":
         if checkpoint_or_run is None:
             raise UsageError("no checkpoint given", hint="pass a run directory, or use --policy random")
@@ -211,7 +249,11 @@ def eval_command(
         run_dir = find_run_dir(source)
         game_names = tuple(g.name for g in resolve_games(games)) if games else tuple(g.name for g in policy.games)
         epsilon, label = protocol.epsilon, f"step{policy.step}"
+        acting_settings = resolve_acting(policy, acting, dt_given)
     else:
+        if acting is not None or any(v is not None for v in dt_given.values()):
+            raise UsageError(f"--policy {policy_kind} plays uniform actions: --acting and --dt-* do not apply",
+                             hint="drop them, or evaluate a checkpoint")
         if checkpoint_or_run is not None:
             raise UsageError(f"--policy {policy_kind} takes no checkpoint, got {checkpoint_or_run}",
                              hint="drop the argument, or use --policy checkpoint")
@@ -223,7 +265,7 @@ def eval_command(
         epsilon, label = 1.0, "random"
 
     config = EvalConfig(games=game_names, seeds=seed_list, episodes=episodes, protocol=protocol,
-                           epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty)
+                        epsilon=epsilon, max_steps=max_steps, mode=mode, difficulty=difficulty, acting=acting_settings)
     validate_config(config)
     backend = choose_backend(o.plain(backend), mode, difficulty)
     heads = head_indices(policy, config.games)  # a game without a head is refused before anything is written
@@ -239,6 +281,7 @@ def eval_command(
                              hint="add it to --games")
         record_item = (record_game, seed_list[0])
     policy_block = _policy_block(policy_kind, policy, source, run_dir, epsilon)
+    policy_block["acting"] = acting_settings
     settings = {"policy": {k: policy_block[k] for k in ("kind", "run", "checkpoint", "step")},
                 **config.play_settings()}
 
@@ -324,7 +367,9 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
         "policy": policy_block, "protocol": config.protocol.name,
         "deviates_from_protocol": result["protocol"]["deviates_from_protocol"],
         "games": {g: {"mean": b["mean"], "std": b["std"], "episodes": len(b["scores"]),
-                      "human_normalized": b["human_normalized"]} for g, b in result["games"].items()},
+                      "human_normalized": b["human_normalized"],
+                      **({"optimal_normalized": b["optimal_normalized"]} if "optimal_normalized" in b else {})}
+                  for g, b in result["games"].items()},
         "aggregates": result["aggregates"], "excluded_from_aggregates": result["excluded_from_aggregates"],
         "episodes_played": stats.episodes, "episodes_reused": len(previous),
         "env_steps": stats.env_steps, "env_steps_per_s": round(stats.env_steps_per_s, 1),
@@ -334,15 +379,20 @@ def _play_and_write(policy, config, policy_kind, policy_block, settings, out, nu
 
 def _print_tables(result: dict) -> None:
     table = Table(title=f"{result['policy']['kind']} policy, protocol {result['protocol']['name']}")
-    for col in ("game", "episodes", "mean", "std", "human-normalized"):
+    synthetic = any("optimal_normalized" in b for b in result["games"].values())
+    for col in ("game", "episodes", "mean", "std", "human-normalized") + (("of optimal (0 = random)",) if synthetic else ()):
         table.add_column(col, justify="left" if col == "game" else "right")
     for game, b in result["games"].items():
-        hns = b["human_normalized"]
-        table.add_row(game, str(len(b["scores"])), f"{b['mean']:.1f}", f"{b['std']:.1f}",
-                      "-" if hns is None else f"{100 * hns:.1f}%")
+        hns, ons = b["human_normalized"], b.get("optimal_normalized")
+        digits = 2 if synthetic else 1
+        table.add_row(game, str(len(b["scores"])), f"{b['mean']:.{digits}f}", f"{b['std']:.{digits}f}",
+                      "-" if hns is None else f"{100 * hns:.1f}%",
+                      *(("-" if ons is None else f"{100 * ons:.1f}%",) if synthetic else ()))
     console.print(table)
+    scale = result.get("aggregate_method", {}).get("scale", "human")
     for agg, a in result["aggregates"].items():
         lo, hi = a["ci95"]
-        console.print(f"{agg}: {100 * a['value']:.1f}% (95% CI {100 * lo:.1f}% .. {100 * hi:.1f}%)", markup=False)
+        console.print(f"{agg} ({scale}-normalized): {100 * a['value']:.1f}% (95% CI {100 * lo:.1f}% .. "
+                      f"{100 * hi:.1f}%)", markup=False)
     for note in result["notes"]:
         console.print(f"note: {note}", style="yellow", markup=False)

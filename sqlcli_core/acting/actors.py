@@ -22,6 +22,7 @@ from sqlcli_core.acting.ale_env import AtariGame
 from sqlcli_core.acting.ale_vector import VectorGame, choose_backend
 from sqlcli_core.acting.protocol import ActingProtocol
 from sqlcli_core.games.catalog import Game
+from sqlcli_core.synthetic.emulator import synthetic_emulator
 
 
 class PythonActor:
@@ -109,7 +110,11 @@ Actor = PythonActor | VectorActor
 
 def make_actor(backend: str, game: Game, protocol: ActingProtocol, mode: int | None, difficulty: int | None,
                seed: int) -> Actor:
-    """A fresh actor for a stream with this emulator seed: backend 'auto', 'vector' or 'python'."""
+    """A fresh actor for a stream with this emulator seed: backend 'auto', 'vector' or 'python' (a synthetic
+    game has one emulator of its own, whatever the backend)."""
+    synthetic = synthetic_emulator(game, seed)
+    if synthetic is not None:
+        return synthetic
     if choose_backend(backend, mode, difficulty) == "vector":
         return VectorActor(game, protocol, seed)
     return PythonActor(game, protocol, mode, difficulty, seed)

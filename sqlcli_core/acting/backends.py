@@ -6,8 +6,9 @@ from __future__ import annotations
 from sqlcli_core.acting.ale_vector import ALE
 from sqlcli_core.acting.backend import GameBackend
 from sqlcli_core.errors import UsageError
+from sqlcli_core.synthetic.emulator import SYNTHETIC
 
-_BACKENDS: list[GameBackend] = [ALE]
+_BACKENDS: list[GameBackend] = [ALE, SYNTHETIC]  # SYNTHETIC: the known-answer games (sqlcli_core.synthetic)
 
 
 def register_backend(backend: GameBackend) -> GameBackend:

@@ -53,6 +53,7 @@ from sqlcli_core.errors import DataError, from_os_error
 from sqlcli_core.games.catalog import Game
 from sqlcli_core.locks import writer_lock
 from sqlcli_core.provenance import provenance
+from sqlcli_core.synthetic.emulator import chain_experts
 
 ProgressFn = Callable[[int], None]
 Step = tuple[np.ndarray, float, bool]  # what an emulator's step gives the play loop: frame, raw reward, over
@@ -102,7 +103,8 @@ class _Run:
         greedy = None
         if config.policy.kind == "checkpoint":
             greedy = self._checkpoint_greedy(load_policy, config.policy.run)
-        self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy)
+        experts = chain_experts(self.game, self.env) if config.policy.kind == "mixture" else None
+        self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy, experts)
         self.buffer = RingBuffer(config.capacity)
         self.stack = np.zeros((rf.STACK_SIZE, *rf.FRAME_SHAPE), dtype=np.uint8)  # the agent's state
         self.env_steps = 0

@@ -81,6 +81,9 @@ def validate(config: RunConfig, load_policy: PolicyLoader | None = None) -> None
         )
     if config.policy.kind == "checkpoint":
         checkpoint_head(load_policy, config.policy.run, game)
+    if config.policy.kind == "mixture" and not game.synthetic:
+        raise UsageError(f"policy mixture needs a game with known good and poor policies, not {game.name}",
+                         hint="use a known-answer game (`sql games diagnostic`), or another --policy")
 
 
 @functools.lru_cache(maxsize=4)

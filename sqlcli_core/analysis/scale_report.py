@@ -8,6 +8,9 @@ composition) and each group is fitted with `score = a * params ** b` by least sq
 Decisions (documented in docs/scale-report.md):
 - Log-log needs positive scores. Points with a score <= 0 (tiny runs can score below random) are left
   out of the fit, named in the result with the reason, and still plotted.
+- When every kept point has the same score, the sizes could not be told apart: the group is reported as
+  `indistinguishable`, with no fit (a line through identical points would give b = 0 and a zero-width
+  interval, which is no finding).
 - A fit needs at least 2 distinct parameter counts among the kept points. With exactly 2 points the line
   passes through both and there is no scatter to resample: the fit is reported as `exact` with no
   interval. From 3 points on, the interval comes from the bootstrap.
@@ -90,7 +93,8 @@ class RunPoint:
 
 @dataclasses.dataclass(frozen=True)
 class PowerLawFit:
-    """The fit of one group. `status`: `fit` (with interval), `exact` (2 points, no interval), `none`."""
+    """The fit of one group. `status`: `fit` (with interval), `exact` (2 points, no interval),
+    `indistinguishable` (every size scored the same: no fit), `none`."""
 
     group: dict[str, str]
     status: str
@@ -379,6 +383,12 @@ def fit_group(group: dict[str, str], points: Sequence[RunPoint], n_bootstrap: in
                            **{**base, "used": ()})
     params = np.array([p.params for p in kept], float)
     scores = np.array([p.score for p in kept], float)
+    if np.ptp(scores) <= 1e-9 * np.max(np.abs(scores)):
+        # A line through equal scores has b = 0 up to rounding (8.8e-18) and a zero-width interval: that is no
+        # finding about size, so no fit is reported.
+        return PowerLawFit(status="indistinguishable",
+                           note=f"every size scored {scores[0]:.4g}: the sizes could not be told apart (no fit)",
+                           **base)
     a, b, r2 = fit_log_log(params, scores)
     if len(kept) == 2:
         return PowerLawFit(status="exact", a=a, b=b, r2_log=r2,

@@ -12,6 +12,13 @@ google-research/rliable:
   independently within each game (the games are the strata), the statistic is recomputed, and the
   interval is the 2.5th and 97.5th percentiles of the replicates (rliable's default `percentile` method).
 
+Evaluation noise: scores may also come as a (num_runs, num_episodes, num_games) tensor, the episodes of each
+run kept apart (a run: one training seed's policy, or one evaluation seed). A run's score is then the mean of
+its episodes, and each bootstrap replicate resamples at two levels within each game: runs with replacement,
+then, for every resampled run, its episodes with replacement (`nested_bootstrap_indices`). The interval then
+holds both the spread between runs and the noise of a finite number of episodes; with one run it is the
+episodes' bootstrap alone. IQM, median and mean are always taken on the (runs, games) matrix of run scores.
+
 rliable itself needs `arch` and runs the bootstrap one replicate at a time; this module does the same
 arithmetic vectorised over replicates in numpy, in chunks so memory stays bounded.
 """
@@ -29,14 +36,22 @@ DEFAULT_REPS = 50_000  # rliable's default number of bootstrap replicates
 DEFAULT_CONFIDENCE = 0.95
 
 
-def _as_matrix(scores: np.ndarray) -> np.ndarray:
+def _as_matrix(scores: np.ndarray, *, episodes_allowed: bool = False) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.ndim != 2 or scores.shape[0] < 1 or scores.shape[1] < 1:
-        raise UsageError(f"scores must be a non-empty (runs, games) matrix, got shape {scores.shape}",
+    ranks = (2, 3) if episodes_allowed else (2,)
+    if scores.ndim not in ranks or min(scores.shape) < 1:
+        want = "(runs, games) matrix or (runs, episodes, games) tensor" if episodes_allowed else "(runs, games) matrix"
+        raise UsageError(f"scores must be a non-empty {want}, got shape {scores.shape}",
                          hint="evaluate at least one game with a reference score")
     if not np.all(np.isfinite(scores)):
         raise UsageError("scores contain NaN or infinity", hint="drop games without a reference score first")
     return scores
+
+
+def run_scores_matrix(scores: np.ndarray) -> np.ndarray:
+    """(runs, games) run scores: the matrix itself, or the mean over episodes of a (runs, episodes, games) tensor."""
+    scores = _as_matrix(scores, episodes_allowed=True)
+    return scores.mean(axis=1) if scores.ndim == 3 else scores
 
 
 def iqm_batched(scores: np.ndarray) -> np.ndarray:
@@ -65,14 +80,30 @@ AGGREGATES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def aggregate(scores: np.ndarray, name: str) -> float:
-    """One aggregate (`iqm`, `median` or `mean`) of a (runs, games) score matrix."""
-    return float(AGGREGATES[name](_as_matrix(scores)))
+    """One aggregate (`iqm`, `median` or `mean`) of a (runs, games) matrix or (runs, episodes, games) tensor."""
+    return float(AGGREGATES[name](run_scores_matrix(scores)))
 
 
 def stratified_bootstrap_indices(rng: np.random.Generator, reps: int, num_runs: int,
                                  num_games: int) -> np.ndarray:
     """(reps, runs, games) int: for each replicate and game, `runs` run indices drawn with replacement."""
     return rng.integers(0, num_runs, size=(reps, num_runs, num_games))
+
+
+def nested_bootstrap_indices(rng: np.random.Generator, reps: int, num_runs: int, num_episodes: int,
+                             num_games: int) -> tuple[np.ndarray, np.ndarray]:
+    """(runs (reps, runs, games), episodes (reps, runs, episodes, games)): per replicate and game, runs drawn
+    with replacement, then for each drawn run its episodes drawn with replacement (drawn in that order)."""
+    runs = rng.integers(0, num_runs, size=(reps, num_runs, num_games))
+    episodes = rng.integers(0, num_episodes, size=(reps, num_runs, num_episodes, num_games))
+    return runs, episodes
+
+
+def resample_nested(scores: np.ndarray, runs: np.ndarray, episodes: np.ndarray) -> np.ndarray:
+    """(runs, episodes, games) scores and nested indices -> (reps, runs, games) run scores of the replicates."""
+    game = np.arange(scores.shape[2])
+    picked = scores[runs[:, :, None, :], episodes, game[None, None, None, :]]  # (reps, runs, episodes, games)
+    return picked.mean(axis=2)
 
 
 def resample(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -82,20 +113,24 @@ def resample(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 def bootstrap_distribution(scores: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray], *,
                            reps: int = DEFAULT_REPS, seed: int = 0) -> np.ndarray:
-    """(reps, ...) statistic of `reps` stratified bootstrap replicates of a (runs, games) matrix.
+    """(reps, ...) statistic of `reps` stratified bootstrap replicates of a (runs, games) matrix, or nested
+    replicates (runs, then their episodes) of a (runs, episodes, games) tensor.
 
-    `statistic` maps (n, runs, games) -> (n, ...). Replicates are drawn in chunks from one generator
-    (the chunk size depends only on the matrix shape), so the result depends only on (scores, reps, seed)
-    and memory stays at a few million floats.
+    `statistic` maps (n, runs, games) run scores -> (n, ...). Replicates are drawn in chunks from one generator
+    (the chunk size depends only on the shape), so the result depends only on (scores, reps, seed) and memory
+    stays at a few million floats.
     """
-    scores = _as_matrix(scores)
-    runs, games = scores.shape
+    scores = _as_matrix(scores, episodes_allowed=True)
     rng = np.random.default_rng(seed)
-    chunk = max(1, min(2048, 4_000_000 // (runs * games)))
+    chunk = max(1, min(2048, 4_000_000 // scores.size))
     parts = []
     for start in range(0, reps, chunk):
         n = min(chunk, reps - start)
-        parts.append(statistic(resample(scores, stratified_bootstrap_indices(rng, n, runs, games))))
+        if scores.ndim == 3:
+            replicates = resample_nested(scores, *nested_bootstrap_indices(rng, n, *scores.shape))
+        else:
+            replicates = resample(scores, stratified_bootstrap_indices(rng, n, *scores.shape))
+        parts.append(statistic(replicates))
     return np.concatenate(parts, axis=0)
 
 
@@ -109,12 +144,13 @@ def percentile_interval(replicates: np.ndarray, confidence: float = DEFAULT_CONF
 def aggregates_with_ci(scores: np.ndarray, *, reps: int = DEFAULT_REPS, confidence: float = DEFAULT_CONFIDENCE,
                        seed: int = 0, names: tuple[str, ...] = ("iqm", "median", "mean"),
                        ) -> dict[str, dict[str, object]]:
-    """{name: {"value": x, "ci95": [lo, hi]}} for each aggregate of a (runs, games) score matrix.
+    """{name: {"value": x, "ci95": [lo, hi]}} for each aggregate of a (runs, games) score matrix, or of a
+    (runs, episodes, games) tensor (values on the run means; intervals from the nested bootstrap).
 
     Every aggregate uses the same bootstrap replicates (same seed), as rliable does when it is given
     one aggregate function returning all of them.
     """
-    scores = _as_matrix(scores)
+    scores = _as_matrix(scores, episodes_allowed=True)
     if not 0.0 < confidence < 1.0:
         raise UsageError(f"confidence must lie in (0, 1), got {confidence}", hint="use 0.95 for 95% intervals")
     if reps < 1:
@@ -127,26 +163,27 @@ def aggregates_with_ci(scores: np.ndarray, *, reps: int = DEFAULT_REPS, confiden
     result = {}
     for i, name in enumerate(names):
         lo, hi = percentile_interval(reps_stats[:, i], confidence)
-        result[name] = {"value": float(AGGREGATES[name](scores)), "ci95": [lo, hi]}
+        result[name] = {"value": float(AGGREGATES[name](run_scores_matrix(scores))), "ci95": [lo, hi]}
     return result
 
 
 def human_normalized_matrix(per_game_run_scores: Mapping[str, np.ndarray],
                             references: Mapping[str, tuple[float, float]]) -> tuple[np.ndarray, list[str]]:
-    """Stack per-game raw run scores (each (runs,)) into a (runs, games) human-normalized matrix.
+    """Stack per-game raw run scores (each (runs,), or (runs, episodes)) into a (runs, games) human-normalized
+    matrix (or a (runs, episodes, games) tensor).
 
     Only games present in `references` ({game: (random, human)}) are kept; returns the matrix and the
-    kept games' names in column order. All kept games must have the same number of runs.
+    kept games' names in column order. All kept games must have the same number of runs (and episodes).
     """
     kept = [g for g in per_game_run_scores if g in references]
     if not kept:
         return np.zeros((0, 0)), []
-    lengths = {len(per_game_run_scores[g]) for g in kept}
+    lengths = {np.shape(per_game_run_scores[g]) for g in kept}
     if len(lengths) != 1:
-        raise UsageError(f"games have different numbers of runs {sorted(lengths)}",
+        raise UsageError(f"games have different numbers of runs (or episodes) {sorted(lengths)}",
                          hint="evaluate every game with the same --seeds and --episodes")
     columns = []
     for g in kept:
         random_score, human_score = references[g]
         columns.append((np.asarray(per_game_run_scores[g], np.float64) - random_score) / (human_score - random_score))
-    return np.stack(columns, axis=1), kept
+    return np.stack(columns, axis=-1), kept

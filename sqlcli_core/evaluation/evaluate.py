@@ -38,8 +38,9 @@ from sqlcli_core.acting.backend import Emulator
 from sqlcli_core.acting.pool import EmulatorPool
 from sqlcli_core.acting.protocol import ActingProtocol
 from sqlcli_core.errors import UsageError
-from sqlcli_core.evaluation.sequence_acting import GreedyActing, SequenceActing, SequencePolicy
+from sqlcli_core.evaluation.sequence_acting import GreedyActing, SampledActing, SequenceActing, SequencePolicy
 from sqlcli_core.games.catalog import Game, game_index, validate_variant
+from sqlcli_core.methods.acting_settings import DTActing
 
 FRAME_STACK = 4
 
@@ -87,14 +88,19 @@ class EvalConfig:
     max_steps: int = 27_000
     mode: int | None = None
     difficulty: int | None = None
+    acting: dict | None = None  # methods.acting_settings.acting_block; None: greedy (the DT: its defaults)
 
     def play_settings(self) -> dict:
         """The settings that determine the scores (not how fast they are obtained)."""
-        return {
+        settings = {
             "games": list(self.games), "seeds": list(self.seeds), "episodes": self.episodes,
             "protocol": self.protocol.to_dict(), "epsilon": self.epsilon, "max_steps": self.max_steps,
             "mode": self.mode, "difficulty": self.difficulty,
         }
+        # What plays the episodes, not how it was chosen; greedy acting is what every earlier version did, so it
+        # adds nothing (earlier logs and default names of greedy evaluations stay valid).
+        acting = {k: v for k, v in (self.acting or {}).items() if k != "method_default"}
+        return settings if acting in ({}, {"mode": "greedy"}) else {**settings, "acting": acting}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,8 +192,19 @@ def check_action_sets(policy: QPolicy | SequencePolicy, heads: dict[str, int], w
     for have, name in zip(sizes, names):
         want = Game(name).num_actions
         if have != want:
+            hint = ("runs with full_action_space (18 actions) are not evaluated: their heads misread minimal-set "
+                    "actions" if have == 18 else "evaluate with the ale-py version the checkpoint was trained with")
             raise UsageError(f"the policy's head for {name} has {have} actions but ALE's minimal action set "
-                             f"has {want}", hint="evaluate with the ale-py version the checkpoint was trained with")
+                             f"has {want}", hint=hint)
+
+
+def make_chooser(policy: QPolicy | SequencePolicy, config: EvalConfig, width: int):
+    """How `evaluate` asks `policy` for actions under `config.acting` (greedy when unset)."""
+    acting = config.acting or {}
+    if isinstance(policy, SequencePolicy):
+        dt = acting.get("dt")
+        return SequenceActing(policy, width, None if dt is None else DTActing(**dt))
+    return SampledActing(policy) if acting.get("mode") == "sample" else GreedyActing(policy)
 
 
 def validate_config(config: EvalConfig) -> None:
@@ -307,7 +324,7 @@ def evaluate(policy: QPolicy | SequencePolicy, config: EvalConfig, *, num_envs: 
     emulators = EmulatorPool(backend, protocol=config.protocol, mode=config.mode, difficulty=config.difficulty,
                              max_episode_steps=config.max_steps)
     pool = ThreadPoolExecutor(threads) if threads > 1 and emulators.backend == "python" else None
-    choose = SequenceActing(policy, width) if isinstance(policy, SequencePolicy) else GreedyActing(policy)
+    choose = make_chooser(policy, config, width)
     pending = iter(plans)
     # the streams that take turns, each with its room and its own policy-call buffers
     groups: list[list[_Stream]] = [[], []] if overlap else [[]]

@@ -80,11 +80,13 @@ def run_matrix_unit(seeds: Sequence[int]) -> str:
 
 
 def run_scores(episodes: Sequence[EpisodeResult], unit: str) -> np.ndarray:
-    """(runs,) raw score per run of one game: the mean over each seed's episodes, or each episode."""
+    """Raw scores of one game for the bootstrap: (seeds, episodes) per seed (a run's score is their mean, and
+    the nested bootstrap resamples both), or (episodes,) single episodes as the runs when one seed was played."""
     if unit == "episode":
         return np.array([e.score for e in episodes], np.float64)
     seeds = sorted({e.seed for e in episodes})
-    return np.array([np.mean([e.score for e in episodes if e.seed == s]) for s in seeds], np.float64)
+    return np.array([[e.score for e in sorted(episodes, key=lambda e: e.episode) if e.seed == s] for s in seeds],
+                    np.float64)
 
 
 def protocol_block(config: EvalConfig) -> dict:
@@ -131,6 +133,9 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
     runs_for_aggregate: dict[str, np.ndarray] = {}
     references: dict[str, tuple[float, float]] = {}
     excluded: list[str] = []
+    # Synthetic games are normalised to (random play, optimal return), Atari games to (random, human): one
+    # aggregate covers one kind, the human one unless every game is synthetic.
+    scale = "optimal" if all(Game(name).synthetic for name in by_game) else "human"
     for name, episodes in by_game.items():
         game = Game(name)
         scores = np.array([e.score for e in episodes], np.float64)
@@ -144,16 +149,20 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
             "truncated": [e.truncated for e in episodes],
             "mean": mean,
             "std": float(scores.std()),
-            "human_normalized": game.human_normalized(mean) if ref else None,
-            "reference": {"random": ref[0], "human": ref[1]} if ref else None,
+            "human_normalized": game.human_normalized(mean) if ref and not game.synthetic else None,
+            "reference": {"random": ref[0], game.normalization: ref[1]} if ref else None,
         }
-        if ref is None:
+        if game.synthetic and ref:
+            games_block[name]["optimal_normalized"] = game.human_normalized(mean)
+        if ref is None or game.normalization != scale:
             excluded.append(name)
         else:
             runs_for_aggregate[name] = run_scores(episodes, unit)
             references[name] = ref
     if excluded:
         why = ("a mode or difficulty was given, and the reference scores are for the default game" if variant
+               else "synthetic games are normalised to their optimum, not to human play" if any(
+                   Game(n).synthetic for n in excluded) and scale == "human"
                else "no standard random/human reference score")
         notes.append(f"reported raw and left out of the aggregates ({why}): {', '.join(excluded)}")
     matrix, kept = aggregates.human_normalized_matrix(runs_for_aggregate, references)
@@ -173,6 +182,8 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
     if config.max_steps != config.protocol.max_episode_steps:
         notes.append(f"DEVIATES FROM THE PROTOCOL: episodes capped at {config.max_steps} agent steps instead of "
                      f"{config.protocol.max_episode_steps}; scores are not comparable with published ones")
+    if scale == "optimal":
+        notes.append("synthetic games: scores normalised to 0 = random play, 1 = the optimal return (not human)")
     if "VideoPinball" in kept:
         notes.append("VideoPinball is normalized with random = 0.0 (Dopamine's table; DQN Zoo uses 16256.9)")
     notes.append(f"reference scores: {REFERENCE_SCORE_SOURCE}")
@@ -181,9 +192,14 @@ def summarize(results: Iterable[EpisodeResult], config: EvalConfig, *, bootstrap
         "aggregates": aggregate_block,
         "excluded_from_aggregates": excluded,
         "aggregate_method": {
-            "score": "human-normalized: (score - random) / (human - random)",
+            "score": "human-normalized: (score - random) / (human - random)" if scale == "human" else
+                     "optimal-normalized: (score - random) / (optimal - random): 0 = random play, 1 = the optimal "
+                     "return (synthetic games; not human-normalized)",
+            "scale": scale,
             "unit": unit, "runs_per_game": runs, "games": kept,
-            "bootstrap": "stratified (runs resampled within each game), percentile interval",
+            "bootstrap": ("stratified (runs resampled within each game), percentile interval" if unit == "episode"
+                          else "stratified two-level (within each game: seeds resampled, then each resampled "
+                               "seed's episodes), percentile interval"),
             "reps": bootstrap_reps, "seed": bootstrap_seed, "confidence": 0.95,
             "iqm": "25% trimmed mean of all runs x games", "median": "median over games of the mean over runs",
             "mean": "mean over games of the mean over runs",
@@ -215,8 +231,13 @@ def markdown_report(result: dict) -> str:
         lines.append(f"| {name} | {len(g['scores'])} | {g['mean']:.1f} | {g['std']:.1f} | "
                      f"{_fmt(ref.get('random'))} | {_fmt(ref.get('human'))} | "
                      f"{'-' if hns is None else f'{100 * hns:.1f}%'} |")
+        if "optimal_normalized" in g:  # a synthetic game: normalised to random play and its exact optimum
+            lines[-1] = (f"| {name} | {len(g['scores'])} | {g['mean']:.2f} | {g['std']:.2f} | "
+                         f"{_fmt(ref.get('random'))} | optimal {_fmt(ref.get('optimal'))} | "
+                         f"{100 * g['optimal_normalized']:.1f}% of optimal |")
     if result.get("aggregates"):
-        lines += ["", "| aggregate (human-normalized) | value | 95% CI |", "|---|---:|---:|"]
+        scale = result.get("aggregate_method", {}).get("scale", "human")
+        lines += ["", f"| aggregate ({scale}-normalized) | value | 95% CI |", "|---|---:|---:|"]
         for name, a in result["aggregates"].items():
             lo, hi = a["ci95"]
             lines.append(f"| {name} | {100 * a['value']:.1f}% | [{100 * lo:.1f}%, {100 * hi:.1f}%] |")

@@ -2,8 +2,9 @@
 
 `evaluate` calls, once per step for the running streams (its `_Stream` objects: plan, head, episode, score,
 length, stack), `choose(streams, obs, games) -> actions` and, after the protocol's epsilon, `choose.taken(
-streams, actions)`. `GreedyActing` plays the argmax of a QPolicy's values; `SequenceActing` drives a
-SequencePolicy (the Decision Transformer), which needs each stream's context of past steps.
+streams, actions)`. `GreedyActing` plays the argmax of a QPolicy's values; `SampledActing` draws from their
+softmax (a BC policy's logits), each draw keyed by the stream's (seed, game, episode, step); `SequenceActing`
+drives a SequencePolicy (the Decision Transformer), which needs each stream's context of past steps.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ class SequencePolicy(TypingProtocol):
     step: int | None
     num_actions: tuple[int, ...]  # per head: the game's action-set size
 
-    def actor(self, num_envs: int):
-        """An object keeping `num_envs` slots: start_episodes(slots, games), act(slots, frames, keys) -> actions,
+    def actor(self, num_envs: int, acting=None):
+        """An object keeping `num_envs` slots (acting: the method's acting settings, None: its defaults): start_episodes(slots, games), act(slots, frames, keys) -> actions,
         record(slots, rewards, terminals, actions) (see methods.decision_transformer.DecisionTransformerPolicy)."""
         ...
 
@@ -46,6 +47,36 @@ class GreedyActing:
         """The actions really played (after epsilon); a stateless policy needs none of them."""
 
 
+class SampledActing:
+    """An action drawn from the softmax of each stream's policy values (a BC policy's logits over its game's
+    actions), from a generator keyed by the stream's (seed, game, episode, step): the draws do not depend on
+    which other streams run, nor on the batch."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def __call__(self, streams: Sequence, obs: np.ndarray, games: np.ndarray) -> np.ndarray:
+        values = np.asarray(self.policy.q_values(obs, games), np.float64)[:len(streams)]
+        actions = np.empty(len(streams), np.int64)
+        for i, stream in enumerate(streams):
+            uniform = np.random.default_rng(stream_key(stream.plan.game, stream.plan.seed, stream.episode,
+                                                       stream.length)).random()
+            actions[i] = sample_softmax(values[i], uniform)
+        return actions
+
+    def taken(self, streams: Sequence, actions: Sequence[int]) -> None:
+        """Stateless, as GreedyActing."""
+
+
+def sample_softmax(values: np.ndarray, uniform: float) -> int:
+    """The action whose softmax(values) cumulative interval holds `uniform` in [0, 1) (-inf: never drawn)."""
+    real = np.isfinite(values)
+    weights = np.where(real, np.exp(values - values[real].max()), 0.0)
+    cumulative = np.cumsum(weights / weights.sum())
+    chosen = int(np.searchsorted(cumulative, uniform, side="right"))
+    return min(chosen, int(np.flatnonzero(real)[-1]))  # a rounding step at 1.0 stays on a real action
+
+
 class SequenceActing:
     """Drives a SequencePolicy's actor from the evaluation loop's streams.
 
@@ -54,8 +85,8 @@ class SequenceActing:
     stream's score; the action: the one really taken) or, on a new episode, its slot's context is cleared.
     """
 
-    def __init__(self, policy: SequencePolicy, width: int):
-        self.actor = policy.actor(width)
+    def __init__(self, policy: SequencePolicy, width: int, acting=None):
+        self.actor = policy.actor(width) if acting is None else policy.actor(width, acting)
         self.held: list = [None] * width  # the stream each slot serves
         self.episode = np.full(width, -1, np.int64)
         self.score = np.zeros(width, np.float64)

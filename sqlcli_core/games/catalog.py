@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games.action_sets import ALE_FACTS
+from sqlcli_core.synthetic.chain import DIAGNOSTIC, chain_spec
 
 ATARI40 = (
     "Amidar", "Assault", "Asterix", "Atlantis", "BankHeist", "BattleZone", "BeamRider", "Boxing",
@@ -50,6 +51,7 @@ GAME_SETS: dict[str, tuple[str, ...]] = {
     "dqn-replay60": DQN_REPLAY60,
     "atari57": ATARI57,
     "online-variants": ONLINE_VARIANTS,
+    "diagnostic": DIAGNOSTIC,  # known-answer synthetic games (sqlcli_core.synthetic)
 }
 
 # (random, human): the standard Atari-57 references (Mnih et al. 2015 / Wang et al. 2016), as tabulated
@@ -92,7 +94,7 @@ def _squash(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
-_BY_SQUASHED = {_squash(g): g for g in KNOWN_GAMES}
+_BY_SQUASHED = {_squash(g): g for g in KNOWN_GAMES + DIAGNOSTIC}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,12 +119,30 @@ class Game:
         return len(minimal_action_set(self.name))
 
     @property
+    def synthetic(self) -> bool:
+        """A known-answer game of `sqlcli_core.synthetic` (not an Atari ROM)."""
+        return chain_spec(self.name) is not None
+
+    @property
+    def normalization(self) -> str:
+        """What a normalised score means: 'human' (0 = random, 1 = human) or 'optimal' (0 = random play,
+        1 = the optimal return: the synthetic games, whose optimum is known exactly)."""
+        return "optimal" if self.synthetic else "human"
+
+    @property
     def reference(self) -> tuple[float, float] | None:
-        """(random, human) reference scores, or None where no standard reference exists."""
+        """(random, human) reference scores, or None where no standard reference exists; for a synthetic
+        game (random play's expected return, the optimal return)."""
+        spec = chain_spec(self.name)
+        if spec is not None:
+            from sqlcli_core.synthetic.chain import optimal_return, random_return
+
+            return random_return(spec), optimal_return(spec)
         return REFERENCE_SCORES.get(self.name)
 
     def human_normalized(self, score: float) -> float | None:
-        """(score - random) / (human - random), or None without a reference."""
+        """(score - random) / (human - random), or None without a reference (for a synthetic game the
+        reference is random play and the optimum: see `normalization`)."""
         ref = self.reference
         if ref is None:
             return None
@@ -204,16 +224,21 @@ def _rom_facts(name: str) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, 
 
 
 def minimal_action_set(name: str) -> tuple[int, ...]:
-    """ALE action ids of the game's minimal action set, in ALE's order (DQN-Replay's action index)."""
+    """ALE action ids of the game's minimal action set, in ALE's order (DQN-Replay's action index).
+
+    A synthetic game's actions are numbered 0..A-1 (the ids the Decision Transformer's shared tokens use)."""
+    spec = chain_spec(name)
+    if spec is not None:
+        return tuple(range(spec.num_actions))
     return _rom_facts(name)[0]
 
 
 def available_modes(name: str) -> tuple[int, ...]:
-    return _rom_facts(name)[1]
+    return () if chain_spec(name) else _rom_facts(name)[1]
 
 
 def available_difficulties(name: str) -> tuple[int, ...]:
-    return _rom_facts(name)[2]
+    return () if chain_spec(name) else _rom_facts(name)[2]
 
 
 def validate_variant(game: Game, mode: int | None, difficulty: int | None) -> None:

@@ -3,7 +3,8 @@
 The heads are policy heads (one logit per action of the game); the loss is the cross-entropy of the data
 action under a softmax over the sample's own game's actions (`losses.behaviour_cloning_loss`). No TD, no
 target network, no discount: the n-step fields of the batch are not read. Acting: argmax of the logits over
-the game's own actions (with the evaluation protocol's epsilon, as for every policy).
+the game's own actions by default, or draws from their softmax (`sql eval --acting sample`); with the
+evaluation protocol's epsilon, as for every policy.
 """
 
 from __future__ import annotations
@@ -40,4 +41,7 @@ BC = register(Method(
     uses_target_network=False,
     learner_fields=(),
     make_loss=_make_loss,
+    # greedy by default [ours]: the Q-methods' acting, so BC and Scaled QL differ only in the loss; `sample`
+    # draws from the softmax of the logits (the data's own noise)
+    acting_modes=("greedy", "sample"),
 ))

@@ -11,15 +11,16 @@ Loss, per window of T steps (cross-entropies, each a mean over the tokens it cou
     loss = w_a * action + w_R * return + w_r * reward           (weights 1 each: the paper trains all three)
 Patch (observation) tokens are never a target.
 
-Expert action inference (acting). With u(R) = (R - R_min) / (R_max - R_min) in [0, 1]:
+Expert action inference (acting; settings `methods.acting_settings.DTActing`, defaults from the authors'
+notebook). With u(R) = (R - R_min) / (R_max - R_min) in [0, 1]:
     P(R | expert, context)  ∝  P(R | context) * exp(kappa * u(R))
-sampled at inverse temperature beta (logits beta * (log P(R | context) + kappa * u(R))); the window is then
-conditioned on the sampled return and the action is drawn from P(a | context, R) (or its argmax).
+drawn `return_samples` times at inverse temperature beta_R (logits beta_R * (log P(R | context) + kappa * u(R)));
+the window is conditioned on the largest draw, and the action is drawn at inverse temperature beta_a from
+P(a | context, R) restricted to the top `action_top_fraction` of the game's action logits (or its argmax).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import chex
@@ -30,9 +31,11 @@ import numpy as np
 
 from sqlcli_core.data.sequence_sampler import SequenceBatch
 from sqlcli_core.errors import UsageError
+from sqlcli_core.methods.acting_settings import DTActing
 from sqlcli_core.methods.registry import LossSetup, Method, register
 from sqlcli_core.networks.decision_transformer import (
     FRAME_SHAPE,
+    MASKED_LOGIT,
     DecisionTransformerConfig,
     DTOutputs,
     action_sets_for,
@@ -145,24 +148,7 @@ def make_loss_fn(apply: Callable[..., DTOutputs], config: DecisionTransformerCon
 # Expert action inference
 
 
-@dataclasses.dataclass(frozen=True)
-class ActingConfig:
-    """How the Decision Transformer acts.
-
-    kappa: strength of the expert reweighting exp(kappa * u(R)) of the return distribution (0 = the data's
-    own distribution). return_inverse_temperature: beta applied to the reweighted return logits.
-    action_inverse_temperature: the same for the action logits. greedy_action: argmax instead of sampling.
-    """
-
-    kappa: float = 10.0
-    return_inverse_temperature: float = 1.0
-    action_inverse_temperature: float = 1.0
-    greedy_action: bool = False
-
-    def __post_init__(self):
-        if self.kappa < 0 or self.return_inverse_temperature <= 0 or self.action_inverse_temperature <= 0:
-            raise UsageError("kappa must be >= 0 and the inverse temperatures > 0",
-                             hint="e.g. kappa 10, inverse temperatures 1")
+ActingConfig = DTActing  # the acting settings (methods.acting_settings), under the name this module used
 
 
 def expert_return_logits(return_logits: jax.Array, kappa: float, inverse_temperature: float = 1.0) -> jax.Array:
@@ -172,9 +158,40 @@ def expert_return_logits(return_logits: jax.Array, kappa: float, inverse_tempera
     return inverse_temperature * (jax.nn.log_softmax(return_logits.astype(jnp.float32), axis=-1) + kappa * optimality)
 
 
+def best_of_returns(keys: jax.Array, return_logits: jax.Array, acting: DTActing) -> jax.Array:
+    """keys (N, 2), return logits (N, bins) -> (N,) int32: the largest of `acting.return_samples` bins drawn per
+    row from the expert return distribution at inverse temperature `acting.return_inverse_temperature`."""
+    tempered = expert_return_logits(return_logits, acting.kappa, acting.return_inverse_temperature)
+    draws = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, shape=(acting.return_samples,)))(keys, tempered)
+    return jnp.max(draws, axis=-1).astype(jnp.int32)
+
+
+def top_fraction_logits(logits: jax.Array, fraction: float) -> jax.Array:
+    """(N, A) action logits (MASKED_LOGIT beyond each game's actions) -> the same with -inf where a real action's
+    logit is not above the (1 - fraction) quantile of the row's real logits (linear interpolation, numpy's
+    default percentile); the row's largest logit is always kept. fraction 1: unchanged.
+
+    The authors' notebook keeps the logits above the 50th percentile of all 18 outputs; ours takes the quantile
+    over the game's own actions (its minimal set), the only ones our heads score."""
+    if fraction >= 1.0:
+        return logits
+    real = logits > MASKED_LOGIT / 2
+    count = jnp.sum(real, axis=-1)
+    ascending = jnp.sort(jnp.where(real, logits, jnp.inf), axis=-1)  # the real logits first
+    position = (1.0 - fraction) * (count - 1).astype(jnp.float32)
+    below = jnp.floor(position).astype(jnp.int32)
+    above = jnp.ceil(position).astype(jnp.int32)
+    low = jnp.take_along_axis(ascending, below[:, None], axis=-1)[:, 0]
+    high = jnp.take_along_axis(ascending, above[:, None], axis=-1)[:, 0]
+    threshold = low + (position - below) * (high - low)
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    keep = real & ((logits > threshold[:, None]) | (logits >= best))
+    return jnp.where(keep, logits, -jnp.inf)
+
+
 def act_on_context(apply: Callable[..., DTOutputs], params: hk.Params, rng: jax.Array, frames: jax.Array,
                    action: jax.Array, reward_class: jax.Array, game: jax.Array, config: DecisionTransformerConfig,
-                   acting: ActingConfig) -> tuple[jax.Array, jax.Array]:
+                   acting: DTActing) -> tuple[jax.Array, jax.Array]:
     """One expert-action-inference step for N contexts (pure; jit it with apply, config and acting static).
 
     rng: one key (2,) for all rows, or a key per row (N, 2) (then each row's draws depend on its own key
@@ -194,13 +211,12 @@ def act_on_context(apply: Callable[..., DTOutputs], params: hk.Params, rng: jax.
         pairs = jax.vmap(jax.random.split)(keys)
         keys, draw_keys = pairs[:, 0], pairs[:, 1]
         logits = apply(params, None, frames, action, return_bin, reward_class, game).return_logits[:, step]
-        sampled = draw(draw_keys, expert_return_logits(logits, acting.kappa, acting.return_inverse_temperature))
-        return_bin = return_bin.at[:, step].set(sampled.astype(jnp.int32))
+        return_bin = return_bin.at[:, step].set(best_of_returns(draw_keys, logits, acting))
     logits = apply(params, None, frames, action, return_bin, reward_class, game).action_logits[:, -1]
     if acting.greedy_action:
         chosen = jnp.argmax(logits, axis=-1)
     else:
-        chosen = draw(keys, acting.action_inverse_temperature * logits)
+        chosen = draw(keys, acting.action_inverse_temperature * top_fraction_logits(logits, acting.action_top_fraction))
     return chosen.astype(jnp.int32), return_bin
 
 
@@ -215,7 +231,7 @@ class DecisionTransformerPolicy:
     """
 
     def __init__(self, apply: Callable[..., DTOutputs], params: hk.Params, config: DecisionTransformerConfig,
-                 num_envs: int, acting: ActingConfig = ActingConfig(), seed: int = 0):
+                 num_envs: int, acting: DTActing = DTActing(), seed: int = 0):
         if num_envs < 1:
             raise UsageError(f"num_envs must be >= 1, got {num_envs}")
         self.config, self.acting, self.params = config, acting, params
@@ -300,8 +316,8 @@ def _make_loss(setup: LossSetup) -> Callable:
 
 
 def _make_actor(network: hk.Transformed, params: hk.Params, network_config: DecisionTransformerConfig,
-                num_envs: int) -> DecisionTransformerPolicy:
-    return DecisionTransformerPolicy(network.apply, params, network_config, num_envs, ActingConfig())
+                num_envs: int, acting: DTActing | None = None) -> DecisionTransformerPolicy:
+    return DecisionTransformerPolicy(network.apply, params, network_config, num_envs, acting or DTActing())
 
 
 DECISION_TRANSFORMER = register(Method(
@@ -321,10 +337,12 @@ DECISION_TRANSFORMER = register(Method(
     finetune="fine-tuning reuses a Scaled QL torso and per-game heads, which a Decision Transformer does not have",
     loss_rng=True,
     make_actor=_make_actor,
+    acting_modes=("sample", "greedy"),  # the authors' notebook samples
 ))
 
 
 __all__ = [
-    "ActingConfig", "DECISION_TRANSFORMER", "DecisionTransformerPolicy", "METRICS", "PER_GAME_METRIC", "act_on_context", "batch_tokens", "bin_to_return",
+    "ActingConfig", "DECISION_TRANSFORMER", "DTActing", "DecisionTransformerPolicy", "METRICS", "PER_GAME_METRIC",
+    "act_on_context", "batch_tokens", "best_of_returns", "bin_to_return", "top_fraction_logits",
     "decision_transformer_loss", "expert_return_logits", "make_loss_fn", "return_to_bin", "reward_to_class",
 ]

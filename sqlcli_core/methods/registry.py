@@ -22,7 +22,8 @@ Contract of each field (see the `Method` docstring) and of the callables:
 - `make_action_values(network, mask) -> fn(params, obs (N,4,84,84) uint8, game (N,) int32) -> (N, A_max)`
   float32 scores, -inf outside each sample's game: acting plays argmax of them. For methods whose acting
   needs more than the current frame stack (a sequence model), `make_action_values` is None and the method
-  gives `make_actor(network, params, network_config, num_envs) -> actor` instead: an object with
+  gives `make_actor(network, params, network_config, num_envs, acting=None) -> actor` instead (acting: the
+  method's own acting settings, e.g. `methods.acting_settings.DTActing`): an object with
   `start_episodes(slots, games)`, `act(slots, frames, keys)` and `record(slots, rewards, terminals, actions)`
   that keeps each emulator slot's context (evaluation drives it; see evaluation/evaluate.py).
 - `network(network_config, num_actions, games) -> hk.Transformed` (games: the game names in head order;
@@ -111,6 +112,9 @@ class Method:
     learner_fields: the `LearnerConfig` fields besides the optimiser's that the method reads (docs, --help).
     finetune: None when fine-tuning a run of this method is supported, else the reason it is refused.
     loss_rng: whether loss_fn takes the step's PRNG key as a fourth argument (dropout).
+    acting_modes: how evaluation may act (`methods.acting_settings.ACTING_MODES`), the default first:
+        "greedy" (argmax of the acting output) and/or "sample" (the softmax of the logits; a make_actor method
+        samples its own way).
     make_loss, make_action_values, make_actor, network, init_inputs: see the module docstring.
     """
 
@@ -131,6 +135,7 @@ class Method:
     finetune: str | None = None
     loss_rng: bool = False
     make_actor: Callable | None = None
+    acting_modes: tuple[str, ...] = ("greedy",)
 
     def __post_init__(self):
         if self.batch_kind not in BATCH_KINDS:

@@ -74,8 +74,9 @@ class SequenceRunPolicy:
     method: str
     _network: Any = dataclasses.field(repr=False, default=None)
 
-    def actor(self, num_envs: int):
-        return get_method(self.method).make_actor(self._network, self.params, self.network_config, num_envs)
+    def actor(self, num_envs: int, acting: Any = None):
+        """acting: the method's acting settings (dt: `methods.acting_settings.DTActing`); None: its defaults."""
+        return get_method(self.method).make_actor(self._network, self.params, self.network_config, num_envs, acting)
 
 
 def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_METHOD,

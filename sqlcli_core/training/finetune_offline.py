@@ -178,6 +178,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     return {"run": str(run_dir), "game": game.name, "init": config.init, "freeze": config.freeze,
             "grad_steps": grad_steps, "resumed_from": resumed_from, "data_rows": selection["rows"],
             "final_mean": g["mean"], "final_std": g["std"], "human_normalized": g["human_normalized"],
+            "optimal_normalized": g.get("optimal_normalized"),  # synthetic games: 0 = random, 1 = optimal
             "last_metrics": last, "eval_file": str(final_path), "metrics": str(run.metrics_path)}
 
 

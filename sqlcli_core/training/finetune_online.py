@@ -46,6 +46,7 @@ from sqlcli_core.runs.metrics import METRICS_FILE
 from sqlcli_core.runs.policy import make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
 from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.synthetic.emulator import synthetic_emulator
 from sqlcli_core.training.configs import INITS, OnlineConfig
 from sqlcli_core.training.loop import check_finite
 from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
@@ -82,8 +83,9 @@ class Actors:
         self.protocol = protocol
         n = config.num_envs
         seeds = np.random.SeedSequence(config.seed).spawn(n)
-        self.envs = [AtariGame(game, protocol=protocol, mode=config.mode, difficulty=config.difficulty,
-                               seed=int(s.generate_state(1)[0] & 0x7FFFFFFF)) for s in seeds]
+        self.envs = [synthetic_emulator(game, seed) or AtariGame(
+            game, protocol=protocol, mode=config.mode, difficulty=config.difficulty, seed=seed)
+            for seed in (int(s.generate_state(1)[0] & 0x7FFFFFFF) for s in seeds)]
         self.stacks = np.zeros((n, STACK, 84, 84), np.uint8)
         self.returns = np.zeros((n,), np.float64)
         self.lengths = np.zeros((n,), np.int64)
@@ -366,7 +368,7 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
             return {"run": str(run_dir), "game": game.name, "mode": config.mode, "difficulty": config.difficulty,
                     "init": config.init, "freeze": config.freeze, "agent_steps": agent_steps, "grad_steps": grad_steps,
                     "resumed_from": resumed_from, "final_mean": g["mean"], "final_std": g["std"],
-                    "human_normalized": g["human_normalized"], "eval_file": str(final_path),
+                    "human_normalized": g["human_normalized"], "optimal_normalized": g.get("optimal_normalized"), "eval_file": str(final_path),
                     "learning_curve": str(curve), "metrics": str(metrics_path)}
     finally:
         actors.close()

@@ -110,6 +110,7 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
     network = network_config({k: s[k] for k in network_setting_names() if k in s})
     learner = LearnerConfig(**{k: s[k] for k in LEARNER_SETTINGS}, method_config=make_method_config(s["method"], s))
     _check_method_fits_network(learner, network)
+    check_minimal_action_sets(network)
     data = str(s["data"])
     return PretrainConfig(
         # Absolute, so that run.json still names the store when read from another directory (scale-report).
@@ -119,6 +120,16 @@ def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
         log_every=int(s["log_every"]), game_weights=s["game_weights"],
         cache_bytes=None if s["cache_bytes"] is None else int(s["cache_bytes"]), prefetch=int(s["prefetch"]),
         prefetch_units=int(s["prefetch_units"]))
+
+
+def check_minimal_action_sets(network: AnyNetworkConfig) -> None:
+    """Refuse `full_action_space` for training: stores hold minimal-set action indices (DQN-Replay's), which
+    18-wide heads would read as ALE ids (Breakout's RIGHT, index 2, as ALE's UP) with no mapping in the
+    samplers or at acting, so the run would train silently wrong. Parameter tables still accept it."""
+    if network.full_action_space:
+        raise UsageError("full_action_space is not supported for training: the data holds minimal-set action "
+                         "indices, which 18-action heads would misread", hint="remove full_action_space from the "
+                         "config (minimal action sets are the default)")
 
 
 def _check_method_fits_network(learner: LearnerConfig, network: AnyNetworkConfig) -> None:

@@ -88,6 +88,9 @@ def load_pretrained(run_or_checkpoint: str | os.PathLike) -> Pretrained:
     if method.finetune is not None:  # before reading the network: a dt run has another network config
         raise UsageError(f"runs of method {method.name} cannot be fine-tuned: {method.finetune}",
                          hint="fine-tune a scaled-ql, c51 or bc run")
+    if (identity.get("network") or {}).get("full_action_space"):  # only older sql trained these, unmapped
+        raise UsageError(f"run {run_dir} was trained with full_action_space, whose heads misread the data's "
+                         "minimal-set actions", hint="fine-tune a run trained on minimal action sets")
     policy = load_policy(path)  # verified; the architecture checked against run.json
     return Pretrained(run_dir=Path(run_dir), step=policy.step, network_config=policy.network_config,
                       games=list(policy.games), num_actions=tuple(policy.num_actions), params=policy.params,

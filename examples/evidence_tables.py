@@ -1,0 +1,211 @@
+"""The statistics and Markdown tables of the evidence experiments, from their records alone (docs/results.md).
+
+Pure functions of a record (the JSON an `examples/evidence_*.py` script writes, kept in docs/results/): the
+scripts call them to print their tables, and `examples/results_tables.py` calls them again to recompute the
+tables of docs/results.md from the committed records (tests/test_results_page.py checks that they match).
+
+Statistics (the code `sql eval` uses for its aggregates, `sqlcli_core.evaluation.aggregates`):
+- a *run* is one training seed's policy; its score on a game is the mean of its evaluation episodes, played
+  on evaluation seeds of its own (no two training seeds share an episode);
+- a per-game interval is the 95% two-level stratified bootstrap: training seeds resampled, then each drawn
+  seed's episodes (so evaluation noise is inside the interval); the data's interval resamples its episodes;
+- IQM and mean of human-normalized scores over games: the same bootstrap on the (seeds, episodes, games)
+  tensor, IQM over the (seeds x games) matrix of run scores, as `sql eval` and `sql scale-report` compute it;
+- "above the data": the method's interval lies entirely above the data's interval (no overlap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+BOOTSTRAP_REPS = 20_000
+LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action",
+          "scaled-ql": "Scaled QL", "c51": "C51 (CQL weight 0)", "bc": "BC (greedy)", "bc-sample": "BC (sampled)",
+          "dt": "Decision Transformer", "scaled-ql-a0.01": "Scaled QL (CQL weight 0.01)"}
+
+
+def runs_interval(runs: Sequence[Sequence[float]], reps: int = BOOTSTRAP_REPS) -> dict:
+    """Mean over runs of each run's mean episode score, and its 95% two-level bootstrap interval.
+
+    runs: one list of episode scores per run (equal lengths; a single run: the bootstrap over its episodes).
+    """
+    from sqlcli_core.evaluation.aggregates import aggregates_with_ci
+
+    lengths = {len(r) for r in runs}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"every run needs the same positive number of episodes, got {sorted(lengths)}")
+    tensor = np.asarray(runs, np.float64)[:, :, None]
+    out = aggregates_with_ci(tensor, reps=reps, names=("mean",))["mean"]
+    return {"mean": out["value"], "ci95": out["ci95"], "runs": len(runs), "episodes_per_run": tensor.shape[1]}
+
+
+def human_normalized_aggregates(runs: Sequence[Mapping[str, Sequence[float]]], games: Sequence[str],
+                                reps: int = BOOTSTRAP_REPS) -> dict:
+    """{"iqm": {...}, "mean": {...}} of human-normalized scores: runs x episodes x games, two-level bootstrap."""
+    from sqlcli_core.evaluation.aggregates import aggregates_with_ci, human_normalized_matrix
+    from sqlcli_core.games.catalog import Game
+
+    per_game = {g: np.asarray([run[g] for run in runs], np.float64) for g in games}
+    references = {g: Game(g).reference for g in games}
+    tensor, _ = human_normalized_matrix(per_game, references)
+    out = aggregates_with_ci(tensor, reps=reps, names=("iqm", "mean"))
+    return {name: {"mean": v["value"], "ci95": v["ci95"]} for name, v in out.items()}
+
+
+def human_normalized_point(means: Mapping[str, float], games: Sequence[str]) -> dict:
+    """IQM and mean over games of one score per game (a 1 x games matrix: no interval)."""
+    from sqlcli_core.evaluation.aggregates import aggregate
+    from sqlcli_core.games.catalog import Game
+
+    row = np.array([[Game(g).human_normalized(means[g]) for g in games]])
+    return {"iqm": {"mean": aggregate(row, "iqm"), "ci95": None}, "mean": {"mean": aggregate(row, "mean"), "ci95": None}}
+
+
+def format_interval(v: Mapping | None, digits: int = 1, scale: float = 1.0) -> str:
+    """'mean [low, high]' (just the mean without an interval; '-' for nothing)."""
+    if v is None:
+        return "-"
+    text = f"{scale * v['mean']:,.{digits}f}"
+    if v.get("ci95"):
+        text += f" [{scale * v['ci95'][0]:,.{digits}f}, {scale * v['ci95'][1]:,.{digits}f}]"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment 1: methods
+
+
+def summarize_methods(record: Mapping) -> dict:
+    """Per game and method: intervals and the above-data flag; aggregates over games. From the raw episodes."""
+    games, methods = record["games"], record["methods"]
+    table: dict[str, dict] = {}
+    for game in games:
+        data = runs_interval([record["episodes"]["data"][game]])
+        row = {"random": runs_interval([record["episodes"]["random"][game]]), "data": data}
+        always = record["episodes"].get("always", {}).get(game) or []
+        if always:
+            row["always"] = runs_interval([always])
+        for method in methods:
+            row[method] = runs_interval([seed[game] for seed in record["episodes"]["methods"][method]])
+            row[method]["above_data"] = bool(row[method]["ci95"][0] > data["ci95"][1])
+        table[game] = row
+    aggregates = {"random": human_normalized_point({g: table[g]["random"]["mean"] for g in games}, games),
+                  "data": human_normalized_point({g: table[g]["data"]["mean"] for g in games}, games)}
+    for method in methods:
+        aggregates[method] = human_normalized_aggregates(record["episodes"]["methods"][method], games)
+    return {"per_game": table, "human_normalized": aggregates}
+
+
+def methods_markdown(record: Mapping) -> str:
+    summary = summarize_methods(record)
+    cols = ["random", "data", "always", *record["methods"]]
+    lines = ["| game | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+
+    def cell(v: Mapping) -> str:
+        text = format_interval(v)
+        return f"**{text}**" if v.get("above_data") else text
+
+    for game, row in summary["per_game"].items():
+        lines.append(f"| {game} | " + " | ".join(cell(row[c]) if c in row else "-" for c in cols) + " |")
+    for name in ("iqm", "mean"):
+        agg = summary["human_normalized"]
+        lines.append(f"| human-normalized {name.upper() if name == 'iqm' else name} (%) | " + " | ".join(
+            format_interval(agg[c][name], 1, 100.0) if c in agg else "-" for c in cols) + " |")
+    agreement = record.get("greedy_agreement_seed0") or {}
+    if agreement:
+        lines += ["", f"| greedy action = the scripted action {record['scripted_action']}, on the data's states "
+                  "(seed 0) | " + " | ".join(games_of(record)) + " |", "|---|" + "---:|" * len(games_of(record))]
+        for method, per_game in agreement.items():
+            lines.append(f"| {LABELS[method]} | " + " | ".join(
+                f"{100 * per_game[g]['greedy_is_scripted']:.1f}%" for g in games_of(record)) + " |")
+        first = next(iter(agreement.values()))
+        lines.append("| (the data took it) | " + " | ".join(
+            f"{100 * first[g]['data_took_scripted']:.1f}%" for g in games_of(record)) + " |")
+    return "\n".join(lines)
+
+
+def games_of(record: Mapping) -> list[str]:
+    return list(record["games"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment 2: capacity
+
+
+def capacity_markdown(record: Mapping) -> str:
+    lines = ["| width | projection | parameters (total / shared) | human-normalized IQM (%) | human-normalized mean (%) |",
+             "|---:|---:|---:|---:|---:|"]
+    for row in record["sizes"]:
+        total = f"{row['parameters']:,}" if row["parameters"] else "?"
+        shared = f"{row['shared_parameters']:,}" if row["shared_parameters"] else "?"
+        agg = human_normalized_aggregates(row["episodes"], record["games"])
+        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {total} / {shared} | "
+                     f"{format_interval(agg['iqm'], 1, 100.0)} | {format_interval(agg['mean'], 1, 100.0)} |")
+    for params, rep in record["scale_report"].items():
+        if "refused" in rep:
+            lines.append(f"\nscale-report ({params} parameters): refused: {rep['refused']}")
+        for fit in rep.get("fits", []):
+            interval = "-" if fit["b_ci95"] is None else f"[{fit['b_ci95'][0]:.3f}, {fit['b_ci95'][1]:.3f}]"
+            b = "-" if fit["b"] is None else f"{fit['b']:.3f}"
+            group = ", ".join(fit["group"].values()) or "all runs"
+            lines.append(f"\nscale-report ({params} parameters, {group}): exponent b = {b}, "
+                         f"95% bootstrap interval {interval}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment 3: transfer
+
+
+def transfer_markdown(record: Mapping) -> str:
+    on, off = record["online"], record["offline"]
+    lines = ["| experiment | metric | pre-trained | scratch |", "|---|---|---:|---:|"]
+    for kind, label in (("online", f"online, {on['game']} mode {on['mode']}"),
+                        ("offline", f"offline, {off['game']} ({off['transitions']:,} transitions)")):
+        cells = [format_interval(runs_interval(record[kind][init]["final_episodes"])) for init in ("pretrained", "scratch")]
+        lines.append(f"| {label} | final score | {cells[0]} | {cells[1]} |")
+        if kind == "online":
+            curve = [format_interval(runs_interval([[m] for m in record[kind][init]["curve_means"]]))
+                     for init in ("pretrained", "scratch")]
+            lines.append(f"| {label} | mean score over the curve (one value per seed) | {curve[0]} | {curve[1]} |")
+    lines.append(f"\n{off['game']}: data (behaviour) {format_interval(runs_interval([off['data_episodes']]))}, "
+                 f"random play {format_interval(runs_interval([off['random_episodes']]))}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Experiment 1c: the Freeway mixture
+
+
+def mixture_markdown(record: Mapping) -> str:
+    """Score intervals per arm next to the data's runs and random play, and the sign of Q(UP) - Q(NOOP) at the
+    bottom rows (mean over seeds of each run's mean gap, and the share of states where UP is preferred)."""
+    eps = record["episodes"]
+    data_all = [x for run in eps["data"].values() for x in run]
+
+    def episodes_interval(scores: Sequence[float]) -> dict | None:  # None: no complete episode (a --quick run)
+        return runs_interval([scores]) if scores else None
+
+    lines = ["| | Freeway score | Q(UP) - Q(NOOP) on bottom-row states | share of them preferring UP |",
+             "|---|---:|---:|---:|", f"| random play | {format_interval(runs_interval([eps['random']['Freeway']]))} | - | - |"]
+    for run, behaviour in record["behaviours"].items():
+        label = f"data run {run} ({behaviour['policy']}, epsilon {behaviour['epsilon']})"
+        lines.append(f"| {label} | {format_interval(episodes_interval(eps['data'][run]))} | - | - |")
+    data = episodes_interval(data_all)
+    lines.append(f"| data, both runs | {format_interval(data)} | - | - |")
+    data_high = data["ci95"][1] if data else float("inf")
+    for arm in record["arms"]:
+        score = runs_interval([seed["Freeway"] for seed in eps["methods"][arm]])
+        text = format_interval(score)
+        text = f"**{text}**" if score["ci95"][0] > data_high else text
+        gaps = record["up_minus_noop_bottom_rows"].get(arm)
+        gap = "-" if not gaps else f"{np.mean([g['mean'] for g in gaps]):+.3f}"
+        share = "-" if not gaps else f"{100 * np.mean([g['share_positive'] for g in gaps]):.0f}%"
+        lines.append(f"| {LABELS.get(arm, arm)} | {text} | {gap} | {share} |")
+    return "\n".join(lines)
+
+
+MARKDOWN = {"methods": methods_markdown, "capacity": capacity_markdown, "transfer": transfer_markdown,
+            "mixture": mixture_markdown}

@@ -1,0 +1,60 @@
+"""docs/results.md against its committed records (docs/results/*.json): every generated table on the page is what
+examples/results_tables.py recomputes from its record (examples/evidence_tables.py, the statistics of `sql eval`),
+and a changed number or a missing record is caught. Also the IQM that release 0.2's page got wrong, re-derived."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def results_tables(monkeypatch):
+    """examples/results_tables.py as its script sees its neighbours (examples/ on the path, for this test only)."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    return importlib.import_module("results_tables")
+
+
+def test_the_pages_tables_match_the_committed_records(results_tables):
+    assert results_tables.record_names(), "docs/results/ holds no record"
+    assert set(results_tables.page_tables()) == set(results_tables.record_names())
+    assert results_tables.differences() == []
+
+
+def test_a_changed_number_or_a_missing_record_is_caught(results_tables, tmp_path):
+    page = tmp_path / "results.md"
+    records = tmp_path / "results"
+    shutil.copytree(REPO / "docs" / "results", records)
+    text = results_tables.PAGE.read_text()
+    name, body = next(iter(results_tables.page_tables().items()))
+    row = next(line for line in body.splitlines() if line.startswith("| ") and any(c.isdigit() for c in line))
+    digit = next(c for c in row if c.isdigit())
+    changed = row.replace(digit, str((int(digit) + 1) % 10), 1)
+    page.write_text(text.replace(row, changed, 1))
+    (problem,) = results_tables.differences(page, records)
+    assert problem.startswith(f"table {name} differs from its record")
+    page.write_text(text)
+    assert results_tables.differences(page, records) == []
+    (records / f"{name}.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"names record {name}"):
+        results_tables.differences(page, records)
+
+
+def test_release_02_iqm_recomputed_from_its_table(results_tables):
+    """The 0.2 page's Scaled QL per-game means (every seed and size played the same episodes): the IQM is 5.8%
+    over one run per game and 6.0% over the 3 seeds x 6 games matrix, not the 5.7% it printed."""
+    from sqlcli_core.evaluation.aggregates import aggregate
+    from sqlcli_core.games.catalog import Game
+
+    means = {"Freeway": 21.0, "Breakout": 0.0, "DemonAttack": 440.0, "Assault": 0.0, "ChopperCommand": 750.0,
+             "Centipede": 3505.0}
+    row = np.array([[Game(g).human_normalized(v) for g, v in means.items()]])
+    assert round(100 * aggregate(row, "iqm"), 1) == 5.8
+    assert round(100 * aggregate(np.repeat(row, 3, axis=0), "iqm"), 1) == 6.0
+    assert "5.8% over one run per game and 6.0% over the 3 seeds x 6 games" in results_tables.PAGE.read_text()
