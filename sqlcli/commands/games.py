@@ -42,8 +42,10 @@ def games(
     table = Table(title=f"{spec}: {len(rows)} games, {sum(r['num_actions'] for r in rows)} actions")
     for col in rows[0]:
         table.add_column(col, justify="right" if col in ("num_actions", "random", "human", "optimal") else "left")
-    for r in rows:
-        table.add_row(*("-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
+    for g, r in zip(resolved, rows):
+        # exact values such as 0.5**12 of a synthetic game: 4 significant digits; Atari's scores as published
+        table.add_row(*("-" if v is None else f"{v:.4g}" if g.synthetic and isinstance(v, float) else str(v)
+                        for v in r.values()))
     out = result_console(as_json)
     out.print(table)
     out.print(f"reference scores: {catalog.REFERENCE_SCORE_SOURCE}", style="dim")
