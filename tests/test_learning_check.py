@@ -59,24 +59,25 @@ def runs(tmp_path_factory):
     result = runner.invoke(app, ["shard", str(root / "data"), str(root / "store")])
     assert result.exit_code == 0, result.output
     store = root / "store"
-    # Two at a time: each process is partly serial (Python, the sampler), so a pair keeps two cores busy.
-    # BC needs a gentler step to settle on the 60/40 majority at the start; the broken twin's error cannot
-    # shrink however long it runs.
-    pairs = [
-        (("c51", [GAME], "--method", "c51", "--steps", "600", *FAST),
-         ("bc", [GAME], "--method", "bc", "--steps", "400", "--lr", "1e-3")),
-        (("variants", VARIANTS, "--method", "c51", "--steps", "800", *FAST),
-         ("broken-target", [GAME], "--method", "c51", "--steps", "100", "--lr", "1e-2",
-          "--target-update-period", "100000")),
-        (("resumed", [GAME], "--method", "scaled-ql", "--alpha", "0", "--steps", "300", *FAST),),
+    # Three at a time: each process is partly serial (Python, the sampler), so a group keeps two cores busy;
+    # the resumed run's second half goes with the second group. BC needs a gentler step to settle on the 60/40
+    # majority at the start; the broken twin's error cannot shrink however long it runs.
+    first = [
+        ("c51", [GAME], "--method", "c51", "--steps", "600", *FAST),
+        ("bc", [GAME], "--method", "bc", "--steps", "400", "--lr", "1e-3"),
+        ("resumed", [GAME], "--method", "scaled-ql", "--alpha", "0", "--steps", "300", *FAST),
     ]
-    for pair in pairs:
-        procs = [_pretrain(store, root / name, games, *extra) for name, games, *extra in pair]
+    second = [
+        ("variants", VARIANTS, "--method", "c51", "--steps", "800", *FAST),
+        ("broken-target", [GAME], "--method", "c51", "--steps", "100", "--lr", "1e-2",
+         "--target-update-period", "100000"),
+        # continue the stopped run from its last checkpoint (300) to 600 steps: the same command, a longer --steps
+        ("resumed", [GAME], "--method", "scaled-ql", "--alpha", "0", "--steps", "600", *FAST),
+    ]
+    for group in (first, second):
+        procs = [_pretrain(store, root / name, games, *extra) for name, games, *extra in group]
         for proc in procs:
             _finish(proc)
-    # continue the stopped run from its last checkpoint (300) to 600 steps: the same command, a longer --steps
-    _finish(_pretrain(store, root / "resumed", [GAME], "--method", "scaled-ql", "--alpha", "0", "--steps", "600",
-                      *FAST))
     return root
 
 

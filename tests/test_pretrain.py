@@ -393,7 +393,7 @@ def test_tiny_bc_runs_train_evaluate_and_report_as_their_own_method(env, tmp_pat
     out = tmp_path / "demo"
     proc = sql(["demo", "--out", str(out), "--games", "freeway", "--transitions", "1000", "--steps", "60",
                 "--widths", "0.25,0.5", "--eval-seeds", "0", "--eval-max-steps", "400", "--methods", "scaled-ql,bc",
-                "--json"], env)
+                "--no-check", "--json"], env)  # the learner check is tests/test_demo.py's
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [(r.get("method", "scaled-ql"), r["width"]) for r in summary["runs"]] == [
@@ -407,4 +407,7 @@ def test_tiny_bc_runs_train_evaluate_and_report_as_their_own_method(env, tmp_pat
     methods = {p["name"]: p["method"] for p in report["points"]}
     assert methods["bc-dqn-w0.25"] == methods["bc-dqn-w0.5"] == "bc"
     assert methods["dqn-w0.25"] == "scaled-ql(alpha=0.05)"
-    assert [f["status"] for f in report["fits"] if f["group"]["method"] == "bc"] == ["exact"]
+    # two sizes with equal scores are no finding about size: the report says so instead of fitting a flat line
+    bc_scores = {p["score"] for p in report["points"] if p["method"] == "bc"}
+    assert [f["status"] for f in report["fits"] if f["group"]["method"] == "bc"] == (
+        ["indistinguishable"] if len(bc_scores) == 1 else ["exact"])

@@ -330,13 +330,13 @@ def test_flipped_byte_in_a_gzip_stream_is_a_crc_error_naming_the_file(source, tm
 
 
 def test_cache_too_small_names_the_real_option_and_its_minimum(store_copy):
-    from sqlcli_core.errors import ResourceError
+    from sqlcli_core.errors import UsageError  # a setting too small for the data: exit 2, as docs/pretrain.md says
 
     # by hand: units of 4 chunks of 64 rows; a slot holds U + 3 padding + n rows of frames (7056 B) and
     # action/reward/terminal (9 B), plus U int32 valid indices; 1 game + 2 spare slots
     U = 4 * CHUNK
     need = (1 + 2) * ((U + 3 + 3) * (84 * 84 + 9) + U * 4)
-    with pytest.raises(ResourceError) as info:
+    with pytest.raises(UsageError) as info:
         ReplaySampler(store_copy, batch_size=8, cache_bytes=10)
     assert f"set cache_bytes (`--cache-bytes` of pretrain and finetune-offline) to at least {need}" in str(info.value)
     with ReplaySampler(store_copy, batch_size=8, cache_bytes=need) as s:
