@@ -92,12 +92,11 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     method = learner_config.get_method()
     source_str = str(Path(source).absolute())
     check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
-    # The source run first: a run that cannot be fine-tuned at all is the answer, whatever the data holds.
-    pretrained = load_pretrained(source)
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
                                  budget=config.transitions, rule=config.slice_rule)
 
     # The one-game network and its train state.
+    pretrained = load_pretrained(source)
     net_config = pretrained.network_config
     num_actions = tuple(finetune_num_actions(net_config, game))
     mesh = make_mesh(jax.local_devices()[:1])
