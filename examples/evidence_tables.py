@@ -23,7 +23,8 @@ import numpy as np
 BOOTSTRAP_REPS = 20_000
 LABELS = {"random": "random play", "data": "data (behaviour)", "always": "always the scripted action",
           "scaled-ql": "Scaled QL", "c51": "C51 (CQL weight 0)", "bc": "BC (greedy)", "bc-sample": "BC (sampled)",
-          "dt": "Decision Transformer", "scaled-ql-a0.01": "Scaled QL (CQL weight 0.01)"}
+          "dt": "Decision Transformer", "scaled-ql-a0.01": "Scaled QL (CQL weight 0.01)",
+          "scaled-ql-a0.05": "Scaled QL (CQL weight 0.05)"}
 
 
 def runs_interval(runs: Sequence[Sequence[float]], reps: int = BOOTSTRAP_REPS) -> dict:
@@ -207,5 +208,121 @@ def mixture_markdown(record: Mapping) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Section 0: the known-answer chain games (examples/evidence_chains.py)
+
+CHAIN_ACTING = {"scaled-ql-a0.05": "greedy", "scaled-ql-a0.01": "greedy", "c51": "greedy", "bc": "greedy",
+                "bc-sample": "sample", "dt": "authors' (best of 128 returns, top-half actions)"}
+REACHED = 0.9
+"""A run has reached the optimum at a step count when its evaluation episodes' optimal-normalized mean is >= this."""
+
+
+def optimal_normalized(scores: Sequence[float], reference: Mapping) -> list[float]:
+    """0 = random play, 1 = the optimal return (what `sql eval` reports for a synthetic game)."""
+    return [(x - reference["random"]) / (reference["optimal"] - reference["random"]) for x in scores]
+
+
+def _width_note(v: Mapping) -> str:
+    return "zero" if v["ci95"][0] == v["ci95"][1] else f"{v['ci95'][1] - v['ci95'][0]:.2f}"
+
+
+def summarize_chain_methods(record: Mapping) -> dict:
+    """Per game: the data's and every method's optimal-normalized mean and 95% interval (two-level bootstrap over
+    training seeds and their episodes), and whether each interval lies above the data's and both BC ones."""
+    out = {}
+    for game, g in record["games"].items():
+        ref = g["reference"]
+        rows = {"data": runs_interval([optimal_normalized(g["data"], ref)])}
+        for method in record["methods"]:
+            rows[method] = runs_interval([optimal_normalized(run, ref) for run in g["methods"][method]])
+        bc_high = max(rows[m]["ci95"][1] for m in ("bc", "bc-sample") if m in rows)
+        for method in record["methods"]:
+            rows[method]["above_data"] = bool(rows[method]["ci95"][0] > rows["data"]["ci95"][1])
+            rows[method]["above_bc"] = bool(rows[method]["ci95"][0] > bc_high)
+        out[game] = rows
+    return out
+
+
+def chain_methods_markdown(record: Mapping) -> str:
+    summary = summarize_chain_methods(record)
+    seeds, episodes = len(record["seeds"]), record["scale"]["eval_episodes"]
+    lines = []
+    for game, rows in summary.items():
+        data = rows["data"]
+        lines += [f"**{game}** ({seeds} training seeds x {episodes} evaluation episodes per method; data: "
+                  f"{data['episodes_per_run']:,} episodes of `{record['data_policy']['policy']}`)", "",
+                  "| policy | acting | optimal-normalized return [95% interval] | interval width "
+                  "| above the data | above BC (greedy and sampled) |", "|---|---|---:|---:|:-:|:-:|",
+                  f"| data (behaviour) | - | {format_interval(data, 2)} | {_width_note(data)} | - | - |"]
+        for method in record["methods"]:
+            v = rows[method]
+            lines.append(f"| {LABELS[method]} | {CHAIN_ACTING[method]} | {format_interval(v, 2)} | {_width_note(v)} | "
+                         f"{'yes' if v['above_data'] else 'no'} | {'yes' if v['above_bc'] else 'no'} |")
+        main = rows["scaled-ql-a0.05"]
+        verdict = "yes" if main["above_data"] and main["above_bc"] else "no"
+        lines += ["", f"Scaled QL (CQL weight 0.05) above both BC and the data, intervals not overlapping: {verdict}.",
+                  ""]
+    return "\n".join(lines).rstrip()
+
+
+def steps_to_optimum(per_step: Mapping[str, Sequence[Sequence[float]]], grid: Sequence[int]) -> list[int | None]:
+    """Per training seed: the first evaluated step count whose mean optimal-normalized score is >= REACHED
+    (None: not within the grid). per_step: {str(steps): [normalized episode scores per seed]}."""
+    seeds = len(per_step[str(grid[0])])
+    return [next((k for k in grid if np.mean(per_step[str(k)][i]) >= REACHED), None) for i in range(seeds)]
+
+
+def chain_transfer_markdown(record: Mapping) -> str:
+    ref, grid = record["reference"], record["grid"]
+    norm = {init: {k: [optimal_normalized(run, ref) for run in runs] for k, runs in curve.items()}
+            for init, curve in record["curves"].items()}
+    lines = [f"Fine-tuning offline on the held-out {record['heldout']} ({record['finetune']['transitions']:,} rows of "
+             f"its data), optimal-normalized return [95% interval] after each number of steps; "
+             f"{len(record['seeds'])} seeds x {record['scale']['eval_episodes']} evaluation episodes:", "",
+             "| fine-tuning steps | pre-trained | scratch |", "|---:|---:|---:|"]
+    for k in grid:
+        lines.append(f"| {k} | " + " | ".join(format_interval(runs_interval(norm[i][str(k)]), 2)
+                                               for i in ("pretrained", "scratch")) + " |")
+    cells = []
+    for init in ("pretrained", "scratch"):
+        reached = steps_to_optimum(norm[init], grid)
+        text = ", ".join("not reached" if r is None else str(r) for r in reached)
+        if all(r is not None for r in reached):
+            text = f"{format_interval(runs_interval([[float(r)] for r in reached]), 0)} (seeds: {text})"
+        else:
+            text = f"seeds: {text} (within {grid[-1]} steps)"
+        cells.append(text)
+    lines.append(f"| steps to the optimum (mean >= {REACHED} of optimal) | {cells[0]} | {cells[1]} |")
+    data = runs_interval([optimal_normalized(record["data"], ref)])
+    from sqlcli_core.games.catalog import Game
+
+    own = []
+    for game in record["pretrain_games"]:
+        g_ref = dict(zip(("random", "optimal"), Game(game).reference))
+        own_scores = [optimal_normalized(seed[game], g_ref) for seed in record["pretrained_scores"]]
+        own.append(f"{game} {format_interval(runs_interval(own_scores), 2)}")
+    lines += ["", f"{record['heldout']}'s data (behaviour): {format_interval(data, 2)}. The pre-trained runs on "
+              f"their own games: {'; '.join(own)}."]
+    return "\n".join(lines)
+
+
+def chain_size_markdown(record: Mapping) -> str:
+    from sqlcli_core.evaluation.aggregates import aggregates_with_ci
+
+    games, refs = record["games"], record["references"]
+    lines = ["| width | projection | parameters | optimal-normalized mean over the 5 variants [95% interval] "
+             "| lowest game mean |", "|---:|---:|---:|---:|---:|"]
+    for row in record["sizes"]:
+        tensor = np.asarray([[optimal_normalized(seed[g], refs[g]) for g in games] for seed in row["episodes"]])
+        tensor = tensor.transpose(0, 2, 1)  # (seeds, episodes, games)
+        mean = aggregates_with_ci(tensor, reps=BOOTSTRAP_REPS, names=("mean",))["mean"]
+        lowest = float(tensor.mean(axis=(0, 1)).min())
+        params = f"{row['parameters']:,}" if row.get("parameters") else "?"
+        lines.append(f"| {row['width']:g} | {row['projection_dim']} | {params} | "
+                     f"{format_interval({'mean': mean['value'], 'ci95': mean['ci95']}, 2)} | {lowest:.2f} |")
+    return "\n".join(lines)
+
+
 MARKDOWN = {"methods": methods_markdown, "capacity": capacity_markdown, "transfer": transfer_markdown,
-            "mixture": mixture_markdown}
+            "mixture": mixture_markdown, "chain-methods": chain_methods_markdown,
+            "chain-transfer": chain_transfer_markdown, "chain-size": chain_size_markdown}

@@ -58,3 +58,37 @@ def test_release_02_iqm_recomputed_from_its_table(results_tables):
     assert round(100 * aggregate(row, "iqm"), 1) == 5.8
     assert round(100 * aggregate(np.repeat(row, 3, axis=0), "iqm"), 1) == 6.0
     assert "5.8% over one run per game and 6.0% over the 3 seeds x 6 games" in results_tables.PAGE.read_text()
+
+
+def _chain_record(data, per_method):
+    methods = list(per_method)
+    return {"experiment": "chain-methods", "methods": methods, "seeds": [0, 1], "scale": {"eval_episodes": 2},
+            "data_policy": {"policy": "mixture:0.25"},
+            "games": {"Chain-fall-12": {"reference": {"random": 0.0, "optimal": 1.0}, "data": data,
+                                        "methods": per_method}}}
+
+
+def test_chain_methods_verdict_and_zero_width_from_a_hand_made_record(results_tables):
+    """Section 0's table: Scaled QL is marked above the data and both BC only when its interval clears theirs;
+    a policy whose every episode scored the same has a zero-width interval, and the page says so."""
+    tables = importlib.import_module("evidence_tables")
+    optimal = [[1.0, 1.0], [1.0, 1.0]]
+    record = _chain_record([0.0, 0.0, 1.0, 0.0] * 50, {"scaled-ql-a0.05": optimal, "bc": [[0.0, 0.0], [0.0, 0.0]],
+                                                        "bc-sample": [[0.0, 1.0], [0.0, 0.0]]})
+    rows = tables.summarize_chain_methods(record)["Chain-fall-12"]
+    assert rows["data"]["mean"] == 0.25 and rows["scaled-ql-a0.05"]["ci95"] == [1.0, 1.0]
+    assert rows["scaled-ql-a0.05"]["above_data"] and rows["scaled-ql-a0.05"]["above_bc"]
+    assert not rows["bc"]["above_data"]
+    text = tables.chain_methods_markdown(record)
+    assert "| Scaled QL (CQL weight 0.05) | greedy | 1.00 [1.00, 1.00] | zero | yes | yes |" in text
+    assert "intervals not overlapping: yes." in text
+    # one sampled-BC seed that plays the optimum in both episodes: the intervals now touch, so no verdict
+    record["games"]["Chain-fall-12"]["methods"]["bc-sample"] = [[1.0, 1.0], [0.0, 0.0]]
+    assert "intervals not overlapping: no." in tables.chain_methods_markdown(record)
+
+
+def test_steps_to_optimum_is_the_first_step_count_at_or_above_the_bar(results_tables):
+    tables = importlib.import_module("evidence_tables")
+    per_step = {"25": [[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]], "50": [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]],
+                "100": [[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]]}
+    assert tables.steps_to_optimum(per_step, [25, 50, 100]) == [100, 25, None]
