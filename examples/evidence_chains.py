@@ -56,6 +56,7 @@ METHODS = {
 PRETRAIN_VARIANTS = ("Chain-fall-12", "Chain-fall-12-low", "Chain-fall-12-big", "Chain-fall-12-dim")
 HELDOUT = "Chain-fall-12-mirror"
 FAMILY = (*PRETRAIN_VARIANTS, HELDOUT)
+Q_BOUND = 0.05  # the learning check's bound on max |Q-hat - Q*| (sqlcli_core/synthetic/check.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ChainScale:
 
 FULL = ChainScale(games=("Chain-fall-12", "Chain-stay-12"), transitions=6000, steps=400, multi_steps=600,
                   seeds=(0, 1, 2), eval_episodes=10, dt_width=0.0625, dt_batch_size=16, dt_steps=800, finetune_transitions=3000,
-                  finetune_grid=(25, 50, 100, 200, 400), widths=(0.0625, 0.25, 1.0))
+                  finetune_grid=(25, 50, 100, 200, 400, 800), widths=(0.0625, 0.25, 1.0))
 QUICK = ChainScale(games=("Chain-fall-12",), transitions=1500, steps=10, multi_steps=10, seeds=(0,), eval_episodes=2,
                    dt_width=0.0625, dt_batch_size=8, dt_steps=10, finetune_transitions=600, finetune_grid=(5, 10), widths=(0.25,))
 
@@ -134,6 +135,17 @@ class ChainLab(Lab):
         result = json.loads(out.read_text())
         return {g: result["games"][g]["scores"] for g in games}, {g: result["games"][g]["reference"] for g in games}
 
+    def diagnosis(self, run: Path, store: Path, steps: int) -> dict:
+        """`sql diagnose` of the run's checkpoint at `steps` on the held-out variant: its Q error against Q* over
+        the visited pairs and its greedy return (kept beside the run's evaluations, read back when there)."""
+        out = run / "eval" / f"diagnose-step{steps}.json"
+        if not out.exists():
+            full = self.sql("diagnose", run / "checkpoints" / str(steps), "--game", HELDOUT, "--data", store)
+            keep = {k: full[k] for k in ("max_abs_q_error", "mean_abs_q_error", "greedy_action_agreement",
+                                         "greedy_return", "optimal_return", "q_reference", "n_step")}
+            out.write_text(json.dumps(keep, indent=1) + "\n")
+        return json.loads(out.read_text())
+
     def write_record(self, name: str, record: dict) -> None:
         from sqlcli_core import provenance
 
@@ -178,6 +190,7 @@ def transfer(lab: ChainLab) -> None:
     store = lab.chain_store(FAMILY)
     flags = ("--method", "scaled-ql", "--alpha", 0.05, *LEARNER, *Q_FLAGS)
     pretrained_scores, curves, reference = [], {"pretrained": {}, "scratch": {}}, None
+    values: dict[str, dict] = {"pretrained": {}, "scratch": {}}
     for seed in s.seeds:
         source = lab.train(store, PRETRAIN_VARIANTS, "variants4", seed, flags, s.multi_steps)
         eps, _ = lab.episodes(source, PRETRAIN_VARIANTS, seed, "eval")
@@ -192,11 +205,12 @@ def transfer(lab: ChainLab) -> None:
                         "--run-dir", run)
                 eps, ref = lab.episodes(run, (HELDOUT,), seed, f"step{steps}")
                 curves[init].setdefault(str(steps), []).append(eps[HELDOUT])
+                values[init].setdefault(str(steps), []).append(lab.diagnosis(run, store, steps))
                 reference = ref[HELDOUT]
     lab.write_record("chain-transfer", {
         "pretrain_games": list(PRETRAIN_VARIANTS), "heldout": HELDOUT, "seeds": list(s.seeds),
         "grid": list(s.finetune_grid), "reference": reference, "data": lab.data_episodes(HELDOUT),
-        "pretrained_scores": pretrained_scores, "curves": curves,
+        "pretrained_scores": pretrained_scores, "curves": curves, "values": values, "q_bound": Q_BOUND,
         "finetune": {"transitions": s.finetune_transitions, "batch_size": 32, "lr": 1e-2, "alpha": 0.05, "n_step": 1,
                      "target_update_period": 20}})
 

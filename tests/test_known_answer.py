@@ -211,3 +211,15 @@ def test_eval_normalises_synthetic_games_to_random_and_optimal_play():
     assert summary["aggregate_method"]["scale"] == "optimal"
     assert summary["aggregate_method"]["score"].startswith("optimal-normalized")
     assert summary["excluded_from_aggregates"] == []
+
+
+def test_diagnose_reads_gamma_n_step_and_store_of_pretrain_and_finetune_runs():
+    """A fine-tuning run keeps its settings under config.settings (finetune-offline's run.json): diagnose found no
+    store there and judged an n-step-3 run against the 1-step fixed point."""
+    from sqlcli_core.analysis.diagnose import _run_settings
+
+    pretrain = {"learner": {"gamma": 0.9}, "n_step": 3, "data": "store.zarr"}
+    finetune = {"command": "finetune-offline", "settings": {"gamma": 0.95, "n_step": 3, "data": "held.zarr"}}
+    assert _run_settings(pretrain) == (0.9, 3, "store.zarr")
+    assert _run_settings(finetune) == (0.95, 3, "held.zarr")
+    assert _run_settings({}) == (0.99, 1, None)

@@ -109,6 +109,16 @@ def greedy_return(policy, game: Game, spec: ChainSpec) -> float:
     return float(results[0].score)
 
 
+def _run_settings(config: dict) -> tuple[float, int, str | None]:
+    """(gamma, n_step, data store) of a run's run.json config: a pretrain run keeps them under learner/n_step/data,
+    a fine-tuning run (`config.command` finetune-offline or finetune-online) under `settings` (before, its n-step
+    and store were not found, so a fine-tuned run was judged against the 1-step fixed point and refused)."""
+    if "settings" in config:
+        settings = config["settings"]
+        return float(settings.get("gamma", 0.99)), int(settings.get("n_step", 1)), settings.get("data")
+    return float(config.get("learner", {}).get("gamma", 0.99)), int(config.get("n_step", 1)), config.get("data")
+
+
 def diagnose(policy, game_name: str, store=None, gamma: float | None = None) -> dict:
     """The diagnosis of a loaded policy (`checkpoint.load_policy`) on one synthetic game of its run.
 
@@ -119,12 +129,9 @@ def diagnose(policy, game_name: str, store=None, gamma: float | None = None) -> 
     if spec is None:
         raise UsageError(f"{name} has no known answer", hint="diagnose a synthetic game: see `sql games diagnostic`")
     head = game_index(policy.games, name)
-    config = policy.run_config.get("config", {})
-    learner = config.get("learner", {})
-    run_gamma = float(learner.get("gamma", 0.99))
+    run_gamma, n_step, run_store = _run_settings(policy.run_config.get("config", {}))
     gamma = run_gamma if gamma is None else float(gamma)
-    n_step = int(config.get("n_step", 1))
-    store = store or config.get("data")
+    store = store or run_store
     if not store:
         raise UsageError("the run names no data store", hint="pass --data STORE (the store it was trained on)")
     data = read_data(store, spec)
