@@ -10,8 +10,9 @@ plays the paper's claims there with `sql eval` episodes and the intervals `sql e
   episodes of evaluation seeds of its own; the data's own episode returns beside them.
 - transfer (claim 3): Scaled QL pre-trained on four variants (Chain-fall-12, -low, -big, -dim) with one torso,
   then `sql finetune-offline` on the held-out Chain-fall-12-mirror, pre-trained vs scratch, 3 seeds; each run is
-  evaluated at several step counts (re-running finetune-offline with a larger --steps resumes it), so the
-  records give the score curve and the steps each seed needs to reach the optimum.
+  evaluated (`sql eval`) and diagnosed against Q* (`sql diagnose`) at several step counts (re-running
+  finetune-offline with a larger --steps resumes it), so the records give the score and Q-error curves and the
+  steps each seed needs to reach the optimal return and max |Q-hat - Q*| <= 0.05.
 - size (claim 2): Scaled QL on all five variants at several torso widths.
 
 Every step is a real `sql` command run in this process (examples/evidence_common.py's Lab: CliRunner, one JAX

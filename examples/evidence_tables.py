@@ -272,6 +272,14 @@ def steps_to_optimum(per_step: Mapping[str, Sequence[Sequence[float]]], grid: Se
     return [next((k for k in grid if np.mean(per_step[str(k)][i]) >= REACHED), None) for i in range(seeds)]
 
 
+def _steps_cell(reached: Sequence[int | None], grid: Sequence[int]) -> str:
+    """Per-seed step counts: their mean [bootstrap interval over seeds] when every seed got there, else the list."""
+    text = ", ".join("not reached" if r is None else str(r) for r in reached)
+    if all(r is not None for r in reached):
+        return f"{format_interval(runs_interval([[float(r)] for r in reached]), 0)} (seeds: {text})"
+    return f"seeds: {text} (within {grid[-1]} steps)"
+
+
 def chain_transfer_markdown(record: Mapping) -> str:
     ref, grid = record["reference"], record["grid"]
     norm = {init: {k: [optimal_normalized(run, ref) for run in runs] for k, runs in curve.items()}
@@ -283,16 +291,21 @@ def chain_transfer_markdown(record: Mapping) -> str:
     for k in grid:
         lines.append(f"| {k} | " + " | ".join(format_interval(runs_interval(norm[i][str(k)]), 2)
                                                for i in ("pretrained", "scratch")) + " |")
-    cells = []
-    for init in ("pretrained", "scratch"):
-        reached = steps_to_optimum(norm[init], grid)
-        text = ", ".join("not reached" if r is None else str(r) for r in reached)
-        if all(r is not None for r in reached):
-            text = f"{format_interval(runs_interval([[float(r)] for r in reached]), 0)} (seeds: {text})"
-        else:
-            text = f"seeds: {text} (within {grid[-1]} steps)"
-        cells.append(text)
-    lines.append(f"| steps to the optimum (mean >= {REACHED} of optimal) | {cells[0]} | {cells[1]} |")
+    cells = [_steps_cell(steps_to_optimum(norm[init], grid), grid) for init in ("pretrained", "scratch")]
+    lines.append(f"| steps to the optimal return (mean >= {REACHED} of optimal) | {cells[0]} | {cells[1]} |")
+    values = record.get("values")
+    if values:
+        bound = record["q_bound"]
+        lines += ["", "The same runs diagnosed against Q* at each step count (`sql diagnose`): max \\|Q-hat - Q*\\| over "
+                  "the pairs the data visits, mean over seeds [95% bootstrap interval over seeds]:", "",
+                  "| fine-tuning steps | pre-trained | scratch |", "|---:|---:|---:|"]
+        for k in grid:
+            lines.append(f"| {k} | " + " | ".join(
+                format_interval(runs_interval([[d["max_abs_q_error"]] for d in values[i][str(k)]]), 3)
+                for i in ("pretrained", "scratch")) + " |")
+        cells = [_steps_cell([next((k for k in grid if values[i][str(k)][seed]["max_abs_q_error"] <= bound), None)
+                              for seed in range(len(record["seeds"]))], grid) for i in ("pretrained", "scratch")]
+        lines.append(f"| steps to max \\|Q-hat - Q*\\| <= {bound} | {cells[0]} | {cells[1]} |")
     data = runs_interval([optimal_normalized(record["data"], ref)])
     from sqlcli_core.games.catalog import Game
 
