@@ -33,6 +33,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -112,6 +113,16 @@ class ChainLab(Lab):
             self.sql("shard", replay, store, "--games", ",".join(games))
         return store
 
+    def once(self, done: bool, *args: object) -> dict:
+        """`sql ARGS` unless its output is already there; then only recorded (the record lists every command that
+        made it, also those of an earlier invocation)."""
+        if not done:
+            return self.sql(*args)
+        line = "sql " + shlex.join([str(a) for a in args] + ["--json"])
+        self.commands.append(line)
+        print(f"$ {line}\n  done before", file=sys.stderr, flush=True)
+        return {}
+
     def data_episodes(self, game: str) -> list[float]:
         """The behaviour's own returns: every complete episode (terminal row) of the collected run."""
         log = json.loads((self.root / "replay" / game / "1" / "collect_log.json").read_text())
@@ -130,18 +141,17 @@ class ChainLab(Lab):
         """{game: episode scores} of `sql eval` on the run's newest checkpoint, on training seed `seed`'s own
         evaluation seeds, one episode each (read back when its JSON exists); and the games' references."""
         out = run / "eval" / f"{name}.json"
-        if not out.exists():
-            self.sql("eval", run, "--games", ",".join(games), "--seeds", eval_seeds_for(seed, self.scale.eval_episodes),
-                     "--episodes", 1, "--name", name, *extra)
+        self.once(out.exists(), "eval", run, "--games", ",".join(games), "--seeds",
+                  eval_seeds_for(seed, self.scale.eval_episodes), "--episodes", 1, "--name", name, *extra)
         result = json.loads(out.read_text())
         return {g: result["games"][g]["scores"] for g in games}, {g: result["games"][g]["reference"] for g in games}
 
-    def diagnosis(self, run: Path, store: Path, steps: int) -> dict:
-        """`sql diagnose` of the run's checkpoint at `steps` on the held-out variant: its Q error against Q* over
-        the visited pairs and its greedy return (kept beside the run's evaluations, read back when there)."""
-        out = run / "eval" / f"diagnose-step{steps}.json"
+    def diagnosis(self, run: Path, store: Path, steps: int, game: str = HELDOUT) -> dict:
+        """`sql diagnose` of the run's checkpoint at `steps` on `game`: its Q error against Q* over the visited
+        pairs and its greedy return (kept beside the run's evaluations, read back when there)."""
+        out = run / "eval" / (f"diagnose-step{steps}.json" if game == HELDOUT else f"diagnose-{game}.json")
+        full = self.once(out.exists(), "diagnose", run / "checkpoints" / str(steps), "--game", game, "--data", store)
         if not out.exists():
-            full = self.sql("diagnose", run / "checkpoints" / str(steps), "--game", HELDOUT, "--data", store)
             keep = {k: full[k] for k in ("max_abs_q_error", "mean_abs_q_error", "greedy_action_agreement",
                                          "greedy_return", "optimal_return", "q_reference", "n_step")}
             out.write_text(json.dumps(keep, indent=1) + "\n")
@@ -150,13 +160,20 @@ class ChainLab(Lab):
     def write_record(self, name: str, record: dict) -> None:
         from sqlcli_core import provenance
 
+        stem = name.removeprefix("chain-")
+        earlier = self.root / "results" / f"{stem}.json"  # wall time of the invocations before this one
+        before = 0.0
+        if earlier.exists():
+            previous = json.loads(earlier.read_text())
+            before = previous.get("seconds_total", previous["seconds"])
+        seconds_total = round(before + time.time() - self.started, 1)
         record = {"experiment": name, "quick": self.quick, "scale": dataclasses.asdict(self.scale),
                   "data_policy": {"policy": POLICY, "epsilon": 0}, **record,
                   "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                               "loadavg_at_end": list(os.getloadavg())},
-                  "seconds": round(time.time() - self.started, 1), "commands": self.commands,
+                  "seconds": round(time.time() - self.started, 1), "seconds_total": seconds_total,
+                  "commands": self.commands,
                   "versions": provenance.package_versions()}
-        stem = name.removeprefix("chain-")
         for path in [self.root / "results" / f"{stem}.json"] + ([self.records / f"{stem}.json"] if self.records else []):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.tmp")
@@ -199,11 +216,12 @@ def transfer(lab: ChainLab) -> None:
         for init in ("pretrained", "scratch"):
             run = lab.root / "finetune" / init / f"s{seed}"
             for steps in s.finetune_grid:
-                lab.sql("finetune-offline", "--from", source, "--init", init, "--game", HELDOUT, "--data", store,
-                        "--transitions", s.finetune_transitions, "--steps", steps, "--batch-size", 32, "--lr", 1e-2,
-                        "--alpha", 0.05, "--n-step", 1, "--target-update-period", 20, "--seed", seed,
-                        "--checkpoint-every", steps, "--log-every", steps, "--final-seeds", 1, "--final-episodes", 1,
-                        "--run-dir", run)
+                done = (run / "eval" / f"diagnose-step{steps}.json").exists()
+                lab.once(done, "finetune-offline", "--from", source, "--init", init, "--game", HELDOUT, "--data", store,
+                         "--transitions", s.finetune_transitions, "--steps", steps, "--batch-size", 32, "--lr", 1e-2,
+                         "--alpha", 0.05, "--n-step", 1, "--target-update-period", 20, "--seed", seed,
+                         "--checkpoint-every", steps, "--log-every", steps, "--final-seeds", 1, "--final-episodes", 1,
+                         "--run-dir", run)
                 eps, ref = lab.episodes(run, (HELDOUT,), seed, f"step{steps}")
                 curves[init].setdefault(str(steps), []).append(eps[HELDOUT])
                 values[init].setdefault(str(steps), []).append(lab.diagnosis(run, store, steps))
@@ -223,16 +241,17 @@ def size(lab: ChainLab) -> None:
     for width in s.widths:
         flags = ("--method", "scaled-ql", "--alpha", 0.05, "--arch", "dqn", "--width", width, "--projection-dim",
                  max(16, round(256 * width)), "--batch-size", 32, "--lr", 1e-2, "--v-min", -2, "--v-max", 2, *Q_FLAGS)
-        per_seed, references = [], None
+        per_seed, errors, references = [], [], None
         for seed in s.seeds:
             run = lab.train(store, FAMILY, f"size-w{width:g}", seed, flags, s.multi_steps)
             eps, references = lab.episodes(run, FAMILY, seed, "eval")
             per_seed.append(eps)
+            errors.append({g: lab.diagnosis(run, store, s.multi_steps, g)["max_abs_q_error"] for g in FAMILY})
         params = json.loads((run / "run.json").read_text()).get("num_parameters")
         rows.append({"width": width, "projection_dim": max(16, round(256 * width)), "parameters": params,
-                     "episodes": per_seed})
+                     "episodes": per_seed, "max_abs_q_error": errors})
     lab.write_record("chain-size", {"games": list(FAMILY), "seeds": list(s.seeds), "references": references,
-                                    "sizes": rows})
+                                    "sizes": rows, "q_bound": Q_BOUND})
 
 
 def main() -> None:

@@ -324,15 +324,20 @@ def chain_size_markdown(record: Mapping) -> str:
 
     games, refs = record["games"], record["references"]
     lines = ["| width | projection | parameters | optimal-normalized mean over the 5 variants [95% interval] "
-             "| lowest game mean |", "|---:|---:|---:|---:|---:|"]
+             "| lowest game mean | max \\|Q-hat - Q*\\|, mean over seeds and variants [95% interval over seeds] "
+             "| largest over seeds and variants |", "|---:|---:|---:|---:|---:|---:|---:|"]
     for row in record["sizes"]:
         tensor = np.asarray([[optimal_normalized(seed[g], refs[g]) for g in games] for seed in row["episodes"]])
         tensor = tensor.transpose(0, 2, 1)  # (seeds, episodes, games)
         mean = aggregates_with_ci(tensor, reps=BOOTSTRAP_REPS, names=("mean",))["mean"]
         lowest = float(tensor.mean(axis=(0, 1)).min())
         params = f"{row['parameters']:,}" if row.get("parameters") else "?"
+        errors = [[float(np.mean([seed[g] for g in games]))] for seed in row.get("max_abs_q_error", [])]
+        error = format_interval(runs_interval(errors), 3) if errors else "-"
+        worst = f"{max(max(seed.values()) for seed in row['max_abs_q_error']):.3f}" if errors else "-"
         lines.append(f"| {row['width']:g} | {row['projection_dim']} | {params} | "
-                     f"{format_interval({'mean': mean['value'], 'ci95': mean['ci95']}, 2)} | {lowest:.2f} |")
+                     f"{format_interval({'mean': mean['value'], 'ci95': mean['ci95']}, 2)} | {lowest:.2f} | {error} "
+                     f"| {worst} |")
     return "\n".join(lines)
 
 
