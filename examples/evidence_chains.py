@@ -84,15 +84,19 @@ class ChainScale:
     """Rows of the held-out variant's data that offline fine-tuning may use."""
     finetune_grid: tuple[int, ...]
     """Step counts at which each fine-tuning run is evaluated (the run is resumed from one to the next)."""
+    online_grid: tuple[int, ...]
+    """Agent steps at which each online fine-tuning run is evaluated and diagnosed (resumed likewise)."""
+    online_min_replay: int
+    """Agent steps of play before the first online update."""
     widths: tuple[float, ...]
     """Torso widths of the size experiment (projection 256 x width units)."""
 
 
 FULL = ChainScale(games=("Chain-fall-12", "Chain-stay-12"), transitions=6000, steps=400, multi_steps=600,
                   seeds=(0, 1, 2), eval_episodes=10, dt_width=0.0625, dt_batch_size=16, dt_steps=800, finetune_transitions=3000,
-                  finetune_grid=(25, 50, 100, 200, 400, 800), widths=(0.0625, 0.25, 1.0))
+                  finetune_grid=(25, 50, 100, 200, 400, 800), online_grid=(300, 600, 1200), online_min_replay=200, widths=(0.0625, 0.25, 1.0))
 QUICK = ChainScale(games=("Chain-fall-12",), transitions=1500, steps=10, multi_steps=10, seeds=(0,), eval_episodes=2,
-                   dt_width=0.0625, dt_batch_size=8, dt_steps=10, finetune_transitions=600, finetune_grid=(5, 10), widths=(0.25,))
+                   dt_width=0.0625, dt_batch_size=8, dt_steps=10, finetune_transitions=600, finetune_grid=(5, 10), online_grid=(24, 40), online_min_replay=8, widths=(0.25,))
 
 
 class ChainLab(Lab):
@@ -203,10 +207,25 @@ def methods(lab: ChainLab) -> None:
                                        "eval_seeds": {str(x): eval_seeds_for(x, s.eval_episodes) for x in s.seeds}})
 
 
-def transfer(lab: ChainLab) -> None:
+OFFLINE = ("--transitions", "ROWS", "--batch-size", 32, "--lr", 1e-2, "--alpha", 0.05, "--n-step", 1,
+           "--target-update-period", 20, "--final-seeds", 1, "--final-episodes", 1)
+# Online: 4 emulators, one gradient step per agent step after online_min_replay (200) steps of epsilon-greedy play (epsilon 1 -> 0.01
+# over 400 steps); the rest as offline (CQL weight 0.05 as the source's pre-training; the command's default is 0).
+ONLINE = ("--num-envs", 4, "--update-period", 1, "--min-replay", "MIN", "--epsilon-decay-steps", 400,
+          "--batch-size", 32, "--lr", 1e-2, "--alpha", 0.05, "--n-step", 1, "--target-update-period", 20,
+          "--eval-every", 100_000, "--final-seeds", 1, "--final-episodes", 1)
+
+
+def transfer(lab: ChainLab, mode: str = "offline") -> None:
+    """Pre-train on the four variants, fine-tune on the held-out one (offline or online), pre-trained vs scratch;
+    evaluate and diagnose each fine-tuning run at every step count of the grid (resuming it from one to the next)."""
     s = lab.scale
     store = lab.chain_store(FAMILY)
     flags = ("--method", "scaled-ql", "--alpha", 0.05, *LEARNER, *Q_FLAGS)
+    grid = s.finetune_grid if mode == "offline" else s.online_grid
+    settings = OFFLINE if mode == "offline" else ONLINE
+    settings = tuple({"ROWS": s.finetune_transitions, "MIN": s.online_min_replay}.get(x, x) if isinstance(x, str)
+                     else x for x in settings)
     pretrained_scores, curves, reference = [], {"pretrained": {}, "scratch": {}}, None
     values: dict[str, dict] = {"pretrained": {}, "scratch": {}}
     for seed in s.seeds:
@@ -214,24 +233,27 @@ def transfer(lab: ChainLab) -> None:
         eps, _ = lab.episodes(source, PRETRAIN_VARIANTS, seed, "eval")
         pretrained_scores.append(eps)
         for init in ("pretrained", "scratch"):
-            run = lab.root / "finetune" / init / f"s{seed}"
-            for steps in s.finetune_grid:
+            run = lab.root / ("finetune" if mode == "offline" else "online") / init / f"s{seed}"
+            data = ("--data", store) if mode == "offline" else ()
+            for steps in grid:
                 done = (run / "eval" / f"diagnose-step{steps}.json").exists()
-                lab.once(done, "finetune-offline", "--from", source, "--init", init, "--game", HELDOUT, "--data", store,
-                         "--transitions", s.finetune_transitions, "--steps", steps, "--batch-size", 32, "--lr", 1e-2,
-                         "--alpha", 0.05, "--n-step", 1, "--target-update-period", 20, "--seed", seed,
-                         "--checkpoint-every", steps, "--log-every", steps, "--final-seeds", 1, "--final-episodes", 1,
+                lab.once(done, f"finetune-{mode}", "--from", source, "--init", init, "--game", HELDOUT, *data,
+                         *settings, "--steps", steps, "--seed", seed, "--checkpoint-every", steps, "--log-every", steps,
                          "--run-dir", run)
                 eps, ref = lab.episodes(run, (HELDOUT,), seed, f"step{steps}")
                 curves[init].setdefault(str(steps), []).append(eps[HELDOUT])
                 values[init].setdefault(str(steps), []).append(lab.diagnosis(run, store, steps))
                 reference = ref[HELDOUT]
-    lab.write_record("chain-transfer", {
-        "pretrain_games": list(PRETRAIN_VARIANTS), "heldout": HELDOUT, "seeds": list(s.seeds),
-        "grid": list(s.finetune_grid), "reference": reference, "data": lab.data_episodes(HELDOUT),
+    lab.write_record("chain-transfer" if mode == "offline" else "chain-online", {
+        "mode": mode, "pretrain_games": list(PRETRAIN_VARIANTS), "heldout": HELDOUT, "seeds": list(s.seeds),
+        "grid": list(grid), "reference": reference, "data": lab.data_episodes(HELDOUT),
         "pretrained_scores": pretrained_scores, "curves": curves, "values": values, "q_bound": Q_BOUND,
-        "finetune": {"transitions": s.finetune_transitions, "batch_size": 32, "lr": 1e-2, "alpha": 0.05, "n_step": 1,
-                     "target_update_period": 20}})
+        "finetune": {"transitions": s.finetune_transitions, "command": f"finetune-{mode}",
+                     "settings": [str(x) for x in settings]}})
+
+
+def online(lab: ChainLab) -> None:
+    transfer(lab, "online")
 
 
 def size(lab: ChainLab) -> None:
@@ -261,10 +283,10 @@ def main() -> None:
     p.add_argument("--records", type=Path, default=None,
                    help="where the records go (default: docs/results/chains/ at full scale, ROOT/results only with "
                         "--quick)")
-    p.add_argument("--only", default="methods,transfer,size", help="experiments to run, in this order")
+    p.add_argument("--only", default="methods,transfer,size,online", help="experiments to run, in this order")
     args = p.parse_args()
     lab = ChainLab(args.root, args.quick, args.records)
-    experiments = {"methods": methods, "transfer": transfer, "size": size}
+    experiments = {"methods": methods, "transfer": transfer, "size": size, "online": online}
     for name in args.only.split(","):
         if name not in experiments:
             sys.exit(f"error: unknown experiment {name!r} (choose from {', '.join(experiments)})")

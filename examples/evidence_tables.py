@@ -284,28 +284,31 @@ def chain_transfer_markdown(record: Mapping) -> str:
     ref, grid = record["reference"], record["grid"]
     norm = {init: {k: [optimal_normalized(run, ref) for run in runs] for k, runs in curve.items()}
             for init, curve in record["curves"].items()}
-    lines = [f"Fine-tuning offline on the held-out {record['heldout']} ({record['finetune']['transitions']:,} rows of "
-             f"its data), optimal-normalized return [95% interval] after each number of steps; "
-             f"{len(record['seeds'])} seeds x {record['scale']['eval_episodes']} evaluation episodes:", "",
-             "| fine-tuning steps | pre-trained | scratch |", "|---:|---:|---:|"]
+    online = record.get("mode") == "online"
+    where = ("online (`sql finetune-online`: its own play, no data)" if online else
+             f"offline ({record['finetune']['transitions']:,} rows of its data)")
+    unit = "agent steps" if online else "fine-tuning steps"
+    lines = [f"Fine-tuning {where} on the held-out {record['heldout']}, optimal-normalized return [95% interval] "
+             f"after each number of {unit}; {len(record['seeds'])} seeds x {record['scale']['eval_episodes']} "
+             "evaluation episodes:", "", f"| {unit} | pre-trained | scratch |", "|---:|---:|---:|"]
     for k in grid:
         lines.append(f"| {k} | " + " | ".join(format_interval(runs_interval(norm[i][str(k)]), 2)
                                                for i in ("pretrained", "scratch")) + " |")
     cells = [_steps_cell(steps_to_optimum(norm[init], grid), grid) for init in ("pretrained", "scratch")]
-    lines.append(f"| steps to the optimal return (mean >= {REACHED} of optimal) | {cells[0]} | {cells[1]} |")
+    lines.append(f"| {unit} to the optimal return (mean >= {REACHED} of optimal) | {cells[0]} | {cells[1]} |")
     values = record.get("values")
     if values:
         bound = record["q_bound"]
         lines += ["", "The same runs diagnosed against Q* at each step count (`sql diagnose`): max \\|Q-hat - Q*\\| over "
                   "the pairs the data visits, mean over seeds [95% bootstrap interval over seeds]:", "",
-                  "| fine-tuning steps | pre-trained | scratch |", "|---:|---:|---:|"]
+                  f"| {unit} | pre-trained | scratch |", "|---:|---:|---:|"]
         for k in grid:
             lines.append(f"| {k} | " + " | ".join(
                 format_interval(runs_interval([[d["max_abs_q_error"]] for d in values[i][str(k)]]), 3)
                 for i in ("pretrained", "scratch")) + " |")
         cells = [_steps_cell([next((k for k in grid if values[i][str(k)][seed]["max_abs_q_error"] <= bound), None)
                               for seed in range(len(record["seeds"]))], grid) for i in ("pretrained", "scratch")]
-        lines.append(f"| steps to max \\|Q-hat - Q*\\| <= {bound} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {unit} to max \\|Q-hat - Q*\\| <= {bound} | {cells[0]} | {cells[1]} |")
     data = runs_interval([optimal_normalized(record["data"], ref)])
     from sqlcli_core.games.catalog import Game
 
@@ -343,4 +346,5 @@ def chain_size_markdown(record: Mapping) -> str:
 
 MARKDOWN = {"methods": methods_markdown, "capacity": capacity_markdown, "transfer": transfer_markdown,
             "mixture": mixture_markdown, "chain-methods": chain_methods_markdown,
-            "chain-transfer": chain_transfer_markdown, "chain-size": chain_size_markdown}
+            "chain-transfer": chain_transfer_markdown, "chain-online": chain_transfer_markdown,
+            "chain-size": chain_size_markdown}
