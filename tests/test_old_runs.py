@@ -4,6 +4,7 @@ that release's `sql demo`, `finetune-offline` and `finetune-online`) re-creates 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,9 @@ from sqlcli_core.errors import UsageError
 from sqlcli_core.games.catalog import resolve_games
 from sqlcli_core.networks.config import num_actions_for
 from sqlcli_core.runs.run_record import check_resume_settings, prepare_run_dir, read_run, run_identity
+from sqlcli_core.settings import flatten
 from sqlcli_core.training import finetune_offline, finetune_online, pretrain
+from sqlcli_core.training.configs import flat_identity
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release_0_2"
 
@@ -52,11 +55,18 @@ def test_an_old_finetuning_run_resumes_with_its_settings_and_refuses_others(tmp_
     run = old_run(tmp_path, command)
     record = read_run(run)
     config = module.resolve_config(run / "run.json", {})
-    recorded = record["config"]["settings"]
-    assert {k: v for k, v in json.loads(json.dumps(config.identity_fields())).items() if k in recorded} == recorded
+    recorded = record["config"]["settings"]  # flat: the learner's settings beside the command's own
+    flat = json.loads(json.dumps(flat_identity(config)))
+    assert {k: v for k, v in flat.items() if k in recorded} == recorded
+    # Today's config nests them: the learner's fields and scaled-ql's alpha in its method config.
+    assert config.learner.learning_rate == recorded["learning_rate"]
+    assert config.learner.target_update_period == recorded["target_update_period"]
+    assert config.learner.method_config.alpha == recorded["alpha"]
     name = command.replace("_", "-")
-    check_resume_settings(run, name, config.identity_fields(), record["config"]["from"],
-                          defaults=module.identity_defaults())
-    changed = {**config.identity_fields(), "gamma": 0.9}
+    read_flat = functools.partial(flatten, type(config))
+    check_resume_settings(run, name, flat_identity(config), record["config"]["from"],
+                          defaults=module.identity_defaults(), recorded=read_flat)
+    changed = {**flat_identity(config), "gamma": 0.9}
     with pytest.raises(UsageError, match=r"other settings \(gamma\)"):
-        check_resume_settings(run, name, changed, record["config"]["from"], defaults=module.identity_defaults())
+        check_resume_settings(run, name, changed, record["config"]["from"], defaults=module.identity_defaults(),
+                              recorded=read_flat)

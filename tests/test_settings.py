@@ -134,4 +134,4 @@ def test_fine_tuning_toml_values_are_checked(tmp_path):
     # a field's own flag name is accepted as a key (--slice for slice_rule, --lr for learning_rate)
     path = toml(tmp_path, 'game = "alien"\ndata = "/x"\nslice = "first"\nlr = 3e-4\n')
     config = finetune_offline.resolve_config(path, {})
-    assert (config.slice_rule, config.learning_rate) == ("first", 3e-4)
+    assert (config.slice_rule, config.learner.learning_rate) == ("first", 3e-4)

@@ -13,6 +13,7 @@ Resuming is the learner's: Orbax checkpoints of the train state plus the sampler
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -33,9 +34,16 @@ from sqlcli_core.networks.network import count_parameters
 from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.policy import make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.settings import flatten
 from sqlcli_core.training import memory
-from sqlcli_core.training.configs import INITS, OfflineConfig
+from sqlcli_core.training.configs import (
+    INITS,
+    OfflineConfig,
+    finetune_defaults,
+    finetune_settings_from_run,
+    flat_identity,
+    resolve_finetune_config,
+)
 from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
 from sqlcli_core.training.loop import Prefetcher, fit
 from sqlcli_core.training.mesh import batch_sharding, make_mesh, replicated
@@ -88,10 +96,11 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     trainable_labels({}, config.freeze)
     if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
-    learner_config = config.learner_config()
+    learner_config = config.learner
     method = learner_config.get_method()
     source_str = str(Path(source).absolute())
-    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
+    check_resume_settings(run_dir, COMMAND, flat_identity(config), source_str, defaults=identity_defaults(),
+                          recorded=functools.partial(flatten, OfflineConfig))
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
                                  budget=config.transitions, rule=config.slice_rule)
 
@@ -118,7 +127,7 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
                                                devices=1),
                       hint="lower --batch-size (or --cache-bytes), or use a larger machine")
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
-                            gamma=config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
+                            gamma=learner_config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
     resumed_from, last = None, None
     try:
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
@@ -184,21 +193,14 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
 
 def identity_defaults() -> dict:
     """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
-    return {f.name: f.default for f in dataclasses.fields(OfflineConfig)}
+    return finetune_defaults(OfflineConfig)
 
 
 def settings_from_run(record: dict) -> dict:
     """The flat settings a `sql finetune-offline` run.json records, for `--config RUN/run.json`."""
-    config = record.get("config") or {}
-    if config.get("command") != COMMAND:
-        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
-                         hint="pass RUN/run.json of a run of this command, or a TOML file")
-    return {**config.get("settings", {}), **{k: config[k] for k in ("steps",) if k in config}}
+    return finetune_settings_from_run(OfflineConfig, COMMAND, record, extra=("steps",))
 
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-
-    settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
-                              classes=(OfflineConfig,))
-    return OfflineConfig(**settings)
+    return resolve_finetune_config(OfflineConfig, config_file, flags, settings_from_run)

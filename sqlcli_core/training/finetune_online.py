@@ -45,9 +45,16 @@ from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.metrics import METRICS_FILE
 from sqlcli_core.runs.policy import make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.settings import flatten
 from sqlcli_core.synthetic.emulator import synthetic_emulator
-from sqlcli_core.training.configs import INITS, OnlineConfig
+from sqlcli_core.training.configs import (
+    INITS,
+    OnlineConfig,
+    finetune_defaults,
+    finetune_settings_from_run,
+    flat_identity,
+    resolve_finetune_config,
+)
 from sqlcli_core.training.loop import check_finite
 from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
 from sqlcli_core.training.transfer import (
@@ -181,24 +188,17 @@ def write_curve_csv(run_dir: Path) -> Path:
 
 def identity_defaults() -> dict:
     """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
-    return {f.name: f.default for f in dataclasses.fields(OnlineConfig)}
+    return finetune_defaults(OnlineConfig)
 
 
 def settings_from_run(record: dict) -> dict:
     """The flat settings a `sql finetune-online` run.json records, for `--config RUN/run.json`."""
-    config = record.get("config") or {}
-    if config.get("command") != COMMAND:
-        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
-                         hint="pass RUN/run.json of a run of this command, or a TOML file")
-    return {**config.get("settings", {}), **{k: config[k] for k in ("steps", "eval_every", "checkpoint_every") if k in config}}
+    return finetune_settings_from_run(OnlineConfig, COMMAND, record, extra=("steps", "eval_every", "checkpoint_every"))
 
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-
-    settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
-                              classes=(OnlineConfig,))
-    return OnlineConfig(**settings)
+    return resolve_finetune_config(OnlineConfig, config_file, flags, settings_from_run)
 
 
 def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path | None,
@@ -224,11 +224,12 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     replay_config = config.replay_config()
-    learner_config = config.learner_config()
+    learner_config = config.learner
     method = learner_config.get_method()
     schedule = config.schedule()
     source_str = str(Path(source).absolute())
-    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
+    check_resume_settings(run_dir, COMMAND, flat_identity(config), source_str, defaults=identity_defaults(),
+                          recorded=functools.partial(flatten, OnlineConfig))
 
     # The one-game network and its train state.
     pretrained = load_pretrained(source)

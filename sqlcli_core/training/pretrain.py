@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from sqlcli_core.data.sampler import ReplaySampler, default_cache_bytes
 from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
 from sqlcli_core.games.catalog import resolve_games
-from sqlcli_core.methods.catalog import make_method_config, method_config_class, method_names, method_setting_owners
+from sqlcli_core.methods.catalog import (
+    DEFAULT_METHOD,
+    make_method_config,
+    method_config_class,
+    method_names,
+    method_setting_owners,
+)
 from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     DecisionTransformerConfig,
@@ -34,7 +40,7 @@ from sqlcli_core.networks.config import (
 from sqlcli_core.networks.network import parameter_table
 from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.run_record import run_identity
-from sqlcli_core.settings import field_names, merge_settings
+from sqlcli_core.settings import field_flag, field_names, given_settings
 from sqlcli_core.training import memory
 from sqlcli_core.training.configs import LEARNER_SETTINGS, LearnerConfig, PretrainConfig
 from sqlcli_core.training.loop import Prefetcher, fit
@@ -87,17 +93,34 @@ def settings_from_run(record: Mapping[str, Any]) -> dict[str, Any]:
     learner = dict(config.get("learner") or {})
     flat.update(learner.pop("method_config", None) or {})  # runs before 0.3 hold alpha in the learner itself
     flat.update(learner)
-    return flat
+    # A 0.2 run of another method recorded scaled-ql's alpha too (then a learner field): not this run's setting.
+    method = flat.get("method") or DEFAULT_METHOD
+    return {k: v for k, v in flat.items() if method_setting_owners().get(k, method) == method}
 
 
 def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
                      parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
     """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
-    settings = merge_settings(default_settings(), config_file, flags, from_run=settings_from_run,
-                              aliases=SETTING_ALIASES, classes=SETTING_CLASSES, normalize=normalize_setting)
+    defaults = default_settings()
+    given = given_settings(defaults, config_file, flags, from_run=settings_from_run, aliases=SETTING_ALIASES,
+                           classes=SETTING_CLASSES, normalize=normalize_setting)
+    settings = {**defaults, **given}
+    check_method_settings(settings["method"], given)
     if parse_game_weights is not None:
         settings["game_weights"] = parse_game_weights(settings["game_weights"])
     return settings, config_from_settings(settings)
+
+
+def check_method_settings(method: str, given: Iterable[str]) -> None:
+    """Refuse (exit 2) a method's own setting given for another method: `--method bc --alpha 0.3` would
+    otherwise train bc and silently ignore alpha. Settings left at their defaults are not given."""
+    owners = method_setting_owners()
+    for name in given:
+        owner = owners.get(name)
+        if owner is not None and owner != method:
+            flag = field_flag(method_config_class(owner).__dataclass_fields__[name])
+            raise UsageError(f"{flag} is a setting of method {owner}, which --method {method} does not read",
+                             hint=f"drop {flag} (or {name} from the --config file), or pass --method {owner}")
 
 
 def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
