@@ -70,3 +70,26 @@ def test_an_old_finetuning_run_resumes_with_its_settings_and_refuses_others(tmp_
     with pytest.raises(UsageError, match=r"other settings \(gamma\)"):
         check_resume_settings(run, name, changed, record["config"]["from"], defaults=module.identity_defaults(),
                               recorded=read_flat)
+
+
+@pytest.mark.parametrize("command, module", [("finetune_offline", finetune_offline),
+                                             ("finetune_online", finetune_online)])
+def test_a_finetuning_run_json_of_this_release_nests_the_learner_and_recreates_it(tmp_path, command, module):
+    """This release records config.settings with the learner nested (method_config within); `--config RUN/run.json`
+    and the resume check read it back to the same config."""
+    run = old_run(tmp_path, command)
+    config = module.resolve_config(run / "run.json", {"learning_rate": 3e-4, "alpha": 0.2})
+    record = read_run(run)
+    record["config"]["settings"] = json.loads(json.dumps(config.identity_fields()))
+    (run / "run.json").write_text(json.dumps(record))
+    learner = record["config"]["settings"]["learner"]
+    assert "learning_rate" not in record["config"]["settings"] and learner["learning_rate"] == 3e-4
+    assert learner["method"] == "scaled-ql" and learner["method_config"] == {"alpha": 0.2}
+    assert module.resolve_config(run / "run.json", {}) == config
+    name = command.replace("_", "-")
+    read_flat = functools.partial(flatten, type(config))
+    check_resume_settings(run, name, flat_identity(config), record["config"]["from"],
+                          defaults=module.identity_defaults(), recorded=read_flat)
+    with pytest.raises(UsageError, match=r"other settings \(alpha\)"):
+        check_resume_settings(run, name, {**flat_identity(config), "alpha": 0.3}, record["config"]["from"],
+                              defaults=module.identity_defaults(), recorded=read_flat)
