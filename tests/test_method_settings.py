@@ -89,7 +89,7 @@ def test_a_new_methods_setting_is_in_help_run_json_and_resume(tmp_path, toy_in_c
 
 
 @pytest.mark.parametrize("command, classes", [
-    ("pretrain", ("PretrainConfig", "LearnerConfig", "NetworkConfig", "ScaledQLConfig")),
+    ("pretrain", ("PretrainConfig", "LearnerConfig", "NetworkConfig", "ScaledQLConfig", "DTConfig")),
     ("finetune-offline", ("OfflineConfig",)),
     ("finetune-online", ("OnlineConfig",)),
 ])

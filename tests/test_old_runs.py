@@ -93,3 +93,30 @@ def test_a_finetuning_run_json_of_this_release_nests_the_learner_and_recreates_i
     with pytest.raises(UsageError, match=r"other settings \(alpha\)"):
         check_resume_settings(run, name, {**flat_identity(config), "alpha": 0.3}, record["config"]["from"],
                               defaults=module.identity_defaults(), recorded=read_flat)
+
+
+def test_a_dt_run_from_before_its_method_config_recreates_its_settings_and_identity(tmp_path):
+    """A Decision Transformer run written before `DTConfig` (tests/fixtures/before_dt_config: `sql pretrain --method
+    dt --arch dt-10m --width 0.05` on that code) has no method config: it re-creates its settings with the DT's
+    defaults (the loss weights it trained with, 1 each) and passes the resume's identity check."""
+    run = tmp_path / "dt"
+    run.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "before_dt_config" / "pretrain_dt.run.json", run / "run.json")
+    record = read_run(run)
+    assert record["config"]["learner"]["method_config"] is None
+    settings, config = pretrain.resolve_settings(run / "run.json", {}, lambda v: v)
+    assert config.learner.method == "dt" and config.learner.method_config.weights() == (1.0, 1.0, 1.0)
+    expected = json.loads(json.dumps(record["config"]))
+    expected["learner"]["method_config"] = {"action_loss_weight": 1.0, "return_loss_weight": 1.0,
+                                            "reward_loss_weight": 1.0}
+    assert config.to_dict() == expected
+    games = resolve_games(config.games)
+    identity = run_identity(config.network.to_dict(), [g.name for g in games], num_actions_for(config.network, games),
+                            config.learner.method)
+    assert identity == record["identity"]
+    prepare_run_dir(run, identity=identity, config=config.to_dict(), parameter_counts=record["parameter_counts"],
+                    seed=config.seed, write=False)
+    # Its own settings resume and are recorded: a given weight changes the config, not the identity.
+    _, weighted = pretrain.resolve_settings(run / "run.json", {"return_loss_weight": 0.5}, lambda v: v)
+    assert weighted.learner.method_config.return_loss_weight == 0.5
+    assert weighted.to_dict()["learner"]["method_config"]["return_loss_weight"] == 0.5

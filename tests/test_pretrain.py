@@ -376,10 +376,11 @@ def test_toml_config_is_shared_by_the_training_commands(tmp_path):
     cfg = tmp_path / "ft.toml"
     cfg.write_text('game = "alien"\ndata = "/x"\nlr = 3e-4\nsteps = 7\nalpha = 0.0\n')
     offline = finetune_offline.resolve_config(cfg, {"steps": 9})
-    assert (offline.learning_rate, offline.steps, offline.alpha, offline.batch_size) == (3e-4, 9, 0.0, 32)
+    assert (offline.learner.learning_rate, offline.steps, offline.learner.method_config.alpha,
+            offline.batch_size) == (3e-4, 9, 0.0, 32)
     cfg.write_text('game = "breakout"\nmode = 12\nlr = 3e-4\n')
     online = finetune_online.resolve_config(cfg, {})
-    assert (online.mode, online.learning_rate, online.target_update_period) == (12, 3e-4, 1000)
+    assert (online.mode, online.learner.learning_rate, online.learner.target_update_period) == (12, 3e-4, 1000)
     cfg.write_text('game = "breakout"\nwidht = 2\n')
     from sqlcli_core.errors import UsageError
 

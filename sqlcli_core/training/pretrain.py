@@ -38,14 +38,13 @@ from sqlcli_core.networks.config import (
     num_actions_for,
 )
 from sqlcli_core.networks.network import parameter_table
-from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.run_record import run_identity
 from sqlcli_core.settings import field_flag, field_names, given_settings
 from sqlcli_core.training import memory
 from sqlcli_core.training.configs import LEARNER_SETTINGS, LearnerConfig, PretrainConfig
-from sqlcli_core.training.loop import Prefetcher, fit
-from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
-from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
+from sqlcli_core.training.mesh import check_batch_size, make_mesh
+from sqlcli_core.training.offline_recipe import OfflineRun, train_offline
+from sqlcli_core.training.update import abstract_train_state, init_train_state, make_train_step
 
 COMMAND = "pretrain"
 
@@ -222,7 +221,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     on_step(step) every step.
     """
 
-    started = time.perf_counter()
+    began = time.perf_counter()
     method = config.learner.get_method()
     games = resolve_games(config.games)
     game_names = [g.name for g in games]
@@ -242,58 +241,29 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
         counts = parameter_table(config.network, games, method.head)["parts"]
         identity = run_identity(config.network.to_dict(), game_names, num_actions, method.name)
         names = tuple(game_names)
-        with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
-                         parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,
-                         keep=config.keep, write=primary) as run:
-            abstract = abstract_train_state(config.network, num_actions, config.learner, mesh, names)
-            resumed = run.resume(lambda meta: abstract)
-            resumed_from = None if resumed is None else resumed[2]
-            if resumed is not None:
-                state, meta, _ = resumed
-                state = TrainState(*state)
-                saved = meta.get("sampler_states") or []
-                if len(saved) != jax.process_count() or saved[jax.process_index()] is None:
-                    raise UsageError(
-                        f"checkpoint {resumed_from} was written by {len(saved)} processes, this run has "
-                        f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
-                sampler.load_state_dict(saved[jax.process_index()])
-                run.accept()  # only now: a refused resume leaves run.json as it was
-            else:
-                state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names)
-                run.start_fresh()
-            start_step = int(jax.device_get(state.step))
+        run = OfflineRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
+                         parameter_counts=counts, seed=config.seed, steps=config.steps, batch_size=config.batch_size,
+                         log_every=config.log_every, checkpoint_every=config.checkpoint_every, keep=config.keep,
+                         prefetch=config.prefetch, write=primary)
+
+        def started(start_step: int, resumed_from: int | None) -> None:
             if on_start is not None:
                 on_start({"start_step": start_step, "resumed_from": resumed_from, "parameter_counts": counts,
                           "devices": mesh.devices.size, "processes": jax.process_count(), "games": game_names,
                           "method": method.name})
 
-            step_fn = make_train_step(config.network, num_actions, config.learner, mesh, games=names)
-
-            def log(record: dict) -> None:
-                record = {**record, "time": time.time()}
-                run.log(record)
-                if on_log is not None:
-                    on_log(record)
-
-            def after_step(step: int, state: TrainState, sampler_state: dict) -> None:
-                run.save(step, state, sampler_state, force=step == config.steps)
-                if on_step is not None:
-                    on_step(step)
-
-            last = None
-            if start_step < config.steps:
-                with Prefetcher(sampler, batch_sharding(mesh), depth=config.prefetch) as batches:
-                    state, last = fit(step_fn, state, batches, num_steps=config.steps, batch_size=config.batch_size,
-                                      game_names=game_names, log_every=config.log_every, method=method,
-                                      on_log=log, on_step=after_step, checkpoint_every=config.checkpoint_every)
-            run.wait()
-            final_step = int(jax.device_get(state.step))
-            latest = run.latest_step()
+        result = train_offline(
+            run, sampler=sampler, mesh=mesh, method=method, game_names=game_names,
+            train_step=make_train_step(config.network, num_actions, config.learner, mesh, games=names),
+            abstract_state=abstract_train_state(config.network, num_actions, config.learner, mesh, names),
+            initial_state=lambda: init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names),
+            on_start=started, on_log=on_log, on_step=on_step)
     finally:
         sampler.close()
     return {
-        "run_dir": str(Path(config.run_dir)), "method": method.name, "steps": final_step, "start_step": start_step,
-        "resumed_from": resumed_from, "checkpoint_step": latest, "games": game_names,
-        "num_parameters": int(sum(counts.values())), "parameter_counts": counts, "devices": int(mesh.devices.size),
-        "processes": jax.process_count(), "last_metrics": last, "seconds": time.perf_counter() - started,
+        "run_dir": str(Path(config.run_dir)), "method": method.name, "steps": int(jax.device_get(result.state.step)),
+        "start_step": result.start_step, "resumed_from": result.resumed_from, "checkpoint_step": result.checkpoint_step,
+        "games": game_names, "num_parameters": int(sum(counts.values())), "parameter_counts": counts,
+        "devices": int(mesh.devices.size), "processes": jax.process_count(), "last_metrics": result.last_metrics,
+        "seconds": time.perf_counter() - began,
     }
