@@ -58,8 +58,6 @@ from sqlcli_core.training.update import TrainState
 COMMAND = "finetune-offline"
 
 
-
-
 # ------------------------------------------------------------------------------------------ data slice
 
 

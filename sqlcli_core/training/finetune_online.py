@@ -69,10 +69,6 @@ COMMAND = "finetune-online"
 STACK = 4
 
 
-
-
-
-
 def grad_steps_due(agent_steps: int, config: OnlineConfig) -> int:
     """Gradient steps that should have been taken after `agent_steps` agent steps."""
     return max(0, (agent_steps - config.min_replay) // config.update_period)

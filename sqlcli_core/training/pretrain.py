@@ -49,8 +49,6 @@ from sqlcli_core.training.update import abstract_train_state, init_train_state, 
 COMMAND = "pretrain"
 
 
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Flat settings <-> PretrainConfig
 
