@@ -32,7 +32,7 @@ def old_run(tmp_path: Path, command: str) -> Path:
 def test_an_old_pretrain_run_recreates_its_settings_and_identity(tmp_path):
     run = old_run(tmp_path, "pretrain")
     record = read_run(run)
-    settings, config = pretrain.resolve_settings(run / "run.json", {}, lambda v: v)
+    settings, config = pretrain.resolve_settings(run / "run.json", {})
     # Every recorded setting, in today's shape: scaled-ql's alpha moved from the learner into its method config.
     expected = json.loads(json.dumps(record["config"]))
     expected["learner"]["method_config"] = {"alpha": expected["learner"].pop("alpha")}
@@ -104,7 +104,7 @@ def test_a_dt_run_from_before_its_method_config_recreates_its_settings_and_ident
     shutil.copy(Path(__file__).parent / "fixtures" / "before_dt_config" / "pretrain_dt.run.json", run / "run.json")
     record = read_run(run)
     assert record["config"]["learner"]["method_config"] is None
-    settings, config = pretrain.resolve_settings(run / "run.json", {}, lambda v: v)
+    settings, config = pretrain.resolve_settings(run / "run.json", {})
     assert config.learner.method == "dt" and config.learner.method_config.weights() == (1.0, 1.0, 1.0)
     expected = json.loads(json.dumps(record["config"]))
     expected["learner"]["method_config"] = {"action_loss_weight": 1.0, "return_loss_weight": 1.0,
@@ -117,6 +117,6 @@ def test_a_dt_run_from_before_its_method_config_recreates_its_settings_and_ident
     prepare_run_dir(run, identity=identity, config=config.to_dict(), parameter_counts=record["parameter_counts"],
                     seed=config.seed, write=False)
     # Its own settings resume and are recorded: a given weight changes the config, not the identity.
-    _, weighted = pretrain.resolve_settings(run / "run.json", {"return_loss_weight": 0.5}, lambda v: v)
+    _, weighted = pretrain.resolve_settings(run / "run.json", {"return_loss_weight": 0.5})
     assert weighted.learner.method_config.return_loss_weight == 0.5
     assert weighted.to_dict()["learner"]["method_config"]["return_loss_weight"] == 0.5

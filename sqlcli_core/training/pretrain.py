@@ -10,6 +10,7 @@ sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ import jax
 from sqlcli_core.data.sampler import ReplaySampler, default_cache_bytes
 from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games.catalog import resolve_games
+from sqlcli_core.games.catalog import canonical_name, resolve_games
 from sqlcli_core.methods.catalog import (
     DEFAULT_METHOD,
     make_method_config,
@@ -95,17 +96,44 @@ def settings_from_run(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if method_setting_owners().get(k, method) == method}
 
 
-def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
-                     parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
+def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any]) -> tuple[dict, PretrainConfig]:
     """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
     defaults = default_settings()
     given = given_settings(defaults, config_file, flags, from_run=settings_from_run, aliases=SETTING_ALIASES,
                            classes=SETTING_CLASSES, normalize=normalize_setting)
     settings = {**defaults, **given}
     check_method_settings(settings["method"], given)
-    if parse_game_weights is not None:
-        settings["game_weights"] = parse_game_weights(settings["game_weights"])
+    settings["game_weights"] = parse_game_weights(settings["game_weights"])
     return settings, config_from_settings(settings)
+
+
+def parse_game_weights(value: Any) -> dict[str, float] | None:
+    """'Pong=2,Breakout=1' (the flag) or a TOML/JSON table -> {"Pong": 2.0, "Breakout": 1.0}, names canonical.
+    A weight is a finite number >= 0: `true` (which Python would read as 1) and inf are refused."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        pairs = []
+        for item in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, weight = item.partition("=")
+            if not sep:
+                raise UsageError(f"bad --game-weights item '{item}'", hint="write GAME=WEIGHT pairs, e.g. Pong=2,Breakout=1")
+            pairs.append((name.strip(), weight.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise UsageError("game_weights must be a string or a table", hint="e.g. game_weights = {Pong = 2.0}")
+    weights = {}
+    for name, weight in pairs:
+        try:
+            w = float(weight) if not isinstance(weight, bool) else math.nan
+        except (TypeError, ValueError):
+            w = math.nan
+        if not (math.isfinite(w) and w >= 0):
+            raise UsageError(f"weight of {name} must be a finite number >= 0, got {weight!r}",
+                             hint="e.g. --game-weights Pong=2,Breakout=1")
+        weights[canonical_name(str(name))] = w
+    return weights
 
 
 def check_method_settings(method: str, given: Iterable[str]) -> None:
