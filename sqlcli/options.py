@@ -20,7 +20,7 @@ import typer
 
 from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.methods.catalog import method_config_class, method_names
-from sqlcli_core.settings import field_flag, field_help, field_type
+from sqlcli_core.settings import field_flag, field_help, field_type, setting_specs
 
 # The help panels options are grouped in (`sql CMD --help`).
 DATA, NETWORK, OPTIMISATION, RUN, DISTRIBUTED = "Data", "Network", "Optimisation", "Run", "Distributed"
@@ -52,28 +52,30 @@ def option(cls: type, name: str, *flags: str, panel: str | None = None, **kwargs
 
 
 def setting_parameter(cls: type, name: str, value_type: Any = None) -> inspect.Parameter:
-    """The keyword parameter (default None: "not given") of a typer command for field `name` of config
-    dataclass `cls`, all read from the field's `setting(...)`: its flag, help (with the default), help panel,
-    choices (an enumeration: `--help` lists them, click refuses others) and value type (a dict, which the
-    library parses from text, is a string). value_type: a command's own type for it (a heavy module's choices)."""
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    """The keyword parameter (default None: "not given") of a typer command for flat setting `name` of config
+    dataclass `cls` (its own field, or one of a nested config's: `settings.setting_specs`), all read from the
+    field's `setting(...)`: its flag, help (with the command's default), help panel, choices (an enumeration:
+    `--help` lists them, click refuses others) and value type (a dict, which the library parses from text, is a
+    string). value_type: a command's own type for it (a heavy module's choices)."""
+    spec = setting_specs(cls)[name]
+    field = spec.field
     if value_type is None and field.metadata.get("choices"):
-        value_type = choices(f"{cls.__name__}_{name}", field.metadata["choices"])
+        value_type = choices(f"{spec.owner.__name__}_{name}", field.metadata["choices"])
     if value_type is None:
-        declared = field_type(cls, name)
+        declared = field_type(spec.owner, name)
         value_type = str if dict in (declared, *typing.get_args(declared)) else declared
-    info = typer.Option(field_flag(field), help=field_help(cls, name), rich_help_panel=field.metadata.get("panel"))
+    info = typer.Option(field_flag(field), help=spec.help(), rich_help_panel=spec.panel)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=Annotated[value_type | None, info])
 
 
 def setting_parameters(cls: type, *, skip: Iterable[str] = (), types: dict[str, Any] | None = None
                        ) -> list[inspect.Parameter]:
-    """One option per CLI setting of `cls` (its `setting(...)` fields but those with cli=False and `skip`),
-    in field order: adding a field adds the option."""
+    """One option per CLI setting of `cls` (its `setting(...)` fields and the listed fields of its `nested(...)`
+    configs, but those with cli=False and `skip`), in field order: adding a field adds the option."""
     skip, types = set(skip), types or {}
-    return [setting_parameter(cls, f.name, types.get(f.name)) for f in dataclasses.fields(cls)
-            if "help" in f.metadata and f.metadata.get("cli", True) and f.name not in skip]
+    return [setting_parameter(cls, name, types.get(name)) for name, spec in setting_specs(cls).items()
+            if spec.field.metadata.get("cli", True) and name not in skip]
 
 
 def method_setting_parameters() -> list[inspect.Parameter]:

@@ -62,13 +62,17 @@ def require_finite(config: Any) -> None:
 def field_help(cls: type, name: str) -> str:
     """The help text of `cls.name`, ending with its default (as every option's help does)."""
     field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return help_line(field, field.default)
+
+
+def help_line(field: dataclasses.Field, default: Any, tag: str | None = None) -> str:
+    """A field's help text ending with `default` and its source tag (the field's own unless given)."""
     text = field.metadata.get("help", "")
-    default = field.default
     if default is dataclasses.MISSING or (default is None and "Required" in text):
         return text
     shown = "none" if default is None else (f"{default:,}" if isinstance(default, int) and not isinstance(default, bool)
                                              and abs(default) >= 10_000 else str(default))
-    return f"{text} Default: {shown} ({field.metadata.get('tag', 'ours')})."
+    return f"{text} Default: {shown} ({tag or field.metadata.get('tag', 'ours')})."
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -131,9 +135,18 @@ def merge_settings(defaults: Mapping[str, Any], config_file: str | Path | None, 
 
     Both the file's values and the flags are checked against the types of `classes` (`check_settings`)
     before anything runs: one rule for every source."""
-    settings = dict(defaults)
+    return {**defaults, **given_settings(defaults, config_file, flags, from_run=from_run, aliases=aliases,
+                                         classes=classes, normalize=normalize)}
+
+
+def given_settings(known: Iterable[str], config_file: str | Path | None, flags: Mapping[str, Any], *,
+                   from_run: Callable[[dict], dict], aliases: Mapping[str, str] | None = None,
+                   classes: Sequence[type] = (), normalize: Callable[[str, Any], Any] | None = None) -> dict:
+    """The settings given explicitly: the --config file's (TOML or RUN/run.json) <- the flags given (not None),
+    each checked against its declared type; `merge_settings` puts them over the defaults."""
+    settings = {}
     if config_file is not None:
-        settings.update(read_settings_file(config_file, defaults, from_run=from_run, aliases=aliases,
+        settings.update(read_settings_file(config_file, known, from_run=from_run, aliases=aliases,
                                            classes=classes, normalize=normalize))
     given = {k: normalize(k, v) if normalize is not None else v for k, v in flags.items() if v is not None}
     settings.update(check_settings(classes, given))
@@ -304,3 +317,116 @@ def _example(field: dataclasses.Field, hint: Any, *, toml: bool = False) -> str:
 def dataclass_defaults(cls: type) -> dict[str, Any]:
     """{field: default} of a config dataclass (required fields: None)."""
     return {f.name: None if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(cls)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Nested configs: a command's config that holds another config with the command's own defaults (the
+# fine-tuning commands' `learner: LearnerConfig`). Its listed fields are flat settings of the command.
+
+
+def nested(default: Any, *, options: Sequence[str], panel: str | None = None) -> Any:
+    """A field holding the config dataclass instance `default`: this command's defaults of a nested config.
+
+    options: the nested fields that are this command's flat settings (its options, settings-file keys and the
+    flat form of its run.json); a listed field that holds a config dataclass itself (the learner's
+    `method_config`) contributes every field of it. panel: the --help panel of those that name none."""
+    return dataclasses.field(default=default, metadata={"nested": tuple(options), "panel": panel})
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingSpec:
+    """One flat setting of a config dataclass: the field that declares it (help, flag, choices, type: in class
+    `owner`), the command's default, `path` (the nested fields it lives in; () for the class's own) and the
+    --help panel."""
+
+    name: str
+    field: dataclasses.Field
+    owner: type
+    default: Any
+    path: tuple[str, ...]
+    panel: str | None
+
+    def help(self) -> str:
+        """The field's help with this command's default; a default the command changed is its own ("ours")."""
+        own = self.default != self.field.default
+        return help_line(self.field, self.default, "ours" if own else None)
+
+
+def setting_specs(cls: type) -> dict[str, SettingSpec]:
+    """{flat setting name: SettingSpec} of a config dataclass, in field order: its own `setting(...)` fields and
+    the listed fields of its `nested(...)` ones. A name declared twice is refused (one flat namespace)."""
+    out: dict[str, SettingSpec] = {}
+
+    def add(spec: SettingSpec) -> None:
+        if spec.name in out:
+            raise ValueError(f"{cls.__name__}: setting {spec.name!r} is declared twice")
+        out[spec.name] = spec
+
+    def walk(instance: Any, names: Sequence[str], path: tuple[str, ...], panel: str | None) -> None:
+        fields = {f.name: f for f in dataclasses.fields(instance)}
+        for name in names:
+            value = getattr(instance, name)
+            if dataclasses.is_dataclass(value):
+                walk(value, [f.name for f in dataclasses.fields(value)], path + (name,), panel)
+            elif "help" in fields[name].metadata:
+                add(SettingSpec(name, fields[name], type(instance), value, path,
+                                fields[name].metadata.get("panel") or panel))
+
+    for field in dataclasses.fields(cls):
+        if "nested" in field.metadata:
+            walk(field.default, field.metadata["nested"], (field.name,), field.metadata.get("panel"))
+        elif "help" in field.metadata:
+            add(SettingSpec(field.name, field, cls, field.default, (), field.metadata.get("panel")))
+    return out
+
+
+def spec_defaults(cls: type) -> dict[str, Any]:
+    """{flat setting: this command's default} of a config dataclass with nested configs."""
+    return {name: spec.default for name, spec in setting_specs(cls).items()}
+
+
+def spec_classes(cls: type) -> tuple[type, ...]:
+    """The dataclasses that declare `cls`'s flat settings (their types check the values: `check_settings`)."""
+    return tuple(dict.fromkeys([cls, *(spec.owner for spec in setting_specs(cls).values())]))
+
+
+def compose(cls: type, values: Mapping[str, Any]) -> Any:
+    """An instance of `cls` from flat settings: its own fields by name, each nested config its default with the
+    given values replaced (and so validated by the nested class). Settings left out keep their defaults."""
+
+    def replaced(instance: Any, names: Sequence[str]) -> Any:
+        changes = {}
+        for name in names:
+            value = getattr(instance, name)
+            if dataclasses.is_dataclass(value):
+                changes[name] = replaced(value, [f.name for f in dataclasses.fields(value)])
+            elif name in values:
+                changes[name] = values[name]
+        return dataclasses.replace(instance, **changes) if changes else instance
+
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if "nested" in field.metadata:
+            kwargs[field.name] = replaced(field.default, field.metadata["nested"])
+        elif field.name in values:
+            kwargs[field.name] = values[field.name]
+    return cls(**kwargs)
+
+
+def flatten(cls: type, recorded: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings from a config's dict form (`dataclasses.asdict`, as run.json records it): each nested
+    config's listed fields lifted to the top (a nested config dict within, e.g. method_config, entirely);
+    unlisted nested fields are dropped. A flat record (older runs) comes back as it is."""
+    out = dict(recorded)
+
+    def lift(d: Mapping[str, Any], names: Sequence[str]) -> None:
+        for name in names:
+            if isinstance(d.get(name), Mapping):
+                lift(d[name], list(d[name]))
+            elif name in d:
+                out[name] = d[name]
+
+    for field in dataclasses.fields(cls):
+        if "nested" in field.metadata and isinstance(out.get(field.name), Mapping):
+            lift(out.pop(field.name), field.metadata["nested"])
+    return out

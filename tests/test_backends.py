@@ -28,7 +28,7 @@ class CountingEmulator:
 
     def reset(self) -> np.ndarray:
         self.t = 0
-        return np.full((84, 84), self.seed, np.uint8)
+        return np.full((84, 84), self.seed % 256, np.uint8)
 
     def send(self, action: int) -> None:
         self.action = action
@@ -81,3 +81,35 @@ def test_a_game_no_backend_knows_is_one_line(toy_backend):
         backends.backend_for("Nope")
     with pytest.raises(ValueError, match="registered already"):
         backends.register_backend(ToyBackend())
+
+
+def test_collect_and_online_fine_tuning_get_their_emulators_from_the_backend(toy_backend):
+    """A new backend is one registry entry: collect's actors (resuming by their action log) and online
+    fine-tuning's actors play its games with no other edit."""
+    from types import SimpleNamespace
+
+    from sqlcli_core.acting.actors import StreamActor, make_actor, replay_stream
+    from sqlcli_core.data.online_replay import OnlineReplay, ReplayConfig
+    from sqlcli_core.training.finetune_online import Actors
+
+    protocol = PROTOCOLS["dopamine"]
+    actor = make_actor("auto", Game("ToyCount"), protocol, None, None, seed=5)
+    assert isinstance(actor, StreamActor) and isinstance(actor.env, CountingEmulator)
+    assert actor.reset()[0, 0] == 5  # the stream's first frame, from start(seed)
+    for action in (1, 0):
+        actor.send(action)
+        frame, reward, over = actor.recv()
+    assert (int(frame[0, 0]), reward, over) == (2, 0.0, False)
+    record = actor.resume_record(in_episode=True)
+    assert record["stream_actions"].tolist() == [1, 0]
+    fresh = make_actor("python", Game("ToyCount"), protocol, None, None, seed=5)
+    assert replay_stream(fresh, record["stream_actions"], protocol.max_episode_steps, in_episode=True)[0, 0] == 2
+
+    actors = Actors(Game("ToyCount"), SimpleNamespace(num_envs=2, seed=0, mode=None, difficulty=None), protocol)
+    assert all(isinstance(env, CountingEmulator) for env in actors.envs)
+    replay = OnlineReplay(ReplayConfig(capacity=100, num_envs=2, n_step=3, gamma=0.99), game_id=0, seed=0)
+    actors.reset(replay)
+    ended = [actors.step(np.array([1, 0]), replay) for _ in range(3)]
+    assert ended[:2] == [[], []] and ended[2] == [{"return": 3.0, "length": 3}, {"return": 0.0, "length": 3}]
+    # both started their next episode: the frame is the seed's byte again
+    assert actors.stacks[:, -1, 0, 0].tolist() == [env.seed % 256 for env in actors.envs]

@@ -427,3 +427,25 @@ def test_tiny_model_overfits_a_fixed_batch(tiny):
     assert np.isfinite(losses).all()
     assert np.mean(losses[-10:]) < 0.25 * losses[0], (losses[0], losses[-10:])
     assert float(aux["action_accuracy"]) > 0.9
+
+
+def test_the_dt_method_reads_its_loss_weights_from_its_method_config(tiny):
+    """`DTConfig` (the dt's own settings, `--return-loss-weight` ...) reaches the loss the train step uses."""
+    from sqlcli_core.methods.configs import DTConfig
+    from sqlcli_core.methods.registry import LossSetup, get_method
+    from sqlcli_core.training.configs import LearnerConfig
+
+    net, params, _ = tiny
+    batch = fixed_batch()
+    mask = np.ones((2, 18), bool)
+    losses = {}
+    for weights in ((1.0, 1.0, 1.0), (1.0, 0.0, 2.0)):
+        learner = LearnerConfig(method="dt", method_config=DTConfig(*weights))
+        loss_fn = get_method("dt").make_loss(LossSetup(net, mask, TINY, learner))
+        loss, aux = loss_fn(params, None, batch, None)  # rng None: no dropout
+        losses[weights] = float(loss)
+        expected = weights[0] * aux["action_loss"] + weights[1] * aux["return_loss"] + weights[2] * aux["reward_loss"]
+        np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    assert losses[(1.0, 1.0, 1.0)] != losses[(1.0, 0.0, 2.0)]
+    with pytest.raises(UsageError, match="dt loss weights"):
+        DTConfig(0.0, 0.0, 0.0)

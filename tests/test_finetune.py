@@ -23,6 +23,7 @@ from sqlcli_core.games.catalog import Game
 from sqlcli_core.runs.checkpointer import Checkpointer
 from sqlcli_core.runs.policy import load_policy
 from sqlcli_core.runs.run_record import read_run
+from sqlcli_core.settings import compose
 from sqlcli_core.training import transfer
 from sqlcli_core.training.configs import LearnerConfig, OnlineConfig
 from sqlcli_core.training.finetune_online import grad_steps_due, run_online
@@ -266,7 +267,7 @@ def _online(steps, **kw):
                 eval_max_steps=20, checkpoint_every=100, log_every=50, epsilon_decay_steps=100,
                 target_update_period=10, update_period=4)
     base.update(kw)
-    return OnlineConfig(**base)
+    return compose(OnlineConfig, base)  # flat settings: target_update_period is the nested learner's
 
 
 def _train_lines(run):
@@ -385,7 +386,7 @@ def _offline(data, steps, **kw):
                 log_every=2, final_seeds=1, final_episodes=1, eval_max_steps=20, cache_bytes=16 << 20,
                 target_update_period=2)
     base.update(kw)
-    return OfflineConfig(**base)
+    return compose(OfflineConfig, base)  # flat settings: target_update_period is the nested learner's
 
 
 @pytest.mark.slow

@@ -89,27 +89,81 @@ def test_a_new_methods_setting_is_in_help_run_json_and_resume(tmp_path, toy_in_c
 
 
 @pytest.mark.parametrize("command, classes", [
-    ("pretrain", ("PretrainConfig", "LearnerConfig", "NetworkConfig", "ScaledQLConfig")),
+    ("pretrain", ("PretrainConfig", "LearnerConfig", "NetworkConfig", "ScaledQLConfig", "DTConfig")),
     ("finetune-offline", ("OfflineConfig",)),
     ("finetune-online", ("OnlineConfig",)),
 ])
 def test_every_setting_field_is_an_option_with_its_flag_default_and_help(command, classes):
     """Adding a setting is one line: each `setting(...)` field (but cli=False ones) is an option of the command
     with the field's flag, default None (not given: the dataclass default applies) and the field's help."""
-    import dataclasses
 
     from sqlcli.main import load_command
     from sqlcli_core.methods import configs as method_configs
     from sqlcli_core.networks import config as network_configs
-    from sqlcli_core.settings import field_flag, field_help
+    from sqlcli_core.settings import field_flag, field_help, setting_specs
     from sqlcli_core.training import configs
 
     params = {opt: param for param in load_command(command).params for opt in param.opts}
     for name in classes:
         cls = next(getattr(m, name) for m in (configs, network_configs, method_configs) if hasattr(m, name))
-        for field in dataclasses.fields(cls):
-            if "help" not in field.metadata or not field.metadata["cli"] or field.name == "compute_dtype":
+        for spec in setting_specs(cls).values():  # its own fields and those of its nested configs (the learner)
+            field = spec.field
+            if not field.metadata["cli"] or field.name == "compute_dtype":
                 continue
             param = params.get(field_flag(field))
             assert param is not None, f"{command}: {cls.__name__}.{field.name} has no option {field_flag(field)}"
-            assert param.default is None and param.help.startswith(field_help(cls, field.name).split(" Default:")[0])
+            assert param.default is None and param.help == spec.help()
+            assert param.help.startswith(field_help(spec.owner, field.name).split(" Default:")[0])
+
+
+@pytest.mark.parametrize("command, flag, shown", [
+    ("finetune-offline", "--lr", "Default: 0.0001 (ours)"), ("finetune-offline", "--alpha", "Default: 0.05"),
+    ("finetune-offline", "--target-update-period", "Default: 2000 (paper)"),
+    ("finetune-online", "--lr", "Default: 0.0001 (ours)"), ("finetune-online", "--alpha", "Default: 0.0 (ours)"),
+    ("finetune-online", "--target-update-period", "Default: 1000 (ours)"), ("finetune-online", "--gamma", "0.99"),
+    ("finetune-online", "--adam-eps", "Default: 0.0003125"),
+])
+def test_fine_tuning_options_show_the_nested_learners_command_defaults(command, flag, shown):
+    """The fine-tuning configs nest the learner's config with their own defaults; the generated options (the
+    learner's flags and help) show those defaults, not pretrain's (2e-4, target period 2000)."""
+    from sqlcli.main import load_command
+    from sqlcli_core.training import finetune_offline, finetune_online
+
+    params = {opt: param for param in load_command(command).params for opt in param.opts}
+    assert shown in params[flag].help
+    module = finetune_offline if command == "finetune-offline" else finetune_online
+    flags = {"game": "alien", "data": "/x"} if command == "finetune-offline" else {"game": "breakout"}
+    defaults = module.resolve_config(None, flags).learner
+    assert (defaults.learning_rate, defaults.gamma) == (1e-4, 0.99)
+    assert (defaults.target_update_period, defaults.method_config.alpha) == (
+        (2000, 0.05) if command == "finetune-offline" else (1000, 0.0))
+    given = module.resolve_config(None, {**flags, "learning_rate": 3e-4, "alpha": 0.5})
+    assert (given.learner.learning_rate, given.learner.method_config.alpha) == (3e-4, 0.5)
+
+
+def test_a_setting_of_another_method_is_refused_not_ignored(tmp_path):
+    """`--method bc --alpha 0.3` would train bc and drop alpha: one line naming the setting and its method (exit 2),
+    from the flags and from a --config file alike; alpha at its default (not given) and a run.json of 0.2 that
+    recorded alpha for a bc run are fine."""
+    from typer.testing import CliRunner
+
+    from sqlcli.main import app
+    from sqlcli_core.errors import UsageError
+
+    result = CliRunner().invoke(app, ["pretrain", "--dry-run", "--method", "bc", "--alpha", "0.3", "--games", "pong"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: --alpha is a setting of method scaled-ql, which --method bc does not read")
+    assert len(result.output.strip().splitlines()) == 1
+    path = tmp_path / "bc.toml"
+    path.write_text('data = "/x"\nrun_dir = "/r"\nmethod = "bc"\nalpha = 0.05\n')
+    with pytest.raises(UsageError, match="--alpha is a setting of method scaled-ql"):
+        pretrain.resolve_settings(path, {})
+    _, config = pretrain.resolve_settings(None, {"data": "/x", "run_dir": "/r", "method": "bc"})
+    assert config.learner.method_config is None
+    _, config = pretrain.resolve_settings(None, {"data": "/x", "run_dir": "/r", "alpha": 0.3})
+    assert config.learner.method_config.alpha == 0.3
+    old_bc = {"kind": "sql-run", "config": {"command": "pretrain", "data": "/x", "run_dir": "/r", "network": {"arch": "dqn"},
+                                           "learner": {"method": "bc", "learning_rate": 1e-3, "alpha": 0.05}}}
+    (tmp_path / "run.json").write_text(json.dumps(old_bc))
+    settings, config = pretrain.resolve_settings(tmp_path / "run.json", {})
+    assert config.learner.method == "bc" and config.learner.learning_rate == 1e-3

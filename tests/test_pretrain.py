@@ -299,12 +299,17 @@ def test_config_file_sets_what_flags_do_not(tmp_path):
 def test_missing_store_and_bad_weights_are_one_line_errors(tmp_path):
     result = runner.invoke(app, ["pretrain", "--run-dir", str(tmp_path / "r"), "--arch", "dqn"])
     assert result.exit_code == 2 and "no data store given" in result.output
-    from sqlcli.commands.pretrain import parse_game_weights
     from sqlcli_core.errors import UsageError
+    from sqlcli_core.training.pretrain import parse_game_weights
 
     assert parse_game_weights("pong=2, ALE/Breakout-v5=0.5") == {"Pong": 2.0, "Breakout": 0.5}
     with pytest.raises(UsageError, match="GAME=WEIGHT"):
         parse_game_weights("pong")
+    # a TOML `Pong = true` is no weight, though Python's float() reads it as 1; inf and nan are none either
+    for table in ({"Pong": True}, {"Pong": float("inf")}, {"Pong": "nan"}, {"Pong": -1}):
+        with pytest.raises(UsageError, match="weight of Pong must be a finite number"):
+            parse_game_weights(table)
+    assert parse_game_weights({"pong": 2, "Breakout": "0.5"}) == {"Pong": 2.0, "Breakout": 0.5}
 
 
 @pytest.mark.slow
@@ -376,10 +381,11 @@ def test_toml_config_is_shared_by_the_training_commands(tmp_path):
     cfg = tmp_path / "ft.toml"
     cfg.write_text('game = "alien"\ndata = "/x"\nlr = 3e-4\nsteps = 7\nalpha = 0.0\n')
     offline = finetune_offline.resolve_config(cfg, {"steps": 9})
-    assert (offline.learning_rate, offline.steps, offline.alpha, offline.batch_size) == (3e-4, 9, 0.0, 32)
+    assert (offline.learner.learning_rate, offline.steps, offline.learner.method_config.alpha,
+            offline.batch_size) == (3e-4, 9, 0.0, 32)
     cfg.write_text('game = "breakout"\nmode = 12\nlr = 3e-4\n')
     online = finetune_online.resolve_config(cfg, {})
-    assert (online.mode, online.learning_rate, online.target_update_period) == (12, 3e-4, 1000)
+    assert (online.mode, online.learner.learning_rate, online.learner.target_update_period) == (12, 3e-4, 1000)
     cfg.write_text('game = "breakout"\nwidht = 2\n')
     from sqlcli_core.errors import UsageError
 

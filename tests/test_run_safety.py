@@ -274,14 +274,18 @@ def test_non_finite_options_are_refused_up_front(flag, value, tmp_path):
 
 def test_finetune_options_share_the_rules(tmp_path):
     from sqlcli_core.errors import UsageError
+    from sqlcli_core.settings import compose
     from sqlcli_core.training.configs import OfflineConfig, OnlineConfig
 
+    # The learner's settings are checked by the nested LearnerConfig, with the same errors as pretrain's.
     with pytest.raises(UsageError, match="--lr must be a finite number"):
-        OfflineConfig(game="alien", data="/x", learning_rate=float("nan"))
+        compose(OfflineConfig, {"game": "alien", "data": "/x", "learning_rate": float("nan")})
     with pytest.raises(UsageError, match="gamma must lie in"):
-        OfflineConfig(game="alien", data="/x", gamma=1.5)
+        compose(OfflineConfig, {"game": "alien", "data": "/x", "gamma": 1.5})
     with pytest.raises(UsageError, match="learning rate and Adam eps must be positive"):
-        OnlineConfig(game="breakout", learning_rate=-1.0)
+        compose(OnlineConfig, {"game": "breakout", "learning_rate": -1.0})
+    with pytest.raises(UsageError, match="CQL alpha must be >= 0"):
+        compose(OnlineConfig, {"game": "breakout", "alpha": -0.5})
     with pytest.raises(UsageError, match="epsilons must lie in"):
         OnlineConfig(game="breakout", epsilon_end=2.0)
     # steps below min-replay + update-period: no update would happen

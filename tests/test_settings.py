@@ -134,4 +134,45 @@ def test_fine_tuning_toml_values_are_checked(tmp_path):
     # a field's own flag name is accepted as a key (--slice for slice_rule, --lr for learning_rate)
     path = toml(tmp_path, 'game = "alien"\ndata = "/x"\nslice = "first"\nlr = 3e-4\n')
     config = finetune_offline.resolve_config(path, {})
-    assert (config.slice_rule, config.learning_rate) == ("first", 3e-4)
+    assert (config.slice_rule, config.learner.learning_rate) == ("first", 3e-4)
+
+
+def test_a_nested_config_is_flat_settings_with_the_commands_defaults():
+    """`nested(...)`: a command's config holding another config; the listed fields (a config within whole) are its
+    flat settings with the command's defaults, `compose` builds it back, `flatten` reads both record shapes."""
+    import dataclasses
+
+    from sqlcli_core.settings import compose, flatten, nested, setting_specs, spec_defaults
+
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        rate: float = setting(2.0, "Rate.", tag="paper")
+
+    @dataclasses.dataclass(frozen=True)
+    class Middle:
+        size: int = setting(3, "Size.")
+        hidden: int = setting(9, "Not an option of the command.")
+        own: Inner = Inner()
+
+    @dataclasses.dataclass(frozen=True)
+    class Command:
+        name: str = setting("x", "Name.")
+        middle: Middle = nested(Middle(size=4), options=("size", "own"), panel="P")
+
+    specs = setting_specs(Command)
+    assert list(specs) == ["name", "size", "rate"] and spec_defaults(Command) == {"name": "x", "size": 4, "rate": 2.0}
+    assert specs["size"].help() == "Size. Default: 4 (ours)." and specs["rate"].help() == "Rate. Default: 2.0 (paper)."
+    assert specs["rate"].path == ("middle", "own") and specs["size"].panel == "P"
+    built = compose(Command, {"size": 5, "rate": 0.5})
+    assert built == Command(middle=Middle(size=5, own=Inner(0.5)))
+    recorded = dataclasses.asdict(built)
+    assert flatten(Command, recorded) == {"name": "x", "size": 5, "rate": 0.5}  # hidden: not a setting
+    assert flatten(Command, {"name": "x", "size": 5, "rate": 0.5}) == {"name": "x", "size": 5, "rate": 0.5}
+
+    @dataclasses.dataclass(frozen=True)
+    class Twice:
+        size: int = setting(1, "Size again.")
+        middle: Middle = nested(Middle(), options=("size",))
+
+    with pytest.raises(ValueError, match="declared twice"):
+        setting_specs(Twice)

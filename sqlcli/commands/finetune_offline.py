@@ -30,7 +30,7 @@ def finetune_offline(
     from sqlcli_core.methods import get_method
     from sqlcli_core.training.finetune_offline import resolve_config, run_offline
     config = resolve_config(config_file, given)
-    method = get_method(config.learner_config().method)
+    method = get_method(config.learner.method)
     require_path(source, "pre-trained run", hint="pass a run directory written by `sql pretrain`")
     require_path(config.data, "data store", hint="pass a Zarr store written by `sql shard SRC DST`")
 

@@ -30,7 +30,6 @@ from sqlcli.options import (
 )
 from sqlcli.progress import ProgressReport, metrics_line
 from sqlcli.tracking import open_wandb
-from sqlcli_core.errors import UsageError
 from sqlcli_core.networks.config import SHARED_FIELDS, DecisionTransformerConfig, NetworkConfig
 from sqlcli_core.training.configs import LearnerConfig, PretrainConfig
 
@@ -57,40 +56,11 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the parameter cou
 EXAMPLE = "Example: sql pretrain --data store --games atari40 --arch resnet50 --steps 100000 --run-dir runs/r50"
 
 
-def parse_game_weights(value: Any) -> dict[str, float] | None:
-    """'Pong=2,Breakout=1' (or a TOML table) -> {"Pong": 2.0, "Breakout": 1.0}, names canonicalised."""
-    from sqlcli_core.games.catalog import canonical_name
-
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        pairs = []
-        for item in (p.strip() for p in value.split(",") if p.strip()):
-            name, sep, weight = item.partition("=")
-            if not sep:
-                raise UsageError(f"bad --game-weights item '{item}'", hint="write GAME=WEIGHT pairs, e.g. Pong=2,Breakout=1")
-            pairs.append((name, weight))
-    elif isinstance(value, dict):
-        pairs = list(value.items())
-    else:
-        raise UsageError("game_weights must be a string or a table", hint="e.g. game_weights = {Pong = 2.0}")
-    weights = {}
-    for name, weight in pairs:
-        try:
-            w = float(weight)
-        except ValueError:
-            raise UsageError(f"weight of {name} is not a number: '{weight}'", hint="e.g. Pong=2") from None
-        if not w >= 0:
-            raise UsageError(f"weight of {name} must be >= 0, got {w}")
-        weights[canonical_name(str(name))] = w
-    return weights
-
-
 def resolve_settings(config_file: Path | None, flags: dict[str, Any]):
     """Defaults <- --config <- flags that were given (not None) -> (flat settings, PretrainConfig)."""
     from sqlcli_core.training.pretrain import resolve_settings
 
-    return resolve_settings(config_file, flags, parse_game_weights)
+    return resolve_settings(config_file, flags)
 
 
 def _parts_table(table: dict, method: str) -> Table:

@@ -4,10 +4,11 @@ Both give the same frames, rewards and episode ends for the same seed and action
 
 - `PythonActor`: `AtariGame`, stepped from Python. It resumes from ALE's saved state as of the current
   episode's reset plus the actions of that episode (resume kind "state"): at most one episode is played again.
-- `VectorActor`: one emulator in ale_py's C++ vector environment (frame skip, max-pool and resize in a
-  worker thread without the GIL, so several runs step at once). That environment exposes no saved states,
-  so the actor logs every action since the stream's start (one byte each) and resumes by playing them all
-  again from the seed (resume kind "actions"): the emulator is a function of its seed and its actions.
+- `StreamActor`: any other emulator of a game's backend (`backends.backend_for`): one in ale_py's C++ vector
+  environment (frame skip, max-pool and resize in a worker thread without the GIL, so several runs step at
+  once), or a synthetic game's. It logs every action since the stream's start (one byte each) and resumes by
+  playing them all again from the seed (resume kind "actions"): the emulator is a function of its seed and
+  its actions, and needs no saved states (the vector environment has none).
 
 Every actor: `reset()` (start the next episode; the first call gives the stream's first episode), `send(a)`
 then `recv()` -> (frame, raw reward, game over or end of a capped episode), `resume_record(in_episode)`
@@ -19,10 +20,11 @@ from __future__ import annotations
 import numpy as np
 
 from sqlcli_core.acting.ale_env import AtariGame
-from sqlcli_core.acting.ale_vector import VectorGame, choose_backend
+from sqlcli_core.acting.ale_vector import ALE, choose_backend
+from sqlcli_core.acting.backend import Emulator
+from sqlcli_core.acting.backends import backend_for
 from sqlcli_core.acting.protocol import ActingProtocol
 from sqlcli_core.games.catalog import Game
-from sqlcli_core.synthetic.emulator import synthetic_emulator
 
 
 class PythonActor:
@@ -74,15 +76,17 @@ class PythonActor:
         self.env.close()
 
 
-class VectorActor:
-    """One `VectorGame`; logs every action of the stream (the emulator cannot be saved, only replayed)."""
+class StreamActor:
+    """Any game backend's emulator (`acting.backend.Emulator`: ALE's vector engine, a synthetic game...); logs
+    every action of the stream and resumes by playing them again from the seed (resume kind "actions"), which
+    needs nothing of the emulator but that it is a function of its seed and its actions."""
 
     kind = "actions"
 
-    def __init__(self, game: Game, protocol: ActingProtocol, seed: int):
-        self.env = VectorGame(game, protocol=protocol)
-        self.num_actions = self.env.num_actions
-        self._first: np.ndarray | None = self.env.start(seed)  # the stream's first episode, already reset
+    def __init__(self, emulator: Emulator, seed: int):
+        self.env = emulator
+        self.num_actions = emulator.num_actions
+        self._first: np.ndarray | None = emulator.start(seed)  # the stream's first episode, already reset
         self.stream_actions = bytearray()
 
     def reset(self) -> np.ndarray:
@@ -105,19 +109,20 @@ class VectorActor:
         self.env.close()
 
 
-Actor = PythonActor | VectorActor
+Actor = PythonActor | StreamActor
 
 
-def make_actor(backend: str, game: Game, protocol: ActingProtocol, mode: int | None, difficulty: int | None,
+def make_actor(engine: str, game: Game, protocol: ActingProtocol, mode: int | None, difficulty: int | None,
                seed: int) -> Actor:
-    """A fresh actor for a stream with this emulator seed: backend 'auto', 'vector' or 'python' (a synthetic
-    game has one emulator of its own, whatever the backend)."""
-    synthetic = synthetic_emulator(game, seed)
-    if synthetic is not None:
-        return synthetic
-    if choose_backend(backend, mode, difficulty) == "vector":
-        return VectorActor(game, protocol, seed)
-    return PythonActor(game, protocol, mode, difficulty, seed)
+    """A fresh actor for a stream with this emulator seed, its emulator from the game's backend
+    (`backends.backend_for`). engine 'auto', 'vector' or 'python' (`ale_vector.choose_backend`): ALE's python
+    engine resumes from ALE's saved states (`PythonActor`), every other emulator by its action log."""
+    backend = backend_for(game.name)
+    engine = choose_backend(engine, mode, difficulty)
+    if backend is ALE and engine == "python":
+        return PythonActor(game, protocol, mode, difficulty, seed)
+    return StreamActor(backend.make_emulator(game, protocol=protocol, engine=engine, mode=mode, difficulty=difficulty,
+                                             seed=seed), seed)
 
 
 def replay_stream(actor: Actor, actions: np.ndarray, max_steps: int, in_episode: bool) -> np.ndarray | None:

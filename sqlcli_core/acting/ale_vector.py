@@ -140,6 +140,16 @@ class PythonGame:
         self._length += 1
         return frame, reward, game_over or self._length >= self.max_episode_steps
 
+    def save_state(self) -> bytes:
+        """ALE's state (`AtariGame.save_state`), for online fine-tuning's checkpoints."""
+        return self.env.save_state()
+
+    def restore_state(self, state: bytes) -> None:
+        """Continue from `save_state`'s bytes. The episode cap counts agent steps since this emulator's last
+        reset, which the bytes do not hold: online fine-tuning keeps each episode's length and caps it itself."""
+        self._fresh = False
+        self.env.restore_state(state)
+
     def close(self) -> None:
         self.env.close()
 

@@ -6,8 +6,11 @@ with known answers plug in the same way).
   uint8 frame; `reset()` starts the stream's next episode; `recv()` returns (frame, raw reward, episode
   over). Actions are indices into the game's minimal action set (`Game.num_actions` of them).
 - A `GameBackend` makes emulators for the games it `knows` (catalog names). `backends.backend_for(name)`
-  picks the backend of a game; `register_backend` adds one. Evaluation (`pool.EmulatorPool`) gets its
-  emulators through it; the ALE backend is `ale_vector.ALE`.
+  picks the backend of a game; `register_backend` adds one. Every player gets its emulators through it:
+  evaluation (`pool.EmulatorPool`), collect (`actors.make_actor`) and online fine-tuning
+  (`training.finetune_online.Actors`, engine "python", which also calls `save_state()` and
+  `restore_state(bytes)` for its checkpoints). The ALE backend is `ale_vector.ALE`, the known-answer games'
+  `synthetic.emulator.SYNTHETIC`.
 
 A new backend implements both protocols (plain classes; nothing to inherit) and registers itself; its games
 need catalog entries (`games/catalog.py`) so that names resolve and action-set sizes are known without

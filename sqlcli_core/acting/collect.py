@@ -103,7 +103,7 @@ class _Run:
         greedy = None
         if config.policy.kind == "checkpoint":
             greedy = self._checkpoint_greedy(load_policy, config.policy.run)
-        experts = chain_experts(self.game, self.env) if config.policy.kind == "mixture" else None
+        experts = chain_experts(self.game, self.env.env) if config.policy.kind == "mixture" else None
         self.policy = BehaviourPolicy(config.policy, self.env.num_actions, self.policy_seed, greedy, experts)
         self.buffer = RingBuffer(config.capacity)
         self.stack = np.zeros((rf.STACK_SIZE, *rf.FRAME_SHAPE), dtype=np.uint8)  # the agent's state

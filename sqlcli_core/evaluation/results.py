@@ -25,6 +25,14 @@ def final_eval_is_current(path: Path, key: str, value: int) -> bool:
     return path.exists() and json.loads(path.read_text()).get("finetune", {}).get(key) == value
 
 
+def eval_metrics_record(step: int, grad_steps: int, results, final: bool = False) -> dict:
+    """The metrics record of an evaluation (kind "eval"): mean and std of the scores, and the episodes."""
+    scores = [r.score for r in results]
+    return {"step": step, "kind": "eval", "grad_steps": grad_steps, "final": final,
+            "mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
+            "lengths": [r.length for r in results], "truncated": [r.truncated for r in results]}
+
+
 def build_eval_result(*, command: str, config: dict, seed: int, eval_config, episodes, policy: dict,
                       bootstrap_reps: int = 50_000, **extra: Any) -> dict:
     """The eval result (schema in docs/architecture.md): provenance, protocol, policy, the per-game scores and

@@ -38,7 +38,8 @@ METHODS: dict[str, MethodEntry] = {
                       "game's actions (no TD, no target)"),
     "c51": MethodEntry("sqlcli_core.methods.c51", "C51: distributional TD on n-step targets, no conservative term"),
     "dt": MethodEntry("sqlcli_core.methods.decision_transformer", "Multi-game Decision Transformer: "
-                      "return-conditioned sequence model, expert action inference (--arch dt-*)"),
+                      "return-conditioned sequence model, expert action inference (--arch dt-*)",
+                      config="sqlcli_core.methods.configs:DTConfig"),
 }
 
 

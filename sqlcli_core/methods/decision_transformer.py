@@ -306,7 +306,9 @@ def _network(network_config: DecisionTransformerConfig, num_actions: Sequence[in
 
 
 def _make_loss(setup: LossSetup) -> Callable:
-    loss_fn = make_loss_fn(setup.network.apply, setup.network_config, num_games=len(setup.mask))
+    own = setup.learner_config.method_config  # methods.configs.DTConfig: the loss weights
+    loss_fn = make_loss_fn(setup.network.apply, setup.network_config, num_games=len(setup.mask),
+                           weights=own.weights())
 
     def with_target(params, target_params, batch, rng):
         del target_params  # no target network

@@ -115,6 +115,24 @@ class TrainingRun:
         self.metrics.resume(step if metrics_step_for is None else metrics_step_for(meta))
         return state, meta, step
 
+    def resume_or_start(self, abstract_for: Callable[[dict], Any], *, restore: Callable[[Any, dict, int], Any],
+                        start: Callable[[], Any], metrics_step_for: Callable[[dict], int] | None = None
+                        ) -> tuple[Any, int | None]:
+        """(what restore or start returned, the step resumed from or None): the one resume-or-fresh of the runners.
+
+        restore(state, meta, step) gets the newest intact checkpoint (`resume`) and puts the runner's own state
+        back (the sampler's position, the replay...); its refusal leaves run.json as it was, since the resume is
+        accepted only once it returns. start() builds a fresh run's state; run.json is then written and the
+        metric lines of an attempt killed before its first save are dropped."""
+        resumed = self.resume(abstract_for, metrics_step_for=metrics_step_for)
+        if resumed is None:
+            value = start()
+            self.start_fresh()
+            return value, None
+        value = restore(*resumed)
+        self.accept()
+        return value, resumed[2]
+
     def accept(self) -> None:
         """Record this invocation's settings in RUN/run.json: called once the runner has accepted the resume
         (restored its own state from the checkpoint's meta) or starts fresh. Idempotent; saving and logging

@@ -92,6 +92,20 @@ def make_q_fn(network_config, num_actions: Sequence[int], method: str = DEFAULT_
     return m.make_action_values(network, action_mask(tuple(num_actions)))
 
 
+class ParamsPolicy:
+    """A QPolicy over parameters still in training (the fine-tuning evaluations; `load_policy` reads from disk)."""
+
+    def __init__(self, game: Game, q_fn: Callable, params: Any, step: int | None):
+        self.games = [game]
+        self.run_config: dict = {}
+        self.step = step
+        self._q_fn = q_fn
+        self.params = params
+
+    def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
+        return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game, jnp.int32)))
+
+
 def _resolve_checkpoint(path: Path) -> tuple[Path, int | None]:
     """(run directory, step or None for newest) from a run directory, its checkpoints/ or one step's folder."""
     if (path / RUN_FILE).exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,13 @@ def settings_difference(had: Mapping[str, Any], wanted: Mapping[str, Any],
 
 
 def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[str, Any], source: str | None,
-                          defaults: Mapping[str, Any] | None = None) -> None:
+                          defaults: Mapping[str, Any] | None = None,
+                          recorded: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> None:
     """Refuse to continue a run directory written by another command or started with other settings.
 
-    settings: what a resumed run must repeat (recorded in run.json under config.settings); source: the run
-    it starts from (config.from). Nothing happens for a directory without run.json (a new run).
+    settings: what a resumed run must repeat, flat (run.json records it under config.settings); recorded(s):
+    the recorded settings in that flat form (a nested config lifted, `settings.flatten`); source: the run it
+    starts from (config.from). Nothing happens for a directory without run.json (a new run).
     """
     run_dir = Path(run_dir)
     if not (run_dir / RUN_FILE).exists():
@@ -169,7 +171,8 @@ def check_resume_settings(run_dir: str | Path, command: str, settings: Mapping[s
     previous = read_run(run_dir).get("config", {})
     if previous.get("command") != command:
         raise UsageError(f"run directory {run_dir} was not written by `sql {command}`", hint="pass a new --run-dir")
-    diff = settings_difference(previous.get("settings") or {}, settings, defaults)
+    had = previous.get("settings") or {}
+    diff = settings_difference(recorded(had) if recorded is not None else had, settings, defaults)
     if previous.get("from") != source:
         diff.append("from")
     if diff:

@@ -1,10 +1,9 @@
 """A chain game behind every emulator interface the toolkit plays through.
 
-`ChainEmulator` is at once:
-- an emulator of eval's pool (the game-backend interface): `start(seed)`, `reset()`, `send(a)`, `recv()`, `close()`;
-- a collect actor: `reset()`, `send`, `recv`, `resume_record`, kind "actions"
-  (the game is a function of its seed and its actions, so a resume replays the logged actions);
-- an `AtariGame` for online fine-tuning: `reset()`, `step(a)`, `save_state()` / `restore_state(bytes)`.
+`ChainEmulator` is the emulator of the `synthetic` game backend (`acting.backend.Emulator`: `start(seed)`,
+`reset()`, `send(a)`, `recv()`, `close()`), which eval's pool, collect's actors (`acting.actors.StreamActor`:
+the game is a function of its seed and its actions, so a resume replays the logged actions) and online
+fine-tuning (with `save_state()` / `restore_state(bytes)` for its checkpoints) get from `acting.backends`.
 
 The seed drives only the distractor pixels of games that draw them; moves are deterministic.
 """
@@ -19,14 +18,11 @@ from sqlcli_core.synthetic.chain import ChainSpec, chain_spec
 
 
 class ChainEmulator:
-    kind = "actions"
-
     def __init__(self, game, spec: ChainSpec, *, seed: int = 0, max_episode_steps: int | None = None):
         self.game = game
         self.spec = spec
         self.num_actions = spec.num_actions
         self.max_episode_steps = min(spec.cap, max_episode_steps or spec.cap)
-        self.stream_actions = bytearray()
         self._rng = np.random.default_rng(seed)
         self.position = 0
         self.length = 0
@@ -36,7 +32,6 @@ class ChainEmulator:
 
     def start(self, seed: int) -> np.ndarray:
         self._rng = np.random.default_rng(seed)
-        self.stream_actions = bytearray()
         return self.reset()
 
     def reset(self) -> np.ndarray:
@@ -53,15 +48,11 @@ class ChainEmulator:
 
     def send(self, action: int) -> None:
         self._action = int(action)
-        self.stream_actions.append(self._action)
 
     def recv(self) -> tuple[np.ndarray, float, bool]:
         return self.step(self._action)
 
     # -- resuming -----------------------------------------------------------------------------------
-
-    def resume_record(self, in_episode: bool) -> dict[str, np.ndarray]:
-        return {"stream_actions": np.frombuffer(bytes(self.stream_actions), dtype=np.uint8)}
 
     def save_state(self) -> bytes:
         return json.dumps({"position": self.position, "length": self.length,

@@ -13,7 +13,16 @@ from sqlcli_core.acting.protocol import PROTOCOLS
 from sqlcli_core.errors import UsageError
 from sqlcli_core.methods.catalog import DEFAULT_METHOD, make_method_config, method_entry, method_names
 from sqlcli_core.networks.config import AnyNetworkConfig, NetworkConfig
-from sqlcli_core.settings import require_finite, setting
+from sqlcli_core.settings import (
+    compose,
+    flatten,
+    merge_settings,
+    nested,
+    require_finite,
+    setting,
+    spec_classes,
+    spec_defaults,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,9 @@ LEARNER_SETTINGS = tuple(f.name for f in dataclasses.fields(LearnerConfig) if f.
 
 
 INITS = ("pretrained", "scratch")
+# The learner settings the fine-tuning commands take (--lr, --adam-eps, --gamma, --target-update-period) and
+# the method's own (scaled-ql's --alpha); their defaults are each command's `learner` default.
+FINETUNE_LEARNER_OPTIONS = ("learning_rate", "adam_eps", "gamma", "target_update_period", "method_config")
 
 
 FREEZE_CHOICES = ("none", "torso", "shared")
@@ -122,12 +134,9 @@ class OfflineConfig:
                               flag="--slice", tag="ours, inferred from the authors' 1% experiments", panel="Data")
     steps: int = setting(50_000, "Gradient steps.", panel="Optimisation")
     batch_size: int = setting(32, "Transitions per gradient step.", panel="Optimisation")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr", panel="Optimisation")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.", panel="Optimisation")
-    alpha: float = setting(0.05, "CQL weight (0 = plain C51).", tag="ours, as pre-training", panel="Optimisation")
-    gamma: float = setting(0.99, "Discount.", tag="paper", panel="Optimisation")
+    learner: LearnerConfig = nested(LearnerConfig(learning_rate=1e-4, method_config={"alpha": 0.05}),
+                                    options=FINETUNE_LEARNER_OPTIONS, panel="Optimisation")
     n_step: int = setting(3, "n-step return length.", tag="paper", panel="Optimisation")
-    target_update_period: int = setting(2000, "Gradient steps between target copies.", tag="paper", panel="Optimisation")
     cache_bytes: int = setting(2 << 30, "Sampler cache of decompressed frames, bytes (2 GiB).", panel="Data")
     protocol: str = setting("dopamine", "Evaluation protocol: dopamine (sticky 0.25) or no-sticky.", tag="paper", choices=PROTOCOL_NAMES, panel="Evaluation")
     final_seeds: int = setting(5, "Seeds of the final evaluation.", panel="Evaluation")
@@ -150,12 +159,6 @@ class OfflineConfig:
 
         if self.slice_rule not in SLICE_RULES:
             raise UsageError(f"unknown --slice '{self.slice_rule}'", hint=f"choose {' or '.join(SLICE_RULES)}")
-        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
-
-    def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps,
-                             method_config={"alpha": self.alpha}, gamma=self.gamma,
-                             target_update_period=self.target_update_period)
 
     def identity_fields(self) -> dict:
         """Settings a resumed run must repeat (everything but its length, logging and evaluation)."""
@@ -178,12 +181,10 @@ class OnlineConfig:
     steps: int = setting(20_000, "Agent steps (transitions over all environments).", tag="paper: about 20k", panel="Optimisation")
     num_envs: int = setting(4, "Emulators stepped side by side, one batched Q call per step.", panel="Data")
     batch_size: int = setting(32, "Transitions per gradient step.", panel="Optimisation")
-    learning_rate: float = setting(1e-4, "Adam learning rate.", flag="--lr", panel="Optimisation")
-    adam_eps: float = setting(3.125e-4, "Adam epsilon.", panel="Optimisation")
-    alpha: float = setting(0.0, "CQL weight (0 = plain C51).", panel="Optimisation")
-    gamma: float = setting(0.99, "Discount.", tag="paper", panel="Optimisation")
+    learner: LearnerConfig = nested(LearnerConfig(learning_rate=1e-4, target_update_period=1000,
+                                                  method_config={"alpha": 0.0}),
+                                    options=FINETUNE_LEARNER_OPTIONS, panel="Optimisation")
     n_step: int = setting(3, "n-step return length.", tag="paper", panel="Optimisation")
-    target_update_period: int = setting(1000, "Gradient steps between target copies.", panel="Optimisation")
     update_period: int = setting(1, "Agent steps per gradient step.", panel="Data")
     min_replay: int = setting(1600, "Agent steps collected before the first update.", panel="Data")
     epsilon_start: float = setting(1.0, "Exploration epsilon at step 0.", tag="Dopamine", panel="Data")
@@ -214,7 +215,6 @@ class OnlineConfig:
             raise UsageError(f"--steps {self.steps} leaves no update: learning starts after --min-replay "
                              f"{self.min_replay} agent steps and updates every --update-period {self.update_period}",
                              hint=f"pass --steps above {self.min_replay + self.update_period - 1} or a smaller --min-replay")
-        self.learner_config()  # lr, eps, alpha, gamma and the target period, in the learner's ranges
         self.schedule()  # epsilons in [0, 1], a positive decay
 
     def schedule(self) -> EpsilonSchedule:
@@ -226,12 +226,7 @@ class OnlineConfig:
         from sqlcli_core.data.online_replay import ReplayConfig  # the data layer: only when a run starts
 
         return ReplayConfig(capacity=self.replay_capacity, num_envs=self.num_envs, n_step=self.n_step,
-                            gamma=self.gamma)
-
-    def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(learning_rate=self.learning_rate, adam_eps=self.adam_eps,
-                             method_config={"alpha": self.alpha}, gamma=self.gamma,
-                             target_update_period=self.target_update_period)
+                            gamma=self.learner.gamma)
 
     def identity_fields(self) -> dict:
         """Settings a resumed run must repeat (everything but how long and how often to log/evaluate)."""
@@ -239,3 +234,33 @@ class OnlineConfig:
         for k in ("steps", "eval_every", "checkpoint_every", "log_every", "final_seeds", "final_episodes"):
             d.pop(k)
         return d
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fine-tuning commands' flat settings <-> their configs (the learner nested, run.json in either shape)
+
+
+def finetune_defaults(cls: type) -> dict:
+    """Every flat setting of a fine-tuning config with the command's default (the learner's from its `learner`)."""
+    return spec_defaults(cls)
+
+
+def flat_identity(config: OfflineConfig | OnlineConfig) -> dict:
+    """The settings a resumed run must repeat, flat (what `check_resume_settings` compares)."""
+    return flatten(type(config), config.identity_fields())
+
+
+def finetune_settings_from_run(cls: type, command: str, record: dict, extra: tuple[str, ...] = ()) -> dict:
+    """The flat settings a fine-tuning run.json records, for `--config RUN/run.json`: `config.settings` nested
+    (this release) or flat (0.2 and before), plus the `extra` keys the record keeps beside it (steps...)."""
+    config = record.get("config") or {}
+    if config.get("command") != command:
+        raise UsageError(f"the run.json given to --config is not a `sql {command}` run",
+                         hint="pass RUN/run.json of a run of this command, or a TOML file")
+    return {**flatten(cls, config.get("settings") or {}), **{k: config[k] for k in extra if k in config}}
+
+
+def resolve_finetune_config(cls: type, config_file: Any, flags: dict, from_run) -> Any:
+    """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
+    settings = merge_settings(spec_defaults(cls), config_file, flags, from_run=from_run, classes=spec_classes(cls))
+    return compose(cls, settings)

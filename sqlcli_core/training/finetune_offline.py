@@ -13,6 +13,7 @@ Resuming is the learner's: Orbax checkpoints of the train state plus the sampler
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +28,24 @@ from sqlcli_core.data.store import absolute_location
 from sqlcli_core.data.view import RunSet
 from sqlcli_core.errors import UsageError
 from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
-from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
+from sqlcli_core.evaluation.results import eval_metrics_record, final_eval_is_current, write_final_eval
 from sqlcli_core.games.catalog import Game, canonical_name
 from sqlcli_core.networks.network import count_parameters
 from sqlcli_core.runs.lifecycle import TrainingRun
-from sqlcli_core.runs.policy import make_q_fn
+from sqlcli_core.runs.policy import ParamsPolicy, make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-from sqlcli_core.settings import dataclass_defaults, merge_settings
+from sqlcli_core.settings import flatten
 from sqlcli_core.training import memory
-from sqlcli_core.training.configs import INITS, OfflineConfig
-from sqlcli_core.training.finetune_online import ParamsPolicy, eval_record
-from sqlcli_core.training.loop import Prefetcher, fit
-from sqlcli_core.training.mesh import batch_sharding, make_mesh, replicated
+from sqlcli_core.training.configs import (
+    INITS,
+    OfflineConfig,
+    finetune_defaults,
+    finetune_settings_from_run,
+    flat_identity,
+    resolve_finetune_config,
+)
+from sqlcli_core.training.mesh import make_mesh, replicated
+from sqlcli_core.training.offline_recipe import OfflineRun, train_offline
 from sqlcli_core.training.transfer import (
     cached_finetune_step,
     finetune_num_actions,
@@ -49,8 +56,6 @@ from sqlcli_core.training.transfer import (
 from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-offline"
-
-
 
 
 # ------------------------------------------------------------------------------------------ data slice
@@ -88,10 +93,11 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     trainable_labels({}, config.freeze)
     if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
-    learner_config = config.learner_config()
+    learner_config = config.learner
     method = learner_config.get_method()
     source_str = str(Path(source).absolute())
-    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
+    check_resume_settings(run_dir, COMMAND, flat_identity(config), source_str, defaults=identity_defaults(),
+                          recorded=functools.partial(flatten, OfflineConfig))
     view, selection = data_slice(config.data, game, runs=config.runs, checkpoints=config.checkpoints,
                                  budget=config.transitions, rule=config.slice_rule)
 
@@ -105,100 +111,71 @@ def run_offline(config: OfflineConfig, *, run_dir: str | Path, source: str | Pat
     optimizer, train_step = cached_finetune_step(net_config, num_actions, learner_config, config.freeze,
                                                           tuple(mesh.devices.flat))
     state = TrainState(params, method.initial_target(params), optimizer.init(params),
-                               jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 1))
+                       jnp.zeros((), jnp.int32), jax.random.PRNGKey(config.seed + 1))
     state = jax.device_put(state, replicated(mesh))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), state)
 
     identity = run_identity(net_config.to_dict(), [game.name], num_actions, method.name)
     counts = count_parameters(params)
     run_config = {"command": COMMAND, "settings": config.identity_fields(), "steps": config.steps,
                   "from": source_str, "origin": origin, "data_selection": selection}
+    run = OfflineRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
+                     seed=config.seed, steps=config.steps, batch_size=config.batch_size, log_every=config.log_every,
+                     checkpoint_every=config.checkpoint_every, keep=2)
     # Before the sampler allocates its cache (exit 5 with the numbers, nothing created).
     memory.check_fits(memory.training_estimate(local_batch=config.batch_size, sample_bytes=memory.TRANSITION_SAMPLE_BYTES,
                                                cache_bytes=config.cache_bytes, host_batches=5, device_batches=3,
                                                devices=1),
                       hint="lower --batch-size (or --cache-bytes), or use a larger machine")
+    final_path = run_dir / "eval" / "final.json"
+
+    def final_evaluation(training: TrainingRun, state: TrainState) -> int:
+        """RUN/eval/final.json of the trained parameters, unless it is there for this step already."""
+        grad_steps = int(jax.device_get(state.step))
+        if final_eval_is_current(final_path, "grad_steps", grad_steps):
+            return grad_steps
+        cfg = EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)), episodes=config.final_episodes,
+                         protocol=protocol, epsilon=protocol.epsilon, max_steps=config.eval_max_steps)
+        policy = ParamsPolicy(game, make_q_fn(net_config, num_actions, method.name), state.params, grad_steps)
+        results, _ = evaluate(policy, cfg, num_envs=min(config.eval_envs, config.final_seeds * config.final_episodes))
+        training.metrics.drop(lambda r: r.get("kind") == "eval")  # of an attempt that died before final.json
+        written = training.log(eval_metrics_record(grad_steps, grad_steps, results, final=True))
+        if on_log:
+            on_log(written)
+        write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed, eval_config=cfg,
+                         results=results, run_dir=run_dir, step=grad_steps, arch=net_config.arch,
+                         num_params=sum(counts.values()),
+                         finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze, "origin": origin,
+                                   "grad_steps": grad_steps, "data_rows": selection["rows"]})
+        return grad_steps
+
     sampler = ReplaySampler(view, games=[game.name], batch_size=config.batch_size, n_step=config.n_step,
-                            gamma=config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
-    resumed_from, last = None, None
+                            gamma=learner_config.gamma, seed=config.seed, cache_bytes=config.cache_bytes)
     try:
-        with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
-                         seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
-            state_sharding = replicated(mesh)
-            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=state_sharding), state)
-            resumed = run.resume(lambda meta: abstract)
-            if resumed is not None:
-                restored, meta, resumed_from = resumed
-                state = TrainState(*restored)
-                sampler.load_state_dict(meta["sampler_states"][0])
-                run.accept()  # only now: a refused resume leaves run.json as it was
-            else:
-                run.start_fresh()
-
-            def log(record: dict) -> None:
-                run.log({**record, "kind": "train"})
-                if on_log:
-                    on_log(record)
-
-            def on_step(step: int, st, sampler_state: dict) -> None:
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    run.save(step, st, sampler_state, force=True)
-
-            if int(jax.device_get(state.step)) < config.steps:
-                with Prefetcher(sampler, batch_sharding(mesh)) as batches:
-                    state, last = fit(train_step, state, batches, num_steps=config.steps,
-                                              batch_size=config.batch_size, game_names=[game.name],
-                                              log_every=config.log_every, method=method, on_log=log,
-                                              on_step=on_step, checkpoint_every=config.checkpoint_every)
-            run.wait()
-            grad_steps = int(jax.device_get(state.step))
-
-            final_path = run_dir / "eval" / "final.json"
-            if not final_eval_is_current(final_path, "grad_steps", grad_steps):
-                cfg = EvalConfig(games=(game.name,), seeds=tuple(range(config.final_seeds)),
-                                            episodes=config.final_episodes, protocol=protocol,
-                                            epsilon=protocol.epsilon, max_steps=config.eval_max_steps)
-                q_fn = make_q_fn(net_config, num_actions, method.name)
-                policy = ParamsPolicy(game, q_fn, state.params, grad_steps)
-                results, _ = evaluate(policy, cfg, num_envs=min(config.eval_envs,
-                                                                           config.final_seeds * config.final_episodes))
-                run.metrics.drop(lambda r: r.get("kind") == "eval")  # of an attempt that died before final.json
-                written = run.log(eval_record(grad_steps, grad_steps, results, final=True))
-                if on_log:
-                    on_log(written)
-                write_final_eval(final_path, command=COMMAND, run_config=run_config, seed=config.seed,
-                                 eval_config=cfg, results=results, run_dir=run_dir, step=grad_steps,
-                                 arch=net_config.arch, num_params=sum(counts.values()),
-                                 finetune={"command": COMMAND, "init": config.init, "freeze": config.freeze,
-                                           "origin": origin, "grad_steps": grad_steps,
-                                           "data_rows": selection["rows"]})
+        result = train_offline(run, sampler=sampler, mesh=mesh, train_step=train_step, method=method,
+                               game_names=[game.name], abstract_state=abstract, initial_state=lambda: state,
+                               on_log=on_log, finish=final_evaluation)
     finally:
         sampler.close()
     final = json.loads(final_path.read_text())
     g = final["games"][game.name]
     return {"run": str(run_dir), "game": game.name, "init": config.init, "freeze": config.freeze,
-            "grad_steps": grad_steps, "resumed_from": resumed_from, "data_rows": selection["rows"],
+            "grad_steps": result.finished, "resumed_from": result.resumed_from, "data_rows": selection["rows"],
             "final_mean": g["mean"], "final_std": g["std"], "human_normalized": g["human_normalized"],
             "optimal_normalized": g.get("optimal_normalized"),  # synthetic games: 0 = random, 1 = optimal
-            "last_metrics": last, "eval_file": str(final_path), "metrics": str(run.metrics_path)}
+            "last_metrics": result.last_metrics, "eval_file": str(final_path), "metrics": str(result.metrics_path)}
 
 
 def identity_defaults() -> dict:
     """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
-    return {f.name: f.default for f in dataclasses.fields(OfflineConfig)}
+    return finetune_defaults(OfflineConfig)
 
 
 def settings_from_run(record: dict) -> dict:
     """The flat settings a `sql finetune-offline` run.json records, for `--config RUN/run.json`."""
-    config = record.get("config") or {}
-    if config.get("command") != COMMAND:
-        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
-                         hint="pass RUN/run.json of a run of this command, or a TOML file")
-    return {**config.get("settings", {}), **{k: config[k] for k in ("steps",) if k in config}}
+    return finetune_settings_from_run(OfflineConfig, COMMAND, record, extra=("steps",))
 
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OfflineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-
-    settings = merge_settings(dataclass_defaults(OfflineConfig), config_file, flags, from_run=settings_from_run,
-                              classes=(OfflineConfig,))
-    return OfflineConfig(**settings)
+    return resolve_finetune_config(OfflineConfig, config_file, flags, settings_from_run)

@@ -32,22 +32,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sqlcli_core.acting.ale_env import AtariGame
+from sqlcli_core.acting.backends import backend_for
 from sqlcli_core.acting.protocol import get_protocol
 from sqlcli_core.atomic import atomic_output
 from sqlcli_core.data.online_replay import OnlineReplay
 from sqlcli_core.errors import UsageError
 from sqlcli_core.evaluation.evaluate import EvalConfig, evaluate
-from sqlcli_core.evaluation.results import final_eval_is_current, write_final_eval
+from sqlcli_core.evaluation.results import eval_metrics_record, final_eval_is_current, write_final_eval
 from sqlcli_core.games.catalog import Game, canonical_name, validate_variant
 from sqlcli_core.networks.network import count_parameters
 from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.metrics import METRICS_FILE
-from sqlcli_core.runs.policy import make_q_fn
+from sqlcli_core.runs.policy import ParamsPolicy, make_q_fn
 from sqlcli_core.runs.run_record import check_resume_settings, run_identity
-from sqlcli_core.settings import dataclass_defaults, merge_settings
-from sqlcli_core.synthetic.emulator import synthetic_emulator
-from sqlcli_core.training.configs import INITS, OnlineConfig
+from sqlcli_core.settings import flatten
+from sqlcli_core.training.configs import (
+    INITS,
+    OnlineConfig,
+    finetune_defaults,
+    finetune_settings_from_run,
+    flat_identity,
+    resolve_finetune_config,
+)
 from sqlcli_core.training.loop import check_finite
 from sqlcli_core.training.mesh import batch_sharding, make_mesh, put_batch, replicated
 from sqlcli_core.training.transfer import (
@@ -61,10 +67,6 @@ from sqlcli_core.training.update import TrainState
 
 COMMAND = "finetune-online"
 STACK = 4
-
-
-
-
 
 
 def grad_steps_due(agent_steps: int, config: OnlineConfig) -> int:
@@ -83,9 +85,11 @@ class Actors:
         self.protocol = protocol
         n = config.num_envs
         seeds = np.random.SeedSequence(config.seed).spawn(n)
-        self.envs = [synthetic_emulator(game, seed) or AtariGame(
-            game, protocol=protocol, mode=config.mode, difficulty=config.difficulty, seed=seed)
-            for seed in (int(s.generate_state(1)[0] & 0x7FFFFFFF) for s in seeds)]
+        # Each game's backend makes its emulators (ALE: the python engine, whose states the checkpoints hold).
+        backend = backend_for(game.name)
+        self.envs = [backend.make_emulator(game, protocol=protocol, engine="python", mode=config.mode,
+                                           difficulty=config.difficulty, seed=seed)
+                     for seed in (int(s.generate_state(1)[0] & 0x7FFFFFFF) for s in seeds)]
         self.stacks = np.zeros((n, STACK, 84, 84), np.uint8)
         self.returns = np.zeros((n,), np.float64)
         self.lengths = np.zeros((n,), np.int64)
@@ -108,8 +112,10 @@ class Actors:
         rewards = np.zeros((n,), np.float32)
         terminals = np.zeros((n,), bool)
         new_frames = np.zeros((n, 84, 84), np.uint8)
+        for env, action in zip(self.envs, actions):
+            env.send(int(action))
         for e, env in enumerate(self.envs):
-            new_frames[e], reward, over = env.step(int(actions[e]))
+            new_frames[e], reward, over = env.recv()
             self.returns[e] += reward
             self.lengths[e] += 1
             rewards[e] = reward
@@ -137,20 +143,6 @@ class Actors:
     def close(self) -> None:
         for env in self.envs:
             env.close()
-
-
-class ParamsPolicy:
-    """QPolicy over parameters still in training (adapter: load_policy reads from disk only)."""
-
-    def __init__(self, game: Game, q_fn: Callable, params: Any, step: int | None):
-        self.games = [game]
-        self.run_config: dict = {}
-        self.step = step
-        self._q_fn = q_fn
-        self.params = params
-
-    def q_values(self, obs: np.ndarray, game: np.ndarray) -> np.ndarray:
-        return np.asarray(self._q_fn(self.params, jnp.asarray(obs, jnp.uint8), jnp.asarray(game, jnp.int32)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -181,24 +173,17 @@ def write_curve_csv(run_dir: Path) -> Path:
 
 def identity_defaults() -> dict:
     """Defaults of the settings a resumed run must repeat (a setting added later, at its default, matches)."""
-    return {f.name: f.default for f in dataclasses.fields(OnlineConfig)}
+    return finetune_defaults(OnlineConfig)
 
 
 def settings_from_run(record: dict) -> dict:
     """The flat settings a `sql finetune-online` run.json records, for `--config RUN/run.json`."""
-    config = record.get("config") or {}
-    if config.get("command") != COMMAND:
-        raise UsageError(f"the run.json given to --config is not a `sql {COMMAND}` run",
-                         hint="pass RUN/run.json of a run of this command, or a TOML file")
-    return {**config.get("settings", {}), **{k: config[k] for k in ("steps", "eval_every", "checkpoint_every") if k in config}}
+    return finetune_settings_from_run(OnlineConfig, COMMAND, record, extra=("steps", "eval_every", "checkpoint_every"))
 
 
 def resolve_config(config_file: str | Path | None, flags: dict) -> OnlineConfig:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
-
-    settings = merge_settings(dataclass_defaults(OnlineConfig), config_file, flags, from_run=settings_from_run,
-                              classes=(OnlineConfig,))
-    return OnlineConfig(**settings)
+    return resolve_finetune_config(OnlineConfig, config_file, flags, settings_from_run)
 
 
 def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path | None,
@@ -224,11 +209,12 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     if config.init not in INITS:
         raise UsageError(f"unknown --init '{config.init}'", hint="choose pretrained or scratch")
     replay_config = config.replay_config()
-    learner_config = config.learner_config()
+    learner_config = config.learner
     method = learner_config.get_method()
     schedule = config.schedule()
     source_str = str(Path(source).absolute())
-    check_resume_settings(run_dir, COMMAND, config.identity_fields(), source_str, defaults=identity_defaults())
+    check_resume_settings(run_dir, COMMAND, flat_identity(config), source_str, defaults=identity_defaults(),
+                          recorded=functools.partial(flatten, OnlineConfig))
 
     # The one-game network and its train state.
     pretrained = load_pretrained(source)
@@ -258,8 +244,6 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
     replay = OnlineReplay(replay_config, game_id=0, seed=config.seed)
     actors = Actors(game, config, protocol)
     actor_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(config.num_envs + 1)[-1])
-    agent_steps = 0
-    resumed_from = None
     try:
         with TrainingRun(run_dir, command=COMMAND, identity=identity, config=run_config, parameter_counts=counts,
                          seed=config.seed, checkpoint_every=config.checkpoint_every, keep=2) as run:
@@ -271,22 +255,21 @@ def run_online(config: OnlineConfig, *, run_dir: str | Path, source: str | Path 
                 return _to_saved_layout({"train": train_shapes, "replay": _abstract_replay(replay, loop_state["replay"]),
                                          "stacks": jax.ShapeDtypeStruct(actors.stacks.shape, np.uint8)})
 
-            resumed = run.resume(abstract_for,
-                                 metrics_step_for=lambda saved_meta: int(saved_meta["sampler_states"][0]["agent_steps"]))
-            if resumed is not None:
-                restored, saved_meta, _ = resumed
+            def restore(saved_state, saved_meta: dict, step: int) -> tuple[TrainState, int]:
                 meta = saved_meta["sampler_states"][0]
-                restored = _from_saved_layout(restored)
-                state = TrainState(*restored["train"])
+                restored = _from_saved_layout(saved_state)
                 replay.load(meta["replay"], {k: np.asarray(v) for k, v in restored["replay"].items()})
                 actors.load(meta["actors"], np.asarray(restored["stacks"]))
                 actor_rng.bit_generator.state = meta["actor_rng"]
-                agent_steps = int(meta["agent_steps"])
-                resumed_from = agent_steps
-                run.accept()  # only now: a refused resume leaves run.json as it was
-            else:
+                return TrainState(*restored["train"]), int(meta["agent_steps"])
+
+            def start() -> tuple[TrainState, int]:
                 actors.reset(replay)
-                run.start_fresh()
+                return state, 0
+
+            (state, agent_steps), resumed_from = run.resume_or_start(
+                abstract_for, restore=restore, start=start,
+                metrics_step_for=lambda saved_meta: int(saved_meta["sampler_states"][0]["agent_steps"]))
 
             def save(force: bool = False) -> None:
                 meta = {"replay": replay.state_dict(), "actors": actors.state_dict(),
@@ -383,17 +366,9 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def eval_record(step: int, grad_steps: int, results, final: bool = False) -> dict:
-    """The metrics record of an evaluation (kind "eval"): mean and std of the scores, and the episodes."""
-    scores = [r.score for r in results]
-    return {"step": step, "kind": "eval", "grad_steps": grad_steps, "final": final,
-            "mean": float(np.mean(scores)), "std": float(np.std(scores)), "scores": scores,
-            "lengths": [r.length for r in results], "truncated": [r.truncated for r in results]}
-
-
 def _log_eval(log: Callable[[dict], dict], agent_steps: int, grad_steps: int, results, on_progress,
               final: bool = False) -> None:
-    record = log(eval_record(agent_steps, grad_steps, results, final))
+    record = log(eval_metrics_record(agent_steps, grad_steps, results, final))
     if on_progress:
         on_progress(record)
 

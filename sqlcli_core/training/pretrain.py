@@ -10,8 +10,9 @@ sampler: transitions (`ReplaySampler`) or windows of steps (`SequenceSampler`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,14 @@ import jax
 from sqlcli_core.data.sampler import ReplaySampler, default_cache_bytes
 from sqlcli_core.data.sequence_sampler import SequenceSampler
 from sqlcli_core.errors import UsageError
-from sqlcli_core.games.catalog import resolve_games
-from sqlcli_core.methods.catalog import make_method_config, method_config_class, method_names, method_setting_owners
+from sqlcli_core.games.catalog import canonical_name, resolve_games
+from sqlcli_core.methods.catalog import (
+    DEFAULT_METHOD,
+    make_method_config,
+    method_config_class,
+    method_names,
+    method_setting_owners,
+)
 from sqlcli_core.networks.config import (
     AnyNetworkConfig,
     DecisionTransformerConfig,
@@ -32,18 +39,15 @@ from sqlcli_core.networks.config import (
     num_actions_for,
 )
 from sqlcli_core.networks.network import parameter_table
-from sqlcli_core.runs.lifecycle import TrainingRun
 from sqlcli_core.runs.run_record import run_identity
-from sqlcli_core.settings import field_names, merge_settings
+from sqlcli_core.settings import field_flag, field_names, given_settings
 from sqlcli_core.training import memory
 from sqlcli_core.training.configs import LEARNER_SETTINGS, LearnerConfig, PretrainConfig
-from sqlcli_core.training.loop import Prefetcher, fit
-from sqlcli_core.training.mesh import batch_sharding, check_batch_size, make_mesh
-from sqlcli_core.training.update import TrainState, abstract_train_state, init_train_state, make_train_step
+from sqlcli_core.training.mesh import check_batch_size, make_mesh
+from sqlcli_core.training.offline_recipe import OfflineRun, train_offline
+from sqlcli_core.training.update import abstract_train_state, init_train_state, make_train_step
 
 COMMAND = "pretrain"
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,17 +91,61 @@ def settings_from_run(record: Mapping[str, Any]) -> dict[str, Any]:
     learner = dict(config.get("learner") or {})
     flat.update(learner.pop("method_config", None) or {})  # runs before 0.3 hold alpha in the learner itself
     flat.update(learner)
-    return flat
+    # A 0.2 run of another method recorded scaled-ql's alpha too (then a learner field): not this run's setting.
+    method = flat.get("method") or DEFAULT_METHOD
+    return {k: v for k, v in flat.items() if method_setting_owners().get(k, method) == method}
 
 
-def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any],
-                     parse_game_weights: Callable[[Any], dict | None] | None = None) -> tuple[dict, PretrainConfig]:
+def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any]) -> tuple[dict, PretrainConfig]:
     """Defaults <- `--config` (TOML or RUN/run.json) <- given flags -> (flat settings, PretrainConfig)."""
-    settings = merge_settings(default_settings(), config_file, flags, from_run=settings_from_run,
-                              aliases=SETTING_ALIASES, classes=SETTING_CLASSES, normalize=normalize_setting)
-    if parse_game_weights is not None:
-        settings["game_weights"] = parse_game_weights(settings["game_weights"])
+    defaults = default_settings()
+    given = given_settings(defaults, config_file, flags, from_run=settings_from_run, aliases=SETTING_ALIASES,
+                           classes=SETTING_CLASSES, normalize=normalize_setting)
+    settings = {**defaults, **given}
+    check_method_settings(settings["method"], given)
+    settings["game_weights"] = parse_game_weights(settings["game_weights"])
     return settings, config_from_settings(settings)
+
+
+def parse_game_weights(value: Any) -> dict[str, float] | None:
+    """'Pong=2,Breakout=1' (the flag) or a TOML/JSON table -> {"Pong": 2.0, "Breakout": 1.0}, names canonical.
+    A weight is a finite number >= 0: `true` (which Python would read as 1) and inf are refused."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        pairs = []
+        for item in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, weight = item.partition("=")
+            if not sep:
+                raise UsageError(f"bad --game-weights item '{item}'", hint="write GAME=WEIGHT pairs, e.g. Pong=2,Breakout=1")
+            pairs.append((name.strip(), weight.strip()))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise UsageError("game_weights must be a string or a table", hint="e.g. game_weights = {Pong = 2.0}")
+    weights = {}
+    for name, weight in pairs:
+        try:
+            w = float(weight) if not isinstance(weight, bool) else math.nan
+        except (TypeError, ValueError):
+            w = math.nan
+        if not (math.isfinite(w) and w >= 0):
+            raise UsageError(f"weight of {name} must be a finite number >= 0, got {weight!r}",
+                             hint="e.g. --game-weights Pong=2,Breakout=1")
+        weights[canonical_name(str(name))] = w
+    return weights
+
+
+def check_method_settings(method: str, given: Iterable[str]) -> None:
+    """Refuse (exit 2) a method's own setting given for another method: `--method bc --alpha 0.3` would
+    otherwise train bc and silently ignore alpha. Settings left at their defaults are not given."""
+    owners = method_setting_owners()
+    for name in given:
+        owner = owners.get(name)
+        if owner is not None and owner != method:
+            flag = field_flag(method_config_class(owner).__dataclass_fields__[name])
+            raise UsageError(f"{flag} is a setting of method {owner}, which --method {method} does not read",
+                             hint=f"drop {flag} (or {name} from the --config file), or pass --method {owner}")
 
 
 def config_from_settings(settings: Mapping[str, Any]) -> PretrainConfig:
@@ -199,7 +247,7 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
     on_step(step) every step.
     """
 
-    started = time.perf_counter()
+    began = time.perf_counter()
     method = config.learner.get_method()
     games = resolve_games(config.games)
     game_names = [g.name for g in games]
@@ -219,58 +267,29 @@ def run_pretraining(config: PretrainConfig, *, on_start: Callable[[dict], None] 
         counts = parameter_table(config.network, games, method.head)["parts"]
         identity = run_identity(config.network.to_dict(), game_names, num_actions, method.name)
         names = tuple(game_names)
-        with TrainingRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
-                         parameter_counts=counts, seed=config.seed, checkpoint_every=config.checkpoint_every,
-                         keep=config.keep, write=primary) as run:
-            abstract = abstract_train_state(config.network, num_actions, config.learner, mesh, names)
-            resumed = run.resume(lambda meta: abstract)
-            resumed_from = None if resumed is None else resumed[2]
-            if resumed is not None:
-                state, meta, _ = resumed
-                state = TrainState(*state)
-                saved = meta.get("sampler_states") or []
-                if len(saved) != jax.process_count() or saved[jax.process_index()] is None:
-                    raise UsageError(
-                        f"checkpoint {resumed_from} was written by {len(saved)} processes, this run has "
-                        f"{jax.process_count()}", hint="resume with the same number of processes (devices may differ)")
-                sampler.load_state_dict(saved[jax.process_index()])
-                run.accept()  # only now: a refused resume leaves run.json as it was
-            else:
-                state = init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names)
-                run.start_fresh()
-            start_step = int(jax.device_get(state.step))
+        run = OfflineRun(config.run_dir, command=COMMAND, identity=identity, config=config.to_dict(),
+                         parameter_counts=counts, seed=config.seed, steps=config.steps, batch_size=config.batch_size,
+                         log_every=config.log_every, checkpoint_every=config.checkpoint_every, keep=config.keep,
+                         prefetch=config.prefetch, write=primary)
+
+        def started(start_step: int, resumed_from: int | None) -> None:
             if on_start is not None:
                 on_start({"start_step": start_step, "resumed_from": resumed_from, "parameter_counts": counts,
                           "devices": mesh.devices.size, "processes": jax.process_count(), "games": game_names,
                           "method": method.name})
 
-            step_fn = make_train_step(config.network, num_actions, config.learner, mesh, games=names)
-
-            def log(record: dict) -> None:
-                record = {**record, "time": time.time()}
-                run.log(record)
-                if on_log is not None:
-                    on_log(record)
-
-            def after_step(step: int, state: TrainState, sampler_state: dict) -> None:
-                run.save(step, state, sampler_state, force=step == config.steps)
-                if on_step is not None:
-                    on_step(step)
-
-            last = None
-            if start_step < config.steps:
-                with Prefetcher(sampler, batch_sharding(mesh), depth=config.prefetch) as batches:
-                    state, last = fit(step_fn, state, batches, num_steps=config.steps, batch_size=config.batch_size,
-                                      game_names=game_names, log_every=config.log_every, method=method,
-                                      on_log=log, on_step=after_step, checkpoint_every=config.checkpoint_every)
-            run.wait()
-            final_step = int(jax.device_get(state.step))
-            latest = run.latest_step()
+        result = train_offline(
+            run, sampler=sampler, mesh=mesh, method=method, game_names=game_names,
+            train_step=make_train_step(config.network, num_actions, config.learner, mesh, games=names),
+            abstract_state=abstract_train_state(config.network, num_actions, config.learner, mesh, names),
+            initial_state=lambda: init_train_state(config.network, num_actions, config.learner, config.seed, mesh, names),
+            on_start=started, on_log=on_log, on_step=on_step)
     finally:
         sampler.close()
     return {
-        "run_dir": str(Path(config.run_dir)), "method": method.name, "steps": final_step, "start_step": start_step,
-        "resumed_from": resumed_from, "checkpoint_step": latest, "games": game_names,
-        "num_parameters": int(sum(counts.values())), "parameter_counts": counts, "devices": int(mesh.devices.size),
-        "processes": jax.process_count(), "last_metrics": last, "seconds": time.perf_counter() - started,
+        "run_dir": str(Path(config.run_dir)), "method": method.name, "steps": int(jax.device_get(result.state.step)),
+        "start_step": result.start_step, "resumed_from": result.resumed_from, "checkpoint_step": result.checkpoint_step,
+        "games": game_names, "num_parameters": int(sum(counts.values())), "parameter_counts": counts,
+        "devices": int(mesh.devices.size), "processes": jax.process_count(), "last_metrics": result.last_metrics,
+        "seconds": time.perf_counter() - began,
     }
