@@ -222,4 +222,6 @@ def test_diagnose_reads_gamma_n_step_and_store_of_pretrain_and_finetune_runs():
     finetune = {"command": "finetune-offline", "settings": {"gamma": 0.95, "n_step": 3, "data": "held.zarr"}}
     assert _run_settings(pretrain) == (0.9, 3, "store.zarr")
     assert _run_settings(finetune) == (0.95, 3, "held.zarr")
+    nested = {"command": "finetune-offline", "settings": {"learner": {"gamma": 0.9}, "n_step": 3, "data": "held.zarr"}}
+    assert _run_settings(nested) == (0.9, 3, "held.zarr")
     assert _run_settings({}) == (0.99, 1, None)

@@ -114,8 +114,9 @@ def _run_settings(config: dict) -> tuple[float, int, str | None]:
     a fine-tuning run (`config.command` finetune-offline or finetune-online) under `settings` (before, its n-step
     and store were not found, so a fine-tuned run was judged against the 1-step fixed point and refused)."""
     if "settings" in config:
-        settings = config["settings"]
-        return float(settings.get("gamma", 0.99)), int(settings.get("n_step", 1)), settings.get("data")
+        settings = config["settings"]  # the learner nested in it (this release) or flat (0.2)
+        gamma = settings.get("learner", {}).get("gamma", settings.get("gamma", 0.99))
+        return float(gamma), int(settings.get("n_step", 1)), settings.get("data")
     return float(config.get("learner", {}).get("gamma", 0.99)), int(config.get("n_step", 1)), config.get("data")
 
 
