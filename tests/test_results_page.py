@@ -113,3 +113,23 @@ def test_section_0_prose_follows_the_committed_chain_records(results_tables):
     assert all(min(run) == transfer["reference"]["optimal"] for init in ("pretrained", "scratch")
                for run in transfer["curves"][init][first])
     assert f"Both arms play the optimal return from the first evaluation ({first}" in page
+
+
+def test_chain_records_hold_ten_episodes_per_run_on_seeds_of_their_own(results_tables):
+    """Every run of section 0 is played on 10 evaluation episodes, no two training seeds share an evaluation seed,
+    and each record lists the `sql eval` commands that played them."""
+    import json
+
+    records = results_tables.RECORDS / "chains"
+    methods = json.loads((records / "methods.json").read_text())
+    seeds = list(methods["eval_seeds"].values())
+    assert len(set(seeds)) == len(seeds) == len(methods["seeds"]) == 3
+    for game in methods["games"].values():
+        for runs in game["methods"].values():
+            assert [len(r) for r in runs] == [10, 10, 10]
+    for seed in seeds:
+        assert any(f"--seeds {seed} --episodes 1" in c for c in methods["commands"] if c.startswith("sql eval"))
+    for name in ("transfer", "online"):
+        record = json.loads((records / f"{name}.json").read_text())
+        for curve in record["curves"].values():
+            assert all([len(r) for r in runs] == [10, 10, 10] for runs in curve.values())
