@@ -123,10 +123,10 @@ def test_chain_records_hold_ten_episodes_per_run_on_seeds_of_their_own(results_t
     records = results_tables.RECORDS / "chains"
     methods = json.loads((records / "methods.json").read_text())
     seeds = list(methods["eval_seeds"].values())
-    assert len(set(seeds)) == len(seeds) == len(methods["seeds"]) == 3
+    assert len(set(seeds)) == len(seeds) == len(methods["seeds"]) >= 3
     for game in methods["games"].values():
         for runs in game["methods"].values():
-            assert [len(r) for r in runs] == [10, 10, 10]
+            assert [len(r) for r in runs] == [10] * len(seeds)
     for seed in seeds:
         assert any(f"--seeds {seed} --episodes 1" in c for c in methods["commands"] if c.startswith("sql eval"))
     for name in ("transfer", "online"):
