@@ -13,7 +13,8 @@ plays the paper's claims there with `sql eval` episodes and the intervals `sql e
   evaluated (`sql eval`) and diagnosed against Q* (`sql diagnose`) at several step counts (re-running
   finetune-offline with a larger --steps resumes it), so the records give the score and Q-error curves and the
   steps each seed needs to reach the optimal return and max |Q-hat - Q*| <= 0.05.
-- size (claim 2): Scaled QL on all five variants at several torso widths.
+- online (claim 3, online): the same with `sql finetune-online` on the held-out variant (its own play, no data).
+- size (claim 2): Scaled QL on all five variants at several torso widths: returns and Q errors (`sql diagnose`).
 
 Every step is a real `sql` command run in this process (examples/evidence_common.py's Lab: CliRunner, one JAX
 import), printed as the shell line it stands for and recorded. Re-running continues: collect skips finished
