@@ -88,3 +88,28 @@ def test_mixture_quick(root):
     assert sorted(p.name for p in (root / "mixture-replay" / "Freeway").iterdir()) == ["1", "2"]
     logs = [json.loads((root / "mixture-replay" / "Freeway" / r / "collect_log.json").read_text()) for r in "12"]
     assert [(log["policy"]["pattern"], log["policy"]["epsilon"]) for log in logs] == [([1], 0.1), ([0], 0.5)]
+
+
+def test_chains_methods_quick(root, monkeypatch):
+    """examples/evidence_chains.py, the experiment behind docs/results.md section 0 (methods part, --quick)."""
+    chains = root / "chains"
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "evidence_chains.py"), "--quick", "--root", str(chains),
+                           "--only", "methods"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((chains / "results" / "methods.json").read_text())
+    assert record["quick"] is True and record["commands"] and all(c.startswith("sql ") for c in record["commands"])
+    methods = {"scaled-ql-a0.05", "scaled-ql-a0.01", "c51", "bc", "bc-sample", "dt"}
+    game = record["games"]["Chain-fall-12"]
+    assert set(record["methods"]) == set(game["methods"]) == methods
+    # every run played by `sql eval` on evaluation seeds of its own (training seed 0: 1000-1001), one episode each
+    assert record["eval_seeds"] == {"0": "1000-1001"}
+    assert all([len(episodes) for episodes in game["methods"][m]] == [2] for m in methods)
+    # the data is mixture:0.25 on a fall chain: a good episode returns 1, a poor one goes wrong once and returns
+    # 0, so the data's mean return is 0.25 up to binomial noise (4 standard deviations here)
+    data = game["data"]
+    assert set(data) <= {0.0, 1.0} and abs(sum(data) / len(data) - 0.25) <= 4 * (0.25 * 0.75 / len(data)) ** 0.5
+    assert game["reference"] == {"random": 0.5 ** 12, "optimal": 1.0}  # the closed forms: 12 advances in a row
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    from evidence_tables import chain_methods_markdown
+
+    assert "| data (behaviour) |" in chain_methods_markdown(record)
