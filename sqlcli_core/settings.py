@@ -8,6 +8,7 @@ name; unknown names are refused.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -137,6 +138,19 @@ def merge_settings(defaults: Mapping[str, Any], config_file: str | Path | None, 
     before anything runs: one rule for every source."""
     return {**defaults, **given_settings(defaults, config_file, flags, from_run=from_run, aliases=aliases,
                                          classes=classes, normalize=normalize)}
+
+
+@contextlib.contextmanager
+def naming_settings_file(config_file: str | Path | None):
+    """A UsageError raised while the config is built from settings a --config file helped give (a range or a
+    combination refused, e.g. `steps = 0` in the file) names that file: its message names the flag, which the
+    user may not have typed."""
+    try:
+        yield
+    except UsageError as exc:
+        if config_file is None or str(config_file) in exc.message:
+            raise
+        raise UsageError(f"{exc.message} (settings read from {config_file})", hint=exc.hint) from None
 
 
 def given_settings(known: Iterable[str], config_file: str | Path | None, flags: Mapping[str, Any], *,

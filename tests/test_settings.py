@@ -121,6 +121,18 @@ def test_flags_are_checked_by_the_same_rule(tmp_path):
         finetune_offline.resolve_config(None, {"game": "alien", "data": "/x", "learning_rate": "fast"})
 
 
+def test_a_range_refused_in_a_settings_file_names_the_file(tmp_path):
+    """The range rules name the flag (`--steps`); a value from --config says where it came from."""
+    path = toml(tmp_path, "steps = 0\n")
+    with pytest.raises(UsageError, match=rf"^--steps must be at least 1, got 0 \(settings read from {path}\)"):
+        pretrain.resolve_settings(path, {"data": "/x", "run_dir": "/r"})
+    with pytest.raises(UsageError, match=r"^--steps must be at least 1, got 0$"):  # from a flag: nothing to add
+        pretrain.resolve_settings(None, {"data": "/x", "run_dir": "/r", "steps": 0})
+    path = toml(tmp_path, 'game = "alien"\ndata = "/x"\nlr = -1\n')
+    with pytest.raises(UsageError, match=rf"must be positive \(settings read from {path}\)"):
+        finetune_offline.resolve_config(path, {})
+
+
 def test_fine_tuning_toml_values_are_checked(tmp_path):
     path = toml(tmp_path, 'game = "alien"\ndata = "/x"\ntransitions = true\n')
     with pytest.raises(UsageError, match=rf"setting 'transitions' in {path} must be an integer"):

@@ -17,6 +17,7 @@ from sqlcli_core.settings import (
     compose,
     flatten,
     merge_settings,
+    naming_settings_file,
     nested,
     require_finite,
     setting,
@@ -263,4 +264,5 @@ def finetune_settings_from_run(cls: type, command: str, record: dict, extra: tup
 def resolve_finetune_config(cls: type, config_file: Any, flags: dict, from_run) -> Any:
     """Defaults <- `--config` (TOML or RUN/run.json) <- the flags given (not None) -> the config."""
     settings = merge_settings(spec_defaults(cls), config_file, flags, from_run=from_run, classes=spec_classes(cls))
-    return compose(cls, settings)
+    with naming_settings_file(config_file):
+        return compose(cls, settings)

@@ -40,7 +40,7 @@ from sqlcli_core.networks.config import (
 )
 from sqlcli_core.networks.network import parameter_table
 from sqlcli_core.runs.run_record import run_identity
-from sqlcli_core.settings import field_flag, field_names, given_settings
+from sqlcli_core.settings import field_flag, field_names, given_settings, naming_settings_file
 from sqlcli_core.training import memory
 from sqlcli_core.training.configs import LEARNER_SETTINGS, LearnerConfig, PretrainConfig
 from sqlcli_core.training.mesh import check_batch_size, make_mesh
@@ -102,9 +102,10 @@ def resolve_settings(config_file: str | Path | None, flags: Mapping[str, Any]) -
     given = given_settings(defaults, config_file, flags, from_run=settings_from_run, aliases=SETTING_ALIASES,
                            classes=SETTING_CLASSES, normalize=normalize_setting)
     settings = {**defaults, **given}
-    check_method_settings(settings["method"], given)
-    settings["game_weights"] = parse_game_weights(settings["game_weights"])
-    return settings, config_from_settings(settings)
+    with naming_settings_file(config_file):
+        check_method_settings(settings["method"], given)
+        settings["game_weights"] = parse_game_weights(settings["game_weights"])
+        return settings, config_from_settings(settings)
 
 
 def parse_game_weights(value: Any) -> dict[str, float] | None:
