@@ -132,4 +132,4 @@ def test_chain_records_hold_ten_episodes_per_run_on_seeds_of_their_own(results_t
     for name in ("transfer", "online"):
         record = json.loads((records / f"{name}.json").read_text())
         for curve in record["curves"].values():
-            assert all([len(r) for r in runs] == [10, 10, 10] for runs in curve.values())
+            assert all([len(r) for r in runs] == [10] * len(record["seeds"]) for runs in curve.values())
